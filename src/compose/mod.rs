@@ -1,0 +1,1 @@
+//! The compose file: discovery, interpolation, strict serde types and the validated model.

@@ -1,0 +1,1 @@
+//! The FAT image labelled CIDATA that carries the cloud-init NoCloud seed.

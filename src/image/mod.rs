@@ -1,0 +1,1 @@
+//! The image cache: downloads, checksums and format detection.

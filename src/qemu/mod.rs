@@ -1,0 +1,1 @@
+//! QEMU: acceleration choice, the argv builder, the process and its QMP socket.
