@@ -107,11 +107,11 @@ impl BlockSink for SparseBuffer {
         // Collect every extent that overlaps or touches [offset, end] and merge them.
         let mut start = offset;
         let mut merge_keys = Vec::new();
-        if let Some((&o, d)) = self.extents.range(..offset).next_back() {
-            if o + d.len() as u64 >= offset {
-                start = o;
-                merge_keys.push(o);
-            }
+        if let Some((&o, d)) = self.extents.range(..offset).next_back()
+            && o + d.len() as u64 >= offset
+        {
+            start = o;
+            merge_keys.push(o);
         }
         merge_keys.extend(self.extents.range(offset..=end).map(|(&o, _)| o));
         let mut merged_end = end;

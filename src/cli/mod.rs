@@ -1,0 +1,324 @@
+//! The command line: argument definitions, dispatch, and the one place errors are printed.
+//!
+//! Exit status: 0 on success, 2 for usage errors and invalid compose files, 1 for anything
+//! else (DESIGN.md section 5).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Run QEMU virtual machines from a compose file, rootless.
+#[derive(Debug, Parser)]
+#[command(name = "qemu-compose", version, propagate_version = true)]
+#[command(about = "Run QEMU virtual machines from a compose file, rootless")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// The compose file [default: $QEMU_COMPOSE_FILE, else qemu-compose.yaml or
+    /// qemu-compose.yml in this directory or the nearest parent]
+    #[arg(short = 'f', long = "file", global = true, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// The project name [default: $QEMU_COMPOSE_PROJECT_NAME, else `name:` in the compose
+    /// file, else the project directory's name]
+    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    project_name: Option<String>,
+    /// Print the full error chain and what qemu-compose does
+    #[arg(
+        long,
+        global = true,
+        env = "QEMU_COMPOSE_DEBUG",
+        hide_env_values = true
+    )]
+    debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and start the VMs (volumes, disks and seeds first)
+    Up(UpArgs),
+    /// Stop running VMs: ACPI power-off, then quit, then kill
+    Stop(StopArgs),
+    /// Stop VMs and remove their instance folders (named volumes stay unless -v)
+    Destroy(DestroyArgs),
+    /// List the project's VMs and their status
+    Ps(PsArgs),
+    /// Show everything about one VM
+    Inspect(InspectArgs),
+    /// Attach the terminal to a VM's serial console (Ctrl+] detaches)
+    Console(VmArg),
+    /// Run ssh into a VM, with the project key (extra arguments go to ssh)
+    Ssh(SshArgs),
+    /// Show the serial console log of VMs
+    Logs(LogsArgs),
+    /// Download the images of VMs (or one URL) into the image cache
+    Pull(PullArgs),
+    /// Manage the image cache
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage the project's named volumes
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Validate the compose file and print the resolved model
+    Config(ConfigArgs),
+    /// Check this host: QEMU, acceleration, 9p, ssh, socket paths, disk space
+    Doctor,
+    /// Print the version
+    Version,
+    /// Print a shell completion script
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// VMs to start (default: all), with the VMs they depend on
+    vms: Vec<String>,
+    /// Wait until every VM answers SSH
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait with --wait
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wait_timeout: u64,
+    /// Create volumes, disks and seeds, but start nothing
+    #[arg(long)]
+    no_start: bool,
+    /// Restart VMs whose configuration changed
+    #[arg(long)]
+    force_recreate: bool,
+}
+
+#[derive(Debug, Args)]
+struct StopArgs {
+    /// VMs to stop (default: all, in reverse start order)
+    vms: Vec<String>,
+    /// Do not ask the guest to power off; end QEMU at once
+    #[arg(long)]
+    force: bool,
+    /// Seconds to wait for the guest to power off
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct DestroyArgs {
+    /// VMs to destroy (default: all)
+    vms: Vec<String>,
+    /// Do not ask the guests to power off first
+    #[arg(long)]
+    force: bool,
+    /// Also remove the project's named volumes
+    #[arg(short = 'v', long)]
+    volumes: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TableFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TextFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModelFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct PsArgs {
+    /// VMs to list (default: all)
+    vms: Vec<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    format: TableFormat,
+    /// Print only the VM names
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The VM
+    vm: String,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = TextFormat::Text)]
+    format: TextFormat,
+}
+
+#[derive(Debug, Args)]
+struct VmArg {
+    /// The VM
+    vm: String,
+}
+
+#[derive(Debug, Args)]
+struct SshArgs {
+    /// The VM
+    vm: String,
+    /// A command to run instead of a login shell; its exit status becomes ours
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct LogsArgs {
+    /// VMs whose logs to show (default: all)
+    vms: Vec<String>,
+    /// Keep following new output
+    #[arg(short, long)]
+    follow: bool,
+    /// Show only the last N lines
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct PullArgs {
+    /// VM names, or one http(s) URL (default: every VM's image)
+    targets: Vec<String>,
+    /// Download again even when the image is cached
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// List cached images
+    Ls,
+    /// Remove cached images
+    Rm {
+        /// Image file names as `image ls` shows them
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Remove even when an instance disk is based on it
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// List the project's named volumes
+    Ls {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
+    /// Create a named volume (it need not be declared in the compose file)
+    Create {
+        /// The volume name
+        name: String,
+        /// Its size, e.g. 20G [default: the declared size, else 10G]
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Show a volume's record, image and filesystem
+    Inspect {
+        /// The volume name
+        name: String,
+    },
+    /// Remove named volumes and their data
+    Rm {
+        /// Volume names
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Remove even when a stopped VM of the project lists it
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Only validate; print nothing when the file is valid
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ModelFormat::Yaml)]
+    format: ModelFormat,
+}
+
+#[derive(Debug, Args)]
+struct CompletionArgs {
+    /// The shell
+    shell: clap_complete::Shell,
+}
+
+/// An error whose exit status is 2: invalid input rather than a failure.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses the arguments, runs the command and maps its outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let debug = cli.global.debug;
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => report(&err, debug),
+    }
+}
+
+fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
+    if let Some(usage) = err.downcast_ref::<UsageError>() {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    }
+    if debug {
+        eprintln!("error: {err:?}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+    ExitCode::from(1)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Version => {
+            println!("qemu-compose {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completion(args) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "qemu-compose", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(_) => not_yet("up", 7),
+        Command::Stop(_) => not_yet("stop", 7),
+        Command::Destroy(_) => not_yet("destroy", 7),
+        Command::Ps(_) => not_yet("ps", 8),
+        Command::Inspect(_) => not_yet("inspect", 8),
+        Command::Console(_) => not_yet("console", 8),
+        Command::Ssh(_) => not_yet("ssh", 8),
+        Command::Logs(_) => not_yet("logs", 8),
+        Command::Pull(_) => not_yet("pull", 8),
+        Command::Image(_) => not_yet("image", 8),
+        Command::Volume(_) => not_yet("volume", 6),
+        Command::Config(_) => not_yet("config", 2),
+        Command::Doctor => not_yet("doctor", 8),
+    }
+}
+
+/// The honest answer of a command whose issue has not landed: no fake success.
+fn not_yet(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`qemu-compose {command}` is not implemented yet (tracked in issue #{issue})")
+}

@@ -1,0 +1,181 @@
+//! Per-project secrets, made once and then reused: the SSH key pair that `ssh` and `up --wait`
+//! log in with, and the console password of the guest user.
+//!
+//! ```text
+//! .qemu-compose/ssh/id_ed25519       0600, OpenSSH private key
+//! .qemu-compose/ssh/id_ed25519.pub   0644
+//! .qemu-compose/console-password     0600, "<password>\n<salt>\n"
+//! ```
+//! The salt is stored so the password hash in the seed, and with it the seed's instance-id,
+//! stays the same from one `up` to the next.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ssh_key::rand_core::OsRng;
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
+
+use super::{StateDir, StateError, write_atomic};
+
+/// The project's secrets, loaded or created by [`ProjectSecrets::ensure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectSecrets {
+    /// The private key file, for `ssh -i`.
+    pub private_key_path: PathBuf,
+    /// The public key, one `ssh-ed25519 AAAA… comment` line without the newline.
+    pub public_key: String,
+    /// The guest user's console password, in clear.
+    pub console_password: String,
+    /// The crypt salt the seed hashes the password with.
+    pub password_salt: String,
+}
+
+impl ProjectSecrets {
+    /// Loads the secrets of the project, creating whichever are missing. Call under the lock.
+    pub fn ensure(state: &StateDir, project: &str) -> Result<Self, StateError> {
+        state.ensure()?;
+        let ssh_dir = state.ssh_dir();
+        super::atomic::create_private_dir(&ssh_dir, 0o700)?;
+        let private_key_path = ssh_dir.join("id_ed25519");
+        let public_path = ssh_dir.join("id_ed25519.pub");
+        let public_key = match read_optional(&private_key_path)? {
+            Some(text) => {
+                let key =
+                    PrivateKey::from_openssh(text.trim()).map_err(|e| StateError::Corrupt {
+                        path: private_key_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                openssh_public(&key, &private_key_path)?
+            }
+            None => {
+                let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+                    .map_err(|e| StateError::io(&private_key_path, io::Error::other(e)))?;
+                key.set_comment(format!("qemu-compose:{project}"));
+                let text = key
+                    .to_openssh(LineEnding::LF)
+                    .map_err(|e| StateError::io(&private_key_path, io::Error::other(e)))?;
+                let public = openssh_public(&key, &private_key_path)?;
+                // The public half first: a crash in between leaves a private key that the
+                // next run reads back and derives the public key from again.
+                write_atomic(&public_path, format!("{public}\n").as_bytes(), 0o644)?;
+                write_atomic(&private_key_path, text.as_bytes(), 0o600)?;
+                public
+            }
+        };
+        if read_optional(&public_path)?.as_deref().map(str::trim) != Some(public_key.as_str()) {
+            write_atomic(&public_path, format!("{public_key}\n").as_bytes(), 0o644)?;
+        }
+
+        let password_path = state.root().join("console-password");
+        let (console_password, password_salt) = match read_optional(&password_path)? {
+            Some(text) => {
+                let mut lines = text.lines();
+                match (lines.next(), lines.next()) {
+                    (Some(p), Some(s)) if !p.is_empty() && !s.is_empty() => {
+                        (p.to_string(), s.to_string())
+                    }
+                    _ => {
+                        return Err(StateError::Corrupt {
+                            path: password_path,
+                            reason: "expected a password line and a salt line".into(),
+                        });
+                    }
+                }
+            }
+            None => {
+                let pair = (random_token(20), random_token(16));
+                let text = format!("{}\n{}\n", pair.0, pair.1);
+                write_atomic(&password_path, text.as_bytes(), 0o600)?;
+                pair
+            }
+        };
+        Ok(Self {
+            private_key_path,
+            public_key,
+            console_password,
+            password_salt,
+        })
+    }
+}
+
+fn openssh_public(key: &PrivateKey, path: &Path) -> Result<String, StateError> {
+    key.public_key()
+        .to_openssh()
+        .map_err(|e| StateError::io(path, io::Error::other(e)))
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::io(path, e)),
+    }
+}
+
+/// A random string over `[A-Za-z0-9./]`, the crypt salt alphabet (so it serves as both a
+/// password and a salt).
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_once_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let first = ProjectSecrets::ensure(&state, "demo").unwrap();
+        let again = ProjectSecrets::ensure(&state, "demo").unwrap();
+        assert_eq!(first, again);
+        assert!(
+            first.public_key.starts_with("ssh-ed25519 "),
+            "{}",
+            first.public_key
+        );
+        assert!(first.public_key.ends_with(" qemu-compose:demo"));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&first.private_key_path), 0o600);
+        assert_eq!(mode(&state.root().join("console-password")), 0o600);
+        assert_eq!(first.console_password.len(), 20);
+    }
+
+    #[test]
+    fn ssh_keygen_reads_the_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let secrets = ProjectSecrets::ensure(&state, "demo").unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&secrets.private_key_path)
+            .output()
+            .expect("ssh-keygen (openssh-client) must be installed for this test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let derived = String::from_utf8(out.stdout).unwrap();
+        assert!(secrets.public_key.starts_with(derived.trim()), "{derived}");
+    }
+
+    #[test]
+    fn corrupt_password_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.ensure().unwrap();
+        fs::write(state.root().join("console-password"), "only-one-line\n").unwrap();
+        let err = ProjectSecrets::ensure(&state, "demo").unwrap_err();
+        assert!(err.to_string().contains("console-password"), "{err}");
+    }
+}
