@@ -5,6 +5,7 @@
 //! [`lock::ProjectLock`], so a crash or a concurrent command never leaves a half-written file.
 
 pub mod atomic;
+pub mod instance;
 pub mod layout;
 pub mod lock;
 pub mod secrets;
@@ -14,6 +15,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use atomic::write_atomic;
+pub use instance::{InstancePaths, InstanceRecord};
 pub use layout::StateDir;
 pub use lock::ProjectLock;
 pub use secrets::ProjectSecrets;
