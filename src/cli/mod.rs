@@ -19,16 +19,16 @@ struct Cli {
     command: Command,
 }
 
-/// Options every command takes.
+/// Options given before the command, as with docker compose (`-f` after `logs` means follow).
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// The compose file [default: $QEMU_COMPOSE_FILE, else qemu-compose.yaml or
     /// qemu-compose.yml in this directory or the nearest parent]
-    #[arg(short = 'f', long = "file", global = true, value_name = "PATH")]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
     file: Option<PathBuf>,
     /// The project name [default: $QEMU_COMPOSE_PROJECT_NAME, else `name:` in the compose
     /// file, else the project directory's name]
-    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
     project_name: Option<String>,
     /// Print the full error chain and what qemu-compose does
     #[arg(
@@ -321,4 +321,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The honest answer of a command whose issue has not landed: no fake success.
 fn not_yet(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`qemu-compose {command}` is not implemented yet (tracked in issue #{issue})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
 }
