@@ -1,0 +1,187 @@
+//! Finding the compose file and naming the project (DESIGN.md section 1).
+
+use std::path::{Path, PathBuf};
+
+use super::interpolate::Env;
+
+/// File names looked for in the current directory and then each parent.
+pub const FILE_NAMES: [&str; 2] = ["qemu-compose.yaml", "qemu-compose.yml"];
+/// Names the compose file when `-f` is not given.
+pub const FILE_VAR: &str = "QEMU_COMPOSE_FILE";
+/// Names the project when `-p` is not given.
+pub const PROJECT_NAME_VAR: &str = "QEMU_COMPOSE_PROJECT_NAME";
+
+/// What the command line says about where the compose file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverOptions {
+    /// `-f/--file`, relative to `cwd`.
+    pub file: Option<PathBuf>,
+    /// Where the search starts (the process's current directory in the CLI).
+    pub cwd: PathBuf,
+}
+
+/// A compose file that exists, and its project directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// Canonical absolute path of the compose file.
+    pub file: PathBuf,
+    /// Canonical directory of the compose file: relative paths, `.env` and `.qemu-compose/`
+    /// live here.
+    pub dir: PathBuf,
+}
+
+/// Why no compose file could be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error(
+        "no qemu-compose.yaml or qemu-compose.yml in {} or any parent directory (use -f FILE)",
+        .cwd.display()
+    )]
+    NotFound { cwd: PathBuf },
+    #[error("compose file {}: {source}", .path.display())]
+    Unusable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Finds the compose file: `-f`, then `$QEMU_COMPOSE_FILE`, then the nearest
+/// `qemu-compose.yaml`/`.yml` from `cwd` upward.
+pub fn discover(opts: &DiscoverOptions, env: &dyn Env) -> Result<Located, DiscoverError> {
+    let explicit = opts.file.clone().or_else(|| {
+        env.var(FILE_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(file) = explicit {
+        return locate(&opts.cwd.join(file));
+    }
+    for dir in opts.cwd.ancestors() {
+        for name in FILE_NAMES {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return locate(&candidate);
+            }
+        }
+    }
+    Err(DiscoverError::NotFound {
+        cwd: opts.cwd.clone(),
+    })
+}
+
+fn locate(path: &Path) -> Result<Located, DiscoverError> {
+    let unusable = |source| DiscoverError::Unusable {
+        path: path.to_owned(),
+        source,
+    };
+    let file = path.canonicalize().map_err(unusable)?;
+    if !file.is_file() {
+        return Err(unusable(std::io::Error::other("not a regular file")));
+    }
+    let dir = file
+        .parent()
+        .map(Path::to_owned)
+        .ok_or_else(|| unusable(std::io::Error::other("has no parent directory")))?;
+    Ok(Located { file, dir })
+}
+
+/// Whether `name` is a valid explicit project name: `[a-z0-9][a-z0-9_-]*`.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Turns a directory name into a project name as docker compose does: lowercase, drop every
+/// character outside `[a-z0-9_-]`, then drop leading `_` and `-`. `None` if nothing is left.
+pub fn normalize_project_name(dir_name: &str) -> Option<String> {
+    let kept: String = dir_name
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    let trimmed = kept.trim_start_matches(['_', '-']);
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn no_env() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn finds_the_nearest_file_upward_and_prefers_yaml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let deep = root.join("a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(root.join("qemu-compose.yml"), "vms: {}\n").unwrap();
+        std::fs::write(root.join("a/qemu-compose.yml"), "vms: {}\n").unwrap();
+        std::fs::write(root.join("a/qemu-compose.yaml"), "vms: {}\n").unwrap();
+        let opts = DiscoverOptions {
+            file: None,
+            cwd: deep.clone(),
+        };
+        let found = discover(&opts, &no_env()).unwrap();
+        assert_eq!(found.file, root.join("a/qemu-compose.yaml"));
+        assert_eq!(found.dir, root.join("a"));
+
+        // -f wins over the environment, which wins over the search.
+        let env: BTreeMap<_, _> =
+            [(FILE_VAR.to_owned(), "../../../qemu-compose.yml".to_owned())].into();
+        assert_eq!(
+            discover(&opts, &env).unwrap().file,
+            root.join("qemu-compose.yml")
+        );
+        let with_f = DiscoverOptions {
+            file: Some("../../qemu-compose.yml".into()),
+            cwd: deep,
+        };
+        assert_eq!(
+            discover(&with_f, &env).unwrap().file,
+            root.join("a/qemu-compose.yml")
+        );
+    }
+
+    #[test]
+    fn reports_missing_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = DiscoverOptions {
+            file: Some("nope.yaml".into()),
+            cwd: tmp.path().to_owned(),
+        };
+        let err = discover(&opts, &no_env()).unwrap_err().to_string();
+        assert!(err.contains("nope.yaml"), "{err}");
+        let dir_as_file = DiscoverOptions {
+            file: Some(".".into()),
+            cwd: tmp.path().to_owned(),
+        };
+        assert!(
+            discover(&dir_as_file, &no_env())
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
+        );
+    }
+
+    #[test]
+    fn project_names() {
+        assert!(is_valid_name("demo"));
+        assert!(is_valid_name("0a_b-c"));
+        for bad in ["", "Demo", "-a", "_a", "a b", "a.b", "é"] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+        assert_eq!(
+            normalize_project_name("My App.v2").as_deref(),
+            Some("myappv2")
+        );
+        assert_eq!(normalize_project_name("__x-Y").as_deref(), Some("x-y"));
+        assert_eq!(normalize_project_name("..."), None);
+    }
+}
