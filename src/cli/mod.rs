@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use qemu_compose::compose::ComposeErrors;
+
+mod config;
+mod project;
 
 /// Run QEMU virtual machines from a compose file, rootless.
 #[derive(Debug, Parser)]
@@ -256,18 +260,6 @@ struct CompletionArgs {
     shell: clap_complete::Shell,
 }
 
-/// An error whose exit status is 2: invalid input rather than a failure.
-#[derive(Debug)]
-struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 /// Parses the arguments, runs the command and maps its outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -279,8 +271,11 @@ pub fn main() -> ExitCode {
 }
 
 fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
-    if let Some(usage) = err.downcast_ref::<UsageError>() {
-        eprintln!("{usage}");
+    // An invalid compose file is a usage error: every problem, one per line, then exit 2.
+    if let Some(errors) = err.downcast_ref::<ComposeErrors>() {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
         return ExitCode::from(2);
     }
     if debug {
@@ -313,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(_) => not_yet("pull", 8),
         Command::Image(_) => not_yet("image", 8),
         Command::Volume(_) => not_yet("volume", 6),
-        Command::Config(_) => not_yet("config", 2),
+        Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor => not_yet("doctor", 8),
     }
 }
