@@ -1,0 +1,456 @@
+//! The mount plan of one VM: for each entry of its `volumes:`, in compose order, what QEMU
+//! gets (a drive or a 9p share) and what the guest gets (fstab entries).
+//!
+//! The argv builder and the seed builder both read this one plan, so the drives QEMU attaches,
+//! the 9p tags it exports and the entries cloud-init mounts cannot disagree. Tags are numbered
+//! over *all* bind mounts (`automount: false` ones included), so `mountN` names the same share
+//! on both sides.
+//!
+//! A bind mount whose source is a file cannot be shared directly (9p exports folders). Its
+//! share is a folder of the instance holding one hard link to the file (a copy when the file
+//! is on another file system), mounted on a hidden folder under `/run/qemu-compose/` in the
+//! guest, and a bind mount puts that one file on the target. Nothing else of the host folder is
+//! exposed. An editor that saves by writing a new file and renaming it breaks the hard link:
+//! the guest then keeps seeing the old content until the next `up`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cloudinit::{GuestMount, TargetKind};
+use crate::compose::{MountKind, MountOption, SecurityModel, Vm};
+use crate::qemu::argv::{DriveFormat, DriveSpec, ShareSpec};
+
+/// The guest folder under which single-file shares are mounted.
+pub const FILE_SHARE_ROOT: &str = "/run/qemu-compose";
+
+/// 9p options every share is mounted with; a user option with the same key replaces one.
+const DEFAULT_9P_OPTIONS: [(&str, &str); 2] = [("trans", "virtio"), ("version", "9p2000.L")];
+
+/// What a bind mount's source turned out to be when `up` looked at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A folder: shared as it is.
+    Dir,
+    /// A regular file: shared through a one-file folder of the instance.
+    File,
+}
+
+/// What the plan needs to know about the host and the project's state.
+#[derive(Debug, Clone)]
+pub struct PlanFacts<'a> {
+    /// Whether QEMU runs as root (then 9p can use `passthrough`).
+    pub host_is_root: bool,
+    /// The ext4 UUID of each named volume.
+    pub volume_uuids: &'a BTreeMap<String, String>,
+    /// Each named volume's image.
+    pub volume_images: &'a BTreeMap<String, PathBuf>,
+    /// The kind of each bind source (checked by [`check_bind_sources`]).
+    pub source_kinds: &'a BTreeMap<PathBuf, SourceKind>,
+    /// The instance's folder for single-file shares.
+    pub file_shares_dir: &'a Path,
+}
+
+/// One single-file share to prepare on the host before QEMU starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileShare {
+    /// The file in the project.
+    pub source: PathBuf,
+    /// The folder QEMU exports; it must hold only `link`.
+    pub dir: PathBuf,
+    /// The hard link (or copy) of `source` inside `dir`.
+    pub link: PathBuf,
+}
+
+/// The whole plan of one VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountPlan {
+    /// Named volumes as drives, in compose order (attached right after the instance disk).
+    pub drives: Vec<DriveSpec>,
+    /// Bind mounts as 9p shares, in compose order, tags `mount0..`.
+    pub shares: Vec<ShareSpec>,
+    /// Folders to fill with one file before QEMU starts.
+    pub file_shares: Vec<FileShare>,
+    /// The guest's fstab entries, in mount order.
+    pub guest: Vec<GuestMount>,
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A bind source is missing (or is neither a file nor a folder).
+    #[error("VM {vm}: bind mount source {written:?} ({}) {reason}", .resolved.display())]
+    BadSource {
+        /// The VM.
+        vm: String,
+        /// The source as written in the compose file.
+        written: String,
+        /// The absolute path it resolved to.
+        resolved: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A named volume has no record (it should have been created first).
+    #[error("VM {vm}: volume {volume:?} does not exist")]
+    MissingVolume {
+        /// The VM.
+        vm: String,
+        /// The volume.
+        volume: String,
+    },
+}
+
+/// Looks at every bind source of `vm`: each must exist and be a folder or a regular file.
+pub fn check_bind_sources(vm: &Vm) -> Result<BTreeMap<PathBuf, SourceKind>, PlanError> {
+    let mut kinds = BTreeMap::new();
+    for mount in &vm.volumes {
+        let MountKind::Bind {
+            source_written,
+            source,
+            ..
+        } = &mount.kind
+        else {
+            continue;
+        };
+        let bad = |reason: String| PlanError::BadSource {
+            vm: vm.name.clone(),
+            written: source_written.clone(),
+            resolved: source.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(source).map_err(|e| {
+            bad(match e.kind() {
+                std::io::ErrorKind::NotFound => "does not exist".to_string(),
+                _ => format!("cannot be read: {e}"),
+            })
+        })?;
+        let kind = if meta.is_dir() {
+            SourceKind::Dir
+        } else if meta.is_file() {
+            SourceKind::File
+        } else {
+            return Err(bad("is neither a folder nor a regular file".to_string()));
+        };
+        kinds.insert(source.clone(), kind);
+    }
+    Ok(kinds)
+}
+
+/// Plans the mounts of `vm`. Pure: the file system was looked at by [`check_bind_sources`].
+pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
+    let mut out = MountPlan::default();
+    for mount in &vm.volumes {
+        match &mount.kind {
+            MountKind::Named { volume } => {
+                let missing = || PlanError::MissingVolume {
+                    vm: vm.name.clone(),
+                    volume: volume.clone(),
+                };
+                let uuid = facts.volume_uuids.get(volume).ok_or_else(missing)?;
+                let image = facts.volume_images.get(volume).ok_or_else(missing)?;
+                let n = out.drives.len();
+                out.drives.push(DriveSpec {
+                    id: format!("vol{n}"),
+                    path: image.clone(),
+                    format: DriveFormat::Qcow2,
+                    serial: drive_serial(volume),
+                    read_only: mount.read_only,
+                });
+                let options = if mount.read_only {
+                    "ro,nofail"
+                } else {
+                    "defaults,nofail"
+                };
+                out.guest.push(GuestMount {
+                    device: format!("UUID={uuid}"),
+                    target: mount.target.clone(),
+                    fstype: "ext4".to_string(),
+                    options: options.to_string(),
+                    pass: 2,
+                    target_kind: TargetKind::Dir,
+                });
+            }
+            MountKind::Bind {
+                source_written,
+                source,
+                automount,
+                mount_options,
+                security_model,
+            } => {
+                let n = out.shares.len();
+                let tag = format!("mount{n}");
+                let kind = *facts.source_kinds.get(source).ok_or_else(|| {
+                    PlanError::BadSource {
+                        vm: vm.name.clone(),
+                        written: source_written.clone(),
+                        resolved: source.clone(),
+                        reason: "was not checked before planning".to_string(),
+                    }
+                })?;
+                let security_model = security_model.unwrap_or(if facts.host_is_root {
+                    SecurityModel::Passthrough
+                } else {
+                    SecurityModel::None
+                });
+                let shared_path = match kind {
+                    SourceKind::Dir => source.clone(),
+                    SourceKind::File => {
+                        let dir = facts.file_shares_dir.join(&tag);
+                        let name = source.file_name().unwrap_or(source.as_os_str());
+                        out.file_shares.push(FileShare {
+                            source: source.clone(),
+                            link: dir.join(name),
+                            dir: dir.clone(),
+                        });
+                        dir
+                    }
+                };
+                out.shares.push(ShareSpec {
+                    id: format!("fs{n}"),
+                    path: shared_path,
+                    tag: tag.clone(),
+                    security_model,
+                    read_only: mount.read_only,
+                });
+                if !automount {
+                    continue;
+                }
+                let options = ninep_options(mount_options, mount.read_only);
+                match kind {
+                    SourceKind::Dir => out.guest.push(GuestMount {
+                        device: tag,
+                        target: mount.target.clone(),
+                        fstype: "9p".to_string(),
+                        options,
+                        pass: 0,
+                        target_kind: TargetKind::Dir,
+                    }),
+                    SourceKind::File => {
+                        let hidden = format!("{FILE_SHARE_ROOT}/{tag}");
+                        let name = source
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        out.guest.push(GuestMount {
+                            device: tag,
+                            target: hidden.clone(),
+                            fstype: "9p".to_string(),
+                            options,
+                            pass: 0,
+                            target_kind: TargetKind::Dir,
+                        });
+                        let bind = if mount.read_only {
+                            "bind,ro,nofail"
+                        } else {
+                            "bind,nofail"
+                        };
+                        out.guest.push(GuestMount {
+                            device: format!("{hidden}/{name}"),
+                            target: mount.target.clone(),
+                            fstype: "none".to_string(),
+                            options: bind.to_string(),
+                            pass: 0,
+                            target_kind: TargetKind::File,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The 9p mount options: the defaults, the user's (same key replaces a default), `ro` for a
+/// read-only mount, and `nofail` so a missing share never blocks the boot.
+fn ninep_options(user: &[MountOption], read_only: bool) -> String {
+    let mut opts: Vec<String> = DEFAULT_9P_OPTIONS
+        .iter()
+        .filter(|(key, _)| !user.iter().any(|o| o.key == *key))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    opts.extend(user.iter().map(ToString::to_string));
+    for flag in [read_only.then_some("ro"), Some("nofail")].into_iter().flatten() {
+        if !opts.iter().any(|o| o == flag) {
+            opts.push(flag.to_string());
+        }
+    }
+    opts.join(",")
+}
+
+/// A virtio serial (at most 20 bytes) naming the volume: the name itself when it fits, else a
+/// prefix and a hash so two long names never share a serial.
+fn drive_serial(volume: &str) -> String {
+    if volume.len() <= 20 {
+        return volume.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(volume.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", &volume[..11])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::{self, LoadOptions, Project};
+    use std::collections::HashMap;
+
+    fn project(yaml: &str) -> Project {
+        let opts = LoadOptions {
+            project_name: Some("t"),
+            env: &BTreeMap::new(),
+        };
+        compose::parse_str(yaml, Path::new("/p/qemu-compose.yaml"), Path::new("/p"), &opts)
+            .unwrap()
+    }
+
+    const MIXED: &str = r#"
+volumes:
+  data: {}
+  seeds: {}
+vms:
+  app:
+    image: ./base.img
+    volumes:
+      - data:/var/lib/data
+      - source: ./manual
+        target: /mnt/manual
+        automount: false
+      - ./src:/srv/src
+      - seeds:/srv/seeds:ro
+      - source: ./conf
+        target: /etc/app
+        read_only: true
+        mount_options: "cache=loose,msize=104857600,version=9p2000.u"
+      - ./nginx.conf:/etc/nginx/nginx.conf:ro
+"#;
+
+    fn facts_for<'a>(
+        uuids: &'a BTreeMap<String, String>,
+        images: &'a BTreeMap<String, PathBuf>,
+        kinds: &'a BTreeMap<PathBuf, SourceKind>,
+        root: bool,
+    ) -> PlanFacts<'a> {
+        PlanFacts {
+            host_is_root: root,
+            volume_uuids: uuids,
+            volume_images: images,
+            source_kinds: kinds,
+            file_shares_dir: Path::new("/p/.qemu-compose/app/file-shares"),
+        }
+    }
+
+    fn mixed_plan(root: bool) -> MountPlan {
+        let p = project(MIXED);
+        let uuids = BTreeMap::from([
+            ("data".to_string(), "11111111-2222-3333-4444-555555555555".to_string()),
+            ("seeds".to_string(), "66666666-7777-8888-9999-000000000000".to_string()),
+        ]);
+        let images: BTreeMap<_, _> = ["data", "seeds"]
+            .iter()
+            .map(|v| (v.to_string(), PathBuf::from(format!("/p/.qemu-compose/volumes/{v}/volume.qcow2"))))
+            .collect();
+        let kinds: BTreeMap<_, _> = HashMap::from([
+            ("/p/manual", SourceKind::Dir),
+            ("/p/src", SourceKind::Dir),
+            ("/p/conf", SourceKind::Dir),
+            ("/p/nginx.conf", SourceKind::File),
+        ])
+        .into_iter()
+        .map(|(p, k)| (PathBuf::from(p), k))
+        .collect();
+        plan(&p.vms[0], &facts_for(&uuids, &images, &kinds, root)).unwrap()
+    }
+
+    #[test]
+    fn drives_follow_compose_order_and_carry_read_only() {
+        let plan = mixed_plan(false);
+        let drives: Vec<_> = plan
+            .drives
+            .iter()
+            .map(|d| (d.id.as_str(), d.serial.as_str(), d.read_only))
+            .collect();
+        assert_eq!(drives, [("vol0", "data", false), ("vol1", "seeds", true)]);
+    }
+
+    #[test]
+    fn tags_are_numbered_over_all_bind_mounts() {
+        let plan = mixed_plan(false);
+        let shares: Vec<_> = plan
+            .shares
+            .iter()
+            .map(|s| (s.tag.as_str(), s.path.to_str().unwrap(), s.read_only))
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("mount0", "/p/manual", false),
+                ("mount1", "/p/src", false),
+                ("mount2", "/p/conf", true),
+                ("mount3", "/p/.qemu-compose/app/file-shares/mount3", true),
+            ]
+        );
+        // mount0 has automount: false, so the guest mounts start at mount1.
+        let guest: Vec<_> = plan
+            .guest
+            .iter()
+            .map(|g| (g.device.as_str(), g.target.as_str(), g.fstype.as_str(), g.options.as_str()))
+            .collect();
+        assert_eq!(
+            guest,
+            [
+                ("UUID=11111111-2222-3333-4444-555555555555", "/var/lib/data", "ext4", "defaults,nofail"),
+                ("mount1", "/srv/src", "9p", "trans=virtio,version=9p2000.L,nofail"),
+                ("UUID=66666666-7777-8888-9999-000000000000", "/srv/seeds", "ext4", "ro,nofail"),
+                ("mount2", "/etc/app", "9p", "trans=virtio,cache=loose,msize=104857600,version=9p2000.u,ro,nofail"),
+                ("mount3", "/run/qemu-compose/mount3", "9p", "trans=virtio,version=9p2000.L,ro,nofail"),
+                ("/run/qemu-compose/mount3/nginx.conf", "/etc/nginx/nginx.conf", "none", "bind,ro,nofail"),
+            ]
+        );
+        assert_eq!(plan.guest[5].target_kind, TargetKind::File);
+        assert_eq!(
+            plan.file_shares,
+            [FileShare {
+                source: "/p/nginx.conf".into(),
+                dir: "/p/.qemu-compose/app/file-shares/mount3".into(),
+                link: "/p/.qemu-compose/app/file-shares/mount3/nginx.conf".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn security_model_depends_on_the_host_user_unless_given() {
+        let models = |root| {
+            mixed_plan(root)
+                .shares
+                .iter()
+                .map(|s| s.security_model)
+                .collect::<Vec<_>>()
+        };
+        assert!(models(false).iter().all(|m| *m == SecurityModel::None));
+        assert!(models(true).iter().all(|m| *m == SecurityModel::Passthrough));
+    }
+
+    #[test]
+    fn missing_bind_source_names_written_and_resolved_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "vms:\n  a:\n    image: ./x.img\n    volumes: ['./nope:/mnt']\n";
+        let opts = LoadOptions {
+            project_name: Some("t"),
+            env: &BTreeMap::new(),
+        };
+        let p = compose::parse_str(yaml, &dir.path().join("qemu-compose.yaml"), dir.path(), &opts)
+            .unwrap();
+        let err = check_bind_sources(&p.vms[0]).unwrap_err().to_string();
+        assert!(err.contains("\"./nope\""), "{err}");
+        assert!(err.contains(&dir.path().join("nope").display().to_string()), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn long_volume_names_get_distinct_serials() {
+        let a = drive_serial("a-very-long-volume-name-one");
+        let b = drive_serial("a-very-long-volume-name-two");
+        assert!(a.len() <= 20 && b.len() <= 20);
+        assert_ne!(a, b);
+    }
+}

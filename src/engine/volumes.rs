@@ -1,0 +1,268 @@
+//! Named volumes: a qcow2 image holding one ext4 filesystem, made in-process.
+//!
+//! A volume is created in a temporary file in its own folder, formatted, synced, renamed into
+//! place as `volume.qcow2`, and only then recorded in `volumes.json` (by the caller, under the
+//! project lock). A crash at any point leaves either nothing, a stray temporary file (removed by
+//! the next creation), or a complete image not yet recorded, which [`inspect_image`] verifies
+//! before [`ensure_volumes`] adopts it.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::compose::{self, Project, format_size};
+use crate::disk::ext4::{self, FormatOptions, SuperblockInfo};
+use crate::disk::qcow2::{self, Qcow2Image};
+use crate::disk::sink::SparseBuffer;
+use crate::state::{StateDir, StateError, VolumeRecord, VolumeRegistry, atomic};
+
+use super::Reporter;
+
+/// Prefix of the temporary files volumes are built in.
+const TEMP_PREFIX: &str = ".volume-";
+
+/// Why a volume cannot be created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The name is not a valid volume name.
+    #[error(
+        "invalid volume name {0:?}: use lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters"
+    )]
+    BadName(String),
+    /// The size is outside what the ext4 formatter supports.
+    #[error("volume {name}: size {size} is outside the supported range {min} to {max}")]
+    BadSize {
+        /// The volume.
+        name: String,
+        /// The requested size.
+        size: String,
+        /// The smallest size.
+        min: String,
+        /// The largest size.
+        max: String,
+    },
+    /// The volume is already there.
+    #[error("volume {0} already exists")]
+    Exists(String),
+    /// A volume named in volumes.json has no image any more.
+    #[error(
+        "volume {name} is recorded in volumes.json but its image {} is missing; remove it with `qemu-compose volume rm {name}` to start afresh",
+        .path.display()
+    )]
+    ImageMissing {
+        /// The volume.
+        name: String,
+        /// Where its image should be.
+        path: PathBuf,
+    },
+    /// An image is on disk but is not a usable volume.
+    #[error("volume {name}: {} is not a usable volume image: {reason}", .path.display())]
+    BadImage {
+        /// The volume.
+        name: String,
+        /// The image.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A state file problem.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Formatting failed.
+    #[error("volume {name}: {source}")]
+    Format {
+        /// The volume.
+        name: String,
+        /// The formatter's error.
+        source: ext4::Ext4Error,
+    },
+    /// Writing the image failed.
+    #[error("volume {name}: {source}")]
+    Qcow2 {
+        /// The volume.
+        name: String,
+        /// The writer's error.
+        source: qcow2::Qcow2Error,
+    },
+}
+
+/// What an existing image holds, read with our own qcow2 and ext4 readers.
+#[derive(Debug, Clone)]
+pub struct ImageFacts {
+    /// The qcow2 virtual size.
+    pub virtual_size: u64,
+    /// Bytes the image file occupies on disk.
+    pub disk_bytes: u64,
+    /// The ext4 superblock.
+    pub superblock: SuperblockInfo,
+}
+
+/// The ext4 label of a volume: its name, cut to the 16 bytes ext4 allows (names are ASCII).
+pub fn label_for(name: &str) -> String {
+    name.chars().take(ext4::MAX_LABEL).collect()
+}
+
+/// Creates the image of volume `name` and returns its record; the caller registers it.
+pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, VolumeError> {
+    if !compose::is_valid_name(name) {
+        return Err(VolumeError::BadName(name.to_string()));
+    }
+    if !(ext4::MIN_SIZE..=ext4::MAX_SIZE).contains(&size) {
+        return Err(VolumeError::BadSize {
+            name: name.to_string(),
+            size: format_size(size),
+            min: format_size(ext4::MIN_SIZE),
+            max: format_size(ext4::MAX_SIZE),
+        });
+    }
+    let dir = state.volume_dir(name);
+    let image = state.volume_image(name);
+    state.ensure()?;
+    state.check_inside(&image)?;
+    atomic::create_private_dir(&dir, 0o700)?;
+    if image.exists() {
+        return Err(VolumeError::Exists(name.to_string()));
+    }
+    remove_stale_temporaries(&dir)?;
+
+    let label = label_for(name);
+    let mut contents = SparseBuffer::new(size);
+    let summary = ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(
+        |source| VolumeError::Format {
+            name: name.to_string(),
+            source,
+        },
+    )?;
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| StateError::io(&dir, e))?;
+    qcow2::write_data_image(tmp.as_file(), size, &contents).map_err(|source| {
+        VolumeError::Qcow2 {
+            name: name.to_string(),
+            source,
+        }
+    })?;
+    tmp.persist_noclobber(&image)
+        .map_err(|e| StateError::io(&image, e.error))?;
+    atomic::sync_dir(&dir)?;
+    Ok(VolumeRecord {
+        name: name.to_string(),
+        size: format_size(size),
+        disk_path: image,
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        uuid: uuid::Uuid::from_bytes(summary.uuid).hyphenated().to_string(),
+        label,
+    })
+}
+
+/// Temporary files of a creation that was interrupted; only ever ours, under the lock.
+fn remove_stale_temporaries(dir: &Path) -> Result<(), StateError> {
+    let entries = fs::read_dir(dir).map_err(|e| StateError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StateError::io(dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            fs::remove_file(entry.path()).map_err(|e| StateError::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a volume image with our own readers: the qcow2 header and the ext4 superblock.
+pub fn inspect_image(name: &str, path: &Path) -> Result<ImageFacts, VolumeError> {
+    let bad = |reason: String| VolumeError::BadImage {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let image = Qcow2Image::open(path).map_err(|e| bad(e.to_string()))?;
+    if image.backing_file().is_some() {
+        return Err(bad("it has a backing file".to_string()));
+    }
+    let mut sb = vec![0u8; 1024];
+    image.read_at(1024, &mut sb).map_err(|e| bad(e.to_string()))?;
+    let superblock = ext4::read_superblock(&sb).map_err(|e| bad(e.to_string()))?;
+    let disk_bytes = fs::metadata(path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(ImageFacts {
+        virtual_size: image.virtual_size(),
+        disk_bytes,
+        superblock,
+    })
+}
+
+/// Makes sure every volume the project declares exists: creates the missing ones, adopts a
+/// complete image whose registration a crash cut short, warns when the declared size differs
+/// from the image's. Each volume is registered as soon as it is complete. Call under the
+/// project lock.
+pub fn ensure_volumes(
+    state: &StateDir,
+    project: &Project,
+    registry: &mut VolumeRegistry,
+    reporter: &dyn Reporter,
+) -> Result<(), VolumeError> {
+    for decl in &project.volumes {
+        let image = state.volume_image(&decl.name);
+        state.check_inside(&image)?;
+        let on_disk = match fs::symlink_metadata(&image) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StateError::io(&image, e).into()),
+        };
+        match (registry.volumes.get(&decl.name), on_disk) {
+            (Some(_), false) => {
+                return Err(VolumeError::ImageMissing {
+                    name: decl.name.clone(),
+                    path: image,
+                });
+            }
+            (Some(_), true) => {
+                let facts = inspect_image(&decl.name, &image)?;
+                if facts.virtual_size != decl.size_bytes {
+                    reporter.warn(&format!(
+                        "volume {} is {} but the compose file now declares {}; keeping the existing volume and its data",
+                        decl.name,
+                        format_size(facts.virtual_size),
+                        format_size(decl.size_bytes)
+                    ));
+                }
+            }
+            (None, true) => {
+                let facts = inspect_image(&decl.name, &image)?;
+                reporter.warn(&format!(
+                    "volume {}: {} exists but was not recorded in volumes.json (an interrupted creation?); it is a valid volume, recording it",
+                    decl.name,
+                    image.display()
+                ));
+                registry.volumes.insert(
+                    decl.name.clone(),
+                    VolumeRecord {
+                        name: decl.name.clone(),
+                        size: format_size(facts.virtual_size),
+                        disk_path: image,
+                        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                            .to_string(),
+                        uuid: uuid::Uuid::from_bytes(facts.superblock.uuid)
+                            .hyphenated()
+                            .to_string(),
+                        label: facts.superblock.label,
+                    },
+                );
+                registry.save(&state.volumes_json())?;
+            }
+            (None, false) => {
+                reporter.info(&format!(
+                    "creating volume {} ({})",
+                    decl.name,
+                    format_size(decl.size_bytes)
+                ));
+                let record = create(state, &decl.name, decl.size_bytes)?;
+                registry.volumes.insert(decl.name.clone(), record);
+                registry.save(&state.volumes_json())?;
+            }
+        }
+    }
+    Ok(())
+}
