@@ -182,8 +182,15 @@ mod tests {
     fn decision_table() {
         use Accel::*;
         use AccelMode as M;
-        // (requested, override, kvm opens, flag) -> Some(accel) or None for an error
-        let rows: &[(AccelMode, Option<&str>, bool, Option<&str>, Option<Accel>)] = &[
+        /// (requested, override, kvm opens, flag) -> Some(accel), or None for an error.
+        type Row = (
+            AccelMode,
+            Option<&'static str>,
+            bool,
+            Option<&'static str>,
+            Option<Accel>,
+        );
+        let rows: &[Row] = &[
             (M::Auto, None, true, Some("vmx"), Some(Kvm)),
             (M::Auto, None, true, Some("svm"), Some(Kvm)),
             (M::Auto, None, true, None, Some(Tcg)), // this machine: PVM
