@@ -313,3 +313,23 @@ fn paths_with_a_comma_and_a_space_work() {
     );
     assert_gone(started.pid, &handle);
 }
+
+#[test]
+fn an_unreachable_qmp_socket_ends_in_sigkill() {
+    let _one = serial();
+    let qemu = qemu_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), free_port());
+    let _guard = Guard(VmHandle::from(&spec));
+    let started = process::start(&qemu, &spec, START_TIMEOUT).unwrap();
+    // As if the socket had been deleted: neither powerdown nor quit can be asked for.
+    let handle = VmHandle {
+        pidfile: spec.pidfile.clone(),
+        qmp_socket: dir.path().join("gone.sock"),
+    };
+    let t = Instant::now();
+    let outcome = process::stop(&handle, Duration::from_secs(60), false).unwrap();
+    assert_eq!(outcome, StopOutcome::Killed);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_gone(started.pid, &handle);
+}

@@ -357,8 +357,10 @@ fn end(
         return Ok(StopOutcome::PoweredOff);
     }
     // QEMU may close the socket before its reply to `quit` arrives: only the exit counts.
-    let _ = qmp_once(handle, "quit");
-    if wait_gone(pid, &handle.pidfile, END_TIMEOUT) {
+    // When the socket cannot even be reached, nothing was asked and there is nothing to wait for.
+    let quit = qmp_once(handle, "quit");
+    let asked = !matches!(quit, Err(QmpError::Connect { .. }));
+    if asked && wait_gone(pid, &handle.pidfile, END_TIMEOUT) {
         return Ok(StopOutcome::Quit);
     }
     if is_our_qemu(pid, &handle.pidfile) {

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
@@ -95,11 +95,13 @@ pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next_id: u64,
+    /// Bounds each command as a whole, events included.
+    timeout: Duration,
 }
 
 impl Qmp {
     /// Connects, reads the greeting and leaves capability negotiation. `timeout` bounds each
-    /// read and write, so a wedged QEMU cannot hang the caller.
+    /// read, write and command, so a wedged QEMU cannot hang the caller.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
             path: path.to_owned(),
@@ -111,6 +113,7 @@ impl Qmp {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
             next_id: 1,
+            timeout,
         };
         match qmp.read_message()? {
             Message::Greeting(_) => {}
@@ -138,7 +141,14 @@ impl Qmp {
         let mut line = Value::Object(request).to_string();
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
+        let deadline = Instant::now() + self.timeout;
         loop {
+            if Instant::now() > deadline {
+                return Err(QmpError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no reply to {command} within {:?}", self.timeout),
+                )));
+            }
             match self.read_message()? {
                 Message::Event { .. } | Message::Greeting(_) => continue,
                 Message::Return { id: got, value } if got == Some(json!(id)) => return Ok(value),
