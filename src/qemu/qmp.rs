@@ -287,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let _listener = UnixListener::bind(&path).unwrap();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let err = Qmp::connect(&path, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, QmpError::Io(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3));
