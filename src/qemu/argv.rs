@@ -569,6 +569,40 @@ mod tests {
         assert_eq!(after("-pidfile"), "/tmp/a,b c/qemu,pid");
     }
 
+    /// QEMU's option-list reading: `,,` is a literal comma, a single `,` ends a value.
+    fn split_options(list: &str) -> Vec<String> {
+        let mut items = vec![String::new()];
+        let mut chars = list.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                ',' if chars.peek() == Some(&',') => {
+                    chars.next();
+                    items.last_mut().unwrap().push(',');
+                }
+                ',' => items.push(String::new()),
+                c => items.last_mut().unwrap().push(c),
+            }
+        }
+        items
+    }
+
+    proptest::proptest! {
+        /// Whatever the path, QEMU reads back exactly it and no extra option.
+        #[test]
+        fn escaped_paths_read_back_intact(name in "[^\\x00/]{1,40}", id in "[a-z,=]{1,8}") {
+            let mut spec = plain();
+            spec.drives.truncate(1);
+            spec.drives[0].path = Path::new("/tmp").join(&name);
+            spec.drives[0].id = id.clone();
+            let args = build_argv(&spec).unwrap();
+            let drive = &args[args.iter().position(|a| a == "-drive").unwrap() + 1];
+            let items = split_options(drive);
+            proptest::prop_assert_eq!(items.len(), 4, "{}", drive);
+            proptest::prop_assert_eq!(&items[0], &format!("file=/tmp/{name}"));
+            proptest::prop_assert_eq!(&items[3], &format!("id={id}"));
+        }
+    }
+
     #[test]
     fn escape_doubles_commas_only() {
         assert_eq!(escape("a,b,,c"), "a,,b,,,,c");
