@@ -212,6 +212,8 @@ fn collect_in_background(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver
     thread::spawn(move || {
         let mut bytes = Vec::new();
         let _ = (&mut pipe).take(MAX_STDERR).read_to_end(&mut bytes);
+        // Keep draining past the limit so a chatty QEMU never blocks on a full pipe.
+        let _ = std::io::copy(&mut pipe, &mut std::io::sink());
         let _ = tx.send(String::from_utf8_lossy(&bytes).trim_end().to_owned());
     });
     rx
