@@ -1,1 +1,11 @@
 //! QEMU: acceleration choice, the argv builder, the process and its QMP socket.
+
+pub mod accel;
+pub mod argv;
+pub mod ports;
+pub mod process;
+pub mod qmp;
+
+pub use accel::{Accel, AccelChoice, AccelMode};
+pub use argv::{LaunchSpec, build_argv};
+pub use process::{StopOutcome, VmHandle};

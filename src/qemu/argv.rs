@@ -1,0 +1,672 @@
+//! The QEMU command line, built by a pure function from plain data.
+//!
+//! [`LaunchSpec`] holds everything that varies between VMs; [`build_argv`] turns it into the
+//! arguments after the binary name, always in the same order, so the result can be
+//! golden-tested and recorded in the instance state. Values placed inside a QEMU option list
+//! (`key=value,key=value`) have every `,` doubled, which is QEMU's escape, so a path with a
+//! comma cannot add or change an option.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::accel::Accel;
+
+/// The kernel's limit for a unix socket path (`sun_path`), including the trailing NUL.
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Everything QEMU needs to start one VM. All paths must be absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// Shown by QEMU in window titles and `query-name`; usually `<project>-<vm>`.
+    pub name: String,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// Direct kernel boot instead of the firmware's boot from the first disk.
+    pub kernel: Option<KernelBoot>,
+    /// In the order they are attached: instance disk, named volumes, then the seed.
+    pub drives: Vec<DriveSpec>,
+    /// 9p shares (bind mounts), in the order of the VM's bind mounts.
+    pub shares: Vec<ShareSpec>,
+    pub net: NetSpec,
+    pub qmp_socket: PathBuf,
+    pub serial_socket: PathBuf,
+    /// The serial console is appended here as well, for `logs`.
+    pub serial_log: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+}
+
+/// Image formats QEMU is told about explicitly (never probed by QEMU, which would let a raw
+/// image that looks like qcow2 name a backing file on the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DriveFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriveFormat::Qcow2 => "qcow2",
+            DriveFormat::Raw => "raw",
+        }
+    }
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveSpec {
+    /// The `-drive id=` QEMU uses to connect the drive to its device; unique per VM.
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DriveFormat,
+    /// The virtio serial the guest sees as `/dev/disk/by-id/virtio-<serial>` (at most 20 bytes).
+    pub serial: String,
+    pub read_only: bool,
+}
+
+/// How QEMU's 9p server maps guest file ownership onto the host (`security_model=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityModel {
+    Passthrough,
+    MappedXattr,
+    MappedFile,
+    None,
+}
+
+impl SecurityModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityModel::Passthrough => "passthrough",
+            SecurityModel::MappedXattr => "mapped-xattr",
+            SecurityModel::MappedFile => "mapped-file",
+            SecurityModel::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown 9p security_model {0:?}: expected passthrough, mapped-xattr, mapped-file or none")]
+pub struct BadSecurityModel(String);
+
+impl FromStr for SecurityModel {
+    type Err = BadSecurityModel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "passthrough" => Ok(SecurityModel::Passthrough),
+            // QEMU accepts "mapped" as the old name of mapped-xattr.
+            "mapped" | "mapped-xattr" => Ok(SecurityModel::MappedXattr),
+            "mapped-file" => Ok(SecurityModel::MappedFile),
+            "none" => Ok(SecurityModel::None),
+            _ => Err(BadSecurityModel(s.to_owned())),
+        }
+    }
+}
+
+/// One host directory shared with the guest over virtio-9p.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// The fsdev id; unique per VM.
+    pub id: String,
+    pub path: PathBuf,
+    /// The mount tag the guest mounts (`mount0`, `mount1`, …).
+    pub tag: String,
+    pub security_model: SecurityModel,
+    pub read_only: bool,
+}
+
+/// User-mode networking: one NIC, SSH forwarded from the host's loopback, plus `ports:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub mac: MacAddress,
+    pub ssh_port: u16,
+    pub ports: Vec<PortForward>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A `hostfwd` rule. QEMU's user-mode network binds only IPv4 host addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    pub protocol: Protocol,
+    /// `None` listens on every host address, as `ports: ["8080:80"]` does in docker compose.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl PortForward {
+    /// The rule text after `hostfwd=`, which is also how QEMU names the rule in its errors.
+    pub fn rule(&self) -> String {
+        let ip = self.host_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        format!(
+            "{}:{ip}:{}-:{}",
+            self.protocol.as_str(),
+            self.host_port,
+            self.guest_port
+        )
+    }
+}
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl MacAddress {
+    /// A stable address in QEMU's locally administered `52:54:00` range, derived from a name
+    /// (e.g. `<project>/<vm>`), so a VM keeps its address, and its DHCP lease, across restarts.
+    pub fn derived_from(name: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(name.as_bytes());
+        MacAddress([0x52, 0x54, 0x00, hash[0], hash[1], hash[2]])
+    }
+}
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgvError {
+    #[error("{what} path {path:?} is not valid UTF-8, which QEMU's command line needs here")]
+    NotUtf8 { what: &'static str, path: PathBuf },
+    #[error("{what} path {path:?} must be absolute")]
+    Relative { what: &'static str, path: PathBuf },
+    #[error(
+        "{what} path {path:?} is {len} bytes, longer than the {max} bytes a unix socket path may have",
+        max = UNIX_PATH_MAX - 1
+    )]
+    SocketPathTooLong {
+        what: &'static str,
+        path: PathBuf,
+        len: usize,
+    },
+    #[error("{what} {value:?} contains a NUL byte")]
+    Nul { what: &'static str, value: String },
+    #[error("{what} must be at least 1")]
+    Zero { what: &'static str },
+}
+
+/// Doubles every `,`: QEMU's escape inside `key=value,…` option lists.
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// The arguments after the binary name. Pure: same spec, same list.
+pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
+    if spec.cpus == 0 {
+        return Err(ArgvError::Zero { what: "cpu count" });
+    }
+    if spec.memory_mib == 0 {
+        return Err(ArgvError::Zero { what: "memory" });
+    }
+    let mut args = Args::default();
+
+    args.push([
+        "-name",
+        &format!("guest={}", escape(&text("VM name", &spec.name)?)),
+    ]);
+    let (machine, cpu) = match spec.accel {
+        Accel::Kvm => ("q35,accel=kvm", "host"),
+        Accel::Tcg => ("q35,accel=tcg", "max"),
+    };
+    args.push(["-machine", machine, "-cpu", cpu]);
+    args.push(["-smp", &spec.cpus.to_string()]);
+    args.push(["-m", &spec.memory_mib.to_string()]);
+    // Without -nodefaults QEMU adds an empty CD-ROM, a VGA card and a parallel port.
+    args.push(["-nodefaults", "-display", "none"]);
+
+    if let Some(boot) = &spec.kernel {
+        // These three are plain arguments, not option lists: no escaping.
+        args.push(["-kernel", path("kernel", &boot.kernel)?]);
+        if let Some(initrd) = &boot.initrd {
+            args.push(["-initrd", path("initrd", initrd)?]);
+        }
+        if let Some(cmdline) = &boot.cmdline {
+            args.push(["-append", &text("kernel command line", cmdline)?]);
+        }
+    }
+
+    for drive in &spec.drives {
+        let id = escape(&text("drive id", &drive.id)?);
+        let mut opts = format!(
+            "file={},format={},if=none,id={id}",
+            escape(path("drive", &drive.path)?),
+            drive.format.as_str()
+        );
+        if drive.read_only {
+            opts.push_str(",readonly=on");
+        }
+        args.push(["-drive", &opts]);
+        // QEMU 10 rejects serial= on -drive; it belongs to the device.
+        let device = format!(
+            "virtio-blk-pci,drive={id},serial={}",
+            escape(&text("drive serial", &drive.serial)?)
+        );
+        args.push(["-device", &device]);
+    }
+
+    for share in &spec.shares {
+        let mut opts = format!(
+            "local,path={},mount_tag={},security_model={},id={}",
+            escape(path("share", &share.path)?),
+            escape(&text("mount tag", &share.tag)?),
+            share.security_model.as_str(),
+            escape(&text("share id", &share.id)?)
+        );
+        if share.read_only {
+            opts.push_str(",readonly=on");
+        }
+        args.push(["-virtfs", &opts]);
+    }
+
+    let ssh = PortForward {
+        protocol: Protocol::Tcp,
+        host_ip: Some(Ipv4Addr::LOCALHOST),
+        host_port: spec.net.ssh_port,
+        guest_port: 22,
+    };
+    let mut netdev = "user,id=net0".to_owned();
+    for forward in std::iter::once(&ssh).chain(&spec.net.ports) {
+        netdev.push_str(",hostfwd=");
+        netdev.push_str(&forward.rule());
+    }
+    args.push(["-netdev", &netdev]);
+    args.push([
+        "-device",
+        &format!("virtio-net-pci,netdev=net0,mac={}", spec.net.mac),
+    ]);
+
+    let qmp = socket("QMP socket", &spec.qmp_socket)?;
+    args.push(["-qmp", &format!("unix:{},server=on,wait=off", escape(qmp))]);
+    let serial = socket("serial socket", &spec.serial_socket)?;
+    let chardev = format!(
+        "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+        escape(serial),
+        escape(path("serial log", &spec.serial_log)?)
+    );
+    args.push(["-chardev", &chardev, "-serial", "chardev:serial0"]);
+
+    args.push(["-daemonize", "-pidfile", path("pidfile", &spec.pidfile)?]);
+    Ok(args.0)
+}
+
+#[derive(Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, items: [&str; N]) {
+        self.0.extend(items.iter().map(|s| (*s).to_owned()));
+    }
+}
+
+/// A free-text value: anything but NUL, which no argv can carry.
+fn text(what: &'static str, value: &str) -> Result<String, ArgvError> {
+    if value.contains('\0') {
+        return Err(ArgvError::Nul {
+            what,
+            value: value.to_owned(),
+        });
+    }
+    Ok(value.to_owned())
+}
+
+/// An absolute UTF-8 path. Relative paths are refused: QEMU would read `a:b.qcow2` as a
+/// protocol prefix, and the answer would depend on QEMU's working directory.
+fn path<'a>(what: &'static str, path: &'a Path) -> Result<&'a str, ArgvError> {
+    let s = path.to_str().ok_or_else(|| ArgvError::NotUtf8 {
+        what,
+        path: path.to_owned(),
+    })?;
+    if !path.is_absolute() {
+        return Err(ArgvError::Relative {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    text(what, s)?;
+    Ok(s)
+}
+
+/// A path QEMU binds a unix socket on; the caller moves long ones (e.g. under
+/// `$XDG_RUNTIME_DIR`) before QEMU would fail with a less helpful message.
+fn socket<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, ArgvError> {
+    let s = path(what, p)?;
+    if s.len() >= UNIX_PATH_MAX {
+        return Err(ArgvError::SocketPathTooLong {
+            what,
+            path: p.to_owned(),
+            len: s.len(),
+        });
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain VM as the engine would describe it, to be varied per test.
+    fn plain() -> LaunchSpec {
+        let dir = Path::new("/srv/demo/.qemu-compose/web");
+        LaunchSpec {
+            name: "demo-web".into(),
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 2048,
+            kernel: None,
+            drives: vec![
+                DriveSpec {
+                    id: "disk".into(),
+                    path: dir.join("disk.qcow2"),
+                    format: DriveFormat::Qcow2,
+                    serial: "qc-disk".into(),
+                    read_only: false,
+                },
+                DriveSpec {
+                    id: "seed".into(),
+                    path: dir.join("seed.img"),
+                    format: DriveFormat::Raw,
+                    serial: "qc-seed".into(),
+                    read_only: true,
+                },
+            ],
+            shares: vec![],
+            net: NetSpec {
+                mac: MacAddress::derived_from("demo/web"),
+                ssh_port: 2222,
+                ports: vec![],
+            },
+            qmp_socket: dir.join("qmp.sock"),
+            serial_socket: dir.join("serial.sock"),
+            serial_log: dir.join("serial.log"),
+            pidfile: dir.join("qemu.pid"),
+        }
+    }
+
+    fn volume(name: &str, read_only: bool) -> DriveSpec {
+        DriveSpec {
+            id: format!("vol-{name}"),
+            path: format!("/srv/demo/.qemu-compose/volumes/{name}/volume.qcow2").into(),
+            format: DriveFormat::Qcow2,
+            serial: format!("qc-vol-{name}"),
+            read_only,
+        }
+    }
+
+    fn share(n: usize, path: &str, read_only: bool, model: SecurityModel) -> ShareSpec {
+        ShareSpec {
+            id: format!("fs{n}"),
+            path: path.into(),
+            tag: format!("mount{n}"),
+            security_model: model,
+            read_only,
+        }
+    }
+
+    /// Compares with `tests/golden/argv/<name>.txt` (one argument per line);
+    /// `UPDATE_GOLDEN=1` rewrites the file instead.
+    fn golden(name: &str, spec: &LaunchSpec) {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/argv")
+            .join(format!("{name}.txt"));
+        let mut got = build_argv(spec).unwrap().join("\n");
+        got.push('\n');
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", file.display()));
+        assert_eq!(got, want, "argv differs from {}", file.display());
+    }
+
+    #[test]
+    fn golden_plain_tcg() {
+        golden("plain-tcg", &plain());
+    }
+
+    #[test]
+    fn golden_plain_kvm() {
+        golden(
+            "plain-kvm",
+            &LaunchSpec {
+                accel: Accel::Kvm,
+                ..plain()
+            },
+        );
+    }
+
+    #[test]
+    fn golden_named_volumes() {
+        let mut spec = plain();
+        spec.drives.insert(1, volume("pgdata", false));
+        spec.drives.insert(2, volume("reference", true));
+        golden("named-volumes", &spec);
+    }
+
+    #[test]
+    fn golden_shares() {
+        let mut spec = plain();
+        spec.shares = vec![
+            share(0, "/srv/demo/config", true, SecurityModel::None),
+            // mount1 has automount: false in the compose file: still numbered, still shared.
+            share(1, "/srv/demo/scripts", false, SecurityModel::Passthrough),
+            share(2, "/srv/demo/odd, dir", false, SecurityModel::MappedXattr),
+        ];
+        // Tags are emitted as given, in the order given.
+        spec.shares.swap(0, 2);
+        golden("shares", &spec);
+    }
+
+    #[test]
+    fn golden_ports() {
+        let mut spec = plain();
+        spec.net.ssh_port = 2223;
+        spec.net.ports = vec![
+            PortForward {
+                protocol: Protocol::Tcp,
+                host_ip: None,
+                host_port: 8080,
+                guest_port: 80,
+            },
+            PortForward {
+                protocol: Protocol::Tcp,
+                host_ip: Some(Ipv4Addr::new(127, 0, 0, 1)),
+                host_port: 5433,
+                guest_port: 5432,
+            },
+            PortForward {
+                protocol: Protocol::Udp,
+                host_ip: Some(Ipv4Addr::new(192, 168, 1, 10)),
+                host_port: 5353,
+                guest_port: 53,
+            },
+        ];
+        golden("ports", &spec);
+    }
+
+    #[test]
+    fn golden_direct_kernel() {
+        let spec = LaunchSpec {
+            kernel: Some(KernelBoot {
+                kernel: "/srv/demo/boot/vmlinuz".into(),
+                initrd: Some("/srv/demo/boot/initrd.img".into()),
+                cmdline: Some("root=LABEL=rootfs rw console=ttyS0,115200".into()),
+            }),
+            ..plain()
+        };
+        golden("direct-kernel", &spec);
+    }
+
+    #[test]
+    fn commas_are_escaped_everywhere_inside_options() {
+        let dir = Path::new("/tmp/a,b c");
+        let mut spec = plain();
+        spec.name = "x,y".into();
+        spec.drives[0].path = dir.join("disk,1.qcow2");
+        spec.drives[0].id = "d,1".into();
+        spec.drives[0].serial = "s,1".into();
+        spec.shares = vec![ShareSpec {
+            tag: "t,1".into(),
+            ..share(0, "/tmp/a,b c/share", false, SecurityModel::None)
+        }];
+        spec.qmp_socket = dir.join("qmp.sock");
+        spec.serial_socket = dir.join("serial.sock");
+        spec.serial_log = dir.join("serial,log");
+        spec.pidfile = dir.join("qemu,pid");
+        let args = build_argv(&spec).unwrap();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].clone()
+        };
+        assert_eq!(after("-name"), "guest=x,,y");
+        assert_eq!(
+            after("-drive"),
+            "file=/tmp/a,,b c/disk,,1.qcow2,format=qcow2,if=none,id=d,,1"
+        );
+        assert_eq!(after("-device"), "virtio-blk-pci,drive=d,,1,serial=s,,1");
+        assert_eq!(
+            after("-virtfs"),
+            "local,path=/tmp/a,,b c/share,mount_tag=t,,1,security_model=none,id=fs0"
+        );
+        assert_eq!(
+            after("-qmp"),
+            "unix:/tmp/a,,b c/qmp.sock,server=on,wait=off"
+        );
+        assert_eq!(
+            after("-chardev"),
+            "socket,id=serial0,path=/tmp/a,,b c/serial.sock,server=on,wait=off,\
+             logfile=/tmp/a,,b c/serial,,log,logappend=on"
+        );
+        // -pidfile takes a plain path, not an option list.
+        assert_eq!(after("-pidfile"), "/tmp/a,b c/qemu,pid");
+    }
+
+    /// QEMU's option-list reading: `,,` is a literal comma, a single `,` ends a value.
+    fn split_options(list: &str) -> Vec<String> {
+        let mut items = vec![String::new()];
+        let mut chars = list.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                ',' if chars.peek() == Some(&',') => {
+                    chars.next();
+                    items.last_mut().unwrap().push(',');
+                }
+                ',' => items.push(String::new()),
+                c => items.last_mut().unwrap().push(c),
+            }
+        }
+        items
+    }
+
+    proptest::proptest! {
+        /// Whatever the path, QEMU reads back exactly it and no extra option.
+        #[test]
+        fn escaped_paths_read_back_intact(name in "[^\\x00/]{1,40}", id in "[a-z,=]{1,8}") {
+            let mut spec = plain();
+            spec.drives.truncate(1);
+            spec.drives[0].path = Path::new("/tmp").join(&name);
+            spec.drives[0].id = id.clone();
+            let args = build_argv(&spec).unwrap();
+            let drive = &args[args.iter().position(|a| a == "-drive").unwrap() + 1];
+            let items = split_options(drive);
+            proptest::prop_assert_eq!(items.len(), 4, "{}", drive);
+            proptest::prop_assert_eq!(&items[0], &format!("file=/tmp/{name}"));
+            proptest::prop_assert_eq!(&items[3], &format!("id={id}"));
+        }
+    }
+
+    #[test]
+    fn escape_doubles_commas_only() {
+        assert_eq!(escape("a,b,,c"), "a,,b,,,,c");
+        assert_eq!(escape("no commas = here"), "no commas = here");
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let mut spec = plain();
+        spec.drives[0].path = "disk.qcow2".into();
+        assert!(matches!(
+            build_argv(&spec),
+            Err(ArgvError::Relative { what: "drive", .. })
+        ));
+
+        let mut spec = plain();
+        spec.qmp_socket = PathBuf::from(format!("/{}", "q".repeat(107)));
+        let err = build_argv(&spec).unwrap_err();
+        assert!(
+            matches!(err, ArgvError::SocketPathTooLong { len: 108, .. }),
+            "{err}"
+        );
+        spec.qmp_socket = PathBuf::from(format!("/{}", "q".repeat(106)));
+        assert!(build_argv(&spec).is_ok());
+
+        let mut spec = plain();
+        spec.kernel = Some(KernelBoot {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: Some("a\0b".into()),
+        });
+        assert!(matches!(build_argv(&spec), Err(ArgvError::Nul { .. })));
+
+        assert_eq!(
+            build_argv(&LaunchSpec { cpus: 0, ..plain() }),
+            Err(ArgvError::Zero { what: "cpu count" })
+        );
+
+        use std::os::unix::ffi::OsStrExt;
+        let mut spec = plain();
+        spec.pidfile = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff.pid")).into();
+        assert!(matches!(build_argv(&spec), Err(ArgvError::NotUtf8 { .. })));
+    }
+
+    #[test]
+    fn mac_and_rules() {
+        let mac = MacAddress([0x52, 0x54, 0x00, 0x0a, 0xbc, 0x01]);
+        assert_eq!(mac.to_string(), "52:54:00:0a:bc:01");
+        assert_eq!(
+            MacAddress::derived_from("p/a"),
+            MacAddress::derived_from("p/a")
+        );
+        assert_ne!(
+            MacAddress::derived_from("p/a"),
+            MacAddress::derived_from("p/b")
+        );
+        let rule = PortForward {
+            protocol: Protocol::Udp,
+            host_ip: None,
+            host_port: 1,
+            guest_port: 2,
+        };
+        assert_eq!(rule.rule(), "udp::1-:2");
+        assert_eq!("mapped".parse(), Ok(SecurityModel::MappedXattr));
+        assert!("bogus".parse::<SecurityModel>().is_err());
+    }
+}
