@@ -9,9 +9,9 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use super::accel::Accel;
+pub use crate::compose::{Protocol, SecurityModel};
 
 /// The kernel's limit for a unix socket path (`sun_path`), including the trailing NUL.
 pub const UNIX_PATH_MAX: usize = 108;
@@ -74,45 +74,6 @@ pub struct DriveSpec {
     pub read_only: bool,
 }
 
-/// How QEMU's 9p server maps guest file ownership onto the host (`security_model=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecurityModel {
-    Passthrough,
-    MappedXattr,
-    MappedFile,
-    None,
-}
-
-impl SecurityModel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SecurityModel::Passthrough => "passthrough",
-            SecurityModel::MappedXattr => "mapped-xattr",
-            SecurityModel::MappedFile => "mapped-file",
-            SecurityModel::None => "none",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown 9p security_model {0:?}: expected passthrough, mapped-xattr, mapped-file or none")]
-pub struct BadSecurityModel(String);
-
-impl FromStr for SecurityModel {
-    type Err = BadSecurityModel;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "passthrough" => Ok(SecurityModel::Passthrough),
-            // QEMU accepts "mapped" as the old name of mapped-xattr.
-            "mapped" | "mapped-xattr" => Ok(SecurityModel::MappedXattr),
-            "mapped-file" => Ok(SecurityModel::MappedFile),
-            "none" => Ok(SecurityModel::None),
-            _ => Err(BadSecurityModel(s.to_owned())),
-        }
-    }
-}
-
 /// One host directory shared with the guest over virtio-9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareSpec {
@@ -131,21 +92,6 @@ pub struct NetSpec {
     pub mac: MacAddress,
     pub ssh_port: u16,
     pub ports: Vec<PortForward>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
 }
 
 /// A `hostfwd` rule. QEMU's user-mode network binds only IPv4 host addresses.
@@ -666,7 +612,5 @@ mod tests {
             guest_port: 2,
         };
         assert_eq!(rule.rule(), "udp::1-:2");
-        assert_eq!("mapped".parse(), Ok(SecurityModel::MappedXattr));
-        assert!("bogus".parse::<SecurityModel>().is_err());
     }
 }
