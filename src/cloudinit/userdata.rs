@@ -368,7 +368,8 @@ mod tests {
 
     #[test]
     fn mount_fields_that_would_break_fstab_are_refused() {
-        let cases: [(&str, fn(&mut GuestMount)); 9] = [
+        type Edit = fn(&mut GuestMount);
+        let cases: [(&str, Edit); 9] = [
             ("device", |m| m.device.clear()),
             ("device", |m| m.device = "#mount0".into()),
             ("device", |m| m.device = "mount0\n/dev/sda / ext4".into()),

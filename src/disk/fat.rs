@@ -38,9 +38,7 @@ const MIN_FAT_AND_DATA_SECTORS: u32 = 9;
 #[derive(Debug, thiserror::Error)]
 pub enum FatError {
     /// The label does not fit the 11-byte boot sector field or uses characters FAT forbids.
-    #[error(
-        "invalid FAT volume label {0:?}: use 1 to 11 characters among A-Z, 0-9, '_' and '-'"
-    )]
+    #[error("invalid FAT volume label {0:?}: use 1 to 11 characters among A-Z, 0-9, '_' and '-'")]
     InvalidLabel(String),
     /// A file name that FAT cannot store in the root directory.
     #[error("invalid file name {name:?} for the FAT image: {reason}")]
@@ -96,7 +94,10 @@ fn dir_entries_for(name: &str) -> u32 {
 /// whole entries per sector (341), which is never smaller than what fatfs derives from the same
 /// total, so fatfs always finds at least the clusters planned here.
 pub fn plan_geometry(files: &[(&str, u64)]) -> Result<FatGeometry, FatError> {
-    let total_bytes: u64 = files.iter().map(|&(_, len)| len).fold(0, u64::saturating_add);
+    let total_bytes: u64 = files
+        .iter()
+        .map(|&(_, len)| len)
+        .fold(0, u64::saturating_add);
     let entries: u32 = files.iter().map(|&(name, _)| dir_entries_for(name)).sum();
     let root_sectors = entries.div_ceil(DIR_ENTRIES_PER_SECTOR).max(1);
     let root_entries = u16::try_from(root_sectors * DIR_ENTRIES_PER_SECTOR)
@@ -113,8 +114,8 @@ pub fn plan_geometry(files: &[(&str, u64)]) -> Result<FatGeometry, FatError> {
             let clusters = clusters as u32;
             let sectors_per_cluster = bytes_per_cluster / SECTOR;
             let fat_sectors = (clusters + 2).div_ceil(FAT12_ENTRIES_PER_SECTOR);
-            let fat_and_data = (FATS * fat_sectors + clusters * sectors_per_cluster)
-                .max(MIN_FAT_AND_DATA_SECTORS);
+            let fat_and_data =
+                (FATS * fat_sectors + clusters * sectors_per_cluster).max(MIN_FAT_AND_DATA_SECTORS);
             return Ok(FatGeometry {
                 total_sectors: RESERVED_SECTORS + root_sectors + fat_and_data,
                 bytes_per_cluster,
@@ -267,8 +268,12 @@ mod tests {
 
     #[test]
     fn small_content_gets_512_byte_clusters_and_one_root_sector() {
-        let g = plan_geometry(&[("user-data", 700), ("meta-data", 60), ("network-config", 120)])
-            .unwrap();
+        let g = plan_geometry(&[
+            ("user-data", 700),
+            ("meta-data", 60),
+            ("network-config", 120),
+        ])
+        .unwrap();
         // 3 clusters of data, 1 FAT sector each, but fatfs's 9-sector floor applies.
         assert_eq!(
             g,
@@ -314,10 +319,15 @@ mod tests {
 
     #[test]
     fn fatfs_finds_every_planned_cluster() {
-        for size in [0u64, 1, 511, 512, 513, 100_000, 2_000_000, 2_091_008, 2_091_009, 5_000_000] {
+        for size in [
+            0u64, 1, 511, 512, 513, 100_000, 2_000_000, 2_091_008, 2_091_009, 5_000_000,
+        ] {
             let data = vec![0xA5u8; size as usize];
             let image = build_fat_image("CIDATA", &[("user-data", &data)]).unwrap();
-            assert_eq!(image.len() as u64, plan_geometry(&[("user-data", size)]).unwrap().bytes());
+            assert_eq!(
+                image.len() as u64,
+                plan_geometry(&[("user-data", size)]).unwrap().bytes()
+            );
         }
     }
 
