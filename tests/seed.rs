@@ -15,6 +15,7 @@ use qemu_compose::cloudinit::{
 };
 use qemu_compose::disk::fat::{CIDATA_LABEL, build_fat_image};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0d1ZpR3Jvb3Qtbm90LWEtcmVhbC1rZXktanVzdC1ieXRlcw qemu-compose-demo";
 /// The Python that cloud-init runs under; its PyYAML is the parser that reads user-data.
@@ -166,7 +167,16 @@ fn documents_match_golden_files() {
     for (case, input) in cases() {
         let seed = build_seed(&input).unwrap();
         let dir = golden_dir(case);
-        for (name, content) in seed.files() {
+        // The image is pinned by its SHA-256: any change in fatfs or in our geometry shows.
+        let image = build_fat_image(CIDATA_LABEL, &seed.files()).unwrap();
+        let image_hash: String = Sha256::digest(&image)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let image_line = format!("{image_hash}  {} bytes\n", image.len());
+        let mut documents = seed.files().to_vec();
+        documents.push(("seed.img.sha256", image_line.as_bytes()));
+        for (name, content) in documents {
             let path = dir.join(name);
             if update {
                 std::fs::create_dir_all(&dir).unwrap();
