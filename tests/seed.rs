@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::sync::LazyLock;
 
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use qemu_compose::cloudinit::{
     GuestMount, Seed, SeedError, SeedInput, TargetKind, UserSpec, build_seed, hash_password,
 };
@@ -743,28 +744,33 @@ fn tricky() -> impl Strategy<Value = String> {
     prop_oneof!["[ -~]{0,16}", "\\PC{0,16}"]
 }
 
+/// An input with the generated values in a directory target, a file target, mount options,
+/// an environment value and a provisioning command.
+fn random_input(dir: &str, file: &str, options: &str, value: String, command: String) -> SeedInput {
+    let mut input = base();
+    input.mounts = vec![
+        share(0, &format!("/srv/{dir}"), &format!("{NINEP},{options}")),
+        GuestMount {
+            target_kind: TargetKind::File,
+            ..share(1, &format!("/etc/{dir}/{file}"), NINEP)
+        },
+    ];
+    input.environment = BTreeMap::from([("VALUE".to_owned(), value)]);
+    input.provision = vec![command];
+    input
+}
+
+fn random_inputs() -> impl Strategy<Value = SeedInput> {
+    (tricky(), "[a-z]{1,8}", tricky(), tricky(), any::<String>())
+        .prop_map(|(d, f, o, v, c)| random_input(&d, &f, &o, v, c))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// Whatever build_seed accepts reads back, with serde-saphyr, as exactly the data given.
     #[test]
-    fn accepted_values_read_back_unchanged(
-        dir in tricky(),
-        file in "[a-z]{1,8}",
-        options in tricky(),
-        value in tricky(),
-        command in any::<String>(),
-    ) {
-        let mut input = base();
-        input.mounts = vec![
-            share(0, &format!("/srv/{dir}"), &format!("{NINEP},{options}")),
-            GuestMount {
-                target_kind: TargetKind::File,
-                ..share(1, &format!("/etc/{dir}/{file}"), NINEP)
-            },
-        ];
-        input.environment = BTreeMap::from([("VALUE".to_owned(), value)]);
-        input.provision = vec![command];
+    fn accepted_values_read_back_unchanged(input in random_inputs()) {
         match build_seed(&input) {
             Ok(seed) => {
                 let parsed: Value = serde_saphyr::from_str(&seed.user_data).unwrap();
@@ -783,5 +789,28 @@ proptest! {
                 e
             ),
         }
+    }
+}
+
+/// The same random values, read back by cloud-init's PyYAML and shell rather than by the
+/// library that wrote them, in one Python process.
+#[test]
+fn random_values_read_back_with_cloud_init() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = random_inputs();
+    let accepted: Vec<(SeedInput, Seed)> = (0..300)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .filter_map(|input| build_seed(&input).ok().map(|seed| (input, seed)))
+        .collect();
+    assert!(accepted.len() > 100, "only {} accepted", accepted.len());
+    let docs: Vec<[String; 2]> = accepted
+        .iter()
+        .map(|(_, s)| [s.user_data.clone(), s.meta_data.clone()])
+        .collect();
+    for ((input, _), (doc, run, _)) in accepted.iter().zip(read_back_with_cloud_init(&docs)) {
+        Expected {
+            input: input.clone(),
+        }
+        .check(&doc, Some(&run));
     }
 }
