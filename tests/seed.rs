@@ -814,3 +814,62 @@ fn random_values_read_back_with_cloud_init() {
         .check(&doc, Some(&run));
     }
 }
+
+/// Renders network-config with cloud-init's own converter, as Debian's 22.4 does at boot
+/// (ENI plus a udev rename rule) and as netplan images do. An all-digit MAC is the trap:
+/// unquoted, YAML 1.1 reads `52:54:00:12:34:56` as a base-60 integer.
+#[test]
+fn network_config_renders_with_cloud_init() {
+    for (mac, expected) in [
+        ("52:54:00:12:34:56", "52:54:00:12:34:56"),
+        ("52:54:00:AB:CD:EF", "52:54:00:ab:cd:ef"),
+    ] {
+        let mut input = base();
+        input.mac = mac.into();
+        let seed = build_seed(&input).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("network-config");
+        std::fs::write(&config, &seed.network_config).unwrap();
+        let render = |distro: &str, kind: &str| {
+            let out_dir = dir.path().join(kind);
+            let (config, out) = (config.to_str().unwrap(), out_dir.to_str().unwrap());
+            let args = [
+                "devel",
+                "net-convert",
+                "-p",
+                config,
+                "-k",
+                "yaml",
+                "-D",
+                distro,
+            ];
+            let out = run(
+                "cloud-init",
+                &[&args[..], &["-O", kind, "-d", out]].concat(),
+            );
+            assert!(
+                out.status.success(),
+                "net-convert {kind}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out_dir
+        };
+        let eni = render("debian", "eni");
+        let interfaces =
+            std::fs::read_to_string(eni.join("etc/network/interfaces.d/50-cloud-init")).unwrap();
+        assert!(
+            interfaces.contains("auto eth0\niface eth0 inet dhcp"),
+            "{interfaces}"
+        );
+        let udev =
+            std::fs::read_to_string(eni.join("etc/udev/rules.d/70-persistent-net.rules")).unwrap();
+        let rule = format!(r#"ATTR{{address}}=="{expected}", NAME="eth0""#);
+        assert!(udev.contains(&rule), "{udev}");
+        let netplan = render("ubuntu", "netplan");
+        let netplan =
+            std::fs::read_to_string(netplan.join("etc/netplan/50-cloud-init.yaml")).unwrap();
+        for needle in [expected, "set-name: eth0", "dhcp4: true"] {
+            assert!(netplan.contains(needle), "{needle} missing from {netplan}");
+        }
+    }
+}

@@ -290,7 +290,8 @@ pub(super) fn fstab_escape(field: &str) -> String {
 ///
 /// Keys are shell identifiers, the only names every reader accepts; values may hold anything
 /// but control characters, which would end the line (and so add a variable) or the file.
-/// Values are written verbatim: pam_env strips one pair of surrounding quotes.
+/// Values are written verbatim; the readers of the file (pam_env, systemd) apply their own
+/// quoting rules to them, so a value is data there, never a command.
 fn environment_file(input: &SeedInput) -> Result<WriteFile, SeedError> {
     let mut content = String::new();
     for (key, value) in &input.environment {

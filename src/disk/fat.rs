@@ -98,7 +98,10 @@ pub fn plan_geometry(files: &[(&str, u64)]) -> Result<FatGeometry, FatError> {
         .iter()
         .map(|&(_, len)| len)
         .fold(0, u64::saturating_add);
-    let entries: u32 = files.iter().map(|&(name, _)| dir_entries_for(name)).sum();
+    let entries = files
+        .iter()
+        .map(|&(name, _)| dir_entries_for(name))
+        .fold(0, u32::saturating_add);
     let root_sectors = entries.div_ceil(DIR_ENTRIES_PER_SECTOR).max(1);
     let root_entries = u16::try_from(root_sectors * DIR_ENTRIES_PER_SECTOR)
         .map_err(|_| FatError::TooLarge(total_bytes))?;
