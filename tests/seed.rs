@@ -687,6 +687,9 @@ fn seed_image_passes_fsck_blkid_and_mtools() {
                 listing.contains(name),
                 "{case}: mdir lacks {name}:\n{listing}"
             );
+            let line = listing.lines().find(|l| l.ends_with(name)).unwrap();
+            // Every timestamp is pinned to the DOS epoch.
+            assert!(line.contains("1980-01-01   0:00"), "{case}: {line}");
             let out = run("mtype", &["-i", img, &format!("::{name}")]);
             assert!(out.status.success(), "{case}: mtype {name} failed");
             assert_eq!(out.stdout, content, "{case}: {name} read back differs");
