@@ -1,9 +1,24 @@
 //! Plan and apply: from the validated model to volumes, seeds, overlays and running VMs.
 //!
-//! Nothing here prints: progress and warnings go through a [`Reporter`] the CLI provides.
+//! The order of `up` is: check everything that can be checked without changing anything
+//! (bind sources, local images, kernels, networks), then create what is missing (image
+//! downloads, volumes, instance disks, seeds), then start QEMU in dependency order. Nothing
+//! here prints: progress and warnings go through a [`Reporter`] the CLI provides.
 
+pub mod host;
+pub mod instance;
+pub mod lifecycle;
 pub mod mounts;
+pub mod ssh;
+pub mod status;
 pub mod volumes;
+
+use std::path::PathBuf;
+
+pub use host::HostEnv;
+pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
+pub use lifecycle::statuses;
+pub use status::VmStatus;
 
 /// Where the engine tells the user what it does.
 pub trait Reporter {
@@ -11,4 +26,67 @@ pub trait Reporter {
     fn info(&self, message: &str);
     /// Something the user should know but that does not stop the command.
     fn warn(&self, message: &str);
+}
+
+/// Why a command could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A VM name on the command line is not in the compose file.
+    #[error("no VM named {name:?} in the compose file (VMs: {known})")]
+    UnknownVm {
+        /// The name given.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
+    /// Something the compose file asks for that this version cannot do yet.
+    #[error("VM {vm}: {what}")]
+    Unsupported {
+        /// The VM.
+        vm: String,
+        /// What cannot be done.
+        what: String,
+    },
+    /// A file the VM needs is missing.
+    #[error("VM {vm}: {what} {} does not exist", .path.display())]
+    MissingFile {
+        /// The VM.
+        vm: String,
+        /// Which file ("image", "kernel", "initrd").
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A step of a VM failed.
+    #[error("VM {vm}: {message}")]
+    Vm {
+        /// The VM.
+        vm: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The mount plan could not be made.
+    #[error(transparent)]
+    Plan(#[from] mounts::PlanError),
+    /// A volume could not be made or used.
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeError),
+    /// A state file problem.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// The image cache failed.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// QEMU could not be found.
+    #[error(transparent)]
+    FindQemu(#[from] crate::qemu::process::FindError),
+}
+
+impl EngineError {
+    pub(crate) fn vm(vm: &str, message: impl std::fmt::Display) -> Self {
+        Self::Vm {
+            vm: vm.to_string(),
+            message: message.to_string(),
+        }
+    }
 }

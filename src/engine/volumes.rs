@@ -266,3 +266,26 @@ pub fn ensure_volumes(
     }
     Ok(())
 }
+
+/// Removes volume `name`: its folder first, then its record, so an interruption leaves at
+/// worst a record without an image, which a second `remove` clears. Call under the lock.
+pub fn remove(
+    state: &StateDir,
+    registry: &mut VolumeRegistry,
+    name: &str,
+) -> Result<(), VolumeError> {
+    if !compose::is_valid_name(name) {
+        return Err(VolumeError::BadName(name.to_string()));
+    }
+    let dir = state.volume_dir(name);
+    state.check_inside(&dir)?;
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StateError::io(&dir, e).into()),
+    }
+    if registry.volumes.remove(name).is_some() {
+        registry.save(&state.volumes_json())?;
+    }
+    Ok(())
+}

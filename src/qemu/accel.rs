@@ -26,13 +26,7 @@ impl Accel {
 }
 
 /// What the user asked for: the per-VM `accel:` key or `$QEMU_COMPOSE_ACCEL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccelMode {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
+pub use crate::compose::Accel as AccelMode;
 
 impl FromStr for AccelMode {
     type Err = AccelError;

@@ -1,0 +1,61 @@
+//! Facts about the host and the user's environment that shape what `up` does, gathered once
+//! per command so the rest of the engine stays free of global lookups.
+
+use std::path::PathBuf;
+
+use crate::image::ImageCache;
+use crate::qemu::accel::{self, HostProbe};
+use crate::qemu::process;
+
+use super::EngineError;
+
+/// The host as the engine sees it.
+#[derive(Debug, Clone)]
+pub struct HostEnv {
+    /// The QEMU binary (`$QEMU_COMPOSE_QEMU` or `qemu-system-x86_64` on `$PATH`), found lazily
+    /// because only starting VMs needs it.
+    pub qemu_override: Option<std::ffi::OsString>,
+    /// `$PATH`.
+    pub path: Option<std::ffi::OsString>,
+    /// `$QEMU_COMPOSE_ACCEL`.
+    pub accel_override: Option<String>,
+    /// `$XDG_RUNTIME_DIR`, where sockets go when the project path is too long.
+    pub runtime_dir: Option<PathBuf>,
+    /// The user qemu-compose runs as.
+    pub uid: u32,
+    /// The KVM facts.
+    pub probe: HostProbe,
+    /// The image cache.
+    pub images: ImageCache,
+}
+
+impl HostEnv {
+    /// Reads the process environment and the host.
+    pub fn from_process() -> Result<Self, EngineError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Ok(Self {
+            qemu_override: std::env::var_os("QEMU_COMPOSE_QEMU"),
+            path: std::env::var_os("PATH"),
+            accel_override: var("QEMU_COMPOSE_ACCEL"),
+            runtime_dir: var("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute()),
+            uid: rustix::process::getuid().as_raw(),
+            probe: accel::probe_host(),
+            images: ImageCache::new(ImageCache::default_dir(var)?),
+        })
+    }
+
+    /// Whether qemu-compose (and so QEMU) runs as root.
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// The QEMU binary.
+    pub fn qemu(&self) -> Result<PathBuf, EngineError> {
+        Ok(process::find_qemu(
+            self.qemu_override.as_deref(),
+            self.path.as_deref(),
+        )?)
+    }
+}

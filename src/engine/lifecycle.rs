@@ -1,0 +1,473 @@
+//! `up`, `stop` and `destroy`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::compose::{Project, Vm};
+use crate::image::Progress;
+use crate::qemu::ports;
+use crate::qemu::process::{self, ProcState, StartError, StopOutcome};
+use crate::state::{
+    InstancePaths, InstanceRecord, ProjectLock, ProjectSecrets, StateDir, StateError,
+    VolumeRegistry,
+};
+
+use super::instance::{self, PreparedVm};
+use super::status::{self, VmStatus};
+use super::{EngineError, HostEnv, Reporter, ssh, volumes};
+
+/// The first port tried for SSH forwarding.
+const FIRST_SSH_PORT: u16 = 2222;
+/// How many other ports `up` tries when the SSH port is taken between allocation and start.
+const PORT_RETRIES: usize = 8;
+/// How long QEMU may take to daemonise and answer QMP.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a running VM with an outdated configuration gets to power off on
+/// `up --force-recreate`.
+const RECREATE_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `up` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// VMs to start (with their dependencies); empty for all.
+    pub vms: Vec<String>,
+    /// Create everything but start nothing.
+    pub no_start: bool,
+    /// Restart VMs whose configuration changed.
+    pub force_recreate: bool,
+    /// Wait this long for every started VM to answer SSH.
+    pub wait: Option<Duration>,
+}
+
+/// What `stop` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct StopOptions {
+    /// VMs to stop; empty for all.
+    pub vms: Vec<String>,
+    /// Skip the guest power-off.
+    pub force: bool,
+    /// How long the guest gets to power off.
+    pub timeout: Duration,
+}
+
+/// What `destroy` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct DestroyOptions {
+    /// VMs to destroy; empty for all.
+    pub vms: Vec<String>,
+    /// Skip the guest power-off.
+    pub force: bool,
+    /// How long the guest gets to power off.
+    pub timeout: Duration,
+    /// Also remove the project's named volumes.
+    pub volumes: bool,
+}
+
+/// The VMs named on the command line (all when none), checked to exist, in start order;
+/// `with_dependencies` adds what they depend on.
+pub fn select<'p>(
+    project: &'p Project,
+    names: &[String],
+    with_dependencies: bool,
+) -> Result<Vec<&'p Vm>, EngineError> {
+    for name in names {
+        if project.vm(name).is_none() {
+            return Err(EngineError::UnknownVm {
+                name: name.clone(),
+                known: project
+                    .vms
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    if names.is_empty() {
+        return Ok(project.start_order());
+    }
+    let mut wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    if with_dependencies {
+        let mut queue: Vec<&str> = wanted.iter().copied().collect();
+        while let Some(name) = queue.pop() {
+            for dep in project.vm(name).map(|v| v.depends_on.as_slice()).unwrap_or(&[]) {
+                if wanted.insert(dep) {
+                    queue.push(dep);
+                }
+            }
+        }
+    }
+    Ok(project
+        .start_order()
+        .into_iter()
+        .filter(|vm| wanted.contains(vm.name.as_str()))
+        .collect())
+}
+
+fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
+    ProjectLock::acquire(state, || {
+        reporter.info("waiting for another qemu-compose command on this project to finish")
+    })
+}
+
+/// Creates what is missing and starts the VMs.
+pub fn up(
+    project: &Project,
+    host: &HostEnv,
+    opts: &UpOptions,
+    reporter: &dyn Reporter,
+    progress: &mut dyn Progress,
+) -> Result<(), EngineError> {
+    let state = StateDir::new(&project.dir);
+    let selected = select(project, &opts.vms, true)?;
+    // Everything that can be checked without changing anything, for every VM, first.
+    let checked = selected
+        .iter()
+        .map(|vm| instance::check(vm))
+        .collect::<Result<Vec<_>, _>>()?;
+    let qemu = if opts.no_start {
+        None
+    } else {
+        Some(host.qemu()?)
+    };
+
+    let guard = lock(&state, reporter)?;
+    let bases = selected
+        .iter()
+        .map(|vm| instance::resolve_image(vm, host, progress))
+        .collect::<Result<Vec<_>, _>>()?;
+    let secrets = ProjectSecrets::ensure(&state, &project.name)?;
+    let mut registry = VolumeRegistry::load(&state.volumes_json())?;
+    volumes::ensure_volumes(&state, project, &mut registry, reporter)?;
+
+    let mut started = Vec::new();
+    for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
+        let prepared = instance::prepare(
+            project, vm, &state, host, &registry, &secrets, checked, base,
+        )?;
+        let handle = status::handle(&prepared.paths);
+        let record = InstanceRecord::load(&prepared.paths.record)?;
+        match process::state(&handle) {
+            ProcState::Running { .. } => {
+                let current = record
+                    .as_ref()
+                    .is_some_and(|r| r.config_hash == prepared.config_hash);
+                if current {
+                    reporter.info(&format!("VM {} is already running", vm.name));
+                    continue;
+                }
+                if !opts.force_recreate {
+                    reporter.warn(&format!(
+                        "VM {} runs with an older configuration; `qemu-compose up --force-recreate {}` restarts it to apply the change",
+                        vm.name, vm.name
+                    ));
+                    continue;
+                }
+                reporter.info(&format!("stopping VM {} to apply its new configuration", vm.name));
+                stop_one(vm, &handle, RECREATE_STOP_TIMEOUT, false, reporter)?;
+            }
+            ProcState::Stale { reason, .. } => {
+                reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
+                stop_one(vm, &handle, Duration::ZERO, true, reporter)?;
+            }
+            ProcState::NotRunning => {}
+        }
+        instance::materialise(&state, &prepared)?;
+        let Some(qemu) = &qemu else {
+            reporter.info(&format!("created VM {} (not started)", vm.name));
+            continue;
+        };
+        if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
+            reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
+        }
+        let port = start_with_port(project, vm, &prepared, qemu, record.as_ref(), &state, host)?;
+        reporter.info(&format!(
+            "started VM {} (ssh: 127.0.0.1:{port}, qemu-compose ssh {})",
+            vm.name, vm.name
+        ));
+        started.push((vm, port));
+    }
+    drop(guard);
+
+    if let Some(limit) = opts.wait {
+        let deadline = Instant::now() + limit;
+        for (vm, port) in started {
+            reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
+            while !ssh::probe(&secrets.private_key_path, &vm.user, port, Duration::from_secs(5)) {
+                if Instant::now() >= deadline {
+                    return Err(EngineError::vm(
+                        &vm.name,
+                        format!(
+                            "did not answer SSH within {} s; `qemu-compose logs {}` shows its console",
+                            limit.as_secs(),
+                            vm.name
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            reporter.info(&format!("VM {} is ready", vm.name));
+        }
+    }
+    Ok(())
+}
+
+/// Starts QEMU, moving to another SSH port when the chosen one is taken by the time QEMU binds
+/// it (unless the compose file fixes it), and records the instance.
+fn start_with_port(
+    project: &Project,
+    vm: &Vm,
+    prepared: &PreparedVm,
+    qemu: &Path,
+    previous: Option<&InstanceRecord>,
+    state: &StateDir,
+    host: &HostEnv,
+) -> Result<u16, EngineError> {
+    let mut taken = ports_of_other_vms(project, vm, state, host)?;
+    let mut port = match (vm.ssh_port, previous) {
+        (Some(fixed), _) => fixed,
+        // Keep the port the VM had, so saved ssh commands keep working.
+        (None, Some(rec)) if !taken.contains(&rec.ssh_port) && port_free(rec.ssh_port) => {
+            rec.ssh_port
+        }
+        (None, _) => ports::allocate_ssh_port(FIRST_SSH_PORT, &taken)
+            .map_err(|e| EngineError::vm(&vm.name, e))?,
+    };
+    for attempt in 0..=PORT_RETRIES {
+        let spec = instance::launch_spec(project, vm, prepared, port);
+        match process::start(qemu, &spec, START_TIMEOUT) {
+            Ok(_) => {
+                let record = InstanceRecord {
+                    vm: vm.name.clone(),
+                    ssh_port: port,
+                    mac: prepared.mac.to_string(),
+                    config_hash: prepared.config_hash.clone(),
+                    instance_id: prepared.seed.instance_id.clone(),
+                    qemu: qemu.to_path_buf(),
+                    argv: crate::qemu::argv::build_argv(&spec)
+                        .map_err(|e| EngineError::vm(&vm.name, e))?,
+                    started: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                        .to_string(),
+                };
+                record.save(&prepared.paths.record)?;
+                return Ok(port);
+            }
+            Err(StartError::HostForward {
+                host_port: Some(p), ..
+            }) if p == port && vm.ssh_port.is_none() && attempt < PORT_RETRIES => {
+                taken.insert(port);
+                port = ports::allocate_ssh_port(port, &taken)
+                    .map_err(|e| EngineError::vm(&vm.name, e))?;
+            }
+            Err(e) => return Err(EngineError::vm(&vm.name, e)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Host ports the other VMs of the project use or will use.
+fn ports_of_other_vms(
+    project: &Project,
+    vm: &Vm,
+    state: &StateDir,
+    host: &HostEnv,
+) -> Result<BTreeSet<u16>, EngineError> {
+    let mut taken = BTreeSet::new();
+    for other in &project.vms {
+        taken.extend(other.ports.iter().map(|p| p.host_port));
+        if other.name == vm.name {
+            continue;
+        }
+        taken.extend(other.ssh_port);
+        let paths = InstancePaths::new(state, &other.name, host.runtime_dir.as_deref());
+        if let Some(rec) = InstanceRecord::load(&paths.record)? {
+            taken.insert(rec.ssh_port);
+        }
+    }
+    Ok(taken)
+}
+
+fn stop_one(
+    vm: &Vm,
+    handle: &process::VmHandle,
+    timeout: Duration,
+    force: bool,
+    reporter: &dyn Reporter,
+) -> Result<StopOutcome, EngineError> {
+    let outcome = process::stop(handle, timeout, force).map_err(|e| EngineError::vm(&vm.name, e))?;
+    match outcome {
+        StopOutcome::PoweredOff => reporter.info(&format!("VM {} powered off", vm.name)),
+        StopOutcome::Quit if force => reporter.info(&format!("VM {} stopped", vm.name)),
+        StopOutcome::Quit => reporter.warn(&format!(
+            "VM {} did not power off within {} s; QEMU was told to quit",
+            vm.name,
+            timeout.as_secs()
+        )),
+        StopOutcome::Killed => reporter.warn(&format!(
+            "VM {}: QEMU did not answer and was killed",
+            vm.name
+        )),
+        StopOutcome::AlreadyStopped => {}
+    }
+    Ok(outcome)
+}
+
+/// Stops running VMs, in reverse start order.
+pub fn stop(
+    project: &Project,
+    host: &HostEnv,
+    opts: &StopOptions,
+    reporter: &dyn Reporter,
+) -> Result<(), EngineError> {
+    let state = StateDir::new(&project.dir);
+    let selected = select(project, &opts.vms, false)?;
+    let _guard = lock(&state, reporter)?;
+    for vm in selected.into_iter().rev() {
+        let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+        let handle = status::handle(&paths);
+        match process::state(&handle) {
+            ProcState::NotRunning => reporter.info(&format!("VM {} is not running", vm.name)),
+            ProcState::Stale { reason, .. } => {
+                reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
+                stop_one(vm, &handle, Duration::ZERO, true, reporter)?;
+            }
+            ProcState::Running { .. } => {
+                if !opts.force {
+                    reporter.info(&format!("stopping VM {}", vm.name));
+                }
+                stop_one(vm, &handle, opts.timeout, opts.force, reporter)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stops VMs and removes their instance folders; with `volumes`, the named volumes too.
+pub fn destroy(
+    project: &Project,
+    host: &HostEnv,
+    opts: &DestroyOptions,
+    reporter: &dyn Reporter,
+) -> Result<(), EngineError> {
+    let state = StateDir::new(&project.dir);
+    let selected = select(project, &opts.vms, false)?;
+    if opts.volumes && !opts.vms.is_empty() {
+        return Err(EngineError::Vm {
+            vm: opts.vms.join(", "),
+            message: "-v/--volumes removes all of the project's volumes and so cannot be combined with VM names; use `qemu-compose volume rm NAME` for single volumes".to_string(),
+        });
+    }
+    if !state.exists() {
+        reporter.info("nothing to destroy");
+        return Ok(());
+    }
+    let _guard = lock(&state, reporter)?;
+    for vm in selected.into_iter().rev() {
+        let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+        let handle = status::handle(&paths);
+        if !matches!(process::state(&handle), ProcState::NotRunning) {
+            reporter.info(&format!("stopping VM {}", vm.name));
+            stop_one(vm, &handle, opts.timeout, opts.force, reporter)?;
+        }
+        state.check_inside(&paths.dir)?;
+        if remove_tree(&paths.dir)? {
+            reporter.info(&format!("removed VM {}", vm.name));
+        }
+        if paths.sockets_relocated()
+            && let Some(dir) = paths.qmp_socket.parent()
+        {
+            remove_tree(dir)?;
+        }
+    }
+    if opts.volumes {
+        let mut registry = VolumeRegistry::load(&state.volumes_json())?;
+        let mut names: BTreeSet<String> = registry.volumes.keys().cloned().collect();
+        names.extend(project.volumes.iter().map(|v| v.name.clone()));
+        for name in names {
+            volumes::remove(&state, &mut registry, &name)?;
+            reporter.info(&format!("removed volume {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// Removes a folder tree; false when it was not there.
+fn remove_tree(dir: &Path) -> Result<bool, StateError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StateError::io(dir, e)),
+    }
+}
+
+/// The status of every VM of the project, in compose order.
+pub fn statuses(project: &Project, host: &HostEnv) -> Vec<(String, VmStatus)> {
+    let state = StateDir::new(&project.dir);
+    let key = state.ssh_dir().join("id_ed25519");
+    project
+        .vms
+        .iter()
+        .map(|vm| {
+            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let port = InstanceRecord::load(&paths.record).ok().flatten().map(|r| r.ssh_port);
+            let st = status::status(&paths, || {
+                port.is_some_and(|p| ssh::probe(&key, &vm.user, p, Duration::from_secs(3)))
+            });
+            (vm.name.clone(), st)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn project() -> Project {
+        let yaml = "vms:\n  web: {image: ./a.img, depends_on: [db]}\n  db: {image: ./a.img, depends_on: [cache]}\n  cache: {image: ./a.img}\n  other: {image: ./a.img}\n";
+        crate::compose::parse_str(
+            yaml,
+            Path::new("/p/qemu-compose.yaml"),
+            Path::new("/p"),
+            &crate::compose::LoadOptions {
+                project_name: Some("t"),
+                env: &BTreeMap::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn names(vms: Vec<&Vm>) -> Vec<&str> {
+        vms.into_iter().map(|v| v.name.as_str()).collect()
+    }
+
+    #[test]
+    fn selection_adds_dependencies_in_start_order() {
+        let p = project();
+        assert_eq!(
+            names(select(&p, &[], true).unwrap()),
+            ["cache", "db", "web", "other"]
+        );
+        assert_eq!(
+            names(select(&p, &["web".into()], true).unwrap()),
+            ["cache", "db", "web"]
+        );
+        assert_eq!(names(select(&p, &["web".into()], false).unwrap()), ["web"]);
+    }
+
+    #[test]
+    fn unknown_vm_lists_the_known_ones() {
+        let err = select(&project(), &["wbe".into()], true).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no VM named \"wbe\" in the compose file (VMs: web, db, cache, other)"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! The `ssh` client command line for a VM, and the readiness probe built on it.
+//!
+//! QEMU's forwarded port accepts TCP as soon as QEMU runs, long before the guest's sshd
+//! exists, so a connect (or even a banner) proves nothing. A VM is *ready* when a real SSH
+//! login with the project key runs `true`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The options every qemu-compose ssh invocation uses. Host keys are not recorded: each
+/// instance makes new ones, and the port is on the loopback interface.
+fn base_args(key: &Path, user: &str, port: u16) -> Vec<String> {
+    [
+        "-i",
+        &key.to_string_lossy(),
+        "-p",
+        &port.to_string(),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-l",
+        user,
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect()
+}
+
+/// The arguments (after `ssh`) that log into the VM and run `command`, passed through
+/// untouched (ssh joins them with spaces for the remote shell, as it always does).
+pub fn args(key: &Path, user: &str, port: u16, command: &[String]) -> Vec<String> {
+    let mut args = base_args(key, user, port);
+    if !command.is_empty() {
+        // ssh reads options again after the host; `--` makes the rest the remote command,
+        // even words that start with '-'.
+        args.push("--".to_string());
+        args.extend(command.iter().cloned());
+    }
+    args
+}
+
+/// Whether an SSH login with the project key succeeds within `timeout`.
+pub fn probe(key: &Path, user: &str, port: u16, timeout: Duration) -> bool {
+    let secs = timeout.as_secs().max(1).to_string();
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-o", "BatchMode=yes", "-o"])
+        .arg(format!("ConnectTimeout={secs}"))
+        .args(args(key, user, port, &["true".to_string()]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_command_follows_the_host_after_a_double_dash() {
+        let a = args(Path::new("/k"), "deb", 2222, &["ls".into(), "-la".into()]);
+        let tail: Vec<_> = a.iter().rev().take(4).rev().cloned().collect();
+        assert_eq!(tail, ["127.0.0.1", "--", "ls", "-la"]);
+        assert!(a.windows(2).any(|w| w == ["-l", "deb"]));
+        assert!(a.windows(2).any(|w| w == ["-p", "2222"]));
+        let login = args(Path::new("/k"), "deb", 2222, &[]);
+        assert_eq!(login.last().map(String::as_str), Some("127.0.0.1"));
+    }
+}

@@ -1,0 +1,74 @@
+//! What state a VM is in, as `ps`, `inspect` and `up` see it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::qemu::process::{self, ProcState, VmHandle};
+use crate::qemu::qmp::Qmp;
+use crate::state::InstancePaths;
+
+/// How long a status probe may wait for QMP.
+const QMP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The state of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
+pub enum VmStatus {
+    /// No instance folder or disk: `up` has not made it (or `destroy` removed it).
+    NotCreated,
+    /// Made, but QEMU is not running.
+    Stopped,
+    /// QEMU runs; SSH does not answer yet.
+    Starting,
+    /// QEMU runs and an SSH login with the project key works.
+    Ready,
+    /// The pidfile and the processes disagree, or QEMU does not answer QMP.
+    Broken(String),
+}
+
+impl VmStatus {
+    /// The word `ps` shows.
+    pub fn word(&self) -> &'static str {
+        match self {
+            VmStatus::NotCreated => "not-created",
+            VmStatus::Stopped => "stopped",
+            VmStatus::Starting => "starting",
+            VmStatus::Ready => "ready",
+            VmStatus::Broken(_) => "broken",
+        }
+    }
+
+    /// Whether QEMU runs for the VM.
+    pub fn is_running(&self) -> bool {
+        matches!(self, VmStatus::Starting | VmStatus::Ready)
+    }
+}
+
+/// The handle through which a VM's QEMU is found.
+pub fn handle(paths: &InstancePaths) -> VmHandle {
+    VmHandle {
+        pidfile: paths.pidfile.clone(),
+        qmp_socket: paths.qmp_socket.clone(),
+    }
+}
+
+/// Looks at a VM. `ssh_ready` is asked only when QEMU runs and answers QMP.
+pub fn status(paths: &InstancePaths, ssh_ready: impl FnOnce() -> bool) -> VmStatus {
+    if !paths.disk.exists() {
+        return VmStatus::NotCreated;
+    }
+    match process::state(&handle(paths)) {
+        ProcState::NotRunning => VmStatus::Stopped,
+        ProcState::Stale { reason, .. } => VmStatus::Broken(reason),
+        ProcState::Running { pid } => {
+            let answer = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
+                .and_then(|mut qmp| qmp.query_status());
+            match answer {
+                Err(e) => VmStatus::Broken(format!("QEMU (pid {pid}) does not answer QMP: {e}")),
+                Ok(_) if ssh_ready() => VmStatus::Ready,
+                Ok(_) => VmStatus::Starting,
+            }
+        }
+    }
+}
