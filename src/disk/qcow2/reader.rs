@@ -3,6 +3,7 @@
 //! The file is untrusted: each offset taken from it is checked against the file's length before
 //! it is read, and no allocation is larger than the file.
 
+use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -72,7 +73,6 @@ enum BackingLayer {
 }
 
 /// An open qcow2 image.
-#[derive(Debug)]
 pub struct Qcow2Image<S: ReadAt = File> {
     source: S,
     source_len: u64,
@@ -82,6 +82,19 @@ pub struct Qcow2Image<S: ReadAt = File> {
     /// The L1 entries that map the virtual disk (the table may have more, unused ones).
     l1: Vec<u64>,
     backing: BackingLayer,
+}
+
+/// Leaves out the source, which may be a whole image in memory.
+impl<S: ReadAt> fmt::Debug for Qcow2Image<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Qcow2Image")
+            .field("header", &self.header)
+            .field("host_size", &self.source_len)
+            .field("backing_file", &self.backing_file)
+            .field("backing_format", &self.backing_format)
+            .field("backing", &self.backing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Qcow2Image<File> {
@@ -513,4 +526,225 @@ fn parse_first_cluster(
         }
     }
     Ok((backing_file, backing_format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::qcow2::writer::COPIED;
+    use crate::disk::qcow2::{Backing, write_data_image, write_overlay};
+    use crate::disk::{BlockSink, SparseBuffer};
+
+    const C: usize = 1 << 16;
+    // Layout of `sample()`: header, refcount table, L1, refcount block, L2, data.
+    const L1: usize = 2 * C;
+    const L2: usize = 4 * C;
+    const DATA: u64 = 5 * C as u64;
+
+    /// A 1 GiB image whose first cluster holds "hello" at byte 100.
+    fn sample() -> Vec<u8> {
+        let mut contents = SparseBuffer::new(1 << 30);
+        contents.write_at(100, b"hello").unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        write_data_image(file.as_file(), 1 << 30, &contents).unwrap();
+        fs::read(file.path()).unwrap()
+    }
+
+    fn put32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn put64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn open(bytes: Vec<u8>) -> Result<Qcow2Image<Vec<u8>>, Qcow2Error> {
+        Qcow2Image::from_source(bytes)
+    }
+
+    fn read(bytes: Vec<u8>) -> Result<Vec<u8>, Qcow2Error> {
+        let mut buf = vec![0xAA; 8];
+        open(bytes)?.read_at(98, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn patched(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = sample();
+        f(&mut b);
+        b
+    }
+
+    #[test]
+    fn sample_reads_back() {
+        assert_eq!(read(sample()).unwrap(), b"\0\0hello\0");
+        let image = open(sample()).unwrap();
+        assert_eq!(image.allocated_clusters().unwrap(), 1);
+        assert_eq!(image.host_size(), 6 * C as u64);
+    }
+
+    #[test]
+    fn truncated_files_are_refused() {
+        let full = sample();
+        for len in [0, 3, 50, 100, L1 + 4, L2 + 100, DATA as usize + 50] {
+            let err = read(full[..len].to_vec()).unwrap_err();
+            assert!(
+                matches!(err, Qcow2Error::Truncated(_) | Qcow2Error::NotQcow2),
+                "{len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_header_fields_are_refused() {
+        let corrupt = |f: fn(&mut Vec<u8>)| {
+            let err = open(patched(f)).unwrap_err();
+            assert!(matches!(err, Qcow2Error::Corrupt(_)), "{err}");
+        };
+        corrupt(|b| put32(b, 20, 8)); // cluster_bits below 9
+        corrupt(|b| put32(b, 20, 22)); // cluster_bits above 21
+        corrupt(|b| put32(b, 36, u32::MAX)); // l1_size beyond QEMU's limit
+        corrupt(|b| put32(b, 36, 1)); // l1_size smaller than the 1 GiB disk needs
+        corrupt(|b| put64(b, 24, 1 << 62)); // a virtual size the L1 table cannot map
+        corrupt(|b| put64(b, 40, L1 as u64 + 8)); // misaligned L1 table
+        corrupt(|b| put64(b, 48, 0x1_0200)); // misaligned refcount table
+        corrupt(|b| put32(b, 96, 7)); // refcount_order
+        corrupt(|b| {
+            put64(b, 8, 200); // a backing name longer than 1023 bytes
+            put32(b, 16, 2000);
+        });
+        corrupt(|b| {
+            put64(b, 8, 0xFFF0); // a backing name running past the first cluster
+            put32(b, 16, 100);
+        });
+        corrupt(|b| {
+            put64(b, 8, u64::MAX - 2); // a name offset that would overflow
+            put32(b, 16, 8);
+        });
+        // An L1 table (at a valid offset) that reaches past the end of the file.
+        let err = open(patched(|b| put64(b, 40, 5 * C as u64 + C as u64))).unwrap_err();
+        assert!(matches!(err, Qcow2Error::Truncated(_)), "{err}");
+        // 1 PiB with a matching L1 size: the 16 MiB table cannot be in a 384 KiB file.
+        let err = open(patched(|b| {
+            put64(b, 24, 1 << 50);
+            put32(b, 36, 1 << 21);
+        }))
+        .unwrap_err();
+        assert!(matches!(err, Qcow2Error::Truncated(_)), "{err}");
+    }
+
+    #[test]
+    fn unsupported_features_are_refused() {
+        let unsupported = |f: fn(&mut Vec<u8>)| {
+            let err = open(patched(f)).unwrap_err();
+            assert!(matches!(err, Qcow2Error::Unsupported(_)), "{err}");
+        };
+        unsupported(|b| put32(b, 32, 1)); // AES encryption
+        unsupported(|b| put32(b, 32, 2)); // LUKS encryption
+        unsupported(|b| put64(b, 72, INCOMPAT_EXTERNAL_DATA));
+        unsupported(|b| put64(b, 72, INCOMPAT_EXTENDED_L2));
+        unsupported(|b| put64(b, 72, 1 << 7));
+        let err = open(patched(|b| put64(b, 72, INCOMPAT_CORRUPT))).unwrap_err();
+        assert!(matches!(err, Qcow2Error::Corrupt(_)), "{err}");
+        // Dirty only means refcounts may be stale; data is still read correctly.
+        let b = patched(|b| put64(b, 72, INCOMPAT_DIRTY | INCOMPAT_COMPRESSION_TYPE));
+        assert_eq!(read(b).unwrap(), b"\0\0hello\0");
+        // A compressed cluster is found only when it is read.
+        let b = patched(|b| put64(b, L2, COMPRESSED | DATA));
+        let err = read(b).unwrap_err();
+        assert!(matches!(err, Qcow2Error::Unsupported(_)), "{err}");
+    }
+
+    #[test]
+    fn table_entries_pointing_nowhere_are_refused() {
+        let check = |f: fn(&mut Vec<u8>), truncated: bool| {
+            let err = read(patched(f)).unwrap_err();
+            let ok = if truncated {
+                matches!(err, Qcow2Error::Truncated(_))
+            } else {
+                matches!(err, Qcow2Error::Corrupt(_))
+            };
+            assert!(ok, "{err}");
+        };
+        check(|b| put64(b, L1, 1 << 40), true); // L2 table past the end
+        check(|b| put64(b, L1, (L2 as u64 + 512) | COPIED), false); // misaligned L2 table
+        check(|b| put64(b, L2, (1 << 40) | COPIED), true); // data cluster past the end
+        check(|b| put64(b, L2, (DATA + 512) | COPIED), false); // misaligned data cluster
+        // Two L1 entries sharing one L2 table.
+        let b = patched(|b| {
+            let entry = be64(b, L1);
+            put64(b, L1 + 8, entry);
+        });
+        let err = open(b).unwrap().allocated_clusters().unwrap_err();
+        assert!(matches!(err, Qcow2Error::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn zero_flag_and_empty_entries_read_as_zeros() {
+        let b = patched(|b| put64(b, L2, DATA | COPIED | READS_AS_ZERO));
+        assert_eq!(read(b).unwrap(), [0; 8]);
+        let b = patched(|b| put64(b, L1, 0));
+        assert_eq!(read(b).unwrap(), [0; 8]);
+        // Version 2 has no zero flag: bit 0 is ignored.
+        let b = patched(|b| {
+            put32(b, 4, 2);
+            put64(b, L2, DATA | COPIED | READS_AS_ZERO);
+        });
+        assert_eq!(read(b).unwrap(), b"\0\0hello\0");
+    }
+
+    #[test]
+    fn reads_outside_the_disk_are_refused() {
+        let image = open(sample()).unwrap();
+        for (offset, len) in [(1 << 30, 1), ((1 << 30) - 4, 5), (u64::MAX, 2)] {
+            let err = image.read_at(offset, &mut vec![0; len]).unwrap_err();
+            assert!(matches!(err, Qcow2Error::OutOfRange { .. }), "{err}");
+        }
+    }
+
+    fn overlay(dir: &Path, name: &str, backing: &str) {
+        let file = File::create(dir.join(name)).unwrap();
+        let backing = Backing {
+            path: backing.into(),
+            format: BackingFormat::Qcow2,
+        };
+        write_overlay(&file, 1 << 20, &backing).unwrap();
+    }
+
+    #[test]
+    fn backing_loops_and_deep_chains_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        overlay(d, "a.qcow2", "b.qcow2");
+        overlay(d, "b.qcow2", "./a.qcow2");
+        let err = Qcow2Image::open(&d.join("a.qcow2")).unwrap_err();
+        assert!(matches!(err, Qcow2Error::BackingLoop(_)), "{err}");
+        overlay(d, "self.qcow2", "self.qcow2");
+        let err = Qcow2Image::open(&d.join("self.qcow2")).unwrap_err();
+        assert!(matches!(err, Qcow2Error::BackingLoop(_)), "{err}");
+
+        // c0 <- c1 <- ... <- c17: c17 has 17 backing files, one too many; c16 is fine.
+        let file = File::create(d.join("c0.qcow2")).unwrap();
+        write_data_image(&file, 1 << 20, &SparseBuffer::new(0)).unwrap();
+        for i in 1..=17 {
+            overlay(d, &format!("c{i}.qcow2"), &format!("c{}.qcow2", i - 1));
+        }
+        let image = Qcow2Image::open(&d.join("c16.qcow2")).unwrap();
+        image.read_at(0, &mut [0; 512]).unwrap();
+        let err = Qcow2Image::open(&d.join("c17.qcow2")).unwrap_err();
+        assert!(matches!(err, Qcow2Error::BackingTooDeep), "{err}");
+    }
+
+    #[test]
+    fn backing_files_need_resolving() {
+        let dir = tempfile::tempdir().unwrap();
+        overlay(dir.path(), "top.qcow2", "missing.qcow2");
+        let err = Qcow2Image::open(&dir.path().join("top.qcow2")).unwrap_err();
+        assert!(matches!(err, Qcow2Error::Backing { .. }), "{err}");
+        // Parsed from bytes, the backing file is named but never opened.
+        let image = open(fs::read(dir.path().join("top.qcow2")).unwrap()).unwrap();
+        assert_eq!(image.backing_file(), Some("missing.qcow2"));
+        assert_eq!(image.backing_format(), Some("qcow2"));
+        let err = image.read_at(0, &mut [0; 4]).unwrap_err();
+        assert!(matches!(err, Qcow2Error::BackingNotOpened), "{err}");
+    }
 }

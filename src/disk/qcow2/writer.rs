@@ -232,3 +232,106 @@ fn write_layout(
         data_clusters: layout.data_clusters.len() as u64,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::qcow2::header::be64;
+
+    #[test]
+    fn overlay_first_cluster_golden_bytes() {
+        let layout = plan_layout(1 << 20, Vec::new()).unwrap();
+        let backing = Backing {
+            path: "base.raw".into(),
+            format: BackingFormat::Raw,
+        };
+        let cluster0 = encode_first_cluster(&layout, Some(&backing));
+        let header = Header::decode(&cluster0).unwrap();
+        assert_eq!(header.backing_file_offset, 136);
+        assert_eq!(header.backing_file_size, 8);
+        assert_eq!(header.l1_size, 1);
+        assert_eq!(header.l1_table_offset, 0x2_0000);
+        assert_eq!(header.refcount_table_offset, 0x1_0000);
+        assert_eq!(header.refcount_table_clusters, 1);
+        #[rustfmt::skip]
+        let tail: &[u8] = &[
+            0xE2, 0x79, 0x2A, 0xCA, 0, 0, 0, 3, b'r', b'a', b'w', 0, 0, 0, 0, 0, // backing format
+            0, 0, 0, 0, 0, 0, 0, 0, // end of extensions
+            b'b', b'a', b's', b'e', b'.', b'r', b'a', b'w', // backing file name
+        ];
+        assert_eq!(&cluster0[Header::SIZE..], tail);
+    }
+
+    #[test]
+    fn only_clusters_with_non_zero_bytes_are_found() {
+        let mut contents = SparseBuffer::new(1 << 30);
+        contents.write_at(10, &[1]).unwrap();
+        contents.write_at(100, &[2; 70_000]).unwrap(); // clusters 0 and 1
+        contents.write_at(5 << 16, &[0; 1 << 17]).unwrap(); // zeros: nothing
+        let mut tail = vec![0u8; 1 << 17];
+        tail[(1 << 17) - 1] = 3; // only the second cluster is non-zero
+        contents.write_at(9 << 16, &tail).unwrap();
+        assert_eq!(nonzero_clusters(&contents), vec![0, 1, 10]);
+    }
+
+    #[test]
+    fn written_tables_match_the_plan() {
+        let mut contents = SparseBuffer::new(1 << 30);
+        contents.write_at(3 << 16, b"abc").unwrap();
+        contents.write_at((600 << 20) + 7, b"xyz").unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let summary = write_data_image(file.as_file(), 1 << 30, &contents).unwrap();
+        // header, reftable, L1, refblock, 2 L2 tables, 2 data clusters.
+        assert_eq!(summary.data_clusters, 2);
+        assert_eq!(summary.file_size, 8 * CLUSTER_SIZE);
+        let bytes = std::fs::read(file.path()).unwrap();
+        let c = CLUSTER_SIZE as usize;
+        assert_eq!(be64(&bytes, c), 3 * CLUSTER_SIZE); // the refcount table's only entry
+        assert_eq!(be64(&bytes, c + 8), 0);
+        assert_eq!(be64(&bytes, 2 * c), (4 * CLUSTER_SIZE) | COPIED); // L1[0]
+        assert_eq!(be64(&bytes, 2 * c + 8), (5 * CLUSTER_SIZE) | COPIED); // L1[1]
+        let refcounts: Vec<u16> = bytes[3 * c..4 * c]
+            .chunks_exact(2)
+            .map(|r| u16::from_be_bytes([r[0], r[1]]))
+            .collect();
+        assert!(refcounts[..8].iter().all(|&r| r == 1));
+        assert!(refcounts[8..].iter().all(|&r| r == 0));
+        assert_eq!(be64(&bytes, 4 * c + 3 * 8), (6 * CLUSTER_SIZE) | COPIED); // L2[0][3]
+        let l2_index = ((600 << 20) >> 16) % 8192;
+        assert_eq!(
+            be64(&bytes, 5 * c + l2_index * 8),
+            (7 * CLUSTER_SIZE) | COPIED
+        );
+        assert_eq!(&bytes[6 * c..6 * c + 3], b"abc");
+        assert_eq!(&bytes[7 * c + 7..7 * c + 10], b"xyz");
+    }
+
+    #[test]
+    fn probe_tells_qcow2_from_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("raw"), b"hello world").unwrap();
+        std::fs::write(path("empty"), b"").unwrap();
+        std::fs::write(path("short"), b"QFI\xfb\0\0").unwrap();
+        std::fs::write(path("v1"), b"QFI\xfb\0\0\0\x01").unwrap();
+        std::fs::write(path("v2"), b"QFI\xfb\0\0\0\x02rest").unwrap();
+        assert_eq!(probe_format(&path("raw")).unwrap(), ImageFormat::Raw);
+        assert_eq!(probe_format(&path("empty")).unwrap(), ImageFormat::Raw);
+        assert!(matches!(
+            probe_format(&path("short")),
+            Err(Qcow2Error::Truncated(_))
+        ));
+        assert!(matches!(
+            probe_format(&path("v1")),
+            Err(Qcow2Error::UnsupportedVersion(1))
+        ));
+        assert_eq!(
+            probe_format(&path("v2")).unwrap(),
+            ImageFormat::Qcow2 { version: 2 }
+        );
+        assert!(matches!(
+            probe_format(&path("missing")),
+            Err(Qcow2Error::Io { .. })
+        ));
+    }
+}
