@@ -159,7 +159,10 @@ fn check_size(dir: &Path, size: u64) {
     assert_eq!(d["Filesystem state"], "clean");
     assert_eq!(d["Block count"], summary.blocks.to_string());
     assert_eq!(d["Inode count"], summary.inodes.to_string());
-    assert_eq!(d["Total journal blocks"], summary.journal_blocks.to_string());
+    assert_eq!(
+        d["Total journal blocks"],
+        summary.journal_blocks.to_string()
+    );
     assert_eq!(d["Journal features"], "journal_64bit journal_checksum_v3");
     assert_eq!(d["Journal checksum type"], "crc32c");
     fs::remove_file(&ours).unwrap();
@@ -201,16 +204,16 @@ fn check_size(dir: &Path, size: u64) {
 fn sizes_across_classes_are_clean_and_match_mkfs() {
     let dir = tempfile::tempdir().unwrap();
     for size in [
-        ext4::MIN_SIZE,                    // the minimum: 2048 blocks, 4 MiB journal
-        ext4::MIN_SIZE + 3 * 4096 + 123,   // just above it, not a whole number of blocks
-        100 * M,                           // small class, one group
-        511 * M,                           // small class, four groups
-        3 * GROUP + 4096,                  // one block past a group boundary: dropped
-        5 * GROUP + 3000 * 4096,           // partial last group that is kept
-        G,                                 // default class
-        17 * GROUP + 12345 * 4096,         // second flex group partly filled
-        10 * G,                            // 64 MiB journal
-        100 * G,                           // 512 MiB journal, journal spans groups
+        ext4::MIN_SIZE,                  // the minimum: 2048 blocks, 4 MiB journal
+        ext4::MIN_SIZE + 3 * 4096 + 123, // just above it, not a whole number of blocks
+        100 * M,                         // small class, one group
+        511 * M,                         // small class, four groups
+        3 * GROUP + 4096,                // one block past a group boundary: dropped
+        5 * GROUP + 3000 * 4096,         // partial last group that is kept
+        G,                               // default class
+        17 * GROUP + 12345 * 4096,       // second flex group partly filled
+        10 * G,                          // 64 MiB journal
+        100 * G,                         // 512 MiB journal, journal spans groups
     ] {
         check_size(dir.path(), size);
     }
@@ -249,7 +252,11 @@ fn output_is_deterministic_and_small() {
     assert!(a == b, "two formats with the same options differ");
     // 10 GiB: superblock + 2 descriptor blocks in 4 copies, 6 block bitmaps, 1 inode bitmap,
     // 1 inode table block, 5 directory blocks, the journal superblock.
-    assert!(a.stored_bytes() <= 40 * 4096, "{} bytes stored", a.stored_bytes());
+    assert!(
+        a.stored_bytes() <= 40 * 4096,
+        "{} bytes stored",
+        a.stored_bytes()
+    );
     let mut c = SparseBuffer::new(10 * G);
     ext4::format(&mut c, &FormatOptions::new("same")).unwrap();
     assert!(a != c, "random UUIDs must give different filesystems");
@@ -353,8 +360,11 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
             let sub = root.join(format!("d{d}"));
             fs::create_dir(&sub).unwrap();
             for f in 0..100 {
-                fs::write(sub.join(format!("f{f}")), pattern(d * 1000 + f, 100 + f as usize * 37))
-                    .unwrap();
+                fs::write(
+                    sub.join(format!("f{f}")),
+                    pattern(d * 1000 + f, 100 + f as usize * 37),
+                )
+                .unwrap();
             }
         }
         let mut deep = root.to_path_buf();
@@ -375,18 +385,28 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
         for d in 0..30 {
             for f in 0..100 {
                 let got = fs::read(root.join(format!("d{d}/f{f}"))).unwrap();
-                assert_eq!(got, pattern(d * 1000 + f, 100 + f as usize * 37), "d{d}/f{f}");
+                assert_eq!(
+                    got,
+                    pattern(d * 1000 + f, 100 + f as usize * 37),
+                    "d{d}/f{f}"
+                );
             }
         }
         let deep: PathBuf = (0..40).map(|l| format!("level{l}")).collect();
         assert_eq!(fs::read(root.join(deep).join("bottom")).unwrap(), b"deep");
-        assert_eq!(fs::read_link(root.join("link")).unwrap(), Path::new("d3/f5"));
+        assert_eq!(
+            fs::read_link(root.join("link")).unwrap(),
+            Path::new("d3/f5")
+        );
         assert_eq!(
             fs::read(root.join("link")).unwrap(),
             pattern(3005, 100 + 5 * 37)
         );
         let mut got = Vec::new();
-        File::open(root.join("big")).unwrap().read_to_end(&mut got).unwrap();
+        File::open(root.join("big"))
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
         assert!(got == big, "the 100 MiB file reads back differently");
     }
     assert_fsck_clean(&image);

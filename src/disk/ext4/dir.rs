@@ -30,7 +30,11 @@ pub fn block(entries: &[Entry<'_>], inode_seed: u32) -> Box<[u8; 4096]> {
         name: b"",
         file_type: 0,
     }];
-    let entries = if entries.is_empty() { &empty[..] } else { entries };
+    let entries = if entries.is_empty() {
+        &empty[..]
+    } else {
+        entries
+    };
     let mut at = 0;
     for (i, e) in entries.iter().enumerate() {
         let len = if i + 1 == entries.len() {
@@ -61,8 +65,16 @@ mod tests {
     fn dot_entries_golden_bytes() {
         let b = block(
             &[
-                Entry { ino: 11, name: b".", file_type: FT_DIR },
-                Entry { ino: 2, name: b"..", file_type: FT_DIR },
+                Entry {
+                    ino: 11,
+                    name: b".",
+                    file_type: FT_DIR,
+                },
+                Entry {
+                    ino: 2,
+                    name: b"..",
+                    file_type: FT_DIR,
+                },
             ],
             0,
         );

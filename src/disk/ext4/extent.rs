@@ -85,7 +85,13 @@ mod tests {
 
     #[test]
     fn inline_tree_golden_bytes() {
-        let runs = [Run { start: 8, len: 10 }, Run { start: 0x1_0000_0013, len: 15 }];
+        let runs = [
+            Run { start: 8, len: 10 },
+            Run {
+                start: 0x1_0000_0013,
+                len: 15,
+            },
+        ];
         let (b, leaf) = tree(&runs, None, 0);
         assert!(leaf.is_none());
         let golden: [u8; 36] = [
@@ -99,7 +105,12 @@ mod tests {
 
     #[test]
     fn leaf_tree_points_at_its_block() {
-        let runs: Vec<Run> = (0..6).map(|i| Run { start: 100 * i + 50, len: 3 }).collect();
+        let runs: Vec<Run> = (0..6)
+            .map(|i| Run {
+                start: 100 * i + 50,
+                len: 3,
+            })
+            .collect();
         let (b, leaf) = tree(&runs, Some(0x2_0000_0007), 7);
         assert_eq!(&b[..12], &[0x0a, 0xf3, 1, 0, 4, 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(&b[12..24], &[0, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0]);

@@ -43,7 +43,8 @@ impl GroupDesc {
         put32(0x20, (self.block_bitmap >> 32) as u32);
         put32(0x24, (self.inode_bitmap >> 32) as u32);
         put32(0x28, (self.inode_table >> 32) as u32);
-        let mut put16 = |at: usize, v: u32| b[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes());
+        let mut put16 =
+            |at: usize, v: u32| b[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes());
         put16(0x0C, self.free_blocks);
         put16(0x0E, self.free_inodes);
         put16(0x10, self.used_dirs);
@@ -117,8 +118,8 @@ mod tests {
         let b = d.encode(0, csum::fs_seed(&uuid));
         let golden: [u8; 0x40] = [
             0x02, 0, 0, 0, 0x12, 0, 0, 0, 0x22, 0, 0, 0, 0xb7, 0x59, 0xf5, 0x63, //
-            0x02, 0x00, 0x04, 0x00, 0, 0, 0, 0, 0xa6, 0x98, 0x9d, 0xcd, 0xf5, 0x63, 0x8d, 0xdf,
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+            0x02, 0x00, 0x04, 0x00, 0, 0, 0, 0, 0xa6, 0x98, 0x9d, 0xcd, 0xf5, 0x63, 0x8d, 0xdf, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
             0, 0, 0, 0, 0, 0, 0, 0, 0xe1, 0x30, 0x56, 0xba, 0, 0, 0, 0,
         ];
         assert_eq!(b, golden);

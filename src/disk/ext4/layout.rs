@@ -11,7 +11,7 @@ use super::Ext4Error;
 
 /// Bytes per block: always 4 KiB (mke2fs uses 1 KiB blocks below 512 MiB; we do not).
 pub const BLOCK_SIZE: u64 = 4096;
-/// Blocks per group: one block bitmap's worth of bits.
+/// Blocks per group: one block bitmap's worth of bits (mke2fs may take fewer, see [`plan`]).
 pub const BLOCKS_PER_GROUP: u64 = BLOCK_SIZE * 8;
 /// Bytes per on-disk inode.
 pub const INODE_SIZE: u64 = 256;
@@ -58,7 +58,7 @@ impl Run {
 pub struct Group {
     /// First block of the group.
     pub start: u64,
-    /// Blocks in the group (less than [`BLOCKS_PER_GROUP`] only for the last one).
+    /// Blocks in the group (less than [`Layout::blocks_per_group`] only for the last one).
     pub len: u64,
     /// Whether the group starts with a superblock and group descriptor table copy.
     pub has_super: bool,
@@ -92,6 +92,8 @@ pub struct Layout {
     pub blocks: u64,
     /// Blocks reserved for root (5%).
     pub reserved_blocks: u64,
+    /// Blocks per group: [`BLOCKS_PER_GROUP`] except for a few small sizes.
+    pub blocks_per_group: u64,
     /// Inodes per group (a multiple of 8 that fills whole inode table blocks).
     pub inodes_per_group: u64,
     /// Blocks of one group's inode table.
@@ -121,26 +123,68 @@ impl Layout {
         self.groups.iter().map(|g| g.free_blocks).sum()
     }
 
-    /// Blocks taken by filesystem metadata, the journal included (`s_overhead_clusters`):
-    /// everything used except the two directories' blocks.
+    /// Blocks taken by filesystem metadata and the journal's data (`s_overhead_clusters`):
+    /// everything used except the directories' blocks and the journal's extent leaf, which
+    /// mke2fs does not count either.
     pub fn overhead_blocks(&self) -> u64 {
-        self.blocks - self.free_blocks() - 1 - LOST_FOUND_BLOCKS
+        let leaf = u64::from(self.journal.leaf.is_some());
+        self.blocks - self.free_blocks() - 1 - LOST_FOUND_BLOCKS - leaf
     }
 
     /// The used runs that overlap blocks `[start, end)`, clipped to it.
     pub fn used_in(&self, start: u64, end: u64) -> impl Iterator<Item = Run> + '_ {
-        let first = self.used.partition_point(|r| r.end() <= start);
-        self.used[first..]
-            .iter()
-            .take_while(move |r| r.start < end)
-            .map(move |r| {
-                let s = r.start.max(start);
-                Run {
-                    start: s,
-                    len: r.end().min(end) - s,
-                }
-            })
+        used_in(&self.used, start, end)
     }
+}
+
+/// The runs of sorted, disjoint `runs` that overlap `[start, end)`, clipped to it.
+fn used_in(runs: &[Run], start: u64, end: u64) -> impl Iterator<Item = Run> + '_ {
+    let first = runs.partition_point(|r| r.end() <= start);
+    runs[first..]
+        .iter()
+        .take_while(move |r| r.start < end)
+        .map(move |r| {
+            let s = r.start.max(start);
+            Run {
+                start: s,
+                len: r.end().min(end) - s,
+            }
+        })
+}
+
+/// Where mke2fs starts looking for journal blocks (`get_midpoint_journal_block`): the group
+/// holding the middle block, moved to the start of its flex group when past the first, then
+/// whichever of it and its neighbours has the most free blocks.
+fn journal_goal(groups: &[Group], used: &[Run], blocks: u64, blocks_per_group: u64) -> u64 {
+    let free = |g: usize| {
+        let group = &groups[g];
+        group.len
+            - used_in(used, group.start, group.start + group.len)
+                .map(|r| r.len)
+                .sum::<u64>()
+    };
+    let n = groups.len();
+    let mut group = (blocks / 2 / blocks_per_group) as usize;
+    let start = if group > FLEX_GROUPS as usize {
+        group &= !(FLEX_GROUPS as usize - 1);
+        while group < n && free(group) == 0 {
+            group += 1;
+        }
+        if group == n {
+            group = 0;
+        }
+        group
+    } else {
+        group.saturating_sub(1)
+    };
+    let end = if group + 1 < n { group + 1 } else { group };
+    let mut best = start;
+    for g in start + 1..=end {
+        if free(g) > free(best) {
+            best = g;
+        }
+    }
+    groups[best].start
 }
 
 /// Whether group `g` holds a superblock copy under `sparse_super`: groups 0 and 1 and the
@@ -187,6 +231,7 @@ pub fn journal_blocks(blocks: u64) -> u64 {
 /// The counts mke2fs settles on before placing anything.
 struct Geometry {
     blocks: u64,
+    blocks_per_group: u64,
     reserved_blocks: u64,
     groups: u64,
     inodes_per_group: u64,
@@ -195,7 +240,9 @@ struct Geometry {
 }
 
 /// mke2fs's arithmetic: inode count from the size class, rounded to fill inode table blocks;
-/// a last group too small for its own metadata plus 50 blocks is dropped.
+/// a last group too small for its own metadata plus 50 blocks is dropped. When dropping it
+/// leaves more inodes per group than a bitmap block can track (small sizes, one inode per
+/// block), mke2fs shrinks the groups by 8 blocks and starts over; so do we.
 fn geometry(device_blocks: u64) -> Result<Geometry, Ext4Error> {
     let size = device_blocks * BLOCK_SIZE;
     if device_blocks < MIN_BLOCKS {
@@ -215,21 +262,29 @@ fn geometry(device_blocks: u64) -> Result<Geometry, Ext4Error> {
     let reserved0 = (5.0 * device_blocks as f64 / 100.0) as u64;
     let mut blocks = device_blocks;
     let mut reserved_blocks = reserved0;
+    let mut bpg = BLOCKS_PER_GROUP;
     loop {
-        let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
+        let groups = blocks.div_ceil(bpg);
         let desc_blocks = (groups * DESC_SIZE).div_ceil(BLOCK_SIZE);
         let per_block = BLOCK_SIZE / INODE_SIZE;
-        let ipg = inodes_wanted
-            .div_ceil(groups)
-            .min(65536 - per_block)
-            .min(BLOCKS_PER_GROUP);
+        let ipg = inodes_wanted.div_ceil(groups);
+        if ipg > BLOCK_SIZE * 8 {
+            // mke2fs keeps the reserve it last computed here, and so do we.
+            bpg -= 8;
+            blocks = device_blocks;
+            if bpg < 256 {
+                return Err(Ext4Error::Layout { size });
+            }
+            continue;
+        }
+        let ipg = ipg.min(65536 - per_block);
         let ipg = (ipg.div_ceil(per_block) * per_block) & !7;
         let inode_table_blocks = ipg.div_ceil(per_block);
         let mut overhead = 2 + inode_table_blocks;
         if has_super(groups - 1) {
             overhead += 1 + desc_blocks;
         }
-        let rem = blocks % BLOCKS_PER_GROUP;
+        let rem = blocks % bpg;
         if groups == 1 && rem != 0 && rem < overhead {
             return Err(Ext4Error::TooSmall {
                 size,
@@ -244,6 +299,7 @@ fn geometry(device_blocks: u64) -> Result<Geometry, Ext4Error> {
         }
         return Ok(Geometry {
             blocks,
+            blocks_per_group: bpg,
             reserved_blocks,
             groups,
             inodes_per_group: ipg,
@@ -262,7 +318,17 @@ struct Cursor<'a> {
     end: u64,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
+    /// A cursor over the free blocks of `[from, end)`; `fixed` is sorted.
+    fn new(fixed: &'a [Run], from: u64, end: u64) -> Self {
+        Self {
+            fixed,
+            idx: fixed.partition_point(|r| r.end() <= from),
+            next: from,
+            end,
+        }
+    }
+
     /// The next run of at most `want` free blocks.
     fn take(&mut self, want: u64) -> Option<Run> {
         loop {
@@ -304,16 +370,14 @@ impl Cursor<'_> {
 pub fn plan(device_bytes: u64) -> Result<Layout, Ext4Error> {
     let geo = geometry(device_bytes / BLOCK_SIZE)?;
     let group_count = geo.groups;
-    let not_fit = || Ext4Error::Layout {
-        size: device_bytes,
-    };
+    let not_fit = || Ext4Error::Layout { size: device_bytes };
 
     // Superblock + descriptor copies, then each flex group's bitmaps and inode tables.
     let mut fixed = Vec::new();
     let mut groups = Vec::with_capacity(usize::try_from(group_count).map_err(|_| not_fit())?);
     for g in 0..group_count {
-        let start = g * BLOCKS_PER_GROUP;
-        let len = (geo.blocks - start).min(BLOCKS_PER_GROUP);
+        let start = g * geo.blocks_per_group;
+        let len = (geo.blocks - start).min(geo.blocks_per_group);
         let has_super = has_super(g);
         let super_len = if has_super { 1 + geo.desc_blocks } else { 0 };
         if super_len > 0 {
@@ -356,49 +420,58 @@ pub fn plan(device_bytes: u64) -> Result<Layout, Ext4Error> {
         });
     }
 
-    // Root, lost+found, then the journal in the first free blocks; the leaf block, if the
-    // journal needs more than four extents, after it.
-    let mut cursor = Cursor {
-        fixed: &fixed,
-        idx: 0,
-        next: 0,
-        end: geo.blocks,
+    // Root and lost+found take the first free blocks.
+    let (root_block, lost_found_block) = {
+        let mut cursor = Cursor::new(&fixed, 0, geo.blocks);
+        let root = cursor.take_contiguous(1).ok_or_else(not_fit)?;
+        let lost_found = cursor
+            .take_contiguous(LOST_FOUND_BLOCKS)
+            .ok_or_else(not_fit)?;
+        (root, lost_found)
     };
-    let root_block = cursor.take_contiguous(1).ok_or_else(not_fit)?;
-    let lost_found_block = cursor
-        .take_contiguous(LOST_FOUND_BLOCKS)
-        .ok_or_else(not_fit)?;
-    let journal_len = journal_blocks(geo.blocks);
-    let mut extents: Vec<Run> = Vec::new();
-    let mut missing = journal_len;
-    while missing > 0 {
-        let run = cursor.take(missing.min(MAX_EXTENT_LEN)).ok_or_else(not_fit)?;
-        missing -= run.len;
-        match extents.last_mut() {
-            Some(last) if last.end() == run.start && last.len + run.len <= MAX_EXTENT_LEN => {
-                last.len += run.len
-            }
-            _ => extents.push(run),
-        }
-    }
-    if extents.len() > LEAF_EXTENTS {
-        return Err(not_fit());
-    }
-    let leaf = if extents.len() > 4 {
-        Some(cursor.take_contiguous(1).ok_or_else(not_fit)?)
-    } else {
-        None
-    };
-
-    let mut used = fixed.clone();
-    used.push(Run {
+    fixed.push(Run {
         start: root_block,
         len: 1,
     });
-    used.push(Run {
+    fixed.push(Run {
         start: lost_found_block,
         len: LOST_FOUND_BLOCKS,
     });
+    fixed.sort_by_key(|r| r.start);
+
+    // The journal: the first free blocks from mke2fs's goal on, wrapping around to block 0;
+    // its extent leaf, if more than four extents are needed, right after it.
+    let journal_len = journal_blocks(geo.blocks);
+    let goal = journal_goal(&groups, &fixed, geo.blocks, geo.blocks_per_group);
+    let mut extents: Vec<Run> = Vec::new();
+    let mut missing = journal_len;
+    let mut leaf = None;
+    for (from, to) in [(goal, geo.blocks), (0, goal)] {
+        let mut cursor = Cursor::new(&fixed, from, to);
+        while missing > 0 {
+            let Some(run) = cursor.take(missing.min(MAX_EXTENT_LEN)) else {
+                break;
+            };
+            missing -= run.len;
+            match extents.last_mut() {
+                Some(last) if last.end() == run.start && last.len + run.len <= MAX_EXTENT_LEN => {
+                    last.len += run.len
+                }
+                _ => extents.push(run),
+            }
+        }
+        if missing == 0 {
+            if extents.len() > 4 {
+                leaf = Some(cursor.take_contiguous(1).ok_or_else(not_fit)?);
+            }
+            break;
+        }
+    }
+    if missing > 0 || extents.len() > LEAF_EXTENTS {
+        return Err(not_fit());
+    }
+
+    let mut used = fixed;
     used.extend(extents.iter().copied());
     used.extend(leaf.map(|start| Run { start, len: 1 }));
     used.sort_by_key(|r| r.start);
@@ -406,6 +479,7 @@ pub fn plan(device_bytes: u64) -> Result<Layout, Ext4Error> {
     let mut layout = Layout {
         blocks: geo.blocks,
         reserved_blocks: geo.reserved_blocks,
+        blocks_per_group: geo.blocks_per_group,
         inodes_per_group: geo.inodes_per_group,
         inode_table_blocks: geo.inode_table_blocks,
         desc_blocks: geo.desc_blocks,
@@ -467,6 +541,8 @@ mod tests {
         for (size, blocks, inodes, reserved) in [
             (8 << 20, 2048, 2048, 102),
             (9 << 20, 2304, 2304, 115),
+            // One block past three groups: mke2fs shrinks groups to 32232 blocks.
+            (3 * G + BLOCK_SIZE, 98305, 98368, 4835),
             (100 << 20, 25600, 25600, 1280),
             (600 << 20, 153_600, 38400, 7680),
             (1 << 30, 262_144, 65536, 13107),
@@ -475,7 +551,10 @@ mod tests {
             (5 << 40, 1_342_177_280, 167_772_160, 67_108_864),
         ] {
             let l = plan(size).unwrap();
-            assert_eq!((l.blocks, l.inodes(), l.reserved_blocks), (blocks, inodes, reserved));
+            assert_eq!(
+                (l.blocks, l.inodes(), l.reserved_blocks),
+                (blocks, inodes, reserved)
+            );
         }
     }
 
@@ -490,9 +569,9 @@ mod tests {
     #[test]
     fn tiny_last_group_is_dropped() {
         // One block past a group boundary: the lone block cannot hold a group's metadata.
-        let l = plan(3 * G + BLOCK_SIZE).unwrap();
-        assert_eq!(l.blocks, 3 * BLOCKS_PER_GROUP);
-        assert_eq!(l.groups.len(), 3);
+        let l = plan(20 * G + BLOCK_SIZE).unwrap();
+        assert_eq!(l.blocks, 20 * BLOCKS_PER_GROUP);
+        assert_eq!(l.groups.len(), 20);
     }
 
     #[test]
@@ -528,11 +607,18 @@ mod tests {
             assert!(l.used.last().unwrap().end() <= l.blocks);
             let used: u64 = l.used.iter().map(|r| r.len).sum();
             assert_eq!(l.free_blocks(), l.blocks - used);
-            assert_eq!(l.journal.extents.iter().map(|r| r.len).sum::<u64>(), l.journal.blocks);
+            assert_eq!(
+                l.journal.extents.iter().map(|r| r.len).sum::<u64>(),
+                l.journal.blocks
+            );
             assert!(l.journal.extents.iter().all(|r| r.len <= MAX_EXTENT_LEN));
             assert_eq!(l.journal.leaf.is_some(), l.journal.extents.len() > 4);
             for (g, group) in l.groups.iter().enumerate() {
-                let super_len = if group.has_super { 1 + l.desc_blocks } else { 0 };
+                let super_len = if group.has_super {
+                    1 + l.desc_blocks
+                } else {
+                    0
+                };
                 if group.flags & BG_BLOCK_UNINIT != 0 {
                     assert_eq!(group.free_blocks, group.len - super_len, "group {g}");
                 }
@@ -554,8 +640,16 @@ mod tests {
         assert_eq!(l.groups[16].block_bitmap, 16 * BLOCKS_PER_GROUP);
         assert_eq!(l.groups[16].flags & BG_BLOCK_UNINIT, 0);
         assert_ne!(l.groups[17].flags & BG_BLOCK_UNINIT, 0);
-        // The 64 MiB journal fits in group 0 after the root and lost+found blocks.
-        assert_eq!(l.journal.extents.len(), 1);
+        // The 64 MiB journal starts where mke2fs puts it: group 33, the emptier of the
+        // middle group's flex leader (32) and its neighbour.
+        assert_eq!(
+            l.journal.extents,
+            [Run {
+                start: 33 * BLOCKS_PER_GROUP,
+                len: 16384
+            }]
+        );
+        assert_eq!(l.groups[33].flags & BG_BLOCK_UNINIT, 0);
         assert_eq!(l.overhead_blocks(), l.blocks - l.free_blocks() - 5);
     }
 }

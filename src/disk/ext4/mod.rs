@@ -28,8 +28,8 @@ mod dir;
 mod extent;
 mod group;
 mod inode;
-pub mod layout;
 mod journal;
+pub mod layout;
 mod superblock;
 
 use std::io;
@@ -62,7 +62,9 @@ pub enum Ext4Error {
         label: String,
     },
     /// The device is below [`MIN_SIZE`].
-    #[error("{size} bytes is too small for an ext4 filesystem with a journal; the minimum is {min} bytes (8 MiB)")]
+    #[error(
+        "{size} bytes is too small for an ext4 filesystem with a journal; the minimum is {min} bytes (8 MiB)"
+    )]
     TooSmall {
         /// Device bytes.
         size: u64,
@@ -70,7 +72,9 @@ pub enum Ext4Error {
         min: u64,
     },
     /// The device is above [`MAX_SIZE`].
-    #[error("{size} bytes is larger than the biggest ext4 filesystem this formatter makes ({max} bytes, 64 TiB)")]
+    #[error(
+        "{size} bytes is larger than the biggest ext4 filesystem this formatter makes ({max} bytes, 64 TiB)"
+    )]
     TooLarge {
         /// Device bytes.
         size: u64,
@@ -235,7 +239,9 @@ impl<S: BlockSink> Writer<'_, S> {
                 }
                 // Blocks past the end of a short last group are marked used.
                 group::set_bits(&mut bitmap, group.len as usize, BLOCK_SIZE as usize * 8);
-                d.block_bitmap_csum = group::bitmap_csum(self.seed, &bitmap);
+                // The checksum covers one bit per block of a full group.
+                let used_bytes = (l.blocks_per_group / 8) as usize;
+                d.block_bitmap_csum = group::bitmap_csum(self.seed, &bitmap[..used_bytes]);
                 self.sink.write_at(Self::at(group.block_bitmap), &bitmap)?;
             }
             if g == 0 {
@@ -350,7 +356,8 @@ impl<S: BlockSink> Writer<'_, S> {
         self.sink.write_at(Self::at(l.root_block), &root[..])?;
         let seed = csum::inode_seed(self.seed, LOST_FOUND_INO, 0);
         let first = dir::block(&[entry(LOST_FOUND_INO, b"."), entry(ROOT_INO, b"..")], seed);
-        self.sink.write_at(Self::at(l.lost_found_block), &first[..])?;
+        self.sink
+            .write_at(Self::at(l.lost_found_block), &first[..])?;
         let empty = dir::block(&[], seed);
         for i in 1..LOST_FOUND_BLOCKS {
             self.sink
@@ -372,7 +379,7 @@ impl<S: BlockSink> Writer<'_, S> {
             free_blocks_count: l.free_blocks(),
             free_inodes_count: (l.inodes() - USED_INODES) as u32,
             log_block_size: 2,
-            blocks_per_group: layout::BLOCKS_PER_GROUP as u32,
+            blocks_per_group: l.blocks_per_group as u32,
             inodes_per_group: l.inodes_per_group as u32,
             time: o.timestamp,
             state: 1,

@@ -252,7 +252,12 @@ pub fn read_superblock(bytes: &[u8]) -> Result<SuperblockInfo, Ext4Error> {
     let words = [get32(b, 0x5C), get32(b, 0x60), get32(b, 0x64)];
     let is_64bit = words[1] & INCOMPAT_64BIT != 0;
     let wide = |lo_at: usize, hi_at: usize| {
-        u64::from(get32(b, lo_at)) | if is_64bit { u64::from(get32(b, hi_at)) << 32 } else { 0 }
+        u64::from(get32(b, lo_at))
+            | if is_64bit {
+                u64::from(get32(b, hi_at)) << 32
+            } else {
+                0
+            }
     };
     let mut features = Vec::new();
     for (w, word) in words.iter().enumerate() {
@@ -261,7 +266,10 @@ pub fn read_superblock(bytes: &[u8]) -> Result<SuperblockInfo, Ext4Error> {
             if word & mask == 0 {
                 continue;
             }
-            match FEATURE_NAMES.iter().find(|(fw, m, _)| *fw == w && *m == mask) {
+            match FEATURE_NAMES
+                .iter()
+                .find(|(fw, m, _)| *fw == w && *m == mask)
+            {
                 Some((_, _, name)) => features.push((*name).to_string()),
                 None => features.push(format!("FEATURE_{}{bit}", ["C", "I", "R"][w])),
             }
