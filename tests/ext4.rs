@@ -6,10 +6,11 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Instant;
 
 use proptest::prelude::*;
 use qemu_compose::disk::ext4::{self, Ext4Error, FormatOptions, FormatSummary};
-use qemu_compose::disk::{BlockSink, RawFile, SparseBuffer};
+use qemu_compose::disk::{RawFile, SparseBuffer};
 
 const K: u64 = 1024;
 const M: u64 = K * K;
@@ -150,8 +151,11 @@ const SAME_AS_MKFS: &[&str] = &[
 fn check_size(dir: &Path, size: u64) {
     let ours = dir.join(format!("ours-{size}.img"));
     let label = "vol-check";
+    let t0 = Instant::now();
     let summary = format_file(&ours, size, &options(label));
+    let t1 = Instant::now();
     assert_fsck_clean(&ours);
+    let t2 = Instant::now();
     let d = dumpe2fs(&ours);
     assert_eq!(d["Filesystem features"], FEATURES);
     assert_eq!(d["Filesystem volume name"], label);
@@ -191,6 +195,12 @@ fn check_size(dir: &Path, size: u64) {
     assert!(o.status.success(), "mkfs.ext4 failed:\n{}", text(&o));
     let m = dumpe2fs(&theirs);
     fs::remove_file(&theirs).unwrap();
+    eprintln!(
+        "{size} bytes: format {:?}, e2fsck {:?}, dumpe2fs + mkfs.ext4 + dumpe2fs {:?}",
+        t1 - t0,
+        t2 - t1,
+        t2.elapsed()
+    );
     for key in SAME_AS_MKFS {
         assert_eq!(
             d.get(*key),
@@ -410,4 +420,32 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
         assert!(got == big, "the 100 MiB file reads back differently");
     }
     assert_fsck_clean(&image);
+}
+
+/// Without `resize_inode` the filesystem still grows: offline here (1 GiB, one descriptor
+/// block, to 40 GiB, five), where resize2fs moves blocks to make room for the table. (Online
+/// growth asks the kernel, which converts to `meta_bg`; that ioctl needs CAP_SYS_RESOURCE.)
+#[test]
+fn grows_offline_without_resize_inode() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("grow.img");
+    format_file(&image, G, &options("grow"));
+    {
+        let m = Mounted::new(&image, dir.path().join("mnt"));
+        fs::write(m.dir.join("keep"), pattern(1, 1 << 20)).unwrap();
+    }
+    assert_fsck_clean(&image);
+    File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(40 * G)
+        .unwrap();
+    // -f: the read-only e2fsck above does not record a check.
+    let o = run("resize2fs", &["-f", image.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "resize2fs failed:\n{}", text(&o));
+    assert_fsck_clean(&image);
+    assert_eq!(dumpe2fs(&image)["Block count"], (40 * G / 4096).to_string());
+    let m = Mounted::new(&image, dir.path().join("mnt"));
+    assert!(fs::read(m.dir.join("keep")).unwrap() == pattern(1, 1 << 20));
 }

@@ -67,7 +67,7 @@ impl GroupDesc {
 /// Sets bits `[from, to)` of a bitmap (bit i is bit i % 8 of byte i / 8).
 pub fn set_bits(bitmap: &mut [u8], from: usize, to: usize) {
     let mut i = from;
-    while i < to && i % 8 != 0 {
+    while i < to && !i.is_multiple_of(8) {
         bitmap[i / 8] |= 1 << (i % 8);
         i += 1;
     }

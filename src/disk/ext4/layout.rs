@@ -191,7 +191,7 @@ fn journal_goal(groups: &[Group], used: &[Run], blocks: u64, blocks_per_group: u
 /// powers of 3, 5 and 7.
 pub fn has_super(g: u64) -> bool {
     fn power_of(mut g: u64, base: u64) -> bool {
-        while g > 1 && g % base == 0 {
+        while g > 1 && g.is_multiple_of(base) {
             g /= base;
         }
         g == 1
@@ -214,18 +214,24 @@ fn inode_ratio(blocks: u64) -> u64 {
     }
 }
 
-/// Journal blocks for a filesystem of `blocks` blocks (`ext2fs_default_journal_size`).
+/// Journal blocks for a filesystem of `blocks` blocks (`ext2fs_default_journal_size`):
+/// (filesystems below this many blocks, get this many journal blocks).
+const JOURNAL_TABLE: [(u64, u64); 7] = [
+    (32_768, 1024),        // < 128 MiB: 4 MiB
+    (262_144, 4096),       // < 1 GiB: 16 MiB
+    (524_288, 8192),       // < 2 GiB: 32 MiB
+    (4_194_304, 16_384),   // < 16 GiB: 64 MiB
+    (8_388_608, 32_768),   // < 32 GiB: 128 MiB
+    (16_777_216, 65_536),  // < 64 GiB: 256 MiB
+    (33_554_432, 131_072), // < 128 GiB: 512 MiB
+];
+
+/// Journal blocks for a filesystem of `blocks` blocks: [`JOURNAL_TABLE`], else 1 GiB.
 pub fn journal_blocks(blocks: u64) -> u64 {
-    match blocks {
-        ..32_768 => 1024,
-        ..262_144 => 4096,
-        ..524_288 => 8192,
-        ..4_194_304 => 16_384,
-        ..8_388_608 => 32_768,
-        ..16_777_216 => 65_536,
-        ..33_554_432 => 131_072,
-        _ => 262_144,
-    }
+    JOURNAL_TABLE
+        .iter()
+        .find(|(below, _)| blocks < *below)
+        .map_or(262_144, |(_, journal)| *journal)
 }
 
 /// The counts mke2fs settles on before placing anything.

@@ -12,11 +12,13 @@
 //! Differences from mke2fs, on purpose:
 //! - Blocks are always 4 KiB; mke2fs uses 1 KiB blocks below 512 MiB (the inode ratio of that
 //!   size class, one inode per 4 KiB, is kept).
-//! - No `resize_inode`: no blocks are reserved for growing the descriptor table offline.
-//!   Online growth (`resize2fs` on the mounted filesystem) still works: the kernel fills the
-//!   spare slots of the last descriptor block and then converts the filesystem to `meta_bg`
-//!   (`ext4_convert_meta_bg`); the integration test `online_resize_grows_without_resize_inode`
-//!   grows a mounted 1 GiB filesystem to 40 GiB this way.
+//! - No `resize_inode`: no blocks are reserved for growing the descriptor table in place.
+//!   The filesystem still grows. Offline, `resize2fs` moves blocks to make room (verified by
+//!   the test `grows_offline_without_resize_inode`: 1 GiB to 40 GiB, e2fsck clean, data kept).
+//!   Online, the kernel's `ext4_resize_fs` converts a filesystem without `resize_inode` to
+//!   `meta_bg` (`ext4_convert_meta_bg`) and then adds groups; that path is read from the kernel
+//!   source, not tested, because the resize ioctl needs CAP_SYS_RESOURCE, which our test
+//!   machines lack.
 //! - Placement: the root directory, `lost+found` and the journal take the first free blocks
 //!   after group 0's metadata (mke2fs puts the journal mid-device).
 //!
