@@ -10,7 +10,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use qemu_compose::compose::ComposeErrors;
 
 mod config;
+mod lifecycle;
 mod project;
+mod volume;
 
 /// Run QEMU virtual machines from a compose file, rootless.
 #[derive(Debug, Parser)]
@@ -117,6 +119,9 @@ struct DestroyArgs {
     /// Do not ask the guests to power off first
     #[arg(long)]
     force: bool,
+    /// Seconds to wait for each guest to power off
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
     /// Also remove the project's named volumes
     #[arg(short = 'v', long)]
     volumes: bool,
@@ -260,6 +265,19 @@ struct CompletionArgs {
     shell: clap_complete::Shell,
 }
 
+/// Prints the engine's progress and warnings on stderr, leaving stdout to command output.
+struct StderrReporter;
+
+impl qemu_compose::engine::Reporter for StderrReporter {
+    fn info(&self, message: &str) {
+        eprintln!("{message}");
+    }
+
+    fn warn(&self, message: &str) {
+        eprintln!("warning: {message}");
+    }
+}
+
 /// Parses the arguments, runs the command and maps its outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -297,9 +315,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(args.shell, &mut cmd, "qemu-compose", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up(_) => not_yet("up", 7),
-        Command::Stop(_) => not_yet("stop", 7),
-        Command::Destroy(_) => not_yet("destroy", 7),
+        Command::Up(args) => lifecycle::up(&cli.global, &args),
+        Command::Stop(args) => lifecycle::stop(&cli.global, &args),
+        Command::Destroy(args) => lifecycle::destroy(&cli.global, &args),
         Command::Ps(_) => not_yet("ps", 8),
         Command::Inspect(_) => not_yet("inspect", 8),
         Command::Console(_) => not_yet("console", 8),
@@ -307,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(_) => not_yet("logs", 8),
         Command::Pull(_) => not_yet("pull", 8),
         Command::Image(_) => not_yet("image", 8),
-        Command::Volume(_) => not_yet("volume", 6),
+        Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor => not_yet("doctor", 8),
     }
@@ -318,6 +336,22 @@ fn not_yet(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`qemu-compose {command}` is not implemented yet (tracked in issue #{issue})")
 }
 
+/// A byte count for people: `6.1M`, `512K`, `3.2G` (binary units, one decimal).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +359,14 @@ mod tests {
     #[test]
     fn argument_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn byte_counts_read_well() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1536), "1.5K");
+        assert_eq!(human_bytes(6 << 20), "6.0M");
+        assert_eq!(human_bytes(10 << 30), "10.0G");
     }
 }

@@ -177,9 +177,8 @@ pub fn prepare(
     let disk_size = vm.disk_size_bytes.max(base_size.next_multiple_of(512));
 
     let mac = MacAddress::derived_from(&format!("{}/{}", project.name, vm.name));
-    let password_hash =
-        cloudinit::hash_password(&secrets.console_password, &secrets.password_salt)
-            .map_err(|e| EngineError::vm(&vm.name, e))?;
+    let password_hash = cloudinit::hash_password(&secrets.console_password, &secrets.password_salt)
+        .map_err(|e| EngineError::vm(&vm.name, e))?;
     let seed = cloudinit::build_seed(&SeedInput {
         hostname: cloudinit::hostname_for_vm(&vm.name),
         user: UserSpec {
@@ -281,12 +280,7 @@ fn link_or_copy(source: &Path, link: &Path) -> Result<(), StateError> {
 }
 
 /// The QEMU launch facts of a prepared VM with its SSH port.
-pub fn launch_spec(
-    project: &Project,
-    vm: &Vm,
-    prepared: &PreparedVm,
-    ssh_port: u16,
-) -> LaunchSpec {
+pub fn launch_spec(project: &Project, vm: &Vm, prepared: &PreparedVm, ssh_port: u16) -> LaunchSpec {
     let paths = &prepared.paths;
     let mut drives = vec![DriveSpec {
         id: "disk0".to_string(),

@@ -93,7 +93,11 @@ pub fn select<'p>(
     if with_dependencies {
         let mut queue: Vec<&str> = wanted.iter().copied().collect();
         while let Some(name) = queue.pop() {
-            for dep in project.vm(name).map(|v| v.depends_on.as_slice()).unwrap_or(&[]) {
+            for dep in project
+                .vm(name)
+                .map(|v| v.depends_on.as_slice())
+                .unwrap_or(&[])
+            {
                 if wanted.insert(dep) {
                     queue.push(dep);
                 }
@@ -166,7 +170,10 @@ pub fn up(
                     ));
                     continue;
                 }
-                reporter.info(&format!("stopping VM {} to apply its new configuration", vm.name));
+                reporter.info(&format!(
+                    "stopping VM {} to apply its new configuration",
+                    vm.name
+                ));
                 stop_one(vm, &handle, RECREATE_STOP_TIMEOUT, false, reporter)?;
             }
             ProcState::Stale { reason, .. } => {
@@ -196,7 +203,12 @@ pub fn up(
         let deadline = Instant::now() + limit;
         for (vm, port) in started {
             reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
-            while !ssh::probe(&secrets.private_key_path, &vm.user, port, Duration::from_secs(5)) {
+            while !ssh::probe(
+                &secrets.private_key_path,
+                &vm.user,
+                port,
+                Duration::from_secs(5),
+            ) {
                 if Instant::now() >= deadline {
                     return Err(EngineError::vm(
                         &vm.name,
@@ -301,7 +313,8 @@ fn stop_one(
     force: bool,
     reporter: &dyn Reporter,
 ) -> Result<StopOutcome, EngineError> {
-    let outcome = process::stop(handle, timeout, force).map_err(|e| EngineError::vm(&vm.name, e))?;
+    let outcome =
+        process::stop(handle, timeout, force).map_err(|e| EngineError::vm(&vm.name, e))?;
     match outcome {
         StopOutcome::PoweredOff => reporter.info(&format!("VM {} powered off", vm.name)),
         StopOutcome::Quit if force => reporter.info(&format!("VM {} stopped", vm.name)),
@@ -407,6 +420,23 @@ fn remove_tree(dir: &Path) -> Result<bool, StateError> {
     }
 }
 
+/// The VMs of the project whose QEMU runs (by pidfile and process; no QMP or SSH probe).
+pub fn running_vms(project: &Project, host: &HostEnv) -> BTreeSet<String> {
+    let state = StateDir::new(&project.dir);
+    project
+        .vms
+        .iter()
+        .filter(|vm| {
+            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            matches!(
+                process::state(&status::handle(&paths)),
+                ProcState::Running { .. }
+            )
+        })
+        .map(|vm| vm.name.clone())
+        .collect()
+}
+
 /// The status of every VM of the project, in compose order.
 pub fn statuses(project: &Project, host: &HostEnv) -> Vec<(String, VmStatus)> {
     let state = StateDir::new(&project.dir);
@@ -416,7 +446,10 @@ pub fn statuses(project: &Project, host: &HostEnv) -> Vec<(String, VmStatus)> {
         .iter()
         .map(|vm| {
             let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-            let port = InstanceRecord::load(&paths.record).ok().flatten().map(|r| r.ssh_port);
+            let port = InstanceRecord::load(&paths.record)
+                .ok()
+                .flatten()
+                .map(|r| r.ssh_port);
             let st = status::status(&paths, || {
                 port.is_some_and(|p| ssh::probe(&key, &vm.user, p, Duration::from_secs(3)))
             });
@@ -464,7 +497,9 @@ mod tests {
 
     #[test]
     fn unknown_vm_lists_the_known_ones() {
-        let err = select(&project(), &["wbe".into()], true).unwrap_err().to_string();
+        let err = select(&project(), &["wbe".into()], true)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "no VM named \"wbe\" in the compose file (VMs: web, db, cache, other)"

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use host::HostEnv;
 pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
-pub use lifecycle::statuses;
+pub use lifecycle::{running_vms, statuses};
 pub use status::VmStatus;
 
 /// Where the engine tells the user what it does.

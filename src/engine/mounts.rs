@@ -178,14 +178,15 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
             } => {
                 let n = out.shares.len();
                 let tag = format!("mount{n}");
-                let kind = *facts.source_kinds.get(source).ok_or_else(|| {
-                    PlanError::BadSource {
+                let kind = *facts
+                    .source_kinds
+                    .get(source)
+                    .ok_or_else(|| PlanError::BadSource {
                         vm: vm.name.clone(),
                         written: source_written.clone(),
                         resolved: source.clone(),
                         reason: "was not checked before planning".to_string(),
-                    }
-                })?;
+                    })?;
                 let security_model = security_model.unwrap_or(if facts.host_is_root {
                     SecurityModel::Passthrough
                 } else {
@@ -268,7 +269,10 @@ fn ninep_options(user: &[MountOption], read_only: bool) -> String {
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
     opts.extend(user.iter().map(ToString::to_string));
-    for flag in [read_only.then_some("ro"), Some("nofail")].into_iter().flatten() {
+    for flag in [read_only.then_some("ro"), Some("nofail")]
+        .into_iter()
+        .flatten()
+    {
         if !opts.iter().any(|o| o == flag) {
             opts.push(flag.to_string());
         }
@@ -299,8 +303,13 @@ mod tests {
             project_name: Some("t"),
             env: &BTreeMap::new(),
         };
-        compose::parse_str(yaml, Path::new("/p/qemu-compose.yaml"), Path::new("/p"), &opts)
-            .unwrap()
+        compose::parse_str(
+            yaml,
+            Path::new("/p/qemu-compose.yaml"),
+            Path::new("/p"),
+            &opts,
+        )
+        .unwrap()
     }
 
     const MIXED: &str = r#"
@@ -342,12 +351,23 @@ vms:
     fn mixed_plan(root: bool) -> MountPlan {
         let p = project(MIXED);
         let uuids = BTreeMap::from([
-            ("data".to_string(), "11111111-2222-3333-4444-555555555555".to_string()),
-            ("seeds".to_string(), "66666666-7777-8888-9999-000000000000".to_string()),
+            (
+                "data".to_string(),
+                "11111111-2222-3333-4444-555555555555".to_string(),
+            ),
+            (
+                "seeds".to_string(),
+                "66666666-7777-8888-9999-000000000000".to_string(),
+            ),
         ]);
         let images: BTreeMap<_, _> = ["data", "seeds"]
             .iter()
-            .map(|v| (v.to_string(), PathBuf::from(format!("/p/.qemu-compose/volumes/{v}/volume.qcow2"))))
+            .map(|v| {
+                (
+                    v.to_string(),
+                    PathBuf::from(format!("/p/.qemu-compose/volumes/{v}/volume.qcow2")),
+                )
+            })
             .collect();
         let kinds: BTreeMap<_, _> = HashMap::from([
             ("/p/manual", SourceKind::Dir),
@@ -393,17 +413,54 @@ vms:
         let guest: Vec<_> = plan
             .guest
             .iter()
-            .map(|g| (g.device.as_str(), g.target.as_str(), g.fstype.as_str(), g.options.as_str()))
+            .map(|g| {
+                (
+                    g.device.as_str(),
+                    g.target.as_str(),
+                    g.fstype.as_str(),
+                    g.options.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             guest,
             [
-                ("UUID=11111111-2222-3333-4444-555555555555", "/var/lib/data", "ext4", "defaults,nofail"),
-                ("mount1", "/srv/src", "9p", "trans=virtio,version=9p2000.L,nofail"),
-                ("UUID=66666666-7777-8888-9999-000000000000", "/srv/seeds", "ext4", "ro,nofail"),
-                ("mount2", "/etc/app", "9p", "trans=virtio,cache=loose,msize=104857600,version=9p2000.u,ro,nofail"),
-                ("mount3", "/run/qemu-compose/mount3", "9p", "trans=virtio,version=9p2000.L,ro,nofail"),
-                ("/run/qemu-compose/mount3/nginx.conf", "/etc/nginx/nginx.conf", "none", "bind,ro,nofail"),
+                (
+                    "UUID=11111111-2222-3333-4444-555555555555",
+                    "/var/lib/data",
+                    "ext4",
+                    "defaults,nofail"
+                ),
+                (
+                    "mount1",
+                    "/srv/src",
+                    "9p",
+                    "trans=virtio,version=9p2000.L,nofail"
+                ),
+                (
+                    "UUID=66666666-7777-8888-9999-000000000000",
+                    "/srv/seeds",
+                    "ext4",
+                    "ro,nofail"
+                ),
+                (
+                    "mount2",
+                    "/etc/app",
+                    "9p",
+                    "trans=virtio,cache=loose,msize=104857600,version=9p2000.u,ro,nofail"
+                ),
+                (
+                    "mount3",
+                    "/run/qemu-compose/mount3",
+                    "9p",
+                    "trans=virtio,version=9p2000.L,ro,nofail"
+                ),
+                (
+                    "/run/qemu-compose/mount3/nginx.conf",
+                    "/etc/nginx/nginx.conf",
+                    "none",
+                    "bind,ro,nofail"
+                ),
             ]
         );
         assert_eq!(plan.guest[5].target_kind, TargetKind::File);
@@ -427,7 +484,11 @@ vms:
                 .collect::<Vec<_>>()
         };
         assert!(models(false).iter().all(|m| *m == SecurityModel::None));
-        assert!(models(true).iter().all(|m| *m == SecurityModel::Passthrough));
+        assert!(
+            models(true)
+                .iter()
+                .all(|m| *m == SecurityModel::Passthrough)
+        );
     }
 
     #[test]
@@ -438,11 +499,19 @@ vms:
             project_name: Some("t"),
             env: &BTreeMap::new(),
         };
-        let p = compose::parse_str(yaml, &dir.path().join("qemu-compose.yaml"), dir.path(), &opts)
-            .unwrap();
+        let p = compose::parse_str(
+            yaml,
+            &dir.path().join("qemu-compose.yaml"),
+            dir.path(),
+            &opts,
+        )
+        .unwrap();
         let err = check_bind_sources(&p.vms[0]).unwrap_err().to_string();
         assert!(err.contains("\"./nope\""), "{err}");
-        assert!(err.contains(&dir.path().join("nope").display().to_string()), "{err}");
+        assert!(
+            err.contains(&dir.path().join("nope").display().to_string()),
+            "{err}"
+        );
         assert!(err.contains("does not exist"), "{err}");
     }
 

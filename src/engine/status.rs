@@ -62,8 +62,8 @@ pub fn status(paths: &InstancePaths, ssh_ready: impl FnOnce() -> bool) -> VmStat
         ProcState::NotRunning => VmStatus::Stopped,
         ProcState::Stale { reason, .. } => VmStatus::Broken(reason),
         ProcState::Running { pid } => {
-            let answer = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
-                .and_then(|mut qmp| qmp.query_status());
+            let answer =
+                Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT).and_then(|mut qmp| qmp.query_status());
             match answer {
                 Err(e) => VmStatus::Broken(format!("QEMU (pid {pid}) does not answer QMP: {e}")),
                 Ok(_) if ssh_ready() => VmStatus::Ready,

@@ -127,12 +127,13 @@ pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, V
 
     let label = label_for(name);
     let mut contents = SparseBuffer::new(size);
-    let summary = ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(
-        |source| VolumeError::Format {
-            name: name.to_string(),
-            source,
-        },
-    )?;
+    let summary =
+        ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(|source| {
+            VolumeError::Format {
+                name: name.to_string(),
+                source,
+            }
+        })?;
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
@@ -152,7 +153,9 @@ pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, V
         size: format_size(size),
         disk_path: image,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        uuid: uuid::Uuid::from_bytes(summary.uuid).hyphenated().to_string(),
+        uuid: uuid::Uuid::from_bytes(summary.uuid)
+            .hyphenated()
+            .to_string(),
         label,
     })
 }
@@ -181,7 +184,9 @@ pub fn inspect_image(name: &str, path: &Path) -> Result<ImageFacts, VolumeError>
         return Err(bad("it has a backing file".to_string()));
     }
     let mut sb = vec![0u8; 1024];
-    image.read_at(1024, &mut sb).map_err(|e| bad(e.to_string()))?;
+    image
+        .read_at(1024, &mut sb)
+        .map_err(|e| bad(e.to_string()))?;
     let superblock = ext4::read_superblock(&sb).map_err(|e| bad(e.to_string()))?;
     let disk_bytes = fs::metadata(path)
         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)

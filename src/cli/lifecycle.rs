@@ -1,0 +1,48 @@
+//! `up`, `stop` and `destroy`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use qemu_compose::engine::{self, DestroyOptions, HostEnv, StopOptions, UpOptions};
+use qemu_compose::image;
+
+use super::{DestroyArgs, GlobalArgs, StderrReporter, StopArgs, UpArgs, project};
+
+pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    let host = HostEnv::from_process()?;
+    let opts = UpOptions {
+        vms: args.vms.clone(),
+        no_start: args.no_start,
+        force_recreate: args.force_recreate,
+        wait: args.wait.then(|| Duration::from_secs(args.wait_timeout)),
+    };
+    let mut progress = image::for_stderr();
+    engine::up(&project, &host, &opts, &StderrReporter, progress.as_mut())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    let host = HostEnv::from_process()?;
+    let opts = StopOptions {
+        vms: args.vms.clone(),
+        force: args.force,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    engine::stop(&project, &host, &opts, &StderrReporter)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn destroy(global: &GlobalArgs, args: &DestroyArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    let host = HostEnv::from_process()?;
+    let opts = DestroyOptions {
+        vms: args.vms.clone(),
+        force: args.force,
+        timeout: Duration::from_secs(args.timeout),
+        volumes: args.volumes,
+    };
+    engine::destroy(&project, &host, &opts, &StderrReporter)?;
+    Ok(ExitCode::SUCCESS)
+}
