@@ -296,13 +296,34 @@ fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
         }
         return ExitCode::from(2);
     }
+    let code = if is_usage_error(err) { 2 } else { 1 };
     if debug {
         eprintln!("error: {err:?}");
     } else {
         eprintln!("error: {err:#}");
     }
-    ExitCode::from(1)
+    ExitCode::from(code)
 }
+
+/// Errors that mean "the command line asked for something invalid" (exit 2), not "it failed".
+fn is_usage_error(err: &anyhow::Error) -> bool {
+    use qemu_compose::engine::{EngineError, volumes::VolumeError};
+    let bad_volume = |e: &VolumeError| matches!(e, VolumeError::BadName(_) | VolumeError::BadSize { .. });
+    err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.downcast_ref::<VolumeError>().is_some_and(bad_volume)
+            || match e.downcast_ref::<EngineError>() {
+                Some(EngineError::UnknownVm { .. }) => true,
+                Some(EngineError::Volume(v)) => bad_volume(v),
+                _ => false,
+            }
+    })
+}
+
+/// A command-line value the command cannot use (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

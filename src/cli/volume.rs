@@ -176,7 +176,7 @@ fn create(
     let declared = project.volumes.iter().find(|v| v.name == name);
     let size = match size {
         Some(text) => compose::parse_size(text)
-            .map_err(|e| anyhow::anyhow!("invalid --size {text:?}: {e}"))?,
+            .map_err(|e| super::UsageError(format!("invalid --size {text:?}: {e}")))?,
         None => declared.map_or(compose::DEFAULT_SIZE, |d| d.size_bytes),
     };
     let _guard = lock(state)?;

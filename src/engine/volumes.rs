@@ -97,6 +97,11 @@ pub struct ImageFacts {
     pub superblock: SuperblockInfo,
 }
 
+/// Volume names follow the compose file's rule for names, length included.
+fn valid_name(name: &str) -> bool {
+    compose::is_valid_name(name) && name.len() <= compose::MAX_NAME_LEN
+}
+
 /// The ext4 label of a volume: its name, cut to the 16 bytes ext4 allows (names are ASCII).
 pub fn label_for(name: &str) -> String {
     name.chars().take(ext4::MAX_LABEL).collect()
@@ -104,7 +109,7 @@ pub fn label_for(name: &str) -> String {
 
 /// Creates the image of volume `name` and returns its record; the caller registers it.
 pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, VolumeError> {
-    if !compose::is_valid_name(name) {
+    if !valid_name(name) {
         return Err(VolumeError::BadName(name.to_string()));
     }
     if !(ext4::MIN_SIZE..=ext4::MAX_SIZE).contains(&size) {
@@ -279,7 +284,7 @@ pub fn remove(
     registry: &mut VolumeRegistry,
     name: &str,
 ) -> Result<(), VolumeError> {
-    if !compose::is_valid_name(name) {
+    if !valid_name(name) {
         return Err(VolumeError::BadName(name.to_string()));
     }
     let dir = state.volume_dir(name);

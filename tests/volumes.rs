@@ -1,0 +1,337 @@
+//! Named volumes through the real CLI, checked with qemu-img and e2fsprogs: creation, the
+//! registry, persistence across destroy, crashes mid-creation, concurrent commands and hostile
+//! names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(compose: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("QEMU_COMPOSE_FILE")
+            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
+            .env("XDG_DATA_HOME", self.path().join("xdg"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "qemu-compose {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn registry(&self) -> BTreeMap<String, serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.path().join(".qemu-compose/volumes.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn image(&self, name: &str) -> PathBuf {
+        self.path()
+            .join(format!(".qemu-compose/volumes/{name}/volume.qcow2"))
+    }
+}
+
+/// Runs a reference tool; a missing tool fails the test.
+fn tool(name: &str, args: &[&str]) -> Output {
+    Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{name} must be installed for this test (.ci/install-deps): {e}"))
+}
+
+fn tool_ok(name: &str, args: &[&str]) -> String {
+    let out = tool(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// qemu-img check is clean, and the ext4 inside passes e2fsck -fn; returns dumpe2fs -h.
+fn check_volume(image: &Path, scratch: &Path) -> String {
+    tool_ok("qemu-img", &["check", s(image)]);
+    let raw = scratch.join("volume.raw");
+    tool_ok("qemu-img", &["convert", "-O", "raw", s(image), s(&raw)]);
+    tool_ok("e2fsck", &["-fn", s(&raw)]);
+    let dump = tool_ok("dumpe2fs", &["-h", s(&raw)]);
+    std::fs::remove_file(&raw).unwrap();
+    dump
+}
+
+fn dump_field<'a>(dump: &'a str, field: &str) -> &'a str {
+    dump.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim()))
+        .unwrap_or_else(|| panic!("dumpe2fs shows no {field}:\n{dump}"))
+}
+
+const COMPOSE: &str = "
+volumes:
+  data: {size: 2G}
+vms:
+  app:
+    image: ./base.qcow2
+    volumes: ['data:/srv/data']
+";
+
+#[test]
+fn volume_create_makes_a_clean_registered_volume() {
+    let p = Project::new(COMPOSE);
+    assert_eq!(p.ok(&["volume", "create", "scratch", "--size", "3G"]), "scratch\n");
+    let rec = &p.registry()["scratch"];
+    assert_eq!(rec["size"], "3G");
+    assert_eq!(rec["label"], "scratch");
+    assert_eq!(rec["disk_path"], s(&p.image("scratch")));
+
+    let info: serde_json::Value = serde_json::from_str(&tool_ok(
+        "qemu-img",
+        &["info", "--output=json", s(&p.image("scratch"))],
+    ))
+    .unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 3u64 << 30);
+    assert_eq!(info["cluster-size"], 65536);
+
+    let dump = check_volume(&p.image("scratch"), p.path());
+    assert_eq!(dump_field(&dump, "Filesystem volume name"), "scratch");
+    assert_eq!(dump_field(&dump, "Filesystem UUID"), rec["uuid"]);
+    assert_eq!(dump_field(&dump, "Block count"), (3u64 << 30 >> 12).to_string());
+
+    // A declared volume without --size gets its declared size; a second create is refused.
+    p.ok(&["volume", "create", "data"]);
+    assert_eq!(p.registry()["data"]["size"], "2G");
+    let again = p.run(&["volume", "create", "data"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("volume data already exists"));
+}
+
+#[test]
+fn data_survives_destroy_and_a_new_up() {
+    let p = Project::new(COMPOSE);
+    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    p.ok(&["up", "--no-start"]);
+    let image = p.image("data");
+    let uuid = p.registry()["data"]["uuid"].as_str().unwrap().to_string();
+
+    // Write a file through a real kernel mount of the volume's raw form, then put it back.
+    let raw = p.path().join("data.raw");
+    tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
+    let mnt = p.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    tool_ok("mount", &["-o", "loop", s(&raw), s(&mnt)]);
+    std::fs::write(mnt.join("marker"), "kept\n").unwrap();
+    tool_ok("umount", &[s(&mnt)]);
+    tool_ok("qemu-img", &["convert", "-O", "qcow2", s(&raw), s(&image)]);
+
+    p.ok(&["destroy"]);
+    assert!(image.exists(), "destroy must keep named volumes");
+    assert!(!p.path().join(".qemu-compose/app").exists());
+    p.ok(&["up", "--no-start"]);
+    assert_eq!(p.registry()["data"]["uuid"], uuid.as_str());
+    tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
+    let cat = tool_ok("debugfs", &["-R", "cat /marker", s(&raw)]);
+    assert_eq!(cat, "kept\n");
+
+    p.ok(&["destroy", "-v"]);
+    assert!(!image.exists());
+    assert!(p.registry().is_empty());
+}
+
+#[test]
+fn size_change_warns_and_keeps_the_volume() {
+    let p = Project::new(COMPOSE);
+    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    p.ok(&["up", "--no-start"]);
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        COMPOSE.replace("size: 2G", "size: 5G"),
+    )
+    .unwrap();
+    let out = p.run(&["up", "--no-start"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("volume data is 2G but the compose file now declares 5G"),
+        "{stderr}"
+    );
+    assert_eq!(p.registry()["data"]["size"], "2G");
+}
+
+#[test]
+fn killed_creations_never_register_a_broken_volume() {
+    let p = Project::new("volumes:\n  big: {size: 1T}\nvms:\n  a:\n    image: ./base.qcow2\n    volumes: ['big:/big']\n");
+    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    // Spread the kills over the command's whole run (about 0.7 s for a 1T volume in a debug
+    // build) and count the rounds that stopped it with the volume half-made.
+    let mut interrupted_mid_creation = 0;
+    for i in 0..12u64 {
+        let mut child = p
+            .command(&["up", "--no-start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(i * 60));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let state = p.path().join(".qemu-compose");
+        let registry_path = state.join("volumes.json");
+        let registered = registry_path.exists() && p.registry().contains_key("big");
+        if registered {
+            tool_ok("qemu-img", &["check", s(&p.image("big"))]);
+        } else if state.join("volumes/big").exists() {
+            interrupted_mid_creation += 1;
+        }
+        if state.exists() {
+            std::fs::remove_dir_all(&state).unwrap();
+        }
+    }
+    assert!(
+        interrupted_mid_creation > 0,
+        "no kill landed while the volume was being made; the test proves nothing"
+    );
+    // After an interruption, a rerun completes the volume.
+    let mut child = p.command(&["up", "--no-start"]).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(15));
+    let _ = child.kill();
+    child.wait().unwrap();
+    p.ok(&["up", "--no-start"]);
+    assert!(p.registry().contains_key("big"));
+    check_volume(&p.image("big"), p.path());
+}
+
+#[test]
+fn concurrent_commands_serialise_on_the_project_lock() {
+    let p = Project::new(COMPOSE);
+    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    let spawn = |args: &[&str]| {
+        p.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(&["volume", "create", "one", "--size", "1T"]);
+    let b = spawn(&["volume", "create", "two", "--size", "1T"]);
+    let c = spawn(&["up", "--no-start"]);
+    let d = spawn(&["volume", "create", "one", "--size", "1G"]);
+    let outs: Vec<Output> = [a, b, c, d]
+        .into_iter()
+        .map(|ch| ch.wait_with_output().unwrap())
+        .collect();
+    assert!(outs[0].status.success() ^ outs[3].status.success(), "exactly one creates 'one'");
+    assert!(outs[1].status.success());
+    assert!(outs[2].status.success());
+    let reg = p.registry();
+    assert_eq!(
+        reg.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["data", "one", "two"]
+    );
+    for name in ["data", "one", "two"] {
+        tool_ok("qemu-img", &["check", s(&p.image(name))]);
+    }
+}
+
+#[test]
+fn hostile_names_and_paths_are_refused() {
+    let p = Project::new(COMPOSE);
+    for name in ["../x", "a/b", "bad\nname", &"x".repeat(300), "Upper", "-dash", ""] {
+        let out = p.run(&["volume", "create", "--", name]);
+        assert_eq!(out.status.code(), Some(2), "{name:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid volume name"), "{name:?}: {stderr}");
+    }
+    assert!(!p.path().join("x").exists() && !p.path().join(".qemu-compose/x").exists());
+
+    // A planted symlink in place of a volume folder must not be followed.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(p.path().join(".qemu-compose/volumes")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), p.path().join(".qemu-compose/volumes/data"))
+        .unwrap();
+    let out = p.run(&["volume", "create", "data"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn corrupt_registry_is_reported_and_kept() {
+    let p = Project::new(COMPOSE);
+    std::fs::create_dir_all(p.path().join(".qemu-compose")).unwrap();
+    let registry = p.path().join(".qemu-compose/volumes.json");
+    std::fs::write(&registry, "{ oops").unwrap();
+    let out = p.run(&["volume", "create", "data"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("volumes.json is corrupt"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&registry).unwrap(), "{ oops");
+}
+
+#[test]
+fn missing_and_unregistered_images_are_reported() {
+    let p = Project::new(COMPOSE);
+    p.ok(&["volume", "create", "data"]);
+    p.ok(&["volume", "create", "gone"]);
+    std::fs::remove_file(p.image("gone")).unwrap();
+    // An image that a crash left unregistered.
+    let reg_path = p.path().join(".qemu-compose/volumes.json");
+    let mut reg = p.registry();
+    reg.remove("data");
+    std::fs::write(&reg_path, serde_json::to_string(&reg).unwrap()).unwrap();
+
+    let out = p.run(&["volume", "ls"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.lines().any(|l| l.contains("gone") && l.contains("image missing")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("data") && l.contains("not registered")), "{stdout}");
+    assert!(stderr.contains("volume gone: recorded in volumes.json but its image is missing"));
+
+    // `up` adopts the verified unregistered image and names the missing one.
+    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    let out = p.run(&["up", "--no-start"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was not recorded in volumes.json"));
+    assert!(p.registry().contains_key("data"));
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        COMPOSE.replace("data: {size: 2G}", "data: {size: 2G}\n  gone: {}"),
+    )
+    .unwrap();
+    let out = p.run(&["up", "--no-start"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("volume gone is recorded in volumes.json but its image"));
+}
