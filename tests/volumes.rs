@@ -47,8 +47,7 @@ impl Project {
     }
 
     fn registry(&self) -> BTreeMap<String, serde_json::Value> {
-        let text =
-            std::fs::read_to_string(self.path().join(".qemu-compose/volumes.json")).unwrap();
+        let text = std::fs::read_to_string(self.path().join(".qemu-compose/volumes.json")).unwrap();
         serde_json::from_str(&text).unwrap()
     }
 
@@ -60,10 +59,9 @@ impl Project {
 
 /// Runs a reference tool; a missing tool fails the test.
 fn tool(name: &str, args: &[&str]) -> Output {
-    Command::new(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{name} must be installed for this test (.ci/install-deps): {e}"))
+    Command::new(name).args(args).output().unwrap_or_else(|e| {
+        panic!("{name} must be installed for this test (.ci/install-deps): {e}")
+    })
 }
 
 fn tool_ok(name: &str, args: &[&str]) -> String {
@@ -94,7 +92,10 @@ fn check_volume(image: &Path, scratch: &Path) -> String {
 
 fn dump_field<'a>(dump: &'a str, field: &str) -> &'a str {
     dump.lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim()))
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|v| v.trim_start_matches(':').trim())
+        })
         .unwrap_or_else(|| panic!("dumpe2fs shows no {field}:\n{dump}"))
 }
 
@@ -110,7 +111,10 @@ vms:
 #[test]
 fn volume_create_makes_a_clean_registered_volume() {
     let p = Project::new(COMPOSE);
-    assert_eq!(p.ok(&["volume", "create", "scratch", "--size", "3G"]), "scratch\n");
+    assert_eq!(
+        p.ok(&["volume", "create", "scratch", "--size", "3G"]),
+        "scratch\n"
+    );
     let rec = &p.registry()["scratch"];
     assert_eq!(rec["size"], "3G");
     assert_eq!(rec["label"], "scratch");
@@ -128,7 +132,10 @@ fn volume_create_makes_a_clean_registered_volume() {
     let dump = check_volume(&p.image("scratch"), p.path());
     assert_eq!(dump_field(&dump, "Filesystem volume name"), "scratch");
     assert_eq!(dump_field(&dump, "Filesystem UUID"), rec["uuid"]);
-    assert_eq!(dump_field(&dump, "Block count"), (3u64 << 30 >> 12).to_string());
+    assert_eq!(
+        dump_field(&dump, "Block count"),
+        (3u64 << 30 >> 12).to_string()
+    );
 
     // A declared volume without --size gets its declared size; a second create is refused.
     p.ok(&["volume", "create", "data"]);
@@ -141,7 +148,16 @@ fn volume_create_makes_a_clean_registered_volume() {
 #[test]
 fn data_survives_destroy_and_a_new_up() {
     let p = Project::new(COMPOSE);
-    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            s(&p.path().join("base.qcow2")),
+            "1G",
+        ],
+    );
     p.ok(&["up", "--no-start"]);
     let image = p.image("data");
     let uuid = p.registry()["data"]["uuid"].as_str().unwrap().to_string();
@@ -173,7 +189,16 @@ fn data_survives_destroy_and_a_new_up() {
 #[test]
 fn size_change_warns_and_keeps_the_volume() {
     let p = Project::new(COMPOSE);
-    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            s(&p.path().join("base.qcow2")),
+            "1G",
+        ],
+    );
     p.ok(&["up", "--no-start"]);
     std::fs::write(
         p.path().join("qemu-compose.yaml"),
@@ -192,8 +217,19 @@ fn size_change_warns_and_keeps_the_volume() {
 
 #[test]
 fn killed_creations_never_register_a_broken_volume() {
-    let p = Project::new("volumes:\n  big: {size: 1T}\nvms:\n  a:\n    image: ./base.qcow2\n    volumes: ['big:/big']\n");
-    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    let p = Project::new(
+        "volumes:\n  big: {size: 1T}\nvms:\n  a:\n    image: ./base.qcow2\n    volumes: ['big:/big']\n",
+    );
+    tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            s(&p.path().join("base.qcow2")),
+            "1G",
+        ],
+    );
     // Spread the kills over the command's whole run (about 0.7 s for a 1T volume in a debug
     // build) and count the rounds that stopped it with the volume half-made.
     let mut interrupted_mid_creation = 0;
@@ -224,7 +260,11 @@ fn killed_creations_never_register_a_broken_volume() {
         "no kill landed while the volume was being made; the test proves nothing"
     );
     // After an interruption, a rerun completes the volume.
-    let mut child = p.command(&["up", "--no-start"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = p
+        .command(&["up", "--no-start"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(15));
     let _ = child.kill();
     child.wait().unwrap();
@@ -236,7 +276,16 @@ fn killed_creations_never_register_a_broken_volume() {
 #[test]
 fn concurrent_commands_serialise_on_the_project_lock() {
     let p = Project::new(COMPOSE);
-    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            s(&p.path().join("base.qcow2")),
+            "1G",
+        ],
+    );
     let spawn = |args: &[&str]| {
         p.command(args)
             .stdout(Stdio::piped())
@@ -252,7 +301,10 @@ fn concurrent_commands_serialise_on_the_project_lock() {
         .into_iter()
         .map(|ch| ch.wait_with_output().unwrap())
         .collect();
-    assert!(outs[0].status.success() ^ outs[3].status.success(), "exactly one creates 'one'");
+    assert!(
+        outs[0].status.success() ^ outs[3].status.success(),
+        "exactly one creates 'one'"
+    );
     assert!(outs[1].status.success());
     assert!(outs[2].status.success());
     let reg = p.registry();
@@ -268,7 +320,15 @@ fn concurrent_commands_serialise_on_the_project_lock() {
 #[test]
 fn hostile_names_and_paths_are_refused() {
     let p = Project::new(COMPOSE);
-    for name in ["../x", "a/b", "bad\nname", &"x".repeat(300), "Upper", "-dash", ""] {
+    for name in [
+        "../x",
+        "a/b",
+        "bad\nname",
+        &"x".repeat(300),
+        "Upper",
+        "-dash",
+        "",
+    ] {
         let out = p.run(&["volume", "create", "--", name]);
         assert_eq!(out.status.code(), Some(2), "{name:?} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -316,14 +376,37 @@ fn missing_and_unregistered_images_are_reported() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.lines().any(|l| l.contains("gone") && l.contains("image missing")), "{stdout}");
-    assert!(stdout.lines().any(|l| l.contains("data") && l.contains("not registered")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("gone") && l.contains("image missing")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("data") && l.contains("not registered")),
+        "{stdout}"
+    );
     assert!(stderr.contains("volume gone: recorded in volumes.json but its image is missing"));
 
     // `up` adopts the verified unregistered image and names the missing one.
-    tool_ok("qemu-img", &["create", "-f", "qcow2", s(&p.path().join("base.qcow2")), "1G"]);
+    tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            s(&p.path().join("base.qcow2")),
+            "1G",
+        ],
+    );
     let out = p.run(&["up", "--no-start"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("was not recorded in volumes.json"));
     assert!(p.registry().contains_key("data"));
     std::fs::write(
@@ -333,5 +416,8 @@ fn missing_and_unregistered_images_are_reported() {
     .unwrap();
     let out = p.run(&["up", "--no-start"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("volume gone is recorded in volumes.json but its image"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("volume gone is recorded in volumes.json but its image")
+    );
 }

@@ -15,6 +15,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         vms: args.vms.clone(),
         no_start: args.no_start,
         force_recreate: args.force_recreate,
+        stop_timeout: Duration::from_secs(args.timeout),
         wait: args.wait.then(|| Duration::from_secs(args.wait_timeout)),
     };
     let mut progress = image::for_stderr();

@@ -98,6 +98,9 @@ struct UpArgs {
     /// Restart VMs whose configuration changed
     #[arg(long)]
     force_recreate: bool,
+    /// Seconds a VM being recreated gets to power off
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -308,7 +311,8 @@ fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
 /// Errors that mean "the command line asked for something invalid" (exit 2), not "it failed".
 fn is_usage_error(err: &anyhow::Error) -> bool {
     use qemu_compose::engine::{EngineError, volumes::VolumeError};
-    let bad_volume = |e: &VolumeError| matches!(e, VolumeError::BadName(_) | VolumeError::BadSize { .. });
+    let bad_volume =
+        |e: &VolumeError| matches!(e, VolumeError::BadName(_) | VolumeError::BadSize { .. });
     err.chain().any(|e| {
         e.is::<UsageError>()
             || e.downcast_ref::<VolumeError>().is_some_and(bad_volume)

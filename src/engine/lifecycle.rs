@@ -25,9 +25,6 @@ const FIRST_SSH_PORT: u16 = 2222;
 const PORT_RETRIES: usize = 8;
 /// How long QEMU may take to daemonise and answer QMP.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a running VM with an outdated configuration gets to power off on
-/// `up --force-recreate`.
-const RECREATE_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `up` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +35,8 @@ pub struct UpOptions {
     pub no_start: bool,
     /// Restart VMs whose configuration changed.
     pub force_recreate: bool,
+    /// How long a VM being recreated gets to power off.
+    pub stop_timeout: Duration,
     /// Wait this long for every started VM to answer SSH.
     pub wait: Option<Duration>,
 }
@@ -174,7 +173,7 @@ pub fn up(
                     "stopping VM {} to apply its new configuration",
                     vm.name
                 ));
-                stop_one(vm, &handle, RECREATE_STOP_TIMEOUT, false, reporter)?;
+                stop_one(vm, &handle, opts.stop_timeout, false, reporter)?;
             }
             ProcState::Stale { reason, .. } => {
                 reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));

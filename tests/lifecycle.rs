@@ -1,0 +1,239 @@
+//! `up`, `stop` and `destroy` through the real CLI with the real qemu-system-x86_64 and a
+//! bootless image (QEMU runs fine without an OS to boot).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use qemu_compose::qemu::qmp::Qmp;
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(compose: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
+        let base = dir.path().join("base.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"])
+            .output()
+            .expect("qemu-img must be installed for this test (.ci/install-deps)");
+        assert!(out.status.success());
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("QEMU_COMPOSE_FILE")
+            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
+            .env_remove("QEMU_COMPOSE_ACCEL")
+            .env("XDG_DATA_HOME", self.path().join("xdg"))
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "qemu-compose {args:?} failed: {stderr}"
+        );
+        stderr
+    }
+
+    fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.path().join(".qemu-compose").join(vm)
+    }
+
+    fn pid(&self, vm: &str) -> Option<i32> {
+        std::fs::read_to_string(self.vm_dir(vm).join("qemu.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    fn qmp_status(&self, vm: &str) -> String {
+        let mut qmp = Qmp::connect(&self.vm_dir(vm).join("qmp.sock"), Duration::from_secs(5))
+            .expect("QMP answers");
+        qmp.query_status().unwrap()
+    }
+}
+
+/// Never leaves a QEMU behind, whatever the test did.
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.run(&["destroy", "--force"]);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+fn require_qemu() {
+    let out = Command::new("qemu-system-x86_64").arg("--version").output();
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 must be installed for this test (.ci/install-deps)"
+    );
+}
+
+const ONE_VM: &str = "
+volumes:
+  data: {size: 1G}
+vms:
+  app:
+    image: ./base.qcow2
+    memory: 128
+    volumes: ['data:/data']
+";
+
+#[test]
+fn up_stop_destroy_with_a_real_qemu() {
+    require_qemu();
+    let p = Project::new(ONE_VM);
+    let stderr = p.ok(&["up"]);
+    assert!(
+        stderr.contains("started VM app (ssh: 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("TCG"),
+        "TCG is chosen on this host and said so: {stderr}"
+    );
+    let pid = p.pid("app").expect("a pidfile");
+    assert!(alive(pid));
+    assert_eq!(p.qmp_status("app"), "running");
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.vm_dir("app").join("instance.json")).unwrap(),
+    )
+    .unwrap();
+    let argv: Vec<&str> = record["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(argv.contains(&"-nodefaults") && argv.contains(&"-daemonize"));
+
+    // A second `up` leaves the running VM alone.
+    let stderr = p.ok(&["up"]);
+    assert!(stderr.contains("VM app is already running"), "{stderr}");
+    assert_eq!(p.pid("app"), Some(pid));
+
+    // A bootless guest ignores the power button: stop falls back to quitting QEMU.
+    let stderr = p.ok(&["stop", "-t", "1"]);
+    assert!(
+        stderr.contains("did not power off within 1 s; QEMU was told to quit"),
+        "{stderr}"
+    );
+    assert!(!alive(pid));
+    assert_eq!(p.pid("app"), None);
+    assert!(p.ok(&["stop"]).contains("VM app is not running"));
+
+    // destroy removes the instance, never the named volume.
+    p.ok(&["up"]);
+    let stderr = p.ok(&["destroy", "--force"]);
+    assert!(stderr.contains("removed VM app"), "{stderr}");
+    assert!(!p.vm_dir("app").exists());
+    assert!(
+        p.path()
+            .join(".qemu-compose/volumes/data/volume.qcow2")
+            .exists()
+    );
+}
+
+#[test]
+fn a_changed_configuration_is_reported_and_applied_on_request() {
+    require_qemu();
+    let p = Project::new(ONE_VM);
+    p.ok(&["up"]);
+    let pid = p.pid("app").unwrap();
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        ONE_VM.replace("memory: 128", "memory: 160"),
+    )
+    .unwrap();
+    let stderr = p.ok(&["up"]);
+    assert!(
+        stderr.contains("VM app runs with an older configuration"),
+        "{stderr}"
+    );
+    assert_eq!(p.pid("app"), Some(pid));
+    let stderr = p.ok(&["up", "--force-recreate", "-t", "1"]);
+    assert!(
+        stderr.contains("stopping VM app to apply its new configuration"),
+        "{stderr}"
+    );
+    let new_pid = p.pid("app").unwrap();
+    assert_ne!(new_pid, pid);
+    assert!(!alive(pid));
+    assert_eq!(p.qmp_status("app"), "running");
+}
+
+#[test]
+fn qemu_failures_are_reported_with_qemus_words() {
+    require_qemu();
+    // A fixed SSH port that another program holds.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let p = Project::new(&format!(
+        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    ssh: {{port: {port}}}\n"
+    ));
+    let out = p.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:22'"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(p.pid("app"), None);
+
+    // A missing base image is caught before QEMU, with the path.
+    let p = Project::new("vms:\n  app:\n    image: ./nope.qcow2\n");
+    let out = p.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VM app: image") && stderr.contains("nope.qcow2 does not exist"),
+        "{stderr}"
+    );
+    assert!(!p.vm_dir("app").exists());
+
+    // A corrupt base image is refused by our own reader.
+    let p = Project::new("vms:\n  app:\n    image: ./bad.qcow2\n");
+    let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
+    bytes.resize(512, 0xff);
+    std::fs::write(p.path().join("bad.qcow2"), bytes).unwrap();
+    let out = p.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VM app:"));
+}
+
+#[test]
+fn networks_are_refused_before_anything_starts() {
+    let p = Project::new(
+        "networks:\n  back: {}\nvms:\n  app:\n    image: ./base.qcow2\n    networks: [back]\n",
+    );
+    let out = p.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VM-to-VM networking is not implemented yet"),
+        "{stderr}"
+    );
+    assert!(
+        !p.path().join(".qemu-compose").exists(),
+        "nothing may be created"
+    );
+}
