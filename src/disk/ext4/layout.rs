@@ -2,10 +2,11 @@
 //!
 //! [`plan`] repeats mke2fs's geometry arithmetic (`ext2fs_initialize`, e2fsprogs 1.47) for
 //! 4 KiB blocks, so block, inode and reserved counts equal those of
-//! `mkfs.ext4 -b 4096 -O ^resize_inode` on a device of the same size. Placement is our own and
-//! simpler: each flex group's bitmaps and inode tables are packed right after the first group's
-//! superblock copy, then the root directory, `lost+found` and the journal take the first free
-//! blocks. Nothing here touches a device; [`super::format`] writes what the plan says.
+//! `mkfs.ext4 -b 4096 -O ^resize_inode` on a device of the same size. Placement is partly our
+//! own: each flex group's bitmaps and inode tables form one chunk, and the chunks take the
+//! first free space from the start of the device; the root directory and `lost+found` take
+//! the first free blocks after them, and the journal starts at mke2fs's goal. Nothing here
+//! touches a device; [`super::format`] writes what the plan says.
 
 use super::Ext4Error;
 
