@@ -347,7 +347,10 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
     let mut opts = options("mounted");
     opts.root_uid = 1234;
     opts.root_gid = 2345;
-    format_file(&image, G, &opts);
+    // 20 GiB: ten flex groups, so the kernel spreads the top-level directories into groups
+    // that start out INODE_UNINIT and BLOCK_UNINIT and must initialise them from our
+    // descriptors.
+    format_file(&image, 20 * G, &opts);
 
     let listing = run("debugfs", &["-R", "ls -l /", image.to_str().unwrap()], &[]);
     let listing = text(&listing);
@@ -422,6 +425,16 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
         assert!(got == big, "the 100 MiB file reads back differently");
     }
     assert_fsck_clean(&image);
+    // The kernel did put directories into groups that were uninitialised.
+    let o = run("dumpe2fs", &[image.to_str().unwrap()], &[]);
+    let groups_with_dirs = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains(" directories") && !l.contains(" 0 directories"))
+        .count();
+    assert!(
+        groups_with_dirs >= 2,
+        "directories in {groups_with_dirs} group(s)"
+    );
 }
 
 /// Without `resize_inode` the filesystem still grows: offline here (1 GiB, one descriptor
