@@ -202,6 +202,7 @@ fn check_size(dir: &Path, size: u64) {
         t2.elapsed()
     );
     for key in SAME_AS_MKFS {
+        assert!(m.contains_key(*key), "dumpe2fs -h printed no {key:?}");
         assert_eq!(
             d.get(*key),
             m.get(*key),
@@ -218,7 +219,8 @@ fn sizes_across_classes_are_clean_and_match_mkfs() {
         ext4::MIN_SIZE + 3 * 4096 + 123, // just above it, not a whole number of blocks
         100 * M,                         // small class, one group
         511 * M,                         // small class, four groups
-        3 * GROUP + 4096,                // one block past a group boundary: dropped
+        3 * GROUP + 4096,                // one block past a group boundary: groups shrink
+        20 * GROUP + 4096,               // the same in the default class: the block is dropped
         5 * GROUP + 3000 * 4096,         // partial last group that is kept
         G,                               // default class
         17 * GROUP + 12345 * 4096,       // second flex group partly filled
@@ -345,7 +347,10 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
     let mut opts = options("mounted");
     opts.root_uid = 1234;
     opts.root_gid = 2345;
-    format_file(&image, G, &opts);
+    // 20 GiB: ten flex groups, so the kernel spreads the top-level directories into groups
+    // that start out INODE_UNINIT and BLOCK_UNINIT and must initialise them from our
+    // descriptors.
+    format_file(&image, 20 * G, &opts);
 
     let listing = run("debugfs", &["-R", "ls -l /", image.to_str().unwrap()], &[]);
     let listing = text(&listing);
@@ -420,6 +425,16 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
         assert!(got == big, "the 100 MiB file reads back differently");
     }
     assert_fsck_clean(&image);
+    // The kernel did put directories into groups that were uninitialised.
+    let o = run("dumpe2fs", &[image.to_str().unwrap()], &[]);
+    let groups_with_dirs = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains(" directories") && !l.contains(" 0 directories"))
+        .count();
+    assert!(
+        groups_with_dirs >= 2,
+        "directories in {groups_with_dirs} group(s)"
+    );
 }
 
 /// Without `resize_inode` the filesystem still grows: offline here (1 GiB, one descriptor

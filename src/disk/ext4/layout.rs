@@ -2,10 +2,11 @@
 //!
 //! [`plan`] repeats mke2fs's geometry arithmetic (`ext2fs_initialize`, e2fsprogs 1.47) for
 //! 4 KiB blocks, so block, inode and reserved counts equal those of
-//! `mkfs.ext4 -b 4096 -O ^resize_inode` on a device of the same size. Placement is our own and
-//! simpler: each flex group's bitmaps and inode tables are packed right after the first group's
-//! superblock copy, then the root directory, `lost+found` and the journal take the first free
-//! blocks. Nothing here touches a device; [`super::format`] writes what the plan says.
+//! `mkfs.ext4 -b 4096 -O ^resize_inode` on a device of the same size. Placement is partly our
+//! own: each flex group's bitmaps and inode tables form one chunk, and the chunks take the
+//! first free space from the start of the device; the root directory and `lost+found` take
+//! the first free blocks after them, and the journal starts at mke2fs's goal. Nothing here
+//! touches a device; [`super::format`] writes what the plan says.
 
 use super::Ext4Error;
 
@@ -378,53 +379,46 @@ pub fn plan(device_bytes: u64) -> Result<Layout, Ext4Error> {
     let group_count = geo.groups;
     let not_fit = || Ext4Error::Layout { size: device_bytes };
 
-    // Superblock + descriptor copies, then each flex group's bitmaps and inode tables.
+    // Superblock and descriptor copies.
     let mut fixed = Vec::new();
+    for g in (0..group_count).filter(|&g| has_super(g)) {
+        fixed.push(Run {
+            start: g * geo.blocks_per_group,
+            len: 1 + geo.desc_blocks,
+        });
+    }
+
+    // Each flex group's metadata chunk (16 block bitmaps, 16 inode bitmaps, 16 inode tables)
+    // goes in the first free space from the start of the device, not in the flex group's first
+    // group as mke2fs puts it. Only the groups holding chunks then need written bitmaps: a few
+    // contiguous blocks near the start instead of one block every 2 GiB.
+    let mut chunks = Vec::new();
+    let mut cursor = Cursor::new(&fixed, 0, geo.blocks);
+    for first in (0..group_count).step_by(FLEX_GROUPS as usize) {
+        let members = FLEX_GROUPS.min(group_count - first);
+        let len = members * (2 + geo.inode_table_blocks);
+        let start = cursor.take_contiguous(len).ok_or_else(not_fit)?;
+        chunks.push(Run { start, len });
+    }
     let mut groups = Vec::with_capacity(usize::try_from(group_count).map_err(|_| not_fit())?);
     for g in 0..group_count {
         let start = g * geo.blocks_per_group;
-        let len = (geo.blocks - start).min(geo.blocks_per_group);
-        let has_super = has_super(g);
-        let super_len = if has_super { 1 + geo.desc_blocks } else { 0 };
-        if super_len > 0 {
-            fixed.push(Run {
-                start,
-                len: super_len,
-            });
-        }
-        let (block_bitmap, inode_bitmap, inode_table) = if g % FLEX_GROUPS == 0 {
-            let members = FLEX_GROUPS.min(group_count - g);
-            let meta = start + super_len;
-            let meta_len = members * (2 + geo.inode_table_blocks);
-            if super_len + meta_len > len {
-                return Err(not_fit());
-            }
-            fixed.push(Run {
-                start: meta,
-                len: meta_len,
-            });
-            (meta, meta + members, meta + 2 * members)
-        } else {
-            let i = g % FLEX_GROUPS;
-            let leader: &Group = &groups[(g - i) as usize];
-            let members = FLEX_GROUPS.min(group_count - (g - i));
-            (
-                leader.block_bitmap + i,
-                leader.block_bitmap + members + i,
-                leader.inode_table + i * geo.inode_table_blocks,
-            )
-        };
+        let chunk = chunks[(g / FLEX_GROUPS) as usize];
+        let i = g % FLEX_GROUPS;
+        let members = chunk.len / (2 + geo.inode_table_blocks);
         groups.push(Group {
             start,
-            len,
-            has_super,
-            block_bitmap,
-            inode_bitmap,
-            inode_table,
+            len: (geo.blocks - start).min(geo.blocks_per_group),
+            has_super: has_super(g),
+            block_bitmap: chunk.start + i,
+            inode_bitmap: chunk.start + members + i,
+            inode_table: chunk.start + 2 * members + i * geo.inode_table_blocks,
             free_blocks: 0,
             flags: 0,
         });
     }
+    fixed.extend(chunks);
+    fixed.sort_by_key(|r| r.start);
 
     // Root and lost+found take the first free blocks.
     let (root_block, lost_found_block) = {
@@ -593,9 +587,35 @@ mod tests {
         ));
     }
 
-    /// The plan's invariants hold across the size classes: used runs are disjoint and inside
-    /// the filesystem, free counts add up, and only groups holding nothing but their own
-    /// superblock copy are BLOCK_UNINIT.
+    /// Used runs are disjoint and inside the filesystem, free counts add up, the journal is
+    /// whole, and only groups holding nothing but their own superblock copy are BLOCK_UNINIT.
+    fn check_invariants(l: &Layout) {
+        for w in l.used.windows(2) {
+            assert!(w[0].end() <= w[1].start, "overlapping runs {w:?}");
+        }
+        assert!(l.used.last().unwrap().end() <= l.blocks);
+        let used: u64 = l.used.iter().map(|r| r.len).sum();
+        assert_eq!(l.free_blocks(), l.blocks - used);
+        assert_eq!(
+            l.journal.extents.iter().map(|r| r.len).sum::<u64>(),
+            l.journal.blocks
+        );
+        assert!(l.journal.extents.iter().all(|r| r.len <= MAX_EXTENT_LEN));
+        assert_eq!(l.journal.leaf.is_some(), l.journal.extents.len() > 4);
+        for (g, group) in l.groups.iter().enumerate() {
+            let super_len = if group.has_super {
+                1 + l.desc_blocks
+            } else {
+                0
+            };
+            if group.flags & BG_BLOCK_UNINIT != 0 {
+                assert_eq!(group.free_blocks, group.len - super_len, "group {g}");
+            }
+            assert!(group.inode_table + l.inode_table_blocks <= l.blocks);
+        }
+        assert_eq!(l.groups.last().unwrap().flags & BG_BLOCK_UNINIT, 0);
+    }
+
     #[test]
     fn plans_are_consistent() {
         for size in [
@@ -605,57 +625,57 @@ mod tests {
             17 * G + 12345 * BLOCK_SIZE,
             10 << 30,
             1 << 40,
+            MAX_BLOCKS * BLOCK_SIZE,
         ] {
-            let l = plan(size).unwrap();
-            for w in l.used.windows(2) {
-                assert!(w[0].end() <= w[1].start, "{size}: overlapping runs");
-            }
-            assert!(l.used.last().unwrap().end() <= l.blocks);
-            let used: u64 = l.used.iter().map(|r| r.len).sum();
-            assert_eq!(l.free_blocks(), l.blocks - used);
-            assert_eq!(
-                l.journal.extents.iter().map(|r| r.len).sum::<u64>(),
-                l.journal.blocks
-            );
-            assert!(l.journal.extents.iter().all(|r| r.len <= MAX_EXTENT_LEN));
-            assert_eq!(l.journal.leaf.is_some(), l.journal.extents.len() > 4);
-            for (g, group) in l.groups.iter().enumerate() {
-                let super_len = if group.has_super {
-                    1 + l.desc_blocks
-                } else {
-                    0
-                };
-                if group.flags & BG_BLOCK_UNINIT != 0 {
-                    assert_eq!(group.free_blocks, group.len - super_len, "group {g}");
-                }
-                assert!(group.inode_table + l.inode_table_blocks <= l.blocks);
-            }
-            assert_eq!(l.groups.last().unwrap().flags & BG_BLOCK_UNINIT, 0);
+            check_invariants(&plan(size).unwrap());
         }
     }
 
     #[test]
     fn flex_group_packing() {
         let l = plan(10 << 30).unwrap(); // 80 groups, desc table of 2 blocks
+        let chunk = 16 * (2 + 512);
         assert_eq!(l.groups[0].block_bitmap, 3);
         assert_eq!(l.groups[1].block_bitmap, 4);
         assert_eq!(l.groups[0].inode_bitmap, 3 + 16);
         assert_eq!(l.groups[0].inode_table, 3 + 32);
         assert_eq!(l.groups[1].inode_table, 3 + 32 + 512);
-        // Group 16 leads the second flex group and has no superblock copy.
-        assert_eq!(l.groups[16].block_bitmap, 16 * BLOCKS_PER_GROUP);
-        assert_eq!(l.groups[16].flags & BG_BLOCK_UNINIT, 0);
-        assert_ne!(l.groups[17].flags & BG_BLOCK_UNINIT, 0);
-        // The 64 MiB journal starts where mke2fs puts it: group 33, the emptier of the
-        // middle group's flex leader (32) and its neighbour.
+        // Three chunks fill group 0; the fourth follows group 1's superblock copy.
+        assert_eq!(l.groups[16].block_bitmap, 3 + chunk);
+        assert_eq!(l.groups[48].block_bitmap, BLOCKS_PER_GROUP + 3);
+        assert_eq!(l.groups[64].block_bitmap, BLOCKS_PER_GROUP + 3 + chunk);
+        assert_eq!(l.groups[1].flags & BG_BLOCK_UNINIT, 0);
+        assert_ne!(l.groups[16].flags & BG_BLOCK_UNINIT, 0);
+        // Root and lost+found in the gap after the third chunk.
+        assert_eq!(l.root_block, 3 + 3 * chunk);
+        assert_eq!(l.lost_found_block, 3 + 3 * chunk + 1);
+        // The 64 MiB journal starts where mke2fs would look first: group 32, the start of
+        // the middle group's flex group.
         assert_eq!(
             l.journal.extents,
             [Run {
-                start: 33 * BLOCKS_PER_GROUP,
+                start: 32 * BLOCKS_PER_GROUP,
                 len: 16384
             }]
         );
-        assert_eq!(l.groups[33].flags & BG_BLOCK_UNINIT, 0);
+        assert_eq!(l.groups[32].flags & BG_BLOCK_UNINIT, 0);
         assert_eq!(l.overhead_blocks(), l.blocks - l.free_blocks() - 5);
+        // Written block bitmaps: groups 0 and 1 (metadata), 32 (journal), 79 (the last).
+        let initialised: Vec<usize> = (0..80)
+            .filter(|&g| l.groups[g].flags & BG_BLOCK_UNINIT == 0)
+            .collect();
+        assert_eq!(initialised, [0, 1, 32, 79]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Any supported size up to 8 TiB plans without error and keeps the invariants.
+        #[test]
+        fn any_size_plans(size in MIN_BLOCKS * BLOCK_SIZE..8u64 << 40) {
+            check_invariants(&plan(size).unwrap());
+        }
     }
 }
