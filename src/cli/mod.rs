@@ -10,8 +10,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use qemu_compose::compose::ComposeErrors;
 
 mod config;
+mod inspect;
 mod lifecycle;
 mod project;
+mod ps;
 mod volume;
 
 /// Run QEMU virtual machines from a compose file, rootless.
@@ -318,8 +320,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => lifecycle::up(&cli.global, &args),
         Command::Stop(args) => lifecycle::stop(&cli.global, &args),
         Command::Destroy(args) => lifecycle::destroy(&cli.global, &args),
-        Command::Ps(_) => not_yet("ps", 8),
-        Command::Inspect(_) => not_yet("inspect", 8),
+        Command::Ps(args) => ps::run(&cli.global, &args),
+        Command::Inspect(args) => inspect::run(&cli.global, &args),
         Command::Console(_) => not_yet("console", 8),
         Command::Ssh(_) => not_yet("ssh", 8),
         Command::Logs(_) => not_yet("logs", 8),
