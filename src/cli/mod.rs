@@ -10,10 +10,13 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use qemu_compose::compose::ComposeErrors;
 
 mod config;
+mod console;
 mod inspect;
 mod lifecycle;
+mod logs;
 mod project;
 mod ps;
+mod ssh;
 mod volume;
 
 /// Run QEMU virtual machines from a compose file, rootless.
@@ -322,9 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Destroy(args) => lifecycle::destroy(&cli.global, &args),
         Command::Ps(args) => ps::run(&cli.global, &args),
         Command::Inspect(args) => inspect::run(&cli.global, &args),
-        Command::Console(_) => not_yet("console", 8),
-        Command::Ssh(_) => not_yet("ssh", 8),
-        Command::Logs(_) => not_yet("logs", 8),
+        Command::Console(args) => console::run(&cli.global, &args),
+        Command::Ssh(args) => ssh::run(&cli.global, &args),
+        Command::Logs(args) => logs::run(&cli.global, &args),
         Command::Pull(_) => not_yet("pull", 8),
         Command::Image(_) => not_yet("image", 8),
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
