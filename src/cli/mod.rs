@@ -11,11 +11,14 @@ use qemu_compose::compose::ComposeErrors;
 
 mod config;
 mod console;
+mod doctor;
+mod image;
 mod inspect;
 mod lifecycle;
 mod logs;
 mod project;
 mod ps;
+mod pull;
 mod ssh;
 mod volume;
 
@@ -328,17 +331,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Console(args) => console::run(&cli.global, &args),
         Command::Ssh(args) => ssh::run(&cli.global, &args),
         Command::Logs(args) => logs::run(&cli.global, &args),
-        Command::Pull(_) => not_yet("pull", 8),
-        Command::Image(_) => not_yet("image", 8),
+        Command::Pull(args) => pull::run(&cli.global, &args),
+        Command::Image(cmd) => image::run(&cli.global, &cmd),
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
-        Command::Doctor => not_yet("doctor", 8),
+        Command::Doctor => doctor::run(&cli.global),
     }
-}
-
-/// The honest answer of a command whose issue has not landed: no fake success.
-fn not_yet(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`qemu-compose {command}` is not implemented yet (tracked in issue #{issue})")
 }
 
 /// A byte count for people: `6.1M`, `512K`, `3.2G` (binary units, one decimal).
