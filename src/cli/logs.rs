@@ -37,6 +37,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
             path: InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref()).serial_log,
             offset: 0,
             partial: Vec::new(),
+            at_line_start: true,
         })
         .collect();
     let stdout = io::stdout();
@@ -72,6 +73,8 @@ struct Log {
     offset: u64,
     /// The start of a line whose end has not been written yet (only kept with a prefix).
     partial: Vec<u8>,
+    /// Whether the output (without a prefix) ends at the start of a line.
+    at_line_start: bool,
 }
 
 impl Log {
@@ -100,6 +103,9 @@ impl Log {
 
     fn write(&mut self, out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
         if self.prefix.is_empty() {
+            if let Some(last) = bytes.last() {
+                self.at_line_start = *last == b'\n';
+            }
             return out.write_all(bytes);
         }
         for piece in bytes.split_inclusive(|b| *b == b'\n') {
@@ -113,13 +119,18 @@ impl Log {
         Ok(())
     }
 
-    /// Ends the last line, which the VM may not have finished.
+    /// Ends the last line, which the VM may not have finished, so the shell prompt that
+    /// follows starts on a line of its own.
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
         if !self.partial.is_empty() {
             out.write_all(&self.prefix)?;
             out.write_all(&self.partial)?;
             out.write_all(b"\n")?;
             self.partial.clear();
+        }
+        if !self.at_line_start {
+            out.write_all(b"\n")?;
+            self.at_line_start = true;
         }
         Ok(())
     }
@@ -188,6 +199,7 @@ mod tests {
             path: PathBuf::new(),
             offset: 0,
             partial: Vec::new(),
+            at_line_start: true,
         };
         let mut out = Vec::new();
         log.write(&mut out, b"one\ntw").unwrap();
