@@ -242,9 +242,14 @@ impl Reader {
     }
 }
 
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// A background qemu-compose process, ended when the test ends however it ends.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -405,24 +410,27 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     assert!(no_log.status.success());
     assert_eq!(text(&no_log.stdout), "");
 
+    // Follow a's log before it exists: QEMU creates it at `up`.
+    let mut follow = Background(
+        p.command(&["logs", "-f", "a"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut followed = Reader::new(follow.0.stdout.take().unwrap());
+
     p.ok(&["up"]);
     p.wait_for_log("a", BANNER);
     p.wait_for_log("bb", BANNER);
+    followed.wait_for(BANNER, 0);
     assert_eq!(p.ok(&["logs", "a"]), format!("{BANNER}\r\n"));
     assert_eq!(
         p.ok(&["logs"]),
         format!("a  | {BANNER}\r\nbb | {BANNER}\r\n")
     );
 
-    // Follow a's log, then type into its console from a pipe: the guest's echo reaches the
-    // log and so the follower.
-    let mut follow = p
-        .command(&["logs", "-f", "a"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut followed = Reader::new(follow.stdout.take().unwrap());
-    followed.wait_for(BANNER, 0);
+    // Type into a's console from a pipe: the guest's echo reaches the console's stdout, the
+    // log, and so the follower.
     let mut console = p
         .command(&["console", "a"])
         .stdin(Stdio::piped())
@@ -442,13 +450,28 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     assert_eq!(out.stdout, b"HELLO\x1d");
     assert!(text(&out.stderr).contains("Connected to a's console; Ctrl+] detaches"));
     followed.wait_for("HELLO", 0);
-    kill(&mut follow);
+    drop(follow);
 
     assert_eq!(p.ok(&["logs", "a", "--tail", "1"]), "HELLO\x1d\n");
     assert_eq!(
         p.ok(&["logs", "a", "--tail", "2"]),
         format!("{BANNER}\r\nHELLO\x1d\n")
     );
+
+    // A console whose VM stops ends by itself, stdin still open.
+    let mut attached = Background(
+        p.command(&["console", "bb"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut said = Reader::new(attached.0.stderr.take().unwrap());
+    said.wait_for("Connected to bb's console", 0);
+    p.ok(&["stop", "--force", "bb"]);
+    assert!(said.rest().contains("VM bb closed its console"));
+    assert!(attached.0.wait().unwrap().success());
 }
 
 #[test]
