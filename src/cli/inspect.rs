@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use qemu_compose::compose::format_size;
 use qemu_compose::engine::inspect::{self, Inspection};
 use qemu_compose::engine::{HostEnv, VmStatus};
 
@@ -37,11 +38,23 @@ fn text(i: &Inspection) -> String {
     let _ = writeln!(o, "  image:    {}", image_text(&c.image));
     let _ = writeln!(o, "  cpu:      {}", c.cpu);
     let _ = writeln!(o, "  memory:   {} MiB", c.memory_mib);
+    let _ = writeln!(o, "  disk:     {}", format_size(c.disk_size_bytes));
     let _ = writeln!(o, "  user:     {}", c.user);
     let accel = i.accel.accel.unwrap_or("none");
     let _ = writeln!(o, "  accel:    {accel} ({})", i.accel.reason);
     if !c.depends_on.is_empty() {
         let _ = writeln!(o, "  depends:  {}", c.depends_on.join(", "));
+    }
+    if !c.environment.is_empty() {
+        let keys: Vec<&str> = c.environment.keys().map(String::as_str).collect();
+        let _ = writeln!(o, "  env:      {}", keys.join(", "));
+    }
+    if !c.provision.is_empty() {
+        let _ = writeln!(
+            o,
+            "  provision: {} command(s), run once per instance",
+            c.provision.len()
+        );
     }
 
     let d = &i.disks;

@@ -38,6 +38,13 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                     vm.name,
                     path.display()
                 );
+                if !path.is_file() {
+                    eprintln!(
+                        "warning: VM {}: {} does not exist; `up` will fail",
+                        vm.name,
+                        path.display()
+                    );
+                }
             }
             ImageSource::Url(url) => {
                 let checksum = vm
