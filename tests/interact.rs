@@ -409,6 +409,7 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     let no_log = p.run(&["logs"]);
     assert!(no_log.status.success());
     assert_eq!(text(&no_log.stdout), "");
+    assert!(text(&no_log.stderr).contains("VM bb has no console log yet"));
 
     // Follow a's log before it exists: QEMU creates it at `up`.
     let mut follow = Background(

@@ -42,7 +42,13 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    for log in &mut logs {
+    for (log, vm) in logs.iter_mut().zip(&vms) {
+        if !args.follow && !log.path.exists() {
+            eprintln!(
+                "VM {} has no console log yet (it has not been started)",
+                vm.name
+            );
+        }
         if let Some(n) = args.tail
             && let Ok(mut file) = File::open(&log.path)
         {

@@ -301,7 +301,8 @@ pub fn device_name(index: usize) -> String {
     format!("vd{name}")
 }
 
-/// Inspects `vm`. `state` is its status (probed by the caller, e.g. with [`probe_status`]).
+/// Inspects `vm`. `state_now` is its status, probed by the caller (e.g. with
+/// [`probe_status`]) so that `inspect` and `ps` can share one probe.
 pub fn inspect<'a>(
     project: &Project,
     host: &HostEnv,
