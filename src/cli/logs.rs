@@ -66,7 +66,9 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     loop {
         std::thread::sleep(POLL);
         for log in &mut logs {
-            log.pump(&mut out)?;
+            if !log.pump(&mut out)? {
+                log.flush_idle(&mut out)?;
+            }
         }
         out.flush()?;
     }
@@ -84,11 +86,11 @@ struct Log {
 }
 
 impl Log {
-    /// Prints what the file gained since the last call.
-    fn pump(&mut self, out: &mut impl Write) -> io::Result<()> {
+    /// Prints what the file gained since the last call; false when it gained nothing.
+    fn pump(&mut self, out: &mut impl Write) -> io::Result<bool> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len();
@@ -97,11 +99,13 @@ impl Log {
         }
         file.seek(SeekFrom::Start(self.offset))?;
         let mut buf = vec![0u8; 64 * 1024];
+        let mut gained = false;
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
-                return Ok(());
+                return Ok(gained);
             }
+            gained = true;
             self.offset += n as u64;
             self.write(out, &buf[..n])?;
         }
@@ -125,15 +129,22 @@ impl Log {
         Ok(())
     }
 
-    /// Ends the last line, which the VM may not have finished, so the shell prompt that
-    /// follows starts on a line of its own.
-    fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+    /// With a prefix, shows a line the VM has stopped writing for now (a `login: ` prompt)
+    /// on a line of its own; what follows it later gets a new prefix.
+    fn flush_idle(&mut self, out: &mut impl Write) -> io::Result<()> {
         if !self.partial.is_empty() {
             out.write_all(&self.prefix)?;
             out.write_all(&self.partial)?;
             out.write_all(b"\n")?;
             self.partial.clear();
         }
+        Ok(())
+    }
+
+    /// Ends the last line, which the VM may not have finished, so the shell prompt that
+    /// follows starts on a line of its own.
+    fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        self.flush_idle(out)?;
         if !self.at_line_start {
             out.write_all(b"\n")?;
             self.at_line_start = true;
@@ -212,5 +223,22 @@ mod tests {
         log.write(&mut out, b"o\nthr").unwrap();
         log.finish(&mut out).unwrap();
         assert_eq!(out, b"db | one\ndb | two\ndb | thr\n");
+    }
+
+    #[test]
+    fn an_idle_prompt_shows_without_a_prefix_in_the_middle() {
+        let mut log = Log {
+            prefix: b"db | ".to_vec(),
+            path: PathBuf::new(),
+            offset: 0,
+            partial: Vec::new(),
+            at_line_start: true,
+        };
+        let mut out = Vec::new();
+        log.write(&mut out, b"login: ").unwrap();
+        log.flush_idle(&mut out).unwrap();
+        log.flush_idle(&mut out).unwrap();
+        log.write(&mut out, b"root\n").unwrap();
+        assert_eq!(out, b"db | login: \ndb | root\n");
     }
 }
