@@ -10,8 +10,16 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use qemu_compose::compose::ComposeErrors;
 
 mod config;
+mod console;
+mod doctor;
+mod image;
+mod inspect;
 mod lifecycle;
+mod logs;
 mod project;
+mod ps;
+mod pull;
+mod ssh;
 mod volume;
 
 /// Run QEMU virtual machines from a compose file, rootless.
@@ -343,22 +351,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => lifecycle::up(&cli.global, &args),
         Command::Stop(args) => lifecycle::stop(&cli.global, &args),
         Command::Destroy(args) => lifecycle::destroy(&cli.global, &args),
-        Command::Ps(_) => not_yet("ps", 8),
-        Command::Inspect(_) => not_yet("inspect", 8),
-        Command::Console(_) => not_yet("console", 8),
-        Command::Ssh(_) => not_yet("ssh", 8),
-        Command::Logs(_) => not_yet("logs", 8),
-        Command::Pull(_) => not_yet("pull", 8),
-        Command::Image(_) => not_yet("image", 8),
+        Command::Ps(args) => ps::run(&cli.global, &args),
+        Command::Inspect(args) => inspect::run(&cli.global, &args),
+        Command::Console(args) => console::run(&cli.global, &args),
+        Command::Ssh(args) => ssh::run(&cli.global, &args),
+        Command::Logs(args) => logs::run(&cli.global, &args),
+        Command::Pull(args) => pull::run(&cli.global, &args),
+        Command::Image(cmd) => image::run(&cli.global, &cmd),
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
-        Command::Doctor => not_yet("doctor", 8),
+        Command::Doctor => doctor::run(&cli.global),
     }
-}
-
-/// The honest answer of a command whose issue has not landed: no fake success.
-fn not_yet(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`qemu-compose {command}` is not implemented yet (tracked in issue #{issue})")
 }
 
 /// A byte count for people: `6.1M`, `512K`, `3.2G` (binary units, one decimal).

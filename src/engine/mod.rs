@@ -6,6 +6,7 @@
 //! here prints: progress and warnings go through a [`Reporter`] the CLI provides.
 
 pub mod host;
+pub mod inspect;
 pub mod instance;
 pub mod lifecycle;
 pub mod mounts;

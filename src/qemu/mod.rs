@@ -2,6 +2,7 @@
 
 pub mod accel;
 pub mod argv;
+pub mod console;
 pub mod ports;
 pub mod process;
 pub mod qmp;

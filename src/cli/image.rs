@@ -1,0 +1,163 @@
+//! `image ls` and `image rm`: the download cache, shared by all projects.
+//!
+//! The cache does not know which instances are based on its files; the project in this
+//! directory (when there is one) tells: an instance overlay names its base in its header.
+//! Without a compose file "used by" is unknown, and `rm` cannot protect anything.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::bail;
+use comfy_table::{Table, presets::NOTHING};
+use qemu_compose::compose::{DiscoverError, ImageSource, Project};
+use qemu_compose::disk::qcow2::Qcow2Image;
+use qemu_compose::engine::HostEnv;
+use qemu_compose::state::{InstancePaths, StateDir};
+use serde::Serialize;
+
+use super::{GlobalArgs, ImageCommand, human_bytes, project};
+
+pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
+    let host = HostEnv::from_process()?;
+    let project = optional_project(global)?;
+    match cmd {
+        ImageCommand::Ls => ls(&host, project.as_ref()),
+        ImageCommand::Rm { images, force } => rm(&host, project.as_ref(), images, *force),
+    }
+}
+
+/// The project of this directory, or `None` when no compose file is found (an explicit
+/// `-f` that does not exist, or an invalid file, is still an error).
+pub(super) fn optional_project(global: &GlobalArgs) -> anyhow::Result<Option<Project>> {
+    match project::load(global) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if matches!(e.downcast_ref(), Some(DiscoverError::NotFound { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// For each base image (canonical path), the project's VMs whose instance overlay is based
+/// on it.
+fn overlay_users(project: &Project, host: &HostEnv) -> BTreeMap<PathBuf, Vec<String>> {
+    let state = StateDir::new(&project.dir);
+    let mut users: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for vm in &project.vms {
+        let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+        if let Some(base) = overlay_base(&paths.disk) {
+            users.entry(base).or_default().push(vm.name.clone());
+        }
+    }
+    users
+}
+
+/// The base file an overlay names, resolved as QEMU resolves it (relative to the overlay)
+/// and made canonical; `None` without an overlay or a base. The base itself need not exist.
+pub(super) fn overlay_base(overlay: &Path) -> Option<PathBuf> {
+    let image = Qcow2Image::from_source(File::open(overlay).ok()?).ok()?;
+    let name = image.backing_file()?;
+    let base = overlay.parent().unwrap_or(Path::new("/")).join(name);
+    Some(base.canonicalize().unwrap_or(base))
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    path: PathBuf,
+    size: u64,
+    url: Option<String>,
+    sha256: Option<String>,
+    /// VMs of this project whose instance disk is based on the image; `None` without a project.
+    used_by: Option<Vec<String>>,
+    /// VMs of this project whose `image:` URL is this file.
+    configured_for: Option<Vec<String>>,
+}
+
+fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
+    let users = project.map(|p| overlay_users(p, host));
+    let mut rows = Vec::new();
+    for image in host.images.list()? {
+        let canonical = image.path.canonicalize().unwrap_or(image.path.clone());
+        rows.push(Row {
+            used_by: users
+                .as_ref()
+                .map(|u| u.get(&canonical).cloned().unwrap_or_default()),
+            configured_for: project.map(|p| {
+                p.vms
+                    .iter()
+                    .filter(|vm| match &vm.image {
+                        ImageSource::Url(url) => host.images.path_for(url) == image.path,
+                        ImageSource::Path(_) => false,
+                    })
+                    .map(|vm| vm.name.clone())
+                    .collect()
+            }),
+            url: image.meta.as_ref().map(|m| m.url.clone()),
+            sha256: image.meta.as_ref().map(|m| m.sha256.clone()),
+            name: image.name,
+            path: image.path,
+            size: image.size,
+        });
+    }
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_header(["NAME", "SIZE", "SOURCE", "USED BY"]);
+    for r in &rows {
+        let used = match (&r.used_by, &r.configured_for) {
+            (Some(used), Some(configured)) => {
+                let mut words: Vec<String> = used.clone();
+                words.extend(
+                    configured
+                        .iter()
+                        .filter(|vm| !used.contains(vm))
+                        .map(|vm| format!("{vm} (not created)")),
+                );
+                if words.is_empty() {
+                    "-".to_string()
+                } else {
+                    words.join(", ")
+                }
+            }
+            _ => "unknown (no compose file)".to_string(),
+        };
+        table.add_row([
+            r.name.clone(),
+            human_bytes(r.size),
+            r.url.clone().unwrap_or_else(|| "-".to_string()),
+            used,
+        ]);
+    }
+    if rows.is_empty() {
+        eprintln!("no images in {}", host.images.dir().display());
+    } else {
+        println!("{}", table.trim_fmt());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rm(
+    host: &HostEnv,
+    project: Option<&Project>,
+    names: &[String],
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let users = project.map(|p| overlay_users(p, host)).unwrap_or_default();
+    for name in names {
+        let path = host.images.dir().join(name);
+        let canonical = path.canonicalize().unwrap_or(path.clone());
+        if let Some(vms) = users.get(&canonical)
+            && !force
+        {
+            bail!(
+                "image {name} is the base of the instance disk of VM(s) {}; `qemu-compose destroy {}` first, or use --force (those VMs will not start again)",
+                vms.join(", "),
+                vms.join(" ")
+            );
+        }
+        host.images.remove(name)?;
+        println!("{name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

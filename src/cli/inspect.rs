@@ -1,0 +1,210 @@
+//! `inspect VM`: everything about one VM, as text or JSON.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use qemu_compose::compose::format_size;
+use qemu_compose::engine::inspect::{self, Inspection};
+use qemu_compose::engine::{HostEnv, VmStatus};
+
+use super::{GlobalArgs, InspectArgs, TextFormat, human_bytes, project};
+
+pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    let vm = super::ps::selected(&project, std::slice::from_ref(&args.vm))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no VM named {:?}", args.vm))?;
+    let host = HostEnv::from_process()?;
+    let status = inspect::probe_status(&project, &host, vm);
+    let info = inspect::inspect(&project, &host, vm, status)?;
+    match args.format {
+        TextFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+        TextFormat::Text => print!("{}", text(&info)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text form: one section per topic, `key: value` lines.
+fn text(i: &Inspection) -> String {
+    let mut o = String::new();
+    let c = i.config;
+    let status = match &i.state {
+        VmStatus::Broken(reason) => format!("broken ({reason})"),
+        other => other.word().to_string(),
+    };
+    let _ = writeln!(o, "VM {} (project {})", i.name, i.project);
+    let _ = writeln!(o, "  status:   {status}");
+    let _ = writeln!(o, "  image:    {}", image_text(&c.image));
+    let _ = writeln!(o, "  cpu:      {}", c.cpu);
+    let _ = writeln!(o, "  memory:   {} MiB", c.memory_mib);
+    let _ = writeln!(o, "  disk:     {}", format_size(c.disk_size_bytes));
+    let _ = writeln!(o, "  user:     {}", c.user);
+    let accel = i.accel.accel.unwrap_or("none");
+    let _ = writeln!(o, "  accel:    {accel} ({})", i.accel.reason);
+    if !c.depends_on.is_empty() {
+        let _ = writeln!(o, "  depends:  {}", c.depends_on.join(", "));
+    }
+    if !c.environment.is_empty() {
+        let keys: Vec<&str> = c.environment.keys().map(String::as_str).collect();
+        let _ = writeln!(o, "  env:      {}", keys.join(", "));
+    }
+    if !c.provision.is_empty() {
+        let _ = writeln!(
+            o,
+            "  provision: {} command(s), run once per instance",
+            c.provision.len()
+        );
+    }
+
+    let d = &i.disks;
+    let _ = writeln!(o, "Disks ({})", d.device_note);
+    let usage = d.instance.usage.map_or_else(
+        || "not created".to_string(),
+        |u| {
+            format!(
+                "{}, {} used",
+                human_bytes(u.virtual_size),
+                human_bytes(u.bytes_used)
+            )
+        },
+    );
+    let _ = writeln!(
+        o,
+        "  {}  instance  {} (qcow2, {usage})",
+        d.instance.device,
+        d.instance.path.display()
+    );
+    let _ = writeln!(
+        o,
+        "             base {}{}",
+        d.instance.base_image,
+        d.instance
+            .base_format
+            .as_deref()
+            .map(|f| format!(" ({f})"))
+            .unwrap_or_default()
+    );
+    for v in &d.volumes {
+        let _ = writeln!(
+            o,
+            "  {}  volume {} -> {} ({}), UUID {}, serial {}, {}",
+            v.device,
+            v.volume,
+            v.mount_point,
+            if v.read_only { "ro" } else { "rw" },
+            v.uuid.as_deref().unwrap_or("(not created)"),
+            v.serial,
+            v.image.display()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  {}  seed      {}{}",
+        d.seed.device,
+        d.seed.path.display(),
+        if d.seed.exists { "" } else { " (not written)" }
+    );
+
+    if !i.bind_mounts.is_empty() {
+        let _ = writeln!(o, "Bind mounts (9p)");
+        for b in &i.bind_mounts {
+            let _ = writeln!(
+                o,
+                "  {} -> {} ({}), tag {}, security_model {}, {}",
+                b.source.display(),
+                b.target,
+                if b.read_only { "ro" } else { "rw" },
+                b.tag,
+                b.security_model,
+                match &b.options {
+                    Some(opts) => format!("automount with {opts}"),
+                    None => "not automounted".to_string(),
+                }
+            );
+            if b.source_kind == "missing" {
+                let _ = writeln!(o, "    warning: the source does not exist");
+            } else if b.source_kind == "file" {
+                let _ = writeln!(o, "    a file, shared through {}", b.shared_path.display());
+            }
+        }
+    }
+
+    let n = &i.network;
+    let _ = writeln!(o, "Network ({} mode)", n.mode);
+    let _ = writeln!(o, "  mac:      {}", n.mac);
+    let ssh = n.ssh_port.map_or_else(
+        || "allocated at up".to_string(),
+        |p| format!("127.0.0.1:{p} -> 22/tcp"),
+    );
+    let _ = writeln!(o, "  ssh:      {ssh}");
+    for p in &n.ports {
+        let _ = writeln!(o, "  port:     {p}");
+    }
+    if let Some(cmd) = &i.ssh_command {
+        let _ = writeln!(o, "SSH command\n  {}", shell_words(cmd));
+    }
+    if let Some(q) = &i.qemu {
+        let _ = writeln!(o, "QEMU (started {})", q.started);
+        let _ = writeln!(o, "  {} \\", q.binary.display());
+        let mut args = q.argv.iter().peekable();
+        while let Some(arg) = args.next() {
+            let value = args.next_if(|next| !next.starts_with('-'));
+            let line = match value {
+                Some(v) => format!("{} {}", shell_quote(arg), shell_quote(v)),
+                None => shell_quote(arg),
+            };
+            let more = if args.peek().is_some() { " \\" } else { "" };
+            let _ = writeln!(o, "    {line}{more}");
+        }
+    }
+    let p = &i.paths;
+    let _ = writeln!(o, "Paths");
+    let _ = writeln!(o, "  folder:   {}", p.dir.display());
+    let _ = writeln!(o, "  qmp:      {}", p.qmp_socket.display());
+    let _ = writeln!(o, "  serial:   {}", p.serial_socket.display());
+    let _ = writeln!(o, "  log:      {}", p.serial_log.display());
+    let _ = writeln!(o, "  pidfile:  {}", p.pidfile.display());
+    o
+}
+
+fn image_text(image: &qemu_compose::compose::ImageSource) -> String {
+    match image {
+        qemu_compose::compose::ImageSource::Url(u) => u.clone(),
+        qemu_compose::compose::ImageSource::Path(p) => p.display().to_string(),
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it, so the lines can be pasted.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_only_when_needed() {
+        assert_eq!(shell_quote("-nodefaults"), "-nodefaults");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

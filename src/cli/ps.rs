@@ -1,0 +1,77 @@
+//! `ps`: the project's VMs, their status and resources, in compose order.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use comfy_table::{Table, presets::NOTHING};
+use qemu_compose::compose::{Project, Vm};
+use qemu_compose::engine::{HostEnv, inspect, lifecycle};
+
+use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, project};
+
+pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    let vms = selected(&project, &args.vms)?;
+    if args.quiet {
+        for vm in &vms {
+            println!("{}", vm.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let host = HostEnv::from_process()?;
+    let started = Instant::now();
+    let rows = inspect::summaries(&project, &host, &vms);
+    if global.debug {
+        eprintln!("status probes took {} ms", started.elapsed().as_millis());
+    }
+    match args.format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        TableFormat::Table => {
+            let mut table = Table::new();
+            table
+                .load_preset(NOTHING)
+                .set_header(["NAME", "STATUS", "SSH", "PORTS", "CPU", "MEMORY", "DISK"]);
+            for r in &rows {
+                let status = match &r.reason {
+                    Some(reason) => format!("{} ({reason})", r.status),
+                    None => r.status.to_string(),
+                };
+                let disk = r.disk.map_or_else(
+                    || "-".to_string(),
+                    |d| {
+                        format!(
+                            "{} ({} used)",
+                            human_bytes(d.virtual_size),
+                            human_bytes(d.bytes_used)
+                        )
+                    },
+                );
+                table.add_row([
+                    r.name.clone(),
+                    status,
+                    r.ssh.clone().unwrap_or_else(|| "-".to_string()),
+                    if r.ports.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.ports.join(", ")
+                    },
+                    r.cpu.to_string(),
+                    human_bytes(r.memory_mib.saturating_mul(1 << 20)),
+                    disk,
+                ]);
+            }
+            println!("{}", table.trim_fmt());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The VMs named (all when none), checked to exist, in compose order.
+pub(super) fn selected<'p>(project: &'p Project, names: &[String]) -> anyhow::Result<Vec<&'p Vm>> {
+    let chosen = lifecycle::select(project, names, false)?;
+    Ok(project
+        .vms
+        .iter()
+        .filter(|vm| chosen.iter().any(|c| c.name == vm.name))
+        .collect())
+}

@@ -1,0 +1,511 @@
+//! What `ps` and `inspect` show about VMs, gathered without changing anything.
+//!
+//! Status probes (QMP, then an SSH login) can each take seconds on a VM that is still
+//! booting, so [`probe_statuses`] runs one thread per VM: `ps` on ten VMs costs one probe's
+//! time, not ten. The inspection reuses the mount plan `up` uses, so the drives, shares and
+//! guest mounts it lists are the ones QEMU and the seed get.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::compose::{MountKind, PortForward, Project, Vm};
+use crate::disk::qcow2::Qcow2Image;
+use crate::qemu::accel;
+use crate::qemu::argv::MacAddress;
+use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRegistry};
+
+use super::mounts::{self, PlanFacts, SourceKind};
+use super::status::{self, VmStatus};
+use super::{EngineError, HostEnv, ssh};
+
+/// How long the SSH readiness probe of `ps` and `inspect` may take.
+const SSH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The status of each of `vms`, in the same order, probed in parallel.
+pub fn probe_statuses(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmStatus> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = vms
+            .iter()
+            .map(|vm| scope.spawn(move || probe_status(project, host, vm)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    VmStatus::Broken("the status probe failed unexpectedly".to_string())
+                })
+            })
+            .collect()
+    })
+}
+
+/// The status of one VM: QMP first, then an SSH login with the project key.
+pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
+    let state = StateDir::new(&project.dir);
+    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+    let key = ssh_key(&state);
+    status::status(&paths, || {
+        let port = InstanceRecord::load(&paths.record)
+            .ok()
+            .flatten()
+            .map(|r| r.ssh_port);
+        key.is_file() && port.is_some_and(|p| ssh::probe(&key, &vm.user, p, SSH_PROBE_TIMEOUT))
+    })
+}
+
+/// The project's private SSH key.
+pub fn ssh_key(state: &StateDir) -> PathBuf {
+    state.ssh_dir().join("id_ed25519")
+}
+
+/// A qcow2 image's size as the guest sees it and what it takes on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    /// The virtual size in bytes.
+    pub virtual_size: u64,
+    /// Bytes allocated on the host file system (sparse files take less than their length).
+    pub bytes_used: u64,
+}
+
+/// Reads the virtual size and allocation of a qcow2 image; `None` when it does not exist or
+/// cannot be read.
+pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
+    let meta = std::fs::metadata(path).ok()?;
+    let image = Qcow2Image::open(path).ok()?;
+    Some(DiskUsage {
+        virtual_size: image.virtual_size(),
+        bytes_used: meta.blocks().saturating_mul(512),
+    })
+}
+
+/// One line of `ps`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmSummary {
+    /// The VM name.
+    pub name: String,
+    /// `not-created`, `stopped`, `starting`, `ready` or `broken`.
+    pub status: &'static str,
+    /// Why a VM is broken.
+    pub reason: Option<String>,
+    /// `127.0.0.1:<port>` while QEMU runs.
+    pub ssh: Option<String>,
+    /// The forwarded ports, `[ip:]host->guest/proto`.
+    pub ports: Vec<String>,
+    /// Virtual CPUs.
+    pub cpu: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// The instance disk, once created.
+    pub disk: Option<DiskUsage>,
+}
+
+/// The `ps` lines of `vms` (in the given order), probing their status in parallel.
+pub fn summaries(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmSummary> {
+    let state = StateDir::new(&project.dir);
+    let statuses = probe_statuses(project, host, vms);
+    vms.iter()
+        .zip(statuses)
+        .map(|(vm, st)| {
+            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let record = InstanceRecord::load(&paths.record).ok().flatten();
+            VmSummary {
+                name: vm.name.clone(),
+                status: st.word(),
+                ssh: record
+                    .filter(|_| st.is_running())
+                    .map(|r| format!("127.0.0.1:{}", r.ssh_port)),
+                reason: match st {
+                    VmStatus::Broken(reason) => Some(reason),
+                    _ => None,
+                },
+                ports: vm.ports.iter().map(port_text).collect(),
+                cpu: vm.cpu,
+                memory_mib: vm.memory_mib,
+                disk: disk_usage(&paths.disk),
+            }
+        })
+        .collect()
+}
+
+/// `8080->80/tcp`, or `127.0.0.1:8080->80/tcp` with a host address.
+pub fn port_text(p: &PortForward) -> String {
+    let ip = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+    format!(
+        "{ip}{}->{}/{}",
+        p.host_port,
+        p.guest_port,
+        p.protocol.as_str()
+    )
+}
+
+/// Everything about one VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection<'a> {
+    /// The VM name.
+    pub name: String,
+    /// The project name.
+    pub project: String,
+    /// The status and, for `broken`, the reason.
+    pub state: VmStatus,
+    /// The VM as the compose file defines it, with defaults applied.
+    pub config: &'a Vm,
+    /// The accelerator this host gives the VM, and why.
+    pub accel: AccelInfo,
+    /// The virtio-blk disks.
+    pub disks: Disks,
+    /// The bind mounts, as 9p shares.
+    pub bind_mounts: Vec<BindMount>,
+    /// The NIC and what is forwarded to it.
+    pub network: NetworkInfo,
+    /// `ssh` and its arguments, once the VM has a port.
+    pub ssh_command: Option<Vec<String>>,
+    /// QEMU and its arguments as `up` started it.
+    pub qemu: Option<QemuLaunch>,
+    /// The instance's files and sockets.
+    pub paths: InstancePaths,
+}
+
+/// The accelerator decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccelInfo {
+    /// `kvm` or `tcg`, or `None` when the VM asks for KVM and this host cannot give it.
+    pub accel: Option<&'static str>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The disks of a VM, in the order QEMU attaches them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disks {
+    /// The copy-on-write instance disk.
+    pub instance: InstanceDisk,
+    /// The named volumes, in compose order.
+    pub volumes: Vec<VolumeDisk>,
+    /// The cloud-init seed (FAT, read-only, serial `cidata`).
+    pub seed: SeedDisk,
+    /// Why the letters are only a guess.
+    pub device_note: &'static str,
+}
+
+/// The instance disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceDisk {
+    /// The overlay file.
+    pub path: PathBuf,
+    /// Always `qcow2`.
+    pub format: &'static str,
+    /// The usual device in the guest.
+    pub device: String,
+    /// Size and allocation, once created.
+    pub usage: Option<DiskUsage>,
+    /// The base image the overlay names (or, before `up`, the one it will name).
+    pub base_image: String,
+    /// The base's format (`qcow2`, `raw`), when known.
+    pub base_format: Option<String>,
+}
+
+/// A named volume attached as a drive.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeDisk {
+    /// The volume name.
+    pub volume: String,
+    /// The usual device in the guest (`vdb`, `vdc`, …).
+    pub device: String,
+    /// The drive's serial (`/dev/disk/by-id/virtio-<serial>`).
+    pub serial: String,
+    /// The ext4 UUID the guest mounts it by; `None` until the volume is created.
+    pub uuid: Option<String>,
+    /// Where it is mounted in the guest.
+    pub mount_point: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// The volume's image.
+    pub image: PathBuf,
+}
+
+/// The seed disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedDisk {
+    /// The FAT image.
+    pub path: PathBuf,
+    /// The usual device in the guest.
+    pub device: String,
+    /// Whether `up` has written it.
+    pub exists: bool,
+}
+
+/// A bind mount.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindMount {
+    /// The host path (absolute).
+    pub source: PathBuf,
+    /// What the host path is: `dir`, `file` or `missing`.
+    pub source_kind: &'static str,
+    /// The folder QEMU exports (a one-file folder of the instance for a file).
+    pub shared_path: PathBuf,
+    /// Where it appears in the guest.
+    pub target: String,
+    /// The 9p mount tag.
+    pub tag: String,
+    /// QEMU's `security_model`.
+    pub security_model: &'static str,
+    /// Read-only.
+    pub read_only: bool,
+    /// Whether cloud-init mounts it at boot.
+    pub automount: bool,
+    /// The 9p mount options the guest uses (when automounted).
+    pub options: Option<String>,
+}
+
+/// The NIC.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkInfo {
+    /// QEMU's user-mode network.
+    pub mode: &'static str,
+    /// The NIC's address.
+    pub mac: String,
+    /// The host port forwarded to the guest's port 22, once allocated.
+    pub ssh_port: Option<u16>,
+    /// The compose `ports:`.
+    pub ports: Vec<String>,
+}
+
+/// How QEMU was started.
+#[derive(Debug, Clone, Serialize)]
+pub struct QemuLaunch {
+    /// The binary.
+    pub binary: PathBuf,
+    /// Its arguments.
+    pub argv: Vec<String>,
+    /// When, RFC 3339.
+    pub started: String,
+}
+
+const DEVICE_NOTE: &str = "device letters are only the usual order: with -device virtio-blk-pci they do not follow the command line, so the guest mounts volumes by UUID";
+
+/// `vda`, `vdb`, … `vdz`, `vdaa`, … for the `index`-th virtio disk.
+pub fn device_name(index: usize) -> String {
+    let mut name = String::new();
+    let mut n = index;
+    loop {
+        name.insert(0, char::from(b'a' + (n % 26) as u8));
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("vd{name}")
+}
+
+/// Inspects `vm`. `state_now` is its status, probed by the caller (e.g. with
+/// [`probe_status`]) so that `inspect` and `ps` can share one probe.
+pub fn inspect<'a>(
+    project: &Project,
+    host: &HostEnv,
+    vm: &'a Vm,
+    state_now: VmStatus,
+) -> Result<Inspection<'a>, EngineError> {
+    let state = StateDir::new(&project.dir);
+    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+    let record = InstanceRecord::load(&paths.record)?;
+    let registry = VolumeRegistry::load(&state.volumes_json())?;
+
+    // The plan needs every volume's UUID and image and every bind source's kind; what does
+    // not exist yet is planned as it will be (a folder, an empty UUID) and reported as such.
+    let mut volume_uuids: BTreeMap<String, String> = BTreeMap::new();
+    let mut volume_images: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut source_kinds: BTreeMap<PathBuf, SourceKind> = BTreeMap::new();
+    let mut missing_sources = Vec::new();
+    for mount in &vm.volumes {
+        match &mount.kind {
+            MountKind::Named { volume } => {
+                let rec = registry.volumes.get(volume);
+                volume_uuids.insert(
+                    volume.clone(),
+                    rec.map(|r| r.uuid.clone()).unwrap_or_default(),
+                );
+                volume_images.insert(
+                    volume.clone(),
+                    rec.map_or_else(|| state.volume_image(volume), |r| r.disk_path.clone()),
+                );
+            }
+            MountKind::Bind { source, .. } => {
+                let kind = match std::fs::metadata(source) {
+                    Ok(m) if m.is_file() => SourceKind::File,
+                    Ok(_) => SourceKind::Dir,
+                    Err(_) => {
+                        missing_sources.push(source.clone());
+                        SourceKind::Dir
+                    }
+                };
+                source_kinds.insert(source.clone(), kind);
+            }
+        }
+    }
+    let plan = mounts::plan(
+        vm,
+        &PlanFacts {
+            host_is_root: host.is_root(),
+            volume_uuids: &volume_uuids,
+            volume_images: &volume_images,
+            source_kinds: &source_kinds,
+            file_shares_dir: &paths.file_shares,
+        },
+    )?;
+
+    let named = vm.volumes.iter().filter_map(|m| match &m.kind {
+        MountKind::Named { volume } => Some((m, volume)),
+        MountKind::Bind { .. } => None,
+    });
+    let volumes: Vec<VolumeDisk> = named
+        .zip(&plan.drives)
+        .enumerate()
+        .map(|(i, ((mount, volume), drive))| VolumeDisk {
+            volume: volume.clone(),
+            device: device_name(i + 1),
+            serial: drive.serial.clone(),
+            uuid: volume_uuids.get(volume).filter(|u| !u.is_empty()).cloned(),
+            mount_point: mount.target.clone(),
+            read_only: mount.read_only,
+            image: drive.path.clone(),
+        })
+        .collect();
+
+    let binds = vm.volumes.iter().filter_map(|m| match &m.kind {
+        MountKind::Bind {
+            source, automount, ..
+        } => Some((m, source, *automount)),
+        MountKind::Named { .. } => None,
+    });
+    let bind_mounts = binds
+        .zip(&plan.shares)
+        .map(|((mount, source, automount), share)| BindMount {
+            source: source.clone(),
+            source_kind: if missing_sources.contains(source) {
+                "missing"
+            } else {
+                match source_kinds.get(source) {
+                    Some(SourceKind::File) => "file",
+                    _ => "dir",
+                }
+            },
+            shared_path: share.path.clone(),
+            target: mount.target.clone(),
+            tag: share.tag.clone(),
+            security_model: share.security_model.as_str(),
+            read_only: share.read_only,
+            automount,
+            options: plan
+                .guest
+                .iter()
+                .find(|g| g.device == share.tag)
+                .map(|g| g.options.clone()),
+        })
+        .collect();
+
+    let (base_image, base_format) = match Qcow2Image::open(&paths.disk) {
+        Ok(overlay) => (
+            overlay.backing_file().unwrap_or("").to_string(),
+            overlay.backing_format().map(str::to_string),
+        ),
+        Err(_) => match &vm.image {
+            crate::compose::ImageSource::Path(p) => (p.display().to_string(), None),
+            crate::compose::ImageSource::Url(url) => {
+                (host.images.path_for(url).display().to_string(), None)
+            }
+        },
+    };
+
+    let accel = match accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe) {
+        Ok(choice) => AccelInfo {
+            accel: Some(choice.accel.as_str()),
+            reason: choice.reason,
+        },
+        Err(e) => AccelInfo {
+            accel: None,
+            reason: e.to_string(),
+        },
+    };
+    let key = ssh_key(&state);
+    let ssh_command = record.as_ref().map(|r| {
+        let mut cmd = vec!["ssh".to_string()];
+        cmd.extend(ssh::args(&key, &vm.user, r.ssh_port, &[]));
+        cmd
+    });
+
+    Ok(Inspection {
+        name: vm.name.clone(),
+        project: project.name.clone(),
+        state: state_now,
+        config: vm,
+        accel,
+        disks: Disks {
+            instance: InstanceDisk {
+                path: paths.disk.clone(),
+                format: "qcow2",
+                device: device_name(0),
+                usage: disk_usage(&paths.disk),
+                base_image,
+                base_format,
+            },
+            seed: SeedDisk {
+                path: paths.seed.clone(),
+                device: device_name(volumes.len() + 1),
+                exists: paths.seed.exists(),
+            },
+            volumes,
+            device_note: DEVICE_NOTE,
+        },
+        bind_mounts,
+        network: NetworkInfo {
+            mode: "user",
+            mac: record.as_ref().map_or_else(
+                || MacAddress::derived_from(&format!("{}/{}", project.name, vm.name)).to_string(),
+                |r| r.mac.clone(),
+            ),
+            ssh_port: record.as_ref().map(|r| r.ssh_port).or(vm.ssh_port),
+            ports: vm.ports.iter().map(port_text).collect(),
+        },
+        ssh_command,
+        qemu: record.map(|r| QemuLaunch {
+            binary: r.qemu,
+            argv: r.argv,
+            started: r.started,
+        }),
+        paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::Protocol;
+
+    #[test]
+    fn device_names_follow_the_kernel_scheme() {
+        assert_eq!(device_name(0), "vda");
+        assert_eq!(device_name(1), "vdb");
+        assert_eq!(device_name(25), "vdz");
+        assert_eq!(device_name(26), "vdaa");
+        assert_eq!(device_name(27), "vdab");
+        assert_eq!(device_name(52), "vdba");
+    }
+
+    #[test]
+    fn ports_read_like_docker() {
+        let mut p = PortForward {
+            host_ip: None,
+            host_port: 8080,
+            guest_port: 80,
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(port_text(&p), "8080->80/tcp");
+        p.host_ip = Some("127.0.0.1".parse().unwrap());
+        p.protocol = Protocol::Udp;
+        assert_eq!(port_text(&p), "127.0.0.1:8080->80/udp");
+    }
+}
