@@ -534,6 +534,32 @@ fn console_through_a_terminal_detaches_and_restores_it() {
         text(&std::fs::read(p.serial_log("db")).unwrap()),
         format!("{BANNER}\r\nPING")
     );
+
+    // SIGTERM from outside while in raw mode: the terminal is still restored, exit 128+15.
+    let shell = format!(
+        "stty -g; (sleep 1; pkill -TERM -x -P $$ qemu-compose) & {BIN} console db; echo \"rc=$?\"; stty -g"
+    );
+    let out = tool("script")
+        .args(["-q", "-e", "-c", &shell, "/dev/null"])
+        .current_dir(p.path())
+        .env("XDG_DATA_HOME", &p.data_home)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    let all = text(&out.stdout);
+    assert!(all.contains("Left db's console on signal 15"), "{all}");
+    assert!(all.contains("rc=143"), "{all}");
+    let settings: Vec<&str> = all
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.split(':').count() > 30)
+        .collect();
+    assert_eq!(settings.len(), 2, "two `stty -g` lines in {all:?}");
+    assert_eq!(
+        settings[0], settings[1],
+        "the terminal settings were restored"
+    );
 }
 
 #[test]

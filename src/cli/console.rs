@@ -37,6 +37,10 @@ pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
         ConsoleEnd::Detached => eprintln!("\r\nDetached from {}'s console", vm.name),
         ConsoleEnd::VmClosed => eprintln!("\r\nVM {} closed its console (it stopped)", vm.name),
         ConsoleEnd::InputClosed => {}
+        ConsoleEnd::Signalled(sig) => {
+            eprintln!("\r\nLeft {}'s console on signal {sig}", vm.name);
+            return Ok(ExitCode::from(128 + sig as u8));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

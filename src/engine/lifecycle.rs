@@ -16,7 +16,7 @@ use crate::state::{
 };
 
 use super::instance::{self, PreparedVm};
-use super::status::{self, VmStatus};
+use super::status;
 use super::{EngineError, HostEnv, Reporter, ssh, volumes};
 
 /// The first port tried for SSH forwarding.
@@ -433,27 +433,6 @@ pub fn running_vms(project: &Project, host: &HostEnv) -> BTreeSet<String> {
             )
         })
         .map(|vm| vm.name.clone())
-        .collect()
-}
-
-/// The status of every VM of the project, in compose order.
-pub fn statuses(project: &Project, host: &HostEnv) -> Vec<(String, VmStatus)> {
-    let state = StateDir::new(&project.dir);
-    let key = state.ssh_dir().join("id_ed25519");
-    project
-        .vms
-        .iter()
-        .map(|vm| {
-            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-            let port = InstanceRecord::load(&paths.record)
-                .ok()
-                .flatten()
-                .map(|r| r.ssh_port);
-            let st = status::status(&paths, || {
-                port.is_some_and(|p| ssh::probe(&key, &vm.user, p, Duration::from_secs(3)))
-            });
-            (vm.name.clone(), st)
-        })
         .collect()
 }
 

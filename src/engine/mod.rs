@@ -17,8 +17,8 @@ pub mod volumes;
 use std::path::PathBuf;
 
 pub use host::HostEnv;
+pub use lifecycle::running_vms;
 pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
-pub use lifecycle::{running_vms, statuses};
 pub use status::VmStatus;
 
 /// Where the engine tells the user what it does.

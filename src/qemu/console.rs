@@ -15,6 +15,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use rustix::termios::{self, OptionalActions, Termios};
+use signal_hook::consts::{SIGHUP, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// The byte Ctrl+] sends.
 pub const DETACH_BYTE: u8 = 0x1d;
@@ -32,6 +34,8 @@ pub enum ConsoleEnd {
     VmClosed,
     /// Stdin ended (only without a terminal).
     InputClosed,
+    /// SIGTERM, SIGHUP or SIGQUIT arrived (only with a terminal, which is restored first).
+    Signalled(i32),
 }
 
 /// Why the console could not be used.
@@ -118,6 +122,21 @@ fn relay(
     detach_on_ctrl_bracket: bool,
 ) -> Result<ConsoleEnd, ConsoleError> {
     let (tx, rx) = mpsc::channel();
+    // In raw mode a signal from outside must not kill the process before the terminal is
+    // restored: turn it into an end of the relay instead (Ctrl+C is just a byte here).
+    let signals = if detach_on_ctrl_bracket {
+        let mut signals = Signals::new([SIGTERM, SIGHUP, SIGQUIT])?;
+        let handle = signals.handle();
+        let sig_tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = sig_tx.send(Event::End(ConsoleEnd::Signalled(sig)));
+            }
+        });
+        Some(handle)
+    } else {
+        None
+    };
     let mut from_vm = stream.try_clone()?;
     let mut to_vm = stream;
     let out_tx = tx.clone();
@@ -162,6 +181,9 @@ fn relay(
         let _ = tx.send(event);
     });
     let first = rx.recv().unwrap_or(Event::End(ConsoleEnd::VmClosed));
+    if let Some(handle) = signals {
+        handle.close();
+    }
     let end = match first {
         Event::End(ConsoleEnd::InputClosed) => {
             // Let the guest's answer to the last input through before leaving.
