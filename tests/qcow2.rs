@@ -182,6 +182,10 @@ fn data_image_holds_exactly_its_non_zero_clusters() {
         .write_at(2 * GIB + 65_530, &[0, 0, 0, 0, 0, 0, 9])
         .unwrap(); // only 2nd cluster
     contents.write_at(size - 3, b"end").unwrap(); // the partial last cluster
+    let dense: Vec<u8> = (0..3 * MIB as usize + 5)
+        .map(|i| (i % 251) as u8 + 1)
+        .collect();
+    contents.write_at(700 * MIB + 1, &dense).unwrap(); // 49 clusters, written in runs
     let (qcow2, raw) = write_pair(dir.path(), size, &contents);
 
     assert_check_clean(&qcow2);
@@ -189,7 +193,7 @@ fn data_image_holds_exactly_its_non_zero_clusters() {
     assert_same_as_raw(&qcow2, &raw);
 
     let image = Qcow2Image::open(&qcow2).unwrap();
-    assert_eq!(image.allocated_clusters().unwrap(), 5);
+    assert_eq!(image.allocated_clusters().unwrap(), 5 + 49);
     drop(image);
 
     // qemu-img check ignores refcounts past the end of the file; a write that makes QEMU
@@ -199,11 +203,12 @@ fn data_image_holds_exactly_its_non_zero_clusters() {
     contents.write_at(2 * GIB, &[0x42; 128 * 1024]).unwrap();
     let image = Qcow2Image::open(&qcow2).unwrap();
     // The second of the two clusters written was allocated already.
-    assert_eq!(image.allocated_clusters().unwrap(), 6);
+    assert_eq!(image.allocated_clusters().unwrap(), 6 + 49);
     let ranges = [
         (0, 64 * KIB),
         (512 * MIB - 65536, 128 * KIB),
         (2 * GIB - 4096, 200 * KIB),
+        (700 * MIB - 4096, 3 * MIB + 8192),
         (size - 4096, 4096),
     ];
     for (offset, len) in ranges {

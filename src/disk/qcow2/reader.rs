@@ -29,7 +29,7 @@ const MAX_L1_ENTRIES: u32 = 32 << 20 >> 3;
 pub trait ReadAt {
     /// The source's length in bytes.
     fn size(&self) -> io::Result<u64>;
-    /// Fills `buf` from `offset`; the caller has checked that the range lies within `len`.
+    /// Fills `buf` from `offset`; the caller has checked that the range lies within `size`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 

@@ -49,8 +49,10 @@ pub fn write_data_image(
             size: virtual_size,
         });
     }
-    let layout = plan_layout(virtual_size, nonzero_clusters(contents))?;
-    write_layout(file, &layout, None, contents)
+    let pieces = nonzero_pieces(contents);
+    let clusters = pieces.iter().map(|(at, _)| at / CLUSTER_SIZE).collect();
+    let layout = plan_layout(virtual_size, clusters)?;
+    write_layout(file, &layout, None, &pieces)
 }
 
 /// Writes an empty copy-on-write overlay of `virtual_size` bytes over `backing` into `file`,
@@ -74,7 +76,7 @@ pub fn write_overlay(
         return Err(Qcow2Error::InvalidBackingName("it contains a NUL byte"));
     }
     let layout = plan_layout(virtual_size, Vec::new())?;
-    write_layout(file, &layout, Some(backing), &SparseBuffer::new(0))
+    write_layout(file, &layout, Some(backing), &[])
 }
 
 /// Tells a qcow2 image from a raw one by its first bytes.
@@ -97,24 +99,24 @@ pub fn probe_format(path: &Path) -> Result<ImageFormat, Qcow2Error> {
     }
 }
 
-/// The guest clusters in which `contents` holds a non-zero byte, ascending.
-fn nonzero_clusters(contents: &SparseBuffer) -> Vec<u64> {
-    let mut clusters: Vec<u64> = Vec::new();
+/// The non-zero bytes of `contents` as `(guest offset, bytes)`, ascending: each piece lies in
+/// one cluster and starts and ends with a non-zero byte. Everything else reads as zero.
+fn nonzero_pieces(contents: &SparseBuffer) -> Vec<(u64, &[u8])> {
+    let mut pieces = Vec::new();
     for (offset, bytes) in contents.extents() {
         let mut at = offset;
         let mut rest = bytes;
         while !rest.is_empty() {
-            let n = chunk_len(at, rest.len());
-            let (chunk, tail) = rest.split_at(n);
-            let cluster = at / CLUSTER_SIZE;
-            if clusters.last() != Some(&cluster) && chunk.iter().any(|&b| b != 0) {
-                clusters.push(cluster);
+            let (chunk, tail) = rest.split_at(chunk_len(at, rest.len()));
+            if let Some(first) = chunk.iter().position(|&b| b != 0) {
+                let last = chunk.iter().rposition(|&b| b != 0).unwrap_or(first);
+                pieces.push((at + first as u64, &chunk[first..=last]));
             }
-            at += n as u64;
+            at += chunk.len() as u64;
             rest = tail;
         }
     }
-    clusters
+    pieces
 }
 
 /// Bytes from `at` to the end of its cluster, at most `len`.
@@ -157,12 +159,12 @@ fn encode_first_cluster(layout: &Layout, backing: Option<&Backing>) -> Vec<u8> {
     out
 }
 
-/// Writes `layout` into `file`, with `contents` as the data of its data clusters.
+/// Writes `layout` into `file`, with `pieces` (from [`nonzero_pieces`]) as its data.
 fn write_layout(
     file: &File,
     layout: &Layout,
     backing: Option<&Backing>,
-    contents: &SparseBuffer,
+    pieces: &[(u64, &[u8])],
 ) -> Result<WriteSummary, Qcow2Error> {
     let write = |bytes: &[u8], offset: u64, what: &str| {
         file.write_all_at(bytes, offset)
@@ -213,16 +215,31 @@ fn write_layout(
         write(&entries, l2_offset(j) + first * 8, "L2 table")?;
     }
 
-    // Data clusters, trimmed to their first and last non-zero byte.
-    let mut buf = vec![0u8; CLUSTER_SIZE as usize];
-    for (i, &cluster) in layout.data_clusters.iter().enumerate() {
-        contents.read_at(cluster * CLUSTER_SIZE, &mut buf);
-        let first = buf.iter().position(|&b| b != 0);
-        let last = buf.iter().rposition(|&b| b != 0);
-        if let (Some(first), Some(last)) = (first, last) {
-            let host = layout.data_offset + i as u64 * CLUSTER_SIZE + first as u64;
-            write(&buf[first..=last], host, "data")?;
+    // Data: the i-th distinct cluster among the pieces is the i-th data cluster, because the
+    // plan's clusters are exactly the pieces' clusters, sorted. Pieces that continue one another
+    // on the host are gathered into one write of at most 1 MiB.
+    let mut index = 0;
+    let mut previous_cluster = None;
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_at = 0;
+    for &(guest, bytes) in pieces {
+        let cluster = guest / CLUSTER_SIZE;
+        if previous_cluster.is_some_and(|c| c != cluster) {
+            index += 1;
         }
+        previous_cluster = Some(cluster);
+        let host = layout.data_offset + index * CLUSTER_SIZE + guest % CLUSTER_SIZE;
+        if run_at + run.len() as u64 != host || run.len() + bytes.len() > 1 << 20 {
+            if !run.is_empty() {
+                write(&run, run_at, "data")?;
+            }
+            run.clear();
+            run_at = host;
+        }
+        run.extend_from_slice(bytes);
+    }
+    if !run.is_empty() {
+        write(&run, run_at, "data")?;
     }
 
     file.sync_all()
@@ -263,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn only_clusters_with_non_zero_bytes_are_found() {
+    fn only_non_zero_bytes_are_kept() {
         let mut contents = SparseBuffer::new(1 << 30);
         contents.write_at(10, &[1]).unwrap();
         contents.write_at(100, &[2; 70_000]).unwrap(); // clusters 0 and 1
@@ -271,7 +288,14 @@ mod tests {
         let mut tail = vec![0u8; 1 << 17];
         tail[(1 << 17) - 1] = 3; // only the second cluster is non-zero
         contents.write_at(9 << 16, &tail).unwrap();
-        assert_eq!(nonzero_clusters(&contents), vec![0, 1, 10]);
+        let pieces = nonzero_pieces(&contents);
+        let expected: Vec<(u64, &[u8])> = vec![
+            (10, &[1]),
+            (100, &[2; 65_436]), // up to the end of cluster 0
+            (1 << 16, &[2; 4564]),
+            ((11 << 16) - 1, &[3]),
+        ];
+        assert_eq!(pieces, expected);
     }
 
     #[test]
