@@ -169,10 +169,8 @@ fn check_name(name: &At<String>, what: &str, here: &Here, errors: &mut Errors) {
 /// A size in bytes (a bare YAML integer is bytes), within `min..=max`, a multiple of 512.
 fn bytes(size: &At<SizeValue>, here: &Here, errors: &mut Errors, min: u64, max: u64) -> u64 {
     let parsed = match &size.value {
-        SizeValue::Int(i) => u64::try_from(*i)
-            .ok()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| format!("size {i} must be a positive number of bytes")),
+        SizeValue::Int(i) if *i <= 0 => Err(format!("size {i} must be a positive number of bytes")),
+        SizeValue::Int(i) => u64::try_from(*i).map_err(|_| format!("size {i} is too large")),
         SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()),
     };
     let checked = parsed.and_then(|b| {
@@ -261,17 +259,8 @@ fn vm(
     lookups: &Lookups,
     errors: &mut Errors,
 ) -> (Vm, Vec<(usize, Pos)>) {
-    let image_text = match &raw.image {
-        Some(image) => image.value.clone(),
-        None => {
-            errors.push(
-                name.pos,
-                here,
-                "`image:` is required (a URL or a local path)",
-            );
-            String::new()
-        }
-    };
+    // A missing image was reported by the raw reader.
+    let image_text = raw.image.as_ref().map_or("", |i| i.value.as_str());
     let image = match &raw.image {
         Some(image) => image_source(image, &here.field("image"), cx, errors),
         None => ImageSource::Path(PathBuf::new()),
@@ -325,7 +314,7 @@ fn vm(
             check_user(u, &here.field("user"), errors);
             (u.value.clone(), false)
         }
-        None => (guess_user(&image_text).to_owned(), true),
+        None => (guess_user(image_text).to_owned(), true),
     };
 
     let ports_here = here.field("ports");
@@ -547,10 +536,8 @@ fn check_user(user: &At<String>, here: &Here, errors: &mut Errors) {
 
 fn memory(m: &At<SizeValue>, here: &Here, errors: &mut Errors) -> u64 {
     let mib = match &m.value {
-        SizeValue::Int(i) => u64::try_from(*i)
-            .ok()
-            .filter(|v| *v > 0)
-            .ok_or_else(|| format!("memory {i} must be a positive number of MiB")),
+        SizeValue::Int(i) if *i <= 0 => Err(format!("memory {i} must be a positive number of MiB")),
+        SizeValue::Int(i) => u64::try_from(*i).map_err(|_| format!("memory {i} is too large")),
         SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()).and_then(|b| {
             if b % (1 << 20) == 0 {
                 Ok(b >> 20)
@@ -979,7 +966,7 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// `depends_on` cycles: reported once per cycle, on the first VM of the cycle.
+/// `depends_on` cycles: reported once per cycle, on the dependency that closes it.
 fn check_cycles(raw: &RawFile, here: &Here, errors: &mut Errors) {
     let index: HashMap<&str, usize> = raw
         .vms
@@ -1003,6 +990,7 @@ fn check_cycles(raw: &RawFile, here: &Here, errors: &mut Errors) {
                 stack.pop();
                 continue;
             };
+            let dep_index = *next;
             *next += 1;
             let Some(&d) = index.get(dep.value.as_str()) else {
                 continue;
@@ -1019,10 +1007,10 @@ fn check_cycles(raw: &RawFile, here: &Here, errors: &mut Errors) {
                         .map(|(v, _)| raw.vms[*v].0.value.as_str())
                         .collect();
                     names.push(raw.vms[d].0.value.as_str());
-                    let first = &raw.vms[d].0.value;
+                    let closing = &raw.vms[vm].0.value;
                     let here = Here {
-                        vm: Some(first.clone()),
-                        ..here.field(first).field("depends_on")
+                        vm: Some(closing.clone()),
+                        ..here.field(closing).field("depends_on").index(dep_index)
                     };
                     errors.push(
                         dep.pos,
