@@ -219,7 +219,6 @@ fn targets_must_be_absolute_normalised_and_unique() {
     let cases = [
         ("./d:relative", "must be an absolute path"),
         ("./d:/", "would hide the guest's root filesystem"),
-        ("./d:/a/", "must not end with /"),
         ("./d:/a//b", "empty component"),
         ("./d:/a/../b", "must be normalised"),
         ("./d:/a/./b", "must be normalised"),
@@ -231,6 +230,9 @@ fn targets_must_be_absolute_normalised_and_unique() {
         assert!(e.contains(want), "{spec}: {e}");
     }
     ok(&one_vm("", "volumes: [\"./d:/with space/ok\"]"));
+    let p = ok(&one_vm("", "volumes: [\"./d/:/mnt/\"]"));
+    assert_eq!(p.vms[0].volumes[0].target, "/mnt");
+    assert!(error(&one_vm("", "volumes: [\"./d://\"]")).contains("empty component"));
     let e = error(&one_vm(
         "",
         "volumes:\n  - ./a:/x\n  - source: ./b\n    target: /x",
@@ -302,6 +304,10 @@ fn long_form_options() {
 
 #[test]
 fn bind_only_keys_on_a_named_volume_are_errors() {
+    ok(&one_vm(
+        "volumes:\n  v:\n",
+        "volumes:\n  - source: v\n    target: /v\n    automount: true\n    mount_options: \"\"",
+    ));
     let all = errors(&one_vm(
         "volumes:\n  v:\n",
         "volumes:\n  - source: v\n    target: /v\n    automount: false\n    mount_options: cache=loose\n    security_model: none",

@@ -756,9 +756,10 @@ fn mount(
     } else {
         here.clone()
     };
-    if let Err(why) = check_target(&target.value) {
+    let target_path = normalize_target(&target.value).unwrap_or_else(|why| {
         errors.push(target.pos, &target_here, why);
-    }
+        target.value.clone()
+    });
     let source_here = if long.is_some() {
         here.field("source")
     } else {
@@ -783,9 +784,13 @@ fn mount(
             );
         }
         if let Some(m) = long {
+            // Values that change nothing (`automount: true`, `mount_options: ""`, as in the
+            // seed's long-form example) are accepted; anything that would be ignored is not.
+            let disables = |a: &At<bool>| (!a.value).then_some(a.pos);
+            let sets = |o: &At<String>| (!o.value.is_empty()).then_some(o.pos);
             for (pos, key) in [
-                (m.automount.as_ref().map(|a| a.pos), "automount"),
-                (m.mount_options.as_ref().map(|a| a.pos), "mount_options"),
+                (m.automount.as_ref().and_then(disables), "automount"),
+                (m.mount_options.as_ref().and_then(sets), "mount_options"),
                 (m.security_model.as_ref().map(|a| a.pos), "security_model"),
             ] {
                 if let Some(pos) = pos {
@@ -793,7 +798,7 @@ fn mount(
                         pos,
                         &here.field(key),
                         format!(
-                            "`{key}` applies to bind mounts only, not to named volume {:?}",
+                            "`{key}` applies to bind mounts only, not to named volume {:?} (named volumes are always mounted, as ext4)",
                             source.value
                         ),
                     );
@@ -806,7 +811,7 @@ fn mount(
     };
     Some((
         VolumeMount {
-            target: target.value,
+            target: target_path,
             read_only,
             kind,
         },
@@ -868,8 +873,10 @@ fn bind(
     })
 }
 
-/// A guest mount point: absolute, normalised, not `/`, no control characters.
-fn check_target(t: &str) -> Result<(), String> {
+/// A guest mount point: absolute, normalised, not `/`, no control characters. One trailing
+/// `/` is dropped rather than refused, because files written for the earlier Go tool use
+/// targets such as `/mnt/`. Returns the normalised target.
+fn normalize_target(t: &str) -> Result<String, String> {
     if t.chars().any(char::is_control) {
         return Err(format!("target {t:?} contains a control character"));
     }
@@ -878,13 +885,11 @@ fn check_target(t: &str) -> Result<(), String> {
             "target {t:?} must be an absolute path (start with /)"
         ));
     }
-    if t == "/" {
+    let trimmed = t.strip_suffix('/').unwrap_or(t);
+    if trimmed.is_empty() {
         return Err("target / would hide the guest's root filesystem".to_owned());
     }
-    if t.ends_with('/') {
-        return Err(format!("target {t:?} must not end with /"));
-    }
-    for component in t[1..].split('/') {
+    for component in trimmed[1..].split('/') {
         match component {
             "" => return Err(format!("target {t:?} has an empty component (//)")),
             "." | ".." => {
@@ -895,7 +900,7 @@ fn check_target(t: &str) -> Result<(), String> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(trimmed.to_owned())
 }
 
 /// `k[=v],k[=v]…` 9p mount options, written into fstab, so no blanks, quotes or NUL.
@@ -1114,14 +1119,18 @@ fn check_host_ports(raw: &RawFile, vms: &[Vm], here: &Here, errors: &mut Errors)
                 .iter()
                 .find(|o| o.port == b.port && o.protocol == b.protocol && overlaps(o.ip, b.ip));
             if let Some(o) = clash {
+                let whom = if o.vm == b.vm {
+                    "another forward of this VM".to_owned()
+                } else {
+                    format!("VM {:?}", o.vm)
+                };
                 errors.push(
                     pos,
                     &h,
                     format!(
-                        "host port {}/{} is already used by VM {:?}",
+                        "host port {}/{} is already used by {whom}",
                         b.port,
-                        b.protocol.as_str(),
-                        o.vm
+                        b.protocol.as_str()
                     ),
                 );
             }
