@@ -335,6 +335,18 @@ fn a_named_volume_written_by_one_vm_is_not_shared() {
     );
     let e = error(&format!("{top}{}{}", vm("a", "v:/v:ro"), vm("b", "v:/v")));
     assert!(e.contains("vms.b.volumes[0]"), "{e}");
+    let all = errors(&format!(
+        "{top}{}{}{}",
+        vm("a", "v:/v"),
+        vm("b", "v:/v:ro"),
+        vm("c", "v:/v:ro")
+    ));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all[0].contains("vms.b.volumes[0]: named volume \"v\" is also attached by VM \"a\""),
+        "{all:#?}"
+    );
+    assert!(all[1].contains("vms.c.volumes[0]"), "{all:#?}");
     let e = error(&format!(
         "{top}  a:\n    image: x\n    volumes: [\"v:/one\", \"v:/two\"]\n"
     ));
@@ -450,6 +462,19 @@ fn ports_and_ssh() {
     ok(
         "vms:\n  a:\n    image: x\n    ports: [\"127.0.0.1:80:80\"]\n  b:\n    image: x\n    ports: [\"127.0.0.2:80:80\"]\n",
     );
+    for (first, second) in [
+        ("127.0.0.1:80:80", "0.0.0.0:80:80"),
+        ("80:80", "127.0.0.1:80:81"),
+        ("127.0.0.1:80:80", "80:81"),
+    ] {
+        let e = error(&one_vm("", &format!("ports: [\"{first}\", \"{second}\"]")));
+        assert!(
+            e.contains(
+                "vms.a.ports[1]: host port 80/tcp is already used by another forward of this VM"
+            ),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -763,6 +788,23 @@ fn merge_keys_share_vm_settings() {
     assert_eq!(p.vms[0].cpu, 2);
     assert_eq!(p.vms[1].cpu, 4);
     assert_eq!(p.vms[1].image, ImageSource::Path("/proj/base.qcow2".into()));
+}
+
+#[test]
+fn three_hundred_vms_merging_one_anchor_validate() {
+    let mut text = String::from(
+        "x-common: &common\n  image: ./base.qcow2\n  cpu: 2\n  memory: 2G\n  disk: {size: 20G}\n  environment: {A: b}\n  provision: [\"echo hi\"]\nvms:\n",
+    );
+    for i in 0..300 {
+        text.push_str(&format!(
+            "  vm{i}:\n    <<: *common\n    ports: [\"{}:80\"]\n",
+            10000 + i
+        ));
+    }
+    let p = ok(&text);
+    assert_eq!(p.vms.len(), 300);
+    assert!(p.vms.iter().all(|vm| vm.cpu == 2 && vm.memory_mib == 2048));
+    assert_eq!(p.vms[299].ports[0].host_port, 10299);
 }
 
 #[test]

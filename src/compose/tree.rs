@@ -316,6 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn wide_alias_bomb_is_refused_fast() {
+        let items = vec!["lol"; 2000].join(", ");
+        let refs = vec!["*w"; 2000].join(", ");
+        let text = format!("w: &w [{items}]\nx: [{refs}]\n");
+        let start = Instant::now();
+        let err = parse(&text).unwrap_err();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        assert!(err.message.contains("too large or too complex"), "{err:?}");
+    }
+
+    #[test]
     fn three_hundred_vms_can_merge_one_anchor() {
         let mut text = String::from(
             "x-common: &common\n  image: ./base.qcow2\n  cpu: 2\n  memory: 2G\n  disk: {size: 20G}\n  environment: {A: b, C: d}\n  provision: [\"echo hi\"]\nvms:\n",

@@ -1,7 +1,7 @@
 //! Phase 2: raw types -> the validated model, applying defaults and every rule of DESIGN.md
 //! sections 1 and 2 that needs no disk access. All problems are collected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Component, Path, PathBuf};
 
@@ -74,9 +74,11 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
         .collect();
 
     let vm_names: Vec<&str> = raw.vms.iter().map(|(n, _)| n.value.as_str()).collect();
+    let volume_names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     let lookups = Lookups {
         vms: &vm_names,
-        volumes: &volumes,
+        volume_set: volume_names.iter().copied().collect(),
+        volumes: volume_names,
         networks: &networks,
     };
     let vms_here = here.field("vms");
@@ -247,7 +249,9 @@ fn parse_subnet(text: &str) -> Result<Subnet, String> {
 /// Names other VMs can refer to.
 struct Lookups<'a> {
     vms: &'a [&'a str],
-    volumes: &'a [VolumeDecl],
+    /// Declared volume names, in compose order (for messages) and as a set.
+    volumes: Vec<&'a str>,
+    volume_set: HashSet<&'a str>,
     networks: &'a [Network],
 }
 
@@ -417,12 +421,13 @@ fn vm(
     let mut volumes: Vec<VolumeMount> = Vec::new();
     // For each mount kept: its index in the file's list and its position.
     let mut positions = Vec::new();
+    let mut targets = HashSet::new();
     for (i, m) in raw.volumes.iter().enumerate() {
         let here = volumes_here.index(i);
-        let Some((mount, pos)) = mount(m, &here, cx, lookups.volumes, errors) else {
+        let Some((mount, pos)) = mount(m, &here, cx, lookups, errors) else {
             continue;
         };
-        if volumes.iter().any(|v| v.target == mount.target) {
+        if !targets.insert(mount.target.clone()) {
             errors.push(
                 pos,
                 &here,
@@ -630,13 +635,15 @@ fn names_list(
     itself: Option<&str>,
     errors: &mut Errors,
 ) -> Vec<String> {
+    let known: HashSet<&str> = declared.iter().copied().collect();
+    let mut seen = HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let here = here.index(i);
         let name = item.value.as_str();
         if itself == Some(name) {
             errors.push(item.pos, &here, format!("a {what} cannot depend on itself"));
-        } else if !declared.contains(&name) {
+        } else if !known.contains(name) {
             errors.push(
                 item.pos,
                 &here,
@@ -645,7 +652,7 @@ fn names_list(
                     list_or_none(declared)
                 ),
             );
-        } else if out.iter().any(|o| o == name) {
+        } else if !seen.insert(name) {
             errors.push(item.pos, &here, format!("{what} {name:?} is listed twice"));
         } else {
             out.push(name.to_owned());
@@ -702,7 +709,7 @@ fn mount(
     raw: &RawMount,
     here: &Here,
     cx: &Context,
-    declared: &[VolumeDecl],
+    lookups: &Lookups,
     errors: &mut Errors,
 ) -> Option<(VolumeMount, Pos)> {
     let (source, target, read_only, pos, long) = match raw {
@@ -771,15 +778,14 @@ fn mount(
     } else if is_bind_source(&source.value) {
         bind(&source, long, &source_here, here, cx, errors)?
     } else {
-        if !declared.iter().any(|v| v.name == source.value) {
-            let names: Vec<&str> = declared.iter().map(|v| v.name.as_str()).collect();
+        if !lookups.volume_set.contains(source.value.as_str()) {
             errors.push(
                 source.pos,
                 &source_here,
                 format!(
                     "named volume {:?} is not declared under top-level volumes (declared: {}); a host path must start with ./ or /",
                     source.value,
-                    list_or_none(&names)
+                    list_or_none(&lookups.volumes)
                 ),
             );
         }
@@ -1037,33 +1043,52 @@ fn check_shared_volumes(
     here: &Here,
     errors: &mut Errors,
 ) {
-    let mut users: HashMap<&str, Vec<(&str, bool)>> = HashMap::new();
+    /// Who has attached a volume so far: the first VM, and the first writer if any.
+    struct Users<'a> {
+        first: &'a str,
+        writer: Option<&'a str>,
+    }
+    let mut users: HashMap<&str, Users> = HashMap::new();
     for (vm, positions) in vms.iter().zip(mount_positions) {
         for (mount, &(i, pos)) in vm.volumes.iter().zip(positions) {
             let MountKind::Named { volume } = &mount.kind else {
                 continue;
             };
-            let earlier = users.entry(volume).or_default();
-            let clash = earlier.iter().find(|(_, ro)| !(*ro && mount.read_only));
-            if let Some((other, _)) = clash {
-                let here = Here {
-                    vm: Some(vm.name.clone()),
-                    ..here.field(&vm.name).field("volumes").index(i)
-                };
-                let whom = if *other == vm.name {
-                    "this VM already".to_owned()
-                } else {
-                    format!("VM {other:?}")
-                };
-                errors.push(
-                    pos,
-                    &here,
-                    format!(
-                        "named volume {volume:?} is also attached by {whom}; a volume can be shared only when every attachment is read-only"
-                    ),
+            let writer = (!mount.read_only).then_some(vm.name.as_str());
+            let Some(earlier) = users.get_mut(volume.as_str()) else {
+                users.insert(
+                    volume,
+                    Users {
+                        first: &vm.name,
+                        writer,
+                    },
                 );
-            }
-            earlier.push((&vm.name, mount.read_only));
+                continue;
+            };
+            let clash = match writer {
+                Some(_) => Some(earlier.first),
+                None => earlier.writer,
+            };
+            earlier.writer = earlier.writer.or(writer);
+            let Some(other) = clash else {
+                continue;
+            };
+            let here = Here {
+                vm: Some(vm.name.clone()),
+                ..here.field(&vm.name).field("volumes").index(i)
+            };
+            let whom = if other == vm.name {
+                "this VM already".to_owned()
+            } else {
+                format!("VM {other:?}")
+            };
+            errors.push(
+                pos,
+                &here,
+                format!(
+                    "named volume {volume:?} is also attached by {whom}; a volume can be shared only when every attachment is read-only"
+                ),
+            );
         }
     }
 }
@@ -1076,11 +1101,13 @@ fn check_host_ports(raw: &RawFile, vms: &[Vm], here: &Here, errors: &mut Errors)
         port: u16,
         protocol: Protocol,
     }
-    let overlaps = |a: Option<IpAddr>, b: Option<IpAddr>| match (a, b) {
-        (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
-        _ => true,
-    };
-    let mut bound: Vec<Bound> = Vec::new();
+    /// Who binds one port and protocol: on all addresses, or on particular ones.
+    #[derive(Default)]
+    struct Binders<'a> {
+        wildcard: Option<&'a str>,
+        by_ip: HashMap<IpAddr, &'a str>,
+    }
+    let mut bound: HashMap<(u16, Protocol), Binders> = HashMap::new();
     for (vm, (_, raw_vm)) in vms.iter().zip(&raw.vms) {
         let vm_here = Here {
             vm: Some(vm.name.clone()),
@@ -1115,14 +1142,25 @@ fn check_host_ports(raw: &RawFile, vms: &[Vm], here: &Here, errors: &mut Errors)
             }
         }
         for (b, pos, h) in wanted {
-            let clash = bound
-                .iter()
-                .find(|o| o.port == b.port && o.protocol == b.protocol && overlaps(o.ip, b.ip));
-            if let Some(o) = clash {
-                let whom = if o.vm == b.vm {
+            let binders = bound.entry((b.port, b.protocol)).or_default();
+            let ip = b.ip.filter(|ip| !ip.is_unspecified());
+            let clash = match ip {
+                None => binders
+                    .wildcard
+                    .or_else(|| binders.by_ip.values().next().copied()),
+                Some(ip) => binders.wildcard.or_else(|| binders.by_ip.get(&ip).copied()),
+            };
+            match ip {
+                None => binders.wildcard = binders.wildcard.or(Some(b.vm)),
+                Some(ip) => {
+                    binders.by_ip.entry(ip).or_insert(b.vm);
+                }
+            }
+            if let Some(other) = clash {
+                let whom = if other == b.vm {
                     "another forward of this VM".to_owned()
                 } else {
-                    format!("VM {:?}", o.vm)
+                    format!("VM {other:?}")
                 };
                 errors.push(
                     pos,
@@ -1134,7 +1172,6 @@ fn check_host_ports(raw: &RawFile, vms: &[Vm], here: &Here, errors: &mut Errors)
                     ),
                 );
             }
-            bound.push(b);
         }
     }
 }
