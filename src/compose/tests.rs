@@ -1,7 +1,7 @@
 //! Rule-by-rule tests of the whole pipeline through [`parse_str`] and [`load`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use proptest::prelude::*;
 
@@ -922,5 +922,4 @@ fn serializes_for_config() {
     assert_eq!(json["volumes"][0]["size_bytes"], 10u64 << 30);
     let yaml = serde_saphyr::to_string(&p).unwrap();
     assert!(yaml.contains("memory_mib: 1024"), "{yaml}");
-    let _ = PathBuf::new();
 }

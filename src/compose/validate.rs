@@ -23,9 +23,11 @@ pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 pub const MIN_MEMORY_MIB: u64 = 64;
 /// 4 TiB, far above any host this runs on; catches `memory: 2048G` typos.
 pub const MAX_MEMORY_MIB: u64 = 4 << 20;
+/// Most vCPUs accepted (QEMU's q35 limit is higher; this catches typos).
 pub const MAX_CPU: i128 = 256;
-/// Smallest and largest VM disk.
+/// Smallest VM disk; a bare `disk: {size: 10240}` (bytes) is caught here.
 pub const MIN_DISK_SIZE: u64 = 1 << 20;
+/// Largest VM disk (64 TiB), well inside what qcow2 addresses.
 pub const MAX_DISK_SIZE: u64 = 64 << 40;
 /// Longest VM, volume and network name (a DNS label).
 pub const MAX_NAME_LEN: usize = 63;
@@ -41,6 +43,8 @@ pub struct Context<'a> {
     pub env: &'a dyn Env,
 }
 
+/// Builds the model, pushing every rule violation into `errors`. The returned project is
+/// meaningful only when `errors` stayed empty.
 pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
     let name = project_name(&raw, cx, errors);
     let here = Here::root();
@@ -73,13 +77,10 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
         .map(|(name, net)| network(name, net, &networks_here.field(&name.value), errors))
         .collect();
 
-    let vm_names: Vec<&str> = raw.vms.iter().map(|(n, _)| n.value.as_str()).collect();
-    let volume_names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     let lookups = Lookups {
-        vms: &vm_names,
-        volume_set: volume_names.iter().copied().collect(),
-        volumes: volume_names,
-        networks: &networks,
+        vms: Names::new(raw.vms.iter().map(|(n, _)| n.value.as_str())),
+        volumes: Names::new(volumes.iter().map(|v| v.name.as_str())),
+        networks: Names::new(networks.iter().map(|n| n.name.as_str())),
     };
     let vms_here = here.field("vms");
     let mut vms = Vec::new();
@@ -246,13 +247,38 @@ fn parse_subnet(text: &str) -> Result<Subnet, String> {
     Ok(Subnet::Cidr { address, prefix })
 }
 
-/// Names other VMs can refer to.
+/// Declared names that VMs refer to.
 struct Lookups<'a> {
-    vms: &'a [&'a str],
-    /// Declared volume names, in compose order (for messages) and as a set.
-    volumes: Vec<&'a str>,
-    volume_set: HashSet<&'a str>,
-    networks: &'a [Network],
+    vms: Names<'a>,
+    volumes: Names<'a>,
+    networks: Names<'a>,
+}
+
+/// Names in compose order (for messages) and as a set (for lookups).
+struct Names<'a> {
+    list: Vec<&'a str>,
+    set: HashSet<&'a str>,
+}
+
+impl<'a> Names<'a> {
+    fn new(names: impl Iterator<Item = &'a str>) -> Self {
+        let list: Vec<&str> = names.collect();
+        let set = list.iter().copied().collect();
+        Names { list, set }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+
+    /// `a, b, c`, or `none`, for "(declared: …)" hints.
+    fn listed(&self) -> String {
+        if self.list.is_empty() {
+            "none".to_owned()
+        } else {
+            self.list.join(", ")
+        }
+    }
 }
 
 fn vm(
@@ -383,16 +409,15 @@ fn vm(
     let depends_on = names_list(
         &raw.depends_on,
         &here.field("depends_on"),
-        lookups.vms,
+        &lookups.vms,
         "VM",
         Some(&name.value),
         errors,
     );
-    let declared_networks: Vec<&str> = lookups.networks.iter().map(|n| n.name.as_str()).collect();
     let networks = names_list(
         &raw.networks,
         &here.field("networks"),
-        &declared_networks,
+        &lookups.networks,
         "network",
         None,
         errors,
@@ -630,12 +655,11 @@ pub(super) fn parse_port(spec: &str) -> Result<PortForward, String> {
 fn names_list(
     items: &[At<String>],
     here: &Here,
-    declared: &[&str],
+    declared: &Names,
     what: &str,
     itself: Option<&str>,
     errors: &mut Errors,
 ) -> Vec<String> {
-    let known: HashSet<&str> = declared.iter().copied().collect();
     let mut seen = HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -643,14 +667,11 @@ fn names_list(
         let name = item.value.as_str();
         if itself == Some(name) {
             errors.push(item.pos, &here, format!("a {what} cannot depend on itself"));
-        } else if !known.contains(name) {
+        } else if !declared.contains(name) {
             errors.push(
                 item.pos,
                 &here,
-                format!(
-                    "unknown {what} {name:?} (declared: {})",
-                    list_or_none(declared)
-                ),
+                format!("unknown {what} {name:?} (declared: {})", declared.listed()),
             );
         } else if !seen.insert(name) {
             errors.push(item.pos, &here, format!("{what} {name:?} is listed twice"));
@@ -659,14 +680,6 @@ fn names_list(
         }
     }
     out
-}
-
-fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
 }
 
 fn environment(
@@ -778,14 +791,14 @@ fn mount(
     } else if is_bind_source(&source.value) {
         bind(&source, long, &source_here, here, cx, errors)?
     } else {
-        if !lookups.volume_set.contains(source.value.as_str()) {
+        if !lookups.volumes.contains(&source.value) {
             errors.push(
                 source.pos,
                 &source_here,
                 format!(
                     "named volume {:?} is not declared under top-level volumes (declared: {}); a host path must start with ./ or /",
                     source.value,
-                    list_or_none(&lookups.volumes)
+                    lookups.volumes.listed()
                 ),
             );
         }
