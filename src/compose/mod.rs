@@ -13,6 +13,9 @@ mod size;
 mod tree;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -256,6 +256,13 @@ impl Reader<'_, '_> {
         let Some(entries) = self.mapping(node, here, VM_KEYS, true) else {
             return vm;
         };
+        if !entries.iter().any(|(k, _)| k.name == "image") {
+            self.errors.push(
+                node.pos,
+                here,
+                "`image:` is required (a URL or a local path)",
+            );
+        }
         for (key, node) in entries {
             let here = here.field(&key.name);
             match key.name.as_str() {
@@ -525,6 +532,9 @@ impl Reader<'_, '_> {
     fn scalar_text(&mut self, node: &Node, here: &Here) -> Option<At<String>> {
         let text = match &node.value {
             Value::Str(s) => return self.interpolated(s, node.pos, here),
+            Value::Int(_) | Value::Float(_) if node.spelling.is_some() => {
+                node.spelling.clone().unwrap_or_default()
+            }
             Value::Int(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
             Value::Bool(b) => b.to_string(),
@@ -613,6 +623,17 @@ impl Reader<'_, '_> {
         let value = match &node.value {
             Value::Int(i) => SizeValue::Int(*i),
             Value::Str(s) => SizeValue::Text(self.interpolated(s, node.pos, here)?.value),
+            Value::Float(f) => {
+                let written = node.spelling.clone().unwrap_or_else(|| f.to_string());
+                let why = if f.fract() == 0.0 {
+                    "is too large"
+                } else {
+                    "is not a whole number (use a smaller unit, e.g. 1536M)"
+                };
+                self.errors
+                    .push(node.pos, here, format!("size {written} {why}"));
+                return None;
+            }
             _ => {
                 self.wrong_type(node, here, "a size such as 10G or a whole number");
                 return None;

@@ -1,7 +1,7 @@
 //! Phase 2: raw types -> the validated model, applying defaults and every rule of DESIGN.md
 //! sections 1 and 2 that needs no disk access. All problems are collected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Component, Path, PathBuf};
 
@@ -23,9 +23,11 @@ pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 pub const MIN_MEMORY_MIB: u64 = 64;
 /// 4 TiB, far above any host this runs on; catches `memory: 2048G` typos.
 pub const MAX_MEMORY_MIB: u64 = 4 << 20;
+/// Most vCPUs accepted (QEMU's q35 limit is higher; this catches typos).
 pub const MAX_CPU: i128 = 256;
-/// Smallest and largest VM disk.
+/// Smallest VM disk; a bare `disk: {size: 10240}` (bytes) is caught here.
 pub const MIN_DISK_SIZE: u64 = 1 << 20;
+/// Largest VM disk (64 TiB), well inside what qcow2 addresses.
 pub const MAX_DISK_SIZE: u64 = 64 << 40;
 /// Longest VM, volume and network name (a DNS label).
 pub const MAX_NAME_LEN: usize = 63;
@@ -41,6 +43,8 @@ pub struct Context<'a> {
     pub env: &'a dyn Env,
 }
 
+/// Builds the model, pushing every rule violation into `errors`. The returned project is
+/// meaningful only when `errors` stayed empty.
 pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
     let name = project_name(&raw, cx, errors);
     let here = Here::root();
@@ -73,11 +77,10 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
         .map(|(name, net)| network(name, net, &networks_here.field(&name.value), errors))
         .collect();
 
-    let vm_names: Vec<&str> = raw.vms.iter().map(|(n, _)| n.value.as_str()).collect();
     let lookups = Lookups {
-        vms: &vm_names,
-        volumes: &volumes,
-        networks: &networks,
+        vms: Names::new(raw.vms.iter().map(|(n, _)| n.value.as_str())),
+        volumes: Names::new(volumes.iter().map(|v| v.name.as_str())),
+        networks: Names::new(networks.iter().map(|n| n.name.as_str())),
     };
     let vms_here = here.field("vms");
     let mut vms = Vec::new();
@@ -169,10 +172,8 @@ fn check_name(name: &At<String>, what: &str, here: &Here, errors: &mut Errors) {
 /// A size in bytes (a bare YAML integer is bytes), within `min..=max`, a multiple of 512.
 fn bytes(size: &At<SizeValue>, here: &Here, errors: &mut Errors, min: u64, max: u64) -> u64 {
     let parsed = match &size.value {
-        SizeValue::Int(i) => u64::try_from(*i)
-            .ok()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| format!("size {i} must be a positive number of bytes")),
+        SizeValue::Int(i) if *i <= 0 => Err(format!("size {i} must be a positive number of bytes")),
+        SizeValue::Int(i) => u64::try_from(*i).map_err(|_| format!("size {i} is too large")),
         SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()),
     };
     let checked = parsed.and_then(|b| {
@@ -246,11 +247,38 @@ fn parse_subnet(text: &str) -> Result<Subnet, String> {
     Ok(Subnet::Cidr { address, prefix })
 }
 
-/// Names other VMs can refer to.
+/// Declared names that VMs refer to.
 struct Lookups<'a> {
-    vms: &'a [&'a str],
-    volumes: &'a [VolumeDecl],
-    networks: &'a [Network],
+    vms: Names<'a>,
+    volumes: Names<'a>,
+    networks: Names<'a>,
+}
+
+/// Names in compose order (for messages) and as a set (for lookups).
+struct Names<'a> {
+    list: Vec<&'a str>,
+    set: HashSet<&'a str>,
+}
+
+impl<'a> Names<'a> {
+    fn new(names: impl Iterator<Item = &'a str>) -> Self {
+        let list: Vec<&str> = names.collect();
+        let set = list.iter().copied().collect();
+        Names { list, set }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+
+    /// `a, b, c`, or `none`, for "(declared: …)" hints.
+    fn listed(&self) -> String {
+        if self.list.is_empty() {
+            "none".to_owned()
+        } else {
+            self.list.join(", ")
+        }
+    }
 }
 
 fn vm(
@@ -261,17 +289,8 @@ fn vm(
     lookups: &Lookups,
     errors: &mut Errors,
 ) -> (Vm, Vec<(usize, Pos)>) {
-    let image_text = match &raw.image {
-        Some(image) => image.value.clone(),
-        None => {
-            errors.push(
-                name.pos,
-                here,
-                "`image:` is required (a URL or a local path)",
-            );
-            String::new()
-        }
-    };
+    // A missing image was reported by the raw reader.
+    let image_text = raw.image.as_ref().map_or("", |i| i.value.as_str());
     let image = match &raw.image {
         Some(image) => image_source(image, &here.field("image"), cx, errors),
         None => ImageSource::Path(PathBuf::new()),
@@ -325,7 +344,7 @@ fn vm(
             check_user(u, &here.field("user"), errors);
             (u.value.clone(), false)
         }
-        None => (guess_user(&image_text).to_owned(), true),
+        None => (guess_user(image_text).to_owned(), true),
     };
 
     let ports_here = here.field("ports");
@@ -390,16 +409,15 @@ fn vm(
     let depends_on = names_list(
         &raw.depends_on,
         &here.field("depends_on"),
-        lookups.vms,
+        &lookups.vms,
         "VM",
         Some(&name.value),
         errors,
     );
-    let declared_networks: Vec<&str> = lookups.networks.iter().map(|n| n.name.as_str()).collect();
     let networks = names_list(
         &raw.networks,
         &here.field("networks"),
-        &declared_networks,
+        &lookups.networks,
         "network",
         None,
         errors,
@@ -428,12 +446,13 @@ fn vm(
     let mut volumes: Vec<VolumeMount> = Vec::new();
     // For each mount kept: its index in the file's list and its position.
     let mut positions = Vec::new();
+    let mut targets = HashSet::new();
     for (i, m) in raw.volumes.iter().enumerate() {
         let here = volumes_here.index(i);
-        let Some((mount, pos)) = mount(m, &here, cx, lookups.volumes, errors) else {
+        let Some((mount, pos)) = mount(m, &here, cx, lookups, errors) else {
             continue;
         };
-        if volumes.iter().any(|v| v.target == mount.target) {
+        if !targets.insert(mount.target.clone()) {
             errors.push(
                 pos,
                 &here,
@@ -547,10 +566,8 @@ fn check_user(user: &At<String>, here: &Here, errors: &mut Errors) {
 
 fn memory(m: &At<SizeValue>, here: &Here, errors: &mut Errors) -> u64 {
     let mib = match &m.value {
-        SizeValue::Int(i) => u64::try_from(*i)
-            .ok()
-            .filter(|v| *v > 0)
-            .ok_or_else(|| format!("memory {i} must be a positive number of MiB")),
+        SizeValue::Int(i) if *i <= 0 => Err(format!("memory {i} must be a positive number of MiB")),
+        SizeValue::Int(i) => u64::try_from(*i).map_err(|_| format!("memory {i} is too large")),
         SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()).and_then(|b| {
             if b % (1 << 20) == 0 {
                 Ok(b >> 20)
@@ -638,41 +655,31 @@ pub(super) fn parse_port(spec: &str) -> Result<PortForward, String> {
 fn names_list(
     items: &[At<String>],
     here: &Here,
-    declared: &[&str],
+    declared: &Names,
     what: &str,
     itself: Option<&str>,
     errors: &mut Errors,
 ) -> Vec<String> {
+    let mut seen = HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let here = here.index(i);
         let name = item.value.as_str();
         if itself == Some(name) {
             errors.push(item.pos, &here, format!("a {what} cannot depend on itself"));
-        } else if !declared.contains(&name) {
+        } else if !declared.contains(name) {
             errors.push(
                 item.pos,
                 &here,
-                format!(
-                    "unknown {what} {name:?} (declared: {})",
-                    list_or_none(declared)
-                ),
+                format!("unknown {what} {name:?} (declared: {})", declared.listed()),
             );
-        } else if out.iter().any(|o| o == name) {
+        } else if !seen.insert(name) {
             errors.push(item.pos, &here, format!("{what} {name:?} is listed twice"));
         } else {
             out.push(name.to_owned());
         }
     }
     out
-}
-
-fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
 }
 
 fn environment(
@@ -715,7 +722,7 @@ fn mount(
     raw: &RawMount,
     here: &Here,
     cx: &Context,
-    declared: &[VolumeDecl],
+    lookups: &Lookups,
     errors: &mut Errors,
 ) -> Option<(VolumeMount, Pos)> {
     let (source, target, read_only, pos, long) = match raw {
@@ -769,9 +776,10 @@ fn mount(
     } else {
         here.clone()
     };
-    if let Err(why) = check_target(&target.value) {
+    let target_path = normalize_target(&target.value).unwrap_or_else(|why| {
         errors.push(target.pos, &target_here, why);
-    }
+        target.value.clone()
+    });
     let source_here = if long.is_some() {
         here.field("source")
     } else {
@@ -783,22 +791,25 @@ fn mount(
     } else if is_bind_source(&source.value) {
         bind(&source, long, &source_here, here, cx, errors)?
     } else {
-        if !declared.iter().any(|v| v.name == source.value) {
-            let names: Vec<&str> = declared.iter().map(|v| v.name.as_str()).collect();
+        if !lookups.volumes.contains(&source.value) {
             errors.push(
                 source.pos,
                 &source_here,
                 format!(
                     "named volume {:?} is not declared under top-level volumes (declared: {}); a host path must start with ./ or /",
                     source.value,
-                    list_or_none(&names)
+                    lookups.volumes.listed()
                 ),
             );
         }
         if let Some(m) = long {
+            // Values that change nothing (`automount: true`, `mount_options: ""`, as in the
+            // seed's long-form example) are accepted; anything that would be ignored is not.
+            let disables = |a: &At<bool>| (!a.value).then_some(a.pos);
+            let sets = |o: &At<String>| (!o.value.is_empty()).then_some(o.pos);
             for (pos, key) in [
-                (m.automount.as_ref().map(|a| a.pos), "automount"),
-                (m.mount_options.as_ref().map(|a| a.pos), "mount_options"),
+                (m.automount.as_ref().and_then(disables), "automount"),
+                (m.mount_options.as_ref().and_then(sets), "mount_options"),
                 (m.security_model.as_ref().map(|a| a.pos), "security_model"),
             ] {
                 if let Some(pos) = pos {
@@ -806,7 +817,7 @@ fn mount(
                         pos,
                         &here.field(key),
                         format!(
-                            "`{key}` applies to bind mounts only, not to named volume {:?}",
+                            "`{key}` applies to bind mounts only, not to named volume {:?} (named volumes are always mounted, as ext4)",
                             source.value
                         ),
                     );
@@ -819,7 +830,7 @@ fn mount(
     };
     Some((
         VolumeMount {
-            target: target.value,
+            target: target_path,
             read_only,
             kind,
         },
@@ -881,8 +892,10 @@ fn bind(
     })
 }
 
-/// A guest mount point: absolute, normalised, not `/`, no control characters.
-fn check_target(t: &str) -> Result<(), String> {
+/// A guest mount point: absolute, normalised, not `/`, no control characters. One trailing
+/// `/` is dropped rather than refused, because files written for the earlier Go tool use
+/// targets such as `/mnt/`. Returns the normalised target.
+fn normalize_target(t: &str) -> Result<String, String> {
     if t.chars().any(char::is_control) {
         return Err(format!("target {t:?} contains a control character"));
     }
@@ -891,13 +904,11 @@ fn check_target(t: &str) -> Result<(), String> {
             "target {t:?} must be an absolute path (start with /)"
         ));
     }
-    if t == "/" {
+    let trimmed = t.strip_suffix('/').unwrap_or(t);
+    if trimmed.is_empty() {
         return Err("target / would hide the guest's root filesystem".to_owned());
     }
-    if t.ends_with('/') {
-        return Err(format!("target {t:?} must not end with /"));
-    }
-    for component in t[1..].split('/') {
+    for component in trimmed[1..].split('/') {
         match component {
             "" => return Err(format!("target {t:?} has an empty component (//)")),
             "." | ".." => {
@@ -908,7 +919,7 @@ fn check_target(t: &str) -> Result<(), String> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(trimmed.to_owned())
 }
 
 /// `k[=v],k[=v]…` 9p mount options, written into fstab, so no blanks, quotes or NUL.
@@ -979,7 +990,7 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// `depends_on` cycles: reported once per cycle, on the first VM of the cycle.
+/// `depends_on` cycles: reported once per cycle, on the dependency that closes it.
 fn check_cycles(raw: &RawFile, here: &Here, errors: &mut Errors) {
     let index: HashMap<&str, usize> = raw
         .vms
@@ -1003,6 +1014,7 @@ fn check_cycles(raw: &RawFile, here: &Here, errors: &mut Errors) {
                 stack.pop();
                 continue;
             };
+            let dep_index = *next;
             *next += 1;
             let Some(&d) = index.get(dep.value.as_str()) else {
                 continue;
@@ -1019,10 +1031,10 @@ fn check_cycles(raw: &RawFile, here: &Here, errors: &mut Errors) {
                         .map(|(v, _)| raw.vms[*v].0.value.as_str())
                         .collect();
                     names.push(raw.vms[d].0.value.as_str());
-                    let first = &raw.vms[d].0.value;
+                    let closing = &raw.vms[vm].0.value;
                     let here = Here {
-                        vm: Some(first.clone()),
-                        ..here.field(first).field("depends_on")
+                        vm: Some(closing.clone()),
+                        ..here.field(closing).field("depends_on").index(dep_index)
                     };
                     errors.push(
                         dep.pos,
@@ -1044,33 +1056,52 @@ fn check_shared_volumes(
     here: &Here,
     errors: &mut Errors,
 ) {
-    let mut users: HashMap<&str, Vec<(&str, bool)>> = HashMap::new();
+    /// Who has attached a volume so far: the first VM, and the first writer if any.
+    struct Users<'a> {
+        first: &'a str,
+        writer: Option<&'a str>,
+    }
+    let mut users: HashMap<&str, Users> = HashMap::new();
     for (vm, positions) in vms.iter().zip(mount_positions) {
         for (mount, &(i, pos)) in vm.volumes.iter().zip(positions) {
             let MountKind::Named { volume } = &mount.kind else {
                 continue;
             };
-            let earlier = users.entry(volume).or_default();
-            let clash = earlier.iter().find(|(_, ro)| !(*ro && mount.read_only));
-            if let Some((other, _)) = clash {
-                let here = Here {
-                    vm: Some(vm.name.clone()),
-                    ..here.field(&vm.name).field("volumes").index(i)
-                };
-                let whom = if *other == vm.name {
-                    "this VM already".to_owned()
-                } else {
-                    format!("VM {other:?}")
-                };
-                errors.push(
-                    pos,
-                    &here,
-                    format!(
-                        "named volume {volume:?} is also attached by {whom}; a volume can be shared only when every attachment is read-only"
-                    ),
+            let writer = (!mount.read_only).then_some(vm.name.as_str());
+            let Some(earlier) = users.get_mut(volume.as_str()) else {
+                users.insert(
+                    volume,
+                    Users {
+                        first: &vm.name,
+                        writer,
+                    },
                 );
-            }
-            earlier.push((&vm.name, mount.read_only));
+                continue;
+            };
+            let clash = match writer {
+                Some(_) => Some(earlier.first),
+                None => earlier.writer,
+            };
+            earlier.writer = earlier.writer.or(writer);
+            let Some(other) = clash else {
+                continue;
+            };
+            let here = Here {
+                vm: Some(vm.name.clone()),
+                ..here.field(&vm.name).field("volumes").index(i)
+            };
+            let whom = if other == vm.name {
+                "this VM already".to_owned()
+            } else {
+                format!("VM {other:?}")
+            };
+            errors.push(
+                pos,
+                &here,
+                format!(
+                    "named volume {volume:?} is also attached by {whom}; a volume can be shared only when every attachment is read-only"
+                ),
+            );
         }
     }
 }
@@ -1083,11 +1114,13 @@ fn check_host_ports(raw: &RawFile, vms: &[Vm], here: &Here, errors: &mut Errors)
         port: u16,
         protocol: Protocol,
     }
-    let overlaps = |a: Option<IpAddr>, b: Option<IpAddr>| match (a, b) {
-        (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
-        _ => true,
-    };
-    let mut bound: Vec<Bound> = Vec::new();
+    /// Who binds one port and protocol: on all addresses, or on particular ones.
+    #[derive(Default)]
+    struct Binders<'a> {
+        wildcard: Option<&'a str>,
+        by_ip: HashMap<IpAddr, &'a str>,
+    }
+    let mut bound: HashMap<(u16, Protocol), Binders> = HashMap::new();
     for (vm, (_, raw_vm)) in vms.iter().zip(&raw.vms) {
         let vm_here = Here {
             vm: Some(vm.name.clone()),
@@ -1122,22 +1155,36 @@ fn check_host_ports(raw: &RawFile, vms: &[Vm], here: &Here, errors: &mut Errors)
             }
         }
         for (b, pos, h) in wanted {
-            let clash = bound
-                .iter()
-                .find(|o| o.port == b.port && o.protocol == b.protocol && overlaps(o.ip, b.ip));
-            if let Some(o) = clash {
+            let binders = bound.entry((b.port, b.protocol)).or_default();
+            let ip = b.ip.filter(|ip| !ip.is_unspecified());
+            let clash = match ip {
+                None => binders
+                    .wildcard
+                    .or_else(|| binders.by_ip.values().next().copied()),
+                Some(ip) => binders.wildcard.or_else(|| binders.by_ip.get(&ip).copied()),
+            };
+            match ip {
+                None => binders.wildcard = binders.wildcard.or(Some(b.vm)),
+                Some(ip) => {
+                    binders.by_ip.entry(ip).or_insert(b.vm);
+                }
+            }
+            if let Some(other) = clash {
+                let whom = if other == b.vm {
+                    "another forward of this VM".to_owned()
+                } else {
+                    format!("VM {other:?}")
+                };
                 errors.push(
                     pos,
                     &h,
                     format!(
-                        "host port {}/{} is already used by VM {:?}",
+                        "host port {}/{} is already used by {whom}",
                         b.port,
-                        b.protocol.as_str(),
-                        o.vm
+                        b.protocol.as_str()
                     ),
                 );
             }
-            bound.push(b);
         }
     }
 }
