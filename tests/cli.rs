@@ -84,3 +84,111 @@ fn usage_errors_exit_2() {
     let out = run_in(dir.path(), &["stop", "--timeout", "soon"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/compose")
+        .join(name)
+        .canonicalize()
+        .unwrap()
+}
+
+/// Compares `actual` with `tests/golden/config/NAME`, with the fixture folder written as
+/// `$DIR`; `UPDATE_GOLDEN=1` rewrites the file instead.
+fn assert_golden(name: &str, dir: &Path, actual: &str) {
+    let actual = actual.replace(dir.to_str().unwrap(), "$DIR");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/config")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs (UPDATE_GOLDEN=1 to accept)",
+        path.display()
+    );
+}
+
+#[test]
+fn config_accepts_every_example_of_the_design() {
+    for name in [
+        "design-example",
+        "go-style",
+        "seed-long-form",
+        "seed-short-form",
+    ] {
+        let dir = fixture(name);
+        let out = run_in(&dir, &["config", "-q"]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "", "{name}");
+        assert_eq!(text(&out.stderr), "", "{name}");
+
+        let out = run_in(&dir, &["config"]);
+        assert_eq!(out.status.code(), Some(0));
+        assert_golden(&format!("{name}.yaml"), &dir, &text(&out.stdout));
+
+        let out = run_in(&dir, &["config", "--format", "json"]);
+        assert_eq!(out.status.code(), Some(0));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["dir"], dir.to_str().unwrap());
+        assert!(json["vms"].as_array().is_some_and(|v| !v.is_empty()));
+    }
+}
+
+#[test]
+fn config_reports_every_error_located_and_exits_2() {
+    let dir = fixture("invalid-many");
+    let out = run_in(&dir, &["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "");
+    assert_golden("invalid-many.stderr", &dir, &text(&out.stderr));
+    // -q validates the same way.
+    let quiet = run_in(&dir, &["config", "-q"]);
+    assert_eq!(quiet.status.code(), Some(2));
+    assert_eq!(quiet.stderr, out.stderr);
+}
+
+#[test]
+fn project_name_and_file_options() {
+    let dir = fixture("seed-short-form");
+    let out = run_in(&dir, &["-p", "Bad Name", "config", "-q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("Bad Name"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run_in(&dir, &["-p", "other", "config", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["name"], "other");
+
+    // -f from anywhere; the project directory is the file's directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = dir.join("qemu-compose.yaml");
+    let out = run_in(
+        elsewhere.path(),
+        &["-f", file.to_str().unwrap(), "config", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["dir"], dir.to_str().unwrap());
+}
+
+#[test]
+fn a_missing_compose_file_is_explained() {
+    // Under the target folder: no stray qemu-compose.yaml in /tmp can be found from here.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = run_in(dir.path(), &["config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no qemu-compose.yaml or qemu-compose.yml in"),
+        "{}",
+        text(&out.stderr)
+    );
+}

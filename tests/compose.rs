@@ -158,7 +158,7 @@ fn invalid_file_reports_every_error_with_its_place() {
     let f = file.display();
     let expected = [
         format!(
-            "{f}:2:18: volumes.pgdata.size: size 8M is out of range: it must be between 16M and 16T"
+            "{f}:2:18: volumes.pgdata.size: size 4M is out of range: it must be between 8M and 64T"
         ),
         format!("{f}:6:5: vms.db.memroy: unknown key \"memroy\" (did you mean \"memory\"?)"),
         format!(

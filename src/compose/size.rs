@@ -2,11 +2,13 @@
 
 use std::fmt;
 
-/// Smallest named volume: ext4 needs room for its superblock, group descriptors, inode table
-/// and journal; below 16 MiB the formatter has nothing sensible to lay out.
-pub const MIN_VOLUME_SIZE: u64 = 16 << 20;
-/// Largest named volume the ext4 formatter supports (16 TiB: 2^32 blocks of 4 KiB).
-pub const MAX_VOLUME_SIZE: u64 = 16 << 40;
+/// Smallest named volume: the smallest ext4 filesystem with a journal (2048 blocks of 4 KiB).
+/// Equal to `disk::ext4::MIN_SIZE` (a test in `engine::volumes` holds them together; this
+/// module imports nothing from the rest of the crate).
+pub const MIN_VOLUME_SIZE: u64 = 8 << 20;
+/// Largest named volume the ext4 formatter makes (64 TiB; beyond it the group descriptor
+/// table would need `meta_bg`). Equal to `disk::ext4::MAX_SIZE`.
+pub const MAX_VOLUME_SIZE: u64 = 64 << 40;
 
 /// Why a size string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,8 +133,8 @@ mod tests {
         assert_eq!(format_size(1536 << 20), "1536M");
         assert_eq!(format_size(1000), "1000");
         assert_eq!(format_size(0), "0");
-        assert_eq!(format_size(MIN_VOLUME_SIZE), "16M");
-        assert_eq!(format_size(MAX_VOLUME_SIZE), "16T");
+        assert_eq!(format_size(MIN_VOLUME_SIZE), "8M");
+        assert_eq!(format_size(MAX_VOLUME_SIZE), "64T");
     }
 
     proptest! {

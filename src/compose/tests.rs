@@ -369,10 +369,10 @@ fn sizes_are_checked() {
         ))
     };
     assert!(
-        vol("8M")
-            .contains("volumes.v.size: size 8M is out of range: it must be between 16M and 16T")
+        vol("4M")
+            .contains("volumes.v.size: size 4M is out of range: it must be between 8M and 64T")
     );
-    assert!(vol("17T").contains("out of range"));
+    assert!(vol("65T").contains("out of range"));
     assert!(vol("1.5G").contains("is not a whole number"));
     assert!(vol("0").contains("must be a positive number of bytes"));
     assert!(vol("\"0G\"").contains("is zero"));

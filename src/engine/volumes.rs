@@ -299,3 +299,21 @@ pub fn remove(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compose model cannot import the formatter, so it keeps its own copy of the limits.
+    #[test]
+    fn compose_volume_limits_are_the_formatters() {
+        assert_eq!(compose::MIN_VOLUME_SIZE, ext4::MIN_SIZE);
+        assert_eq!(compose::MAX_VOLUME_SIZE, ext4::MAX_SIZE);
+    }
+
+    #[test]
+    fn labels_are_cut_to_sixteen_bytes() {
+        assert_eq!(label_for("data"), "data");
+        assert_eq!(label_for("a-rather-long-volume-name"), "a-rather-long-vo");
+    }
+}
