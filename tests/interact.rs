@@ -394,8 +394,9 @@ fn ps_and_inspect_follow_the_lifecycle() {
         "stopped"
     );
 
+    // A VM name that is not in the compose file is a usage error.
     let unknown = p.run(&["inspect", "nope"]);
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(2));
     assert!(text(&unknown.stderr).contains("no VM named \"nope\""));
 }
 

@@ -230,20 +230,25 @@ fn killed_creations_never_register_a_broken_volume() {
             "1G",
         ],
     );
-    // Spread the kills over the command's whole run (about 0.7 s for a 1T volume in a debug
-    // build) and count the rounds that stopped it with the volume half-made.
+    // Time one whole run, then spread the kills over that duration and count the rounds that
+    // stopped the command with the volume half-made.
+    let state = p.path().join(".qemu-compose");
+    let started = std::time::Instant::now();
+    p.ok(&["up", "--no-start"]);
+    let whole = started.elapsed();
+    std::fs::remove_dir_all(&state).unwrap();
+    let rounds = 16u32;
     let mut interrupted_mid_creation = 0;
-    for i in 0..12u64 {
+    for i in 0..rounds * 2 {
         let mut child = p
             .command(&["up", "--no-start"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(i * 60));
+        std::thread::sleep(whole * (i % rounds) / rounds);
         let _ = child.kill();
         child.wait().unwrap();
-        let state = p.path().join(".qemu-compose");
         let registry_path = state.join("volumes.json");
         let registered = registry_path.exists() && p.registry().contains_key("big");
         if registered {
@@ -253,6 +258,9 @@ fn killed_creations_never_register_a_broken_volume() {
         }
         if state.exists() {
             std::fs::remove_dir_all(&state).unwrap();
+        }
+        if i + 1 >= rounds && interrupted_mid_creation > 0 {
+            break;
         }
     }
     assert!(
