@@ -476,6 +476,15 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     assert!(attached.0.wait().unwrap().success());
 }
 
+/// The `stty -g` lines in a terminal transcript (colon-separated settings).
+fn stty_lines(transcript: &str) -> Vec<&str> {
+    transcript
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.split(':').count() > 30)
+        .collect()
+}
+
 #[test]
 fn console_through_a_terminal_detaches_and_restores_it() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -521,11 +530,7 @@ fn console_through_a_terminal_detaches_and_restores_it() {
         !all[hint..].contains("ping"),
         "raw mode: no local echo: {all:?}"
     );
-    let settings: Vec<&str> = all
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.split(':').count() > 30)
-        .collect();
+    let settings = stty_lines(&all);
     assert_eq!(settings.len(), 2, "two `stty -g` lines in {all:?}");
     assert_eq!(
         settings[0], settings[1],
@@ -551,11 +556,7 @@ fn console_through_a_terminal_detaches_and_restores_it() {
     let all = text(&out.stdout);
     assert!(all.contains("Left db's console on signal 15"), "{all}");
     assert!(all.contains("rc=143"), "{all}");
-    let settings: Vec<&str> = all
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.split(':').count() > 30)
-        .collect();
+    let settings = stty_lines(&all);
     assert_eq!(settings.len(), 2, "two `stty -g` lines in {all:?}");
     assert_eq!(
         settings[0], settings[1],

@@ -18,6 +18,22 @@ impl Project {
         Self { dir }
     }
 
+    /// A project whose VMs boot from `./base.qcow2`, an empty image made by qemu-img.
+    fn with_base(compose: &str) -> Self {
+        let p = Self::new(compose);
+        tool_ok(
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                s(&p.path().join("base.qcow2")),
+                "1G",
+            ],
+        );
+        p
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -147,17 +163,7 @@ fn volume_create_makes_a_clean_registered_volume() {
 
 #[test]
 fn data_survives_destroy_and_a_new_up() {
-    let p = Project::new(COMPOSE);
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            s(&p.path().join("base.qcow2")),
-            "1G",
-        ],
-    );
+    let p = Project::with_base(COMPOSE);
     p.ok(&["up", "--no-start"]);
     let image = p.image("data");
     let uuid = p.registry()["data"]["uuid"].as_str().unwrap().to_string();
@@ -188,17 +194,7 @@ fn data_survives_destroy_and_a_new_up() {
 
 #[test]
 fn size_change_warns_and_keeps_the_volume() {
-    let p = Project::new(COMPOSE);
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            s(&p.path().join("base.qcow2")),
-            "1G",
-        ],
-    );
+    let p = Project::with_base(COMPOSE);
     p.ok(&["up", "--no-start"]);
     std::fs::write(
         p.path().join("qemu-compose.yaml"),
@@ -217,18 +213,8 @@ fn size_change_warns_and_keeps_the_volume() {
 
 #[test]
 fn killed_creations_never_register_a_broken_volume() {
-    let p = Project::new(
+    let p = Project::with_base(
         "volumes:\n  big: {size: 1T}\nvms:\n  a:\n    image: ./base.qcow2\n    volumes: ['big:/big']\n",
-    );
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            s(&p.path().join("base.qcow2")),
-            "1G",
-        ],
     );
     // Time one whole run, then spread the kills over that duration and count the rounds that
     // stopped the command with the volume half-made.
@@ -283,17 +269,7 @@ fn killed_creations_never_register_a_broken_volume() {
 
 #[test]
 fn concurrent_commands_serialise_on_the_project_lock() {
-    let p = Project::new(COMPOSE);
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            s(&p.path().join("base.qcow2")),
-            "1G",
-        ],
-    );
+    let p = Project::with_base(COMPOSE);
     let spawn = |args: &[&str]| {
         p.command(args)
             .stdout(Stdio::piped())
@@ -370,7 +346,7 @@ fn corrupt_registry_is_reported_and_kept() {
 
 #[test]
 fn missing_and_unregistered_images_are_reported() {
-    let p = Project::new(COMPOSE);
+    let p = Project::with_base(COMPOSE);
     p.ok(&["volume", "create", "data"]);
     p.ok(&["volume", "create", "gone"]);
     std::fs::remove_file(p.image("gone")).unwrap();
@@ -399,16 +375,6 @@ fn missing_and_unregistered_images_are_reported() {
     assert!(stderr.contains("volume gone: recorded in volumes.json but its image is missing"));
 
     // `up` adopts the verified unregistered image and names the missing one.
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            s(&p.path().join("base.qcow2")),
-            "1G",
-        ],
-    );
     let out = p.run(&["up", "--no-start"]);
     assert!(
         out.status.success(),

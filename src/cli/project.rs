@@ -1,7 +1,10 @@
 //! Finding and loading the project the command works on.
 
-use anyhow::Context;
-use qemu_compose::compose::{self, DiscoverOptions, LoadOptions, ProcessEnv, Project};
+use anyhow::{Context, bail};
+use qemu_compose::compose::{self, DiscoverOptions, LoadOptions, ProcessEnv, Project, Vm};
+use qemu_compose::engine::{HostEnv, status};
+use qemu_compose::qemu::process::{self, ProcState};
+use qemu_compose::state::{InstancePaths, StateDir};
 
 use super::GlobalArgs;
 
@@ -21,4 +24,38 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
         },
     )?;
     Ok(project)
+}
+
+/// A VM whose QEMU runs, for the commands that talk to it (`console`, `ssh`).
+#[derive(Debug)]
+pub struct RunningVm {
+    pub vm: Vm,
+    pub state: StateDir,
+    pub paths: InstancePaths,
+}
+
+/// Loads the project and finds the running VM `name`, or says why it cannot be used.
+pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> {
+    let project = load(global)?;
+    let vm = super::ps::selected(&project, &[name.to_string()])?
+        .into_iter()
+        .next()
+        .context("no VM selected")?
+        .clone();
+    let host = HostEnv::from_process()?;
+    let state = StateDir::new(&project.dir);
+    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+    match process::state(&status::handle(&paths)) {
+        ProcState::Running { .. } => Ok(RunningVm { vm, state, paths }),
+        ProcState::NotRunning => bail!(
+            "VM {} is not running; start it with `qemu-compose up {}`",
+            vm.name,
+            vm.name
+        ),
+        ProcState::Stale { reason, .. } => bail!(
+            "VM {} is not running ({reason}); `qemu-compose up {}` cleans up and starts it",
+            vm.name,
+            vm.name
+        ),
+    }
 }

@@ -7,36 +7,14 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
-use qemu_compose::engine::{HostEnv, inspect, ssh, status};
-use qemu_compose::qemu::process::{self, ProcState};
-use qemu_compose::state::{InstancePaths, InstanceRecord, StateDir};
+use qemu_compose::engine::{inspect, ssh};
+use qemu_compose::state::InstanceRecord;
 
-use super::{GlobalArgs, SshArgs, project};
+use super::project::{self, RunningVm};
+use super::{GlobalArgs, SshArgs};
 
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
-    let vm = super::ps::selected(&project, std::slice::from_ref(&args.vm))?
-        .into_iter()
-        .next()
-        .context("no VM selected")?;
-    let host = HostEnv::from_process()?;
-    let state = StateDir::new(&project.dir);
-    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-    match process::state(&status::handle(&paths)) {
-        ProcState::Running { .. } => {}
-        ProcState::NotRunning => {
-            bail!(
-                "VM {} is not running; start it with `qemu-compose up {}`",
-                vm.name,
-                vm.name
-            )
-        }
-        ProcState::Stale { reason, .. } => bail!(
-            "VM {} is not running ({reason}); `qemu-compose up {}` cleans up and starts it",
-            vm.name,
-            vm.name
-        ),
-    }
+    let RunningVm { vm, state, paths } = project::running_vm(global, &args.vm)?;
     let record = InstanceRecord::load(&paths.record)?.with_context(|| {
         format!(
             "VM {} runs but has no instance record ({}); restart it with `qemu-compose up --force-recreate {}`",
