@@ -3,10 +3,9 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use qemu_compose::compose::ImageSource;
-use qemu_compose::engine::HostEnv;
-use qemu_compose::image::{self, Sha256Digest};
+use qemu_compose::engine::{HostEnv, instance};
+use qemu_compose::image;
 
 use super::{GlobalArgs, PullArgs, project};
 
@@ -47,22 +46,13 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             ImageSource::Url(url) => {
-                let checksum = vm
-                    .image_checksum
-                    .as_deref()
-                    .map(str::parse::<Sha256Digest>)
-                    .transpose()
-                    .with_context(|| format!("VM {}: image_checksum", vm.name))?;
                 // Two VMs on one image: one download (and with --force, only one).
-                if done.insert(url.clone()) {
-                    host.images
-                        .pull(url, checksum.as_ref(), args.force, progress.as_mut())?;
-                }
-                println!(
-                    "{}: {url} -> {}",
-                    vm.name,
-                    host.images.path_for(url).display()
-                );
+                let path = if done.insert(url.clone()) {
+                    instance::resolve_image(vm, &host, args.force, progress.as_mut())?
+                } else {
+                    host.images.path_for(url)
+                };
+                println!("{}: {url} -> {}", vm.name, path.display());
             }
         }
     }

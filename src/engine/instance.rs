@@ -85,10 +85,11 @@ fn local_image(vm: &Vm) -> Option<&Path> {
 }
 
 /// The base image of `vm` on this host: the local file, or the cached download (fetched now
-/// when missing).
+/// when missing, or again when `force`), checked against the VM's `image_checksum`.
 pub fn resolve_image(
     vm: &Vm,
     host: &HostEnv,
+    force: bool,
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, EngineError> {
     match &vm.image {
@@ -100,7 +101,7 @@ pub fn resolve_image(
                 .map(str::parse::<Sha256Digest>)
                 .transpose()
                 .map_err(|e| EngineError::vm(&vm.name, e))?;
-            Ok(host.images.pull(url, checksum.as_ref(), false, progress)?)
+            Ok(host.images.pull(url, checksum.as_ref(), force, progress)?)
         }
     }
 }

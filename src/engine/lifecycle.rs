@@ -140,7 +140,7 @@ pub fn up(
     let guard = lock(&state, reporter)?;
     let bases = selected
         .iter()
-        .map(|vm| instance::resolve_image(vm, host, progress))
+        .map(|vm| instance::resolve_image(vm, host, false, progress))
         .collect::<Result<Vec<_>, _>>()?;
     let secrets = ProjectSecrets::ensure(&state, &project.name)?;
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
