@@ -339,7 +339,10 @@ impl Run {
             let m = r.mount(target);
             let uuid = volumes[volume]["uuid"].as_str().unwrap_or("(none)");
             self.check(m.get("FSTYPE") == "ext4", || {
-                format!("{target}: not an ext4 mount: {m:?}")
+                format!(
+                    "{target}: expected volume {volume} (ext4, UUID {uuid}) mounted there, findmnt shows {}",
+                    m.describe()
+                )
             });
             self.check(m.get("UUID") == uuid, || {
                 format!(
@@ -348,7 +351,7 @@ impl Run {
                 )
             });
             self.check(m.read_only() == ro, || {
-                format!("{target}: expected read_only={ro}: {m:?}")
+                format!("{target}: expected read_only={ro}: {}", m.describe())
             });
         }
         for (target, ro) in [
@@ -359,19 +362,28 @@ impl Run {
         ] {
             let m = r.mount(target);
             self.check(m.get("FSTYPE") == "9p", || {
-                format!("{target}: not a 9p mount: {m:?}")
+                format!(
+                    "{target}: expected a 9p share mounted there, findmnt shows {}",
+                    m.describe()
+                )
             });
             self.check(m.read_only() == ro, || {
-                format!("{target}: expected read_only={ro}: {m:?}")
+                format!("{target}: expected read_only={ro}: {}", m.describe())
             });
         }
         let custom = r.mount("/mnt/ro");
         self.check(custom.has_option("msize=262144"), || {
-            format!("/mnt/ro: mount_options msize=262144 not applied: {custom:?}")
+            format!(
+                "/mnt/ro: mount_options msize=262144 not applied: {}",
+                custom.describe()
+            )
         });
         let manual = r.mount("/mnt/manual");
         self.check(manual.0.is_empty(), || {
-            format!("/mnt/manual has automount: false but is mounted: {manual:?}")
+            format!(
+                "/mnt/manual has automount: false but is mounted: {}",
+                manual.describe()
+            )
         });
         let mut tags = r.all("tag");
         tags.sort();
@@ -607,7 +619,12 @@ echo "volume|$(cat /data/marker 2>&1)""#
         let late = r.mount("/mnt/late");
         self.check(
             late.get("FSTYPE") == "9p" && late.get("SOURCE") == "mount5",
-            || format!("the added bind mount is not mounted as tag mount5: {late:?}"),
+            || {
+                format!(
+                    "the added bind mount is not mounted as tag mount5: {}",
+                    late.describe()
+                )
+            },
         );
         self.check(r.keyed("read", "/mnt/late/which") == "late-share", || {
             format!(
@@ -700,7 +717,8 @@ su_ grep -E 'WARNING|ERROR' /var/log/cloud-init.log | sed 's/^/ciwarn|/'"#;
 const CLOUD_INIT_DIAGNOSTICS: &str = "cloud-init status --long; \
     su_ grep -E -A3 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | tail -n 60; \
     echo '--- cloud-init-output.log ---'; su_ tail -n 30 /var/log/cloud-init-output.log; \
-    echo '--- fstab ---'; cat /etc/fstab; echo '--- findmnt ---'; findmnt -l";
+    echo '--- fstab ---'; cat /etc/fstab; echo '--- findmnt ---'; findmnt -l; \
+    echo '--- lsblk ---'; lsblk -o NAME,SERIAL,FSTYPE,UUID,LABEL,RO,MOUNTPOINT";
 
 /// cloud-init warnings that are known and reported, so they do not hide new ones.
 ///
@@ -741,7 +759,6 @@ impl Report {
 }
 
 /// One `findmnt -P` line as key/value pairs; empty when the target is not a mount point.
-#[derive(Debug)]
 struct Mount(Vec<(String, String)>);
 
 impl Mount {
@@ -751,6 +768,15 @@ impl Mount {
 
     fn has_option(&self, option: &str) -> bool {
         self.get("OPTIONS").split(',').any(|o| o == option)
+    }
+
+    /// The findmnt fields, or "nothing" when the target is not a mount point.
+    fn describe(&self) -> String {
+        if self.0.is_empty() {
+            return "nothing (not a mount point)".to_string();
+        }
+        let fields: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        fields.join(" ")
     }
 
     fn read_only(&self) -> bool {
