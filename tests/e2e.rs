@@ -284,7 +284,8 @@ impl Run {
             let _ = writeln!(report, "--- cloud-init at shutdown ---\n{}", ci.join("\n"));
         }
         if self.vm_dir().join("qemu.pid").exists() {
-            let out = run_limited(
+            // Never panics: the failure being reported must not be replaced by another.
+            let out = try_run(
                 Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
                     .args([
                         "ssh",
@@ -294,13 +295,16 @@ impl Run {
                     .current_dir(self.dir.path()),
                 Duration::from_secs(60),
             );
-            let _ = writeln!(
-                report,
-                "--- cloud-init in the guest ({}) ---\n{}{}",
-                out.status,
-                text(&out.stdout),
-                text(&out.stderr)
-            );
+            let _ = match out {
+                Ok(out) => writeln!(
+                    report,
+                    "--- cloud-init in the guest ({}) ---\n{}{}",
+                    out.status,
+                    text(&out.stdout),
+                    text(&out.stderr)
+                ),
+                Err(e) => writeln!(report, "--- cloud-init in the guest: {e}"),
+            };
         }
         panic!("{report}");
     }
@@ -798,30 +802,35 @@ fn parse_pairs(line: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Runs a command with its output captured, killing it (by pid) if it outlives `limit`.
+/// Runs a command with its output captured; fails the test if it cannot run or hangs.
 fn run_limited(cmd: &mut Command, limit: Duration) -> Output {
+    try_run(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs a command with its output captured, killing it (by pid) if it outlives `limit`.
+fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("{shown}: {e}")),
+        Ok(out) => out.map_err(|e| format!("{shown}: {e}")),
         Err(_) => {
             if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
-            panic!(
+            Err(format!(
                 "{shown} did not finish within {} s and was killed",
                 limit.as_secs()
-            )
+            ))
         }
     }
 }
