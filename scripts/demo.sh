@@ -12,8 +12,8 @@ cargo build --release
 bin=$repo/target/release/qemu-compose
 
 shared=${QEMU_COMPOSE_SHARED:-$repo/../shared}
-guest=${QEMU_COMPOSE_GUEST:-/var/tmp/e2e-guest}
-E2E_EXTRA_PKGS=openssh-server "$shared/e2e/build-guest.sh" "$guest" >&2
+guest=${QEMU_COMPOSE_GUEST:-/var/tmp/e2e-guest-sudo}
+E2E_EXTRA_PKGS=openssh-server,sudo "$shared/e2e/build-guest.sh" "$guest" >&2
 
 demo=$(mktemp -d /var/tmp/qemu-compose-demo.XXXXXX)
 qc() { "$bin" -f "$demo/qemu-compose.yaml" "$@"; }

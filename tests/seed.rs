@@ -304,7 +304,7 @@ impl Expected {
     }
 
     fn keys(&self) -> Vec<&'static str> {
-        let mut keys = vec!["users", "ssh_pwauth"];
+        let mut keys = vec!["users", "ssh_pwauth", "manage_etc_hosts"];
         if !self.input.mounts.is_empty() {
             keys.extend(["bootcmd", "mounts"]);
         }
@@ -339,6 +339,7 @@ impl Expected {
         }
         assert_eq!(map["users"], json!([expected_user]), "{label}: users");
         assert_eq!(map["ssh_pwauth"], json!(false), "{label}");
+        assert_eq!(map["manage_etc_hosts"], json!("localhost"), "{label}");
         if !self.input.mounts.is_empty() {
             assert_eq!(map["bootcmd"], json!(self.bootcmd()), "{label}: bootcmd");
             if let Some(run) = bootcmd_run {

@@ -30,6 +30,9 @@ const ENVIRONMENT_FILE: &str = "/etc/environment";
 pub(super) struct CloudConfig {
     users: Vec<User>,
     ssh_pwauth: bool,
+    /// `localhost`: an `/etc/hosts` line for the VM's own hostname, so `sudo` and friends do
+    /// not stall or warn trying to resolve it (there is no DNS entry for it).
+    manage_etc_hosts: &'static str,
     /// Runs on every boot, before the mounts module: creates mount targets and loads 9p.
     /// Each entry is an argument list, which cloud-init single-quotes word by word.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -100,6 +103,7 @@ impl CloudConfig {
         Ok(Self {
             users: vec![user],
             ssh_pwauth: false,
+            manage_etc_hosts: "localhost",
             bootcmd,
             mounts,
             write_files,

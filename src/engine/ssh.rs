@@ -2,7 +2,9 @@
 //!
 //! QEMU's forwarded port accepts TCP as soon as QEMU runs, long before the guest's sshd
 //! exists, so a connect (or even a banner) proves nothing. A VM is *ready* when a real SSH
-//! login with the project key runs `true`.
+//! login with the project key works and cloud-init has finished: before that, cloud-init may
+//! still restart sshd (it does to apply `ssh_pwauth`), and a login right after `up --wait`
+//! would be refused.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,13 +48,26 @@ pub fn args(key: &Path, user: &str, port: u16, command: &[String]) -> Vec<String
     args
 }
 
-/// Whether an SSH login with the project key succeeds within `timeout`.
+/// The file cloud-init writes when its last stage is done.
+const BOOT_FINISHED: &str = "/var/lib/cloud/instance/boot-finished";
+
+/// Whether an SSH login with the project key succeeds within `timeout` and finds cloud-init
+/// finished.
 pub fn probe(key: &Path, user: &str, port: u16, timeout: Duration) -> bool {
     let secs = timeout.as_secs().max(1).to_string();
     let mut cmd = Command::new("ssh");
     cmd.args(["-o", "BatchMode=yes", "-o"])
         .arg(format!("ConnectTimeout={secs}"))
-        .args(args(key, user, port, &["true".to_string()]))
+        .args(args(
+            key,
+            user,
+            port,
+            &[
+                "test".to_string(),
+                "-e".to_string(),
+                BOOT_FINISHED.to_string(),
+            ],
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
