@@ -131,18 +131,35 @@ pub struct PreparedVm {
     pub config_hash: String,
 }
 
-/// Computes the instance of `vm`.
-#[allow(clippy::too_many_arguments)]
+/// What every VM of one `up` shares.
+#[derive(Debug, Clone, Copy)]
+pub struct UpContext<'a> {
+    /// The project.
+    pub project: &'a Project,
+    /// Its state folder.
+    pub state: &'a StateDir,
+    /// The host.
+    pub host: &'a HostEnv,
+    /// The volumes, all created by now.
+    pub registry: &'a VolumeRegistry,
+    /// The SSH key and console password.
+    pub secrets: &'a ProjectSecrets,
+}
+
+/// Computes the instance of `vm` from its checked sources and resolved base image.
 pub fn prepare(
-    project: &Project,
+    cx: &UpContext,
     vm: &Vm,
-    state: &StateDir,
-    host: &HostEnv,
-    registry: &VolumeRegistry,
-    secrets: &ProjectSecrets,
     checked: &Checked,
     base: PathBuf,
 ) -> Result<PreparedVm, EngineError> {
+    let UpContext {
+        project,
+        state,
+        host,
+        registry,
+        secrets,
+    } = *cx;
     let paths = InstancePaths::new(state, &vm.name, host.runtime_dir.as_deref());
     let volume_uuids = registry
         .volumes

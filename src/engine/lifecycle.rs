@@ -146,11 +146,16 @@ pub fn up(
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
     volumes::ensure_volumes(&state, project, &mut registry, reporter)?;
 
+    let cx = instance::UpContext {
+        project,
+        state: &state,
+        host,
+        registry: &registry,
+        secrets: &secrets,
+    };
     let mut started = Vec::new();
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
-        let prepared = instance::prepare(
-            project, vm, &state, host, &registry, &secrets, checked, base,
-        )?;
+        let prepared = instance::prepare(&cx, vm, checked, base)?;
         let handle = status::handle(&prepared.paths);
         let record = InstanceRecord::load(&prepared.paths.record)?;
         match process::state(&handle) {
