@@ -16,7 +16,7 @@ use crate::compose::{MountKind, PortForward, Project, Vm};
 use crate::disk::qcow2::Qcow2Image;
 use crate::qemu::accel;
 use crate::qemu::argv::MacAddress;
-use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRegistry};
+use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRecord, VolumeRegistry};
 
 use super::mounts::{self, PlanFacts, SourceKind};
 use super::status::{self, VmStatus};
@@ -316,22 +316,23 @@ pub fn inspect<'a>(
 
     // The plan needs every volume's UUID and image and every bind source's kind; what does
     // not exist yet is planned as it will be (a folder, an empty UUID) and reported as such.
-    let mut volume_uuids: BTreeMap<String, String> = BTreeMap::new();
-    let mut volume_images: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut planned = registry.clone();
     let mut source_kinds: BTreeMap<PathBuf, SourceKind> = BTreeMap::new();
     let mut missing_sources = Vec::new();
     for mount in &vm.volumes {
         match &mount.kind {
             MountKind::Named { volume } => {
-                let rec = registry.volumes.get(volume);
-                volume_uuids.insert(
-                    volume.clone(),
-                    rec.map(|r| r.uuid.clone()).unwrap_or_default(),
-                );
-                volume_images.insert(
-                    volume.clone(),
-                    rec.map_or_else(|| state.volume_image(volume), |r| r.disk_path.clone()),
-                );
+                planned
+                    .volumes
+                    .entry(volume.clone())
+                    .or_insert_with(|| VolumeRecord {
+                        name: volume.clone(),
+                        size: String::new(),
+                        disk_path: state.volume_image(volume),
+                        created: String::new(),
+                        uuid: String::new(),
+                        label: String::new(),
+                    });
             }
             MountKind::Bind { source, .. } => {
                 let kind = match std::fs::metadata(source) {
@@ -350,8 +351,7 @@ pub fn inspect<'a>(
         vm,
         &PlanFacts {
             host_is_root: host.is_root(),
-            volume_uuids: &volume_uuids,
-            volume_images: &volume_images,
+            volumes: &planned,
             source_kinds: &source_kinds,
             file_shares_dir: &paths.file_shares,
         },
@@ -368,7 +368,7 @@ pub fn inspect<'a>(
             volume: volume.clone(),
             device: device_name(i + 1),
             serial: drive.serial.clone(),
-            uuid: volume_uuids.get(volume).filter(|u| !u.is_empty()).cloned(),
+            uuid: registry.volumes.get(volume).map(|r| r.uuid.clone()),
             mount_point: mount.target.clone(),
             read_only: mount.read_only,
             image: drive.path.clone(),

@@ -161,22 +161,11 @@ pub fn prepare(
         secrets,
     } = *cx;
     let paths = InstancePaths::new(state, &vm.name, host.runtime_dir.as_deref());
-    let volume_uuids = registry
-        .volumes
-        .iter()
-        .map(|(name, rec)| (name.clone(), rec.uuid.clone()))
-        .collect();
-    let volume_images = registry
-        .volumes
-        .iter()
-        .map(|(name, rec)| (name.clone(), rec.disk_path.clone()))
-        .collect();
     let plan = mounts::plan(
         vm,
         &PlanFacts {
             host_is_root: host.is_root(),
-            volume_uuids: &volume_uuids,
-            volume_images: &volume_images,
+            volumes: registry,
             source_kinds: &checked.source_kinds,
             file_shares_dir: &paths.file_shares,
         },

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::cloudinit::{GuestMount, TargetKind};
 use crate::compose::{MountKind, MountOption, SecurityModel, Vm};
 use crate::qemu::argv::{DriveFormat, DriveSpec, ShareSpec};
+use crate::state::VolumeRegistry;
 
 /// The guest folder under which single-file shares are mounted.
 pub const FILE_SHARE_ROOT: &str = "/run/qemu-compose";
@@ -40,10 +41,8 @@ pub enum SourceKind {
 pub struct PlanFacts<'a> {
     /// Whether QEMU runs as root (then 9p can use `passthrough`).
     pub host_is_root: bool,
-    /// The ext4 UUID of each named volume.
-    pub volume_uuids: &'a BTreeMap<String, String>,
-    /// Each named volume's image.
-    pub volume_images: &'a BTreeMap<String, PathBuf>,
+    /// The named volumes (their images and ext4 UUIDs).
+    pub volumes: &'a VolumeRegistry,
     /// The kind of each bind source (checked by [`check_bind_sources`]).
     pub source_kinds: &'a BTreeMap<PathBuf, SourceKind>,
     /// The instance's folder for single-file shares.
@@ -145,8 +144,8 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                     vm: vm.name.clone(),
                     volume: volume.clone(),
                 };
-                let uuid = facts.volume_uuids.get(volume).ok_or_else(missing)?;
-                let image = facts.volume_images.get(volume).ok_or_else(missing)?;
+                let record = facts.volumes.volumes.get(volume).ok_or_else(missing)?;
+                let (uuid, image) = (&record.uuid, &record.disk_path);
                 let n = out.drives.len();
                 out.drives.push(DriveSpec {
                     id: format!("vol{n}"),
@@ -296,7 +295,6 @@ fn drive_serial(volume: &str) -> String {
 mod tests {
     use super::*;
     use crate::compose::{self, LoadOptions, Project};
-    use std::collections::HashMap;
 
     fn project(yaml: &str) -> Project {
         let opts = LoadOptions {
@@ -333,52 +331,39 @@ vms:
       - ./nginx.conf:/etc/nginx/nginx.conf:ro
 "#;
 
-    fn facts_for<'a>(
-        uuids: &'a BTreeMap<String, String>,
-        images: &'a BTreeMap<String, PathBuf>,
-        kinds: &'a BTreeMap<PathBuf, SourceKind>,
-        root: bool,
-    ) -> PlanFacts<'a> {
-        PlanFacts {
-            host_is_root: root,
-            volume_uuids: uuids,
-            volume_images: images,
-            source_kinds: kinds,
-            file_shares_dir: Path::new("/p/.qemu-compose/app/file-shares"),
-        }
-    }
-
     fn mixed_plan(root: bool) -> MountPlan {
         let p = project(MIXED);
-        let uuids = BTreeMap::from([
-            (
-                "data".to_string(),
-                "11111111-2222-3333-4444-555555555555".to_string(),
-            ),
-            (
-                "seeds".to_string(),
-                "66666666-7777-8888-9999-000000000000".to_string(),
-            ),
-        ]);
-        let images: BTreeMap<_, _> = ["data", "seeds"]
-            .iter()
-            .map(|v| {
-                (
-                    v.to_string(),
-                    PathBuf::from(format!("/p/.qemu-compose/volumes/{v}/volume.qcow2")),
-                )
-            })
-            .collect();
-        let kinds: BTreeMap<_, _> = HashMap::from([
+        let mut volumes = VolumeRegistry::default();
+        for (name, uuid) in [
+            ("data", "11111111-2222-3333-4444-555555555555"),
+            ("seeds", "66666666-7777-8888-9999-000000000000"),
+        ] {
+            let record = crate::state::VolumeRecord {
+                name: name.to_string(),
+                size: "10G".to_string(),
+                disk_path: PathBuf::from(format!("/p/.qemu-compose/volumes/{name}/volume.qcow2")),
+                created: "2026-11-29T08:00:00Z".to_string(),
+                uuid: uuid.to_string(),
+                label: name.to_string(),
+            };
+            volumes.volumes.insert(name.to_string(), record);
+        }
+        let kinds: BTreeMap<_, _> = [
             ("/p/manual", SourceKind::Dir),
             ("/p/src", SourceKind::Dir),
             ("/p/conf", SourceKind::Dir),
             ("/p/nginx.conf", SourceKind::File),
-        ])
+        ]
         .into_iter()
         .map(|(p, k)| (PathBuf::from(p), k))
         .collect();
-        plan(&p.vms[0], &facts_for(&uuids, &images, &kinds, root)).unwrap()
+        let facts = PlanFacts {
+            host_is_root: root,
+            volumes: &volumes,
+            source_kinds: &kinds,
+            file_shares_dir: Path::new("/p/.qemu-compose/app/file-shares"),
+        };
+        plan(&p.vms[0], &facts).unwrap()
     }
 
     #[test]
