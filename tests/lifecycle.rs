@@ -237,3 +237,31 @@ fn networks_are_refused_before_anything_starts() {
         "nothing may be created"
     );
 }
+
+#[test]
+fn the_project_key_is_a_valid_openssh_key() {
+    let p = Project::new(ONE_VM);
+    p.ok(&["up", "--no-start"]);
+    let ssh = p.path().join(".qemu-compose/ssh");
+    let out = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(ssh.join("id_ed25519"))
+        .output()
+        .expect("ssh-keygen (openssh-client) must be installed for this test (.ci/install-deps)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let derived = String::from_utf8(out.stdout).unwrap();
+    let public = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
+    assert!(derived.starts_with("ssh-ed25519 "), "{derived}");
+    assert!(public.starts_with(derived.trim()), "{public} vs {derived}");
+    let mode = |f: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(ssh.join(f)).unwrap().permissions(),
+        ) & 0o777
+    };
+    assert_eq!(mode("id_ed25519"), 0o600);
+}

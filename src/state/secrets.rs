@@ -150,26 +150,6 @@ mod tests {
     }
 
     #[test]
-    fn ssh_keygen_reads_the_private_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let secrets = ProjectSecrets::ensure(&state, "demo").unwrap();
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&secrets.private_key_path)
-            .output()
-            .expect("ssh-keygen (openssh-client) must be installed for this test");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let derived = String::from_utf8(out.stdout).unwrap();
-        assert!(secrets.public_key.starts_with(derived.trim()), "{derived}");
-    }
-
-    #[test]
     fn corrupt_password_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
