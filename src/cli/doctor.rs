@@ -46,7 +46,7 @@ impl Check {
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let host = HostEnv::from_process()?;
-    let project = super::image::optional_project(global)?;
+    let project = super::project::optional(global)?;
     let checks = checks(&host, project.as_ref());
     for c in &checks {
         let word = match c.level {

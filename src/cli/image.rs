@@ -11,30 +11,19 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
-use qemu_compose::compose::{DiscoverError, ImageSource, Project};
+use qemu_compose::compose::{ImageSource, Project};
 use qemu_compose::disk::qcow2::Qcow2Image;
 use qemu_compose::engine::HostEnv;
 use qemu_compose::state::{InstancePaths, StateDir};
-use serde::Serialize;
 
 use super::{GlobalArgs, ImageCommand, human_bytes, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
     let host = HostEnv::from_process()?;
-    let project = optional_project(global)?;
+    let project = project::optional(global)?;
     match cmd {
         ImageCommand::Ls => ls(&host, project.as_ref()),
         ImageCommand::Rm { images, force } => rm(&host, project.as_ref(), images, *force),
-    }
-}
-
-/// The project of this directory, or `None` when no compose file is found (an explicit
-/// `-f` that does not exist, or an invalid file, is still an error).
-pub(super) fn optional_project(global: &GlobalArgs) -> anyhow::Result<Option<Project>> {
-    match project::load(global) {
-        Ok(p) => Ok(Some(p)),
-        Err(e) if matches!(e.downcast_ref(), Some(DiscoverError::NotFound { .. })) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
@@ -61,13 +50,11 @@ pub(super) fn overlay_base(overlay: &Path) -> Option<PathBuf> {
     Some(base.canonicalize().unwrap_or(base))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 struct Row {
     name: String,
-    path: PathBuf,
     size: u64,
     url: Option<String>,
-    sha256: Option<String>,
     /// VMs of this project whose instance disk is based on the image; `None` without a project.
     used_by: Option<Vec<String>>,
     /// VMs of this project whose `image:` URL is this file.
@@ -94,9 +81,7 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
                     .collect()
             }),
             url: image.meta.as_ref().map(|m| m.url.clone()),
-            sha256: image.meta.as_ref().map(|m| m.sha256.clone()),
             name: image.name,
-            path: image.path,
             size: image.size,
         });
     }

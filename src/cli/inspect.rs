@@ -11,7 +11,7 @@ use super::{GlobalArgs, InspectArgs, TextFormat, human_bytes, project};
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let vm = super::ps::selected(&project, std::slice::from_ref(&args.vm))?
+    let vm = project::selected(&project, std::slice::from_ref(&args.vm))?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("no VM named {:?}", args.vm))?;

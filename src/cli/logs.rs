@@ -22,22 +22,20 @@ const TAIL_BLOCK: u64 = 64 * 1024;
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let vms = super::ps::selected(&project, &args.vms)?;
+    let vms = project::selected(&project, &args.vms)?;
     let host = HostEnv::from_process()?;
     let state = StateDir::new(&project.dir);
     let width = vms.iter().map(|vm| vm.name.len()).max().unwrap_or(0);
     let mut logs: Vec<Log> = vms
         .iter()
-        .map(|vm| Log {
-            prefix: if vms.len() > 1 {
-                format!("{:width$} | ", vm.name).into_bytes()
+        .map(|vm| {
+            let prefix = if vms.len() > 1 {
+                format!("{:width$} | ", vm.name)
             } else {
-                Vec::new()
-            },
-            path: InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref()).serial_log,
-            offset: 0,
-            partial: Vec::new(),
-            at_line_start: true,
+                String::new()
+            };
+            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            Log::new(&prefix, paths.serial_log)
         })
         .collect();
     let stdout = io::stdout();
@@ -86,6 +84,17 @@ struct Log {
 }
 
 impl Log {
+    /// A log printed from its start, each line led by `prefix` (none when empty).
+    fn new(prefix: &str, path: PathBuf) -> Self {
+        Self {
+            prefix: prefix.as_bytes().to_vec(),
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            at_line_start: true,
+        }
+    }
+
     /// Prints what the file gained since the last call; false when it gained nothing.
     fn pump(&mut self, out: &mut impl Write) -> io::Result<bool> {
         let mut file = match File::open(&self.path) {
@@ -211,13 +220,7 @@ mod tests {
 
     #[test]
     fn prefixed_lines_wait_for_their_end() {
-        let mut log = Log {
-            prefix: b"db | ".to_vec(),
-            path: PathBuf::new(),
-            offset: 0,
-            partial: Vec::new(),
-            at_line_start: true,
-        };
+        let mut log = Log::new("db | ", PathBuf::new());
         let mut out = Vec::new();
         log.write(&mut out, b"one\ntw").unwrap();
         log.write(&mut out, b"o\nthr").unwrap();
@@ -227,13 +230,7 @@ mod tests {
 
     #[test]
     fn an_idle_prompt_shows_without_a_prefix_in_the_middle() {
-        let mut log = Log {
-            prefix: b"db | ".to_vec(),
-            path: PathBuf::new(),
-            offset: 0,
-            partial: Vec::new(),
-            at_line_start: true,
-        };
+        let mut log = Log::new("db | ", PathBuf::new());
         let mut out = Vec::new();
         log.write(&mut out, b"login: ").unwrap();
         log.flush_idle(&mut out).unwrap();

@@ -1,8 +1,10 @@
 //! Finding and loading the project the command works on.
 
 use anyhow::{Context, bail};
-use qemu_compose::compose::{self, DiscoverOptions, LoadOptions, ProcessEnv, Project, Vm};
-use qemu_compose::engine::{HostEnv, status};
+use qemu_compose::compose::{
+    self, DiscoverError, DiscoverOptions, LoadOptions, ProcessEnv, Project, Vm,
+};
+use qemu_compose::engine::{HostEnv, lifecycle, status};
 use qemu_compose::qemu::process::{self, ProcState};
 use qemu_compose::state::{InstancePaths, StateDir};
 
@@ -37,7 +39,7 @@ pub struct RunningVm {
 /// Loads the project and finds the running VM `name`, or says why it cannot be used.
 pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> {
     let project = load(global)?;
-    let vm = super::ps::selected(&project, &[name.to_string()])?
+    let vm = selected(&project, &[name.to_string()])?
         .into_iter()
         .next()
         .context("no VM selected")?
@@ -58,4 +60,25 @@ pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> 
             vm.name
         ),
     }
+}
+
+/// The project of this directory, or `None` when no compose file is found (an explicit
+/// `-f` that does not exist, or an invalid file, is still an error). For the commands that
+/// also work outside a project (`image`, `doctor`).
+pub fn optional(global: &GlobalArgs) -> anyhow::Result<Option<Project>> {
+    match load(global) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if matches!(e.downcast_ref(), Some(DiscoverError::NotFound { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The VMs named (all when none), checked to exist, in compose order.
+pub fn selected<'p>(project: &'p Project, names: &[String]) -> anyhow::Result<Vec<&'p Vm>> {
+    let chosen = lifecycle::select(project, names, false)?;
+    Ok(project
+        .vms
+        .iter()
+        .filter(|vm| chosen.iter().any(|c| c.name == vm.name))
+        .collect())
 }

@@ -4,14 +4,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use comfy_table::{Table, presets::NOTHING};
-use qemu_compose::compose::{Project, Vm};
-use qemu_compose::engine::{HostEnv, inspect, lifecycle};
+use qemu_compose::engine::{HostEnv, inspect};
 
 use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, project};
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let vms = selected(&project, &args.vms)?;
+    let vms = project::selected(&project, &args.vms)?;
     if args.quiet {
         for vm in &vms {
             println!("{}", vm.name);
@@ -64,14 +63,4 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The VMs named (all when none), checked to exist, in compose order.
-pub(super) fn selected<'p>(project: &'p Project, names: &[String]) -> anyhow::Result<Vec<&'p Vm>> {
-    let chosen = lifecycle::select(project, names, false)?;
-    Ok(project
-        .vms
-        .iter()
-        .filter(|vm| chosen.iter().any(|c| c.name == vm.name))
-        .collect())
 }

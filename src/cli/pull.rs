@@ -27,7 +27,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let project = project::load(global)?;
-    let vms = super::ps::selected(&project, &args.targets)?;
+    let vms = project::selected(&project, &args.targets)?;
     let mut done = BTreeSet::new();
     for vm in vms {
         match &vm.image {

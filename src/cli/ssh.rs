@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
-use qemu_compose::engine::{inspect, ssh};
+use qemu_compose::engine::ssh;
 use qemu_compose::state::InstanceRecord;
 
 use super::project::{self, RunningVm};
@@ -23,7 +23,7 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> anyhow::Result<ExitCode> {
             vm.name
         )
     })?;
-    let key = inspect::ssh_key(&state);
+    let key = state.ssh_key();
     if !key.is_file() {
         bail!("the project's SSH key {} is missing", key.display());
     }

@@ -15,12 +15,11 @@ use serde::Serialize;
 use crate::compose::{MountKind, PortForward, Project, Vm};
 use crate::disk::qcow2::Qcow2Image;
 use crate::qemu::accel;
-use crate::qemu::argv::MacAddress;
 use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRecord, VolumeRegistry};
 
 use super::mounts::{self, PlanFacts, SourceKind};
 use super::status::{self, VmStatus};
-use super::{EngineError, HostEnv, ssh};
+use super::{EngineError, HostEnv, instance, ssh};
 
 /// How long the SSH readiness probe of `ps` and `inspect` may take.
 const SSH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,7 +46,7 @@ pub fn probe_statuses(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmS
 pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
     let state = StateDir::new(&project.dir);
     let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-    let key = ssh_key(&state);
+    let key = state.ssh_key();
     status::status(&paths, || {
         let port = InstanceRecord::load(&paths.record)
             .ok()
@@ -55,11 +54,6 @@ pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
             .map(|r| r.ssh_port);
         key.is_file() && port.is_some_and(|p| ssh::probe(&key, &vm.user, p, SSH_PROBE_TIMEOUT))
     })
-}
-
-/// The project's private SSH key.
-pub fn ssh_key(state: &StateDir) -> PathBuf {
-    state.ssh_dir().join("id_ed25519")
 }
 
 /// A qcow2 image's size as the guest sees it and what it takes on the host.
@@ -430,7 +424,7 @@ pub fn inspect<'a>(
             reason: e.to_string(),
         },
     };
-    let key = ssh_key(&state);
+    let key = state.ssh_key();
     let ssh_command = record.as_ref().map(|r| {
         let mut cmd = vec!["ssh".to_string()];
         cmd.extend(ssh::args(&key, &vm.user, r.ssh_port, &[]));
@@ -464,7 +458,7 @@ pub fn inspect<'a>(
         network: NetworkInfo {
             mode: "user",
             mac: record.as_ref().map_or_else(
-                || MacAddress::derived_from(&format!("{}/{}", project.name, vm.name)).to_string(),
+                || instance::mac_for(project, vm).to_string(),
                 |r| r.mac.clone(),
             ),
             ssh_port: record.as_ref().map(|r| r.ssh_port).or(vm.ssh_port),

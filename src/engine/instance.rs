@@ -183,7 +183,7 @@ pub fn prepare(
     // Never smaller than the base: the guest's partitions would run off the end.
     let disk_size = vm.disk_size_bytes.max(base_size.next_multiple_of(512));
 
-    let mac = MacAddress::derived_from(&format!("{}/{}", project.name, vm.name));
+    let mac = mac_for(project, vm);
     let password_hash = cloudinit::hash_password(&secrets.console_password, &secrets.password_salt)
         .map_err(|e| EngineError::vm(&vm.name, e))?;
     let seed = cloudinit::build_seed(&SeedInput {
@@ -224,6 +224,11 @@ pub fn prepare(
         mac,
         config_hash,
     })
+}
+
+/// The NIC address of `vm`: stable per project and VM, so its DHCP lease survives restarts.
+pub fn mac_for(project: &Project, vm: &Vm) -> MacAddress {
+    MacAddress::derived_from(&format!("{}/{}", project.name, vm.name))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -78,6 +78,11 @@ impl StateDir {
         self.root.join("ssh")
     }
 
+    /// The project's private SSH key (its public half has `.pub` appended).
+    pub fn ssh_key(&self) -> PathBuf {
+        self.ssh_dir().join("id_ed25519")
+    }
+
     /// The instance folder of the VM `vm` (a validated name).
     pub fn vm_dir(&self, vm: &str) -> PathBuf {
         self.root.join(vm)

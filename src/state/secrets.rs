@@ -37,7 +37,7 @@ impl ProjectSecrets {
         state.ensure()?;
         let ssh_dir = state.ssh_dir();
         super::atomic::create_private_dir(&ssh_dir, 0o700)?;
-        let private_key_path = ssh_dir.join("id_ed25519");
+        let private_key_path = state.ssh_key();
         let public_path = ssh_dir.join("id_ed25519.pub");
         let public_key = match read_optional(&private_key_path)? {
             Some(text) => {
