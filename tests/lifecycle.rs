@@ -129,6 +129,16 @@ fn up_stop_destroy_with_a_real_qemu() {
     assert!(stderr.contains("VM app is already running"), "{stderr}");
     assert_eq!(p.pid("app"), Some(pid));
 
+    // `--wait` also waits for a VM that was already running; a bootless one never answers.
+    let out = p.run(&["up", "--wait", "--wait-timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VM app: did not answer SSH within 2 s"),
+        "{stderr}"
+    );
+    assert_eq!(p.pid("app"), Some(pid));
+
     // A bootless guest ignores the power button: stop falls back to quitting QEMU.
     let stderr = p.ok(&["stop", "-t", "1"]);
     assert!(

@@ -153,7 +153,8 @@ pub fn up(
         registry: &registry,
         secrets: &secrets,
     };
-    let mut started = Vec::new();
+    // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
+    let mut running = Vec::new();
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
         let prepared = instance::prepare(&cx, vm, checked, base)?;
         let handle = status::handle(&prepared.paths);
@@ -163,8 +164,10 @@ pub fn up(
                 let current = record
                     .as_ref()
                     .is_some_and(|r| r.config_hash == prepared.config_hash);
+                let port = record.as_ref().map(|r| r.ssh_port);
                 if current {
                     reporter.info(&format!("VM {} is already running", vm.name));
+                    running.extend(port.map(|p| (*vm, p)));
                     continue;
                 }
                 if !opts.force_recreate {
@@ -172,6 +175,7 @@ pub fn up(
                         "VM {} runs with an older configuration; `qemu-compose up --force-recreate {}` restarts it to apply the change",
                         vm.name, vm.name
                     ));
+                    running.extend(port.map(|p| (*vm, p)));
                     continue;
                 }
                 reporter.info(&format!(
@@ -199,13 +203,13 @@ pub fn up(
             "started VM {} (ssh: 127.0.0.1:{port}, qemu-compose ssh {})",
             vm.name, vm.name
         ));
-        started.push((vm, port));
+        running.push((*vm, port));
     }
     drop(guard);
 
     if let Some(limit) = opts.wait {
         let deadline = Instant::now() + limit;
-        for (vm, port) in started {
+        for (vm, port) in running {
             reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
             while !ssh::probe(
                 &secrets.private_key_path,
