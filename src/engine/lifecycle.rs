@@ -198,7 +198,7 @@ pub fn up(
         if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
             reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
         }
-        let port = start_with_port(project, vm, &prepared, qemu, record.as_ref(), &state, host)?;
+        let port = start_with_port(&cx, vm, &prepared, qemu, record.as_ref(), reporter)?;
         reporter.info(&format!(
             "started VM {} (ssh: 127.0.0.1:{port}, qemu-compose ssh {})",
             vm.name, vm.name
@@ -238,15 +238,14 @@ pub fn up(
 /// Starts QEMU, moving to another SSH port when the chosen one is taken by the time QEMU binds
 /// it (unless the compose file fixes it), and records the instance.
 fn start_with_port(
-    project: &Project,
+    cx: &instance::UpContext,
     vm: &Vm,
     prepared: &PreparedVm,
     qemu: &Path,
     previous: Option<&InstanceRecord>,
-    state: &StateDir,
-    host: &HostEnv,
+    reporter: &dyn Reporter,
 ) -> Result<u16, EngineError> {
-    let mut taken = ports_of_other_vms(project, vm, state, host)?;
+    let mut taken = ports_of_other_vms(cx.project, vm, cx.state, cx.host)?;
     let mut port = match (vm.ssh_port, previous) {
         (Some(fixed), _) => fixed,
         // Keep the port the VM had, so saved ssh commands keep working.
@@ -257,9 +256,12 @@ fn start_with_port(
             .map_err(|e| EngineError::vm(&vm.name, e))?,
     };
     for attempt in 0..=PORT_RETRIES {
-        let spec = instance::launch_spec(project, vm, prepared, port);
+        let spec = instance::launch_spec(cx.project, vm, prepared, port);
         match process::start(qemu, &spec, START_TIMEOUT) {
-            Ok(_) => {
+            Ok(started) => {
+                if !started.stderr.is_empty() {
+                    reporter.warn(&format!("VM {}: QEMU said: {}", vm.name, started.stderr));
+                }
                 let record = InstanceRecord {
                     vm: vm.name.clone(),
                     ssh_port: port,
@@ -267,8 +269,7 @@ fn start_with_port(
                     config_hash: prepared.config_hash.clone(),
                     instance_id: prepared.seed.instance_id.clone(),
                     qemu: qemu.to_path_buf(),
-                    argv: crate::qemu::argv::build_argv(&spec)
-                        .map_err(|e| EngineError::vm(&vm.name, e))?,
+                    argv: started.argv,
                     started: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                         .to_string(),
                 };

@@ -124,6 +124,8 @@ pub enum StartError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {
     pub pid: i32,
+    /// The arguments QEMU was started with (after the binary).
+    pub argv: Vec<String>,
     /// Whatever QEMU printed while starting (warnings), usually empty.
     pub stderr: String,
 }
@@ -196,7 +198,7 @@ pub fn start(qemu: &Path, spec: &LaunchSpec, timeout: Duration) -> Result<Starte
         let attempt =
             Qmp::connect(&handle.qmp_socket, QMP_IO_TIMEOUT).and_then(|mut qmp| qmp.query_status());
         match attempt {
-            Ok(_) => return Ok(Started { pid, stderr }),
+            Ok(_) => return Ok(Started { pid, argv, stderr }),
             Err(e) if Instant::now() >= deadline => {
                 end_started(&handle);
                 return Err(StartError::Qmp(e));
