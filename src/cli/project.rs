@@ -47,6 +47,7 @@ pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> 
     let host = HostEnv::from_process()?;
     let state = StateDir::new(&project.dir);
     let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+    paths.check_socket_dir()?;
     match process::state(&status::handle(&paths)) {
         ProcState::Running { .. } => Ok(RunningVm { vm, state, paths }),
         ProcState::NotRunning => bail!(

@@ -23,10 +23,10 @@ pub struct DiscoverOptions {
 /// A compose file that exists, and its project directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
-    /// Canonical absolute path of the compose file.
+    /// Absolute path of the compose file (its folder canonical, a symlinked file not followed).
     pub file: PathBuf,
-    /// Canonical directory of the compose file: relative paths, `.env` and `.qemu-compose/`
-    /// live here.
+    /// Canonical directory the compose file was found in: relative paths, `.env` and
+    /// `.qemu-compose/` live here.
     pub dir: PathBuf,
 }
 
@@ -74,15 +74,27 @@ fn locate(path: &Path) -> Result<Located, DiscoverError> {
         path: path.to_owned(),
         source,
     };
-    let file = path.canonicalize().map_err(unusable)?;
+    let (file, dir) = project_file(path).map_err(unusable)?;
     if !file.is_file() {
         return Err(unusable(std::io::Error::other("not a regular file")));
     }
-    let dir = file
-        .parent()
-        .map(Path::to_owned)
-        .ok_or_else(|| unusable(std::io::Error::other("has no parent directory")))?;
     Ok(Located { file, dir })
+}
+
+/// The compose file `path` and its project directory: the directory the path names, made
+/// canonical, with the file's own name kept. A symlinked compose file is not followed to its
+/// target's folder (docker compose does the same), so two projects that link one shared file
+/// keep their own state.
+pub fn project_file(path: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("names no file"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = parent.canonicalize()?;
+    Ok((dir.join(name), dir))
 }
 
 /// Whether `name` is a valid explicit project name: `[a-z0-9][a-z0-9_-]*`.

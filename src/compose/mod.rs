@@ -59,13 +59,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
         field: None,
         message,
     };
-    let file = path
-        .canonicalize()
-        .map_err(|e| whole_file(path, format!("cannot open: {e}")))?;
-    let dir = file
-        .parent()
-        .ok_or_else(|| whole_file(&file, "has no parent directory".to_owned()))?
-        .to_owned();
+    let (file, dir) =
+        discover::project_file(path).map_err(|e| whole_file(path, format!("cannot open: {e}")))?;
     let text = read_limited(&file).map_err(|m| whole_file(&file, m))?;
 
     let dotenv_path = dir.join(".env");

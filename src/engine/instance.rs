@@ -239,11 +239,10 @@ fn hex(bytes: &[u8]) -> String {
 pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError> {
     let paths = &vm.paths;
     state.check_inside(&paths.dir)?;
+    state.check_inside(&paths.private_dir)?;
     atomic::create_private_dir(&paths.dir, 0o700)?;
-    if paths.sockets_relocated() {
-        let dir = paths.qmp_socket.parent().unwrap_or(Path::new("/"));
-        atomic::create_private_dir(dir, 0o700)?;
-    }
+    atomic::create_private_dir(&paths.private_dir, 0o700)?;
+    paths.ensure_socket_dir()?;
 
     if !paths.disk.exists() {
         let dir = &paths.dir;

@@ -111,9 +111,13 @@ pub fn select<'p>(
 }
 
 fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
-    ProjectLock::acquire(state, || {
+    let lock = ProjectLock::acquire(state, || {
         reporter.info("waiting for another qemu-compose command on this project to finish")
-    })
+    })?;
+    for note in &lock.migration_notes {
+        reporter.warn(note);
+    }
+    Ok(lock)
 }
 
 /// Creates what is missing and starts the VMs.
@@ -157,6 +161,7 @@ pub fn up(
     let mut running = Vec::new();
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
         let prepared = instance::prepare(&cx, vm, checked, base)?;
+        prepared.paths.check_socket_dir()?;
         let handle = status::handle(&prepared.paths);
         let record = InstanceRecord::load(&prepared.paths.record)?;
         match process::state(&handle) {
@@ -353,6 +358,7 @@ pub fn stop(
     let _guard = lock(&state, reporter)?;
     for vm in selected.into_iter().rev() {
         let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+        paths.check_socket_dir()?;
         let handle = status::handle(&paths);
         match process::state(&handle) {
             ProcState::NotRunning => reporter.info(&format!("VM {} is not running", vm.name)),
@@ -393,19 +399,22 @@ pub fn destroy(
     let _guard = lock(&state, reporter)?;
     for vm in selected.into_iter().rev() {
         let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+        paths.check_socket_dir()?;
         let handle = status::handle(&paths);
         if !matches!(process::state(&handle), ProcState::NotRunning) {
             reporter.info(&format!("stopping VM {}", vm.name));
             stop_one(vm, &handle, opts.timeout, opts.force, reporter)?;
         }
         state.check_inside(&paths.dir)?;
-        if remove_tree(&paths.dir)? {
+        state.check_inside(&paths.private_dir)?;
+        paths.check_socket_dir()?;
+        let removed_disk = remove_tree(&paths.dir)?;
+        let removed_private = remove_tree(&paths.private_dir)?;
+        if removed_disk || removed_private {
             reporter.info(&format!("removed VM {}", vm.name));
         }
-        if paths.sockets_relocated()
-            && let Some(dir) = paths.qmp_socket.parent()
-        {
-            remove_tree(dir)?;
+        if paths.sockets_relocated() {
+            remove_tree(paths.socket_dir())?;
         }
     }
     if opts.volumes {

@@ -58,6 +58,9 @@ pub fn status(paths: &InstancePaths, ssh_ready: impl FnOnce() -> bool) -> VmStat
     if !paths.disk.exists() {
         return VmStatus::NotCreated;
     }
+    if let Err(e) = paths.check_socket_dir() {
+        return VmStatus::Broken(e.to_string());
+    }
     match process::state(&handle(paths)) {
         ProcState::NotRunning => VmStatus::Stopped,
         ProcState::Stale { reason, .. } => VmStatus::Broken(reason),

@@ -1,9 +1,9 @@
 //! Atomic file replacement: write a temporary file in the same folder, sync it, rename it over
 //! the target, then sync the folder, so readers see the old or the new content, never a mix.
 
-use std::fs::{self, File, Permissions};
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::StateError;
@@ -39,10 +39,43 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Creates `dir` (and its parents) and gives it the mode `mode`.
+/// Creates `dir` (and its parents) and gives it the mode `mode`. A symlink in the place of
+/// `dir` is refused rather than followed, so a planted link cannot redirect the chmod.
 pub fn create_private_dir(dir: &Path, mode: u32) -> Result<(), StateError> {
     fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+    super::layout::refuse_symlink(dir)?;
     fs::set_permissions(dir, Permissions::from_mode(mode)).map_err(|e| StateError::io(dir, e))
+}
+
+/// Opens `path` for reading without following a symlink in its last component: a state file
+/// replaced by a link (say, by a guest writing through a share of the project folder) is an
+/// error, never a way to make qemu-compose read another file.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Reads a state file as text without following a symlink; `None` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
+    let mut text = String::new();
+    match open_nofollow(path) {
+        Ok(mut file) => {
+            file.read_to_string(&mut text)
+                .map_err(|e| StateError::io(path, e))?;
+            Ok(Some(text))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            Err(StateError::Unsafe {
+                path: path.to_path_buf(),
+                reason: "is a symbolic link; qemu-compose only reads files it wrote itself"
+                    .to_string(),
+            })
+        }
+        Err(e) => Err(StateError::io(path, e)),
+    }
 }
 
 #[cfg(test)]
@@ -61,6 +94,34 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_symlinked_state_file_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "host secret").unwrap();
+        let path = dir.path().join("volumes.json");
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let err = read_optional(&path).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
+        assert_eq!(
+            read_optional(&secret).unwrap().as_deref(),
+            Some("host secret")
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_private_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::set_permissions(outside.path(), Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("vms");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        assert!(create_private_dir(&link, 0o700).is_err());
+        let mode = fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "the link's target was chmodded");
     }
 
     #[test]

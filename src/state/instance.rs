@@ -1,13 +1,18 @@
-//! One VM instance's folder, `.qemu-compose/<vm>/`, and the record of how it was started.
+//! One VM instance's files: its disk in the project's `.qemu-compose/vms/<vm>/`, everything
+//! else in the project's private folder (see [`super::layout`]), and the record of how it was
+//! started.
 //!
 //! Unix socket paths are limited to 107 bytes by the kernel (`sun_path` is 108 bytes with the
-//! NUL). A project deep in the file system would make QEMU fail with a confusing message, so
-//! when a socket path would be too long the sockets move to a short per-project folder under
-//! `$XDG_RUNTIME_DIR/qemu-compose/` (or `/tmp/qemu-compose-<uid>/`), named by a hash of the
-//! state folder.
+//! NUL). When a socket path would be too long the sockets move to a short per-project folder
+//! under `$XDG_RUNTIME_DIR/qemu-compose/` (or `/tmp/qemu-compose-<uid>/`), named by a hash of
+//! the state folder. The `/tmp` name is predictable, so another local user may have made it
+//! first: [`InstancePaths::ensure_socket_dir`] creates it with mode 0700 and
+//! [`InstancePaths::check_socket_dir`] checks (without following links) that it is ours and
+//! private every time before a socket in it is used or anything in it removed.
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,8 +26,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// The files of one VM instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstancePaths {
-    /// The instance folder.
+    /// The instance folder in the project (disk and file shares).
     pub dir: PathBuf,
+    /// The instance's private folder (everything else).
+    pub private_dir: PathBuf,
     /// The copy-on-write instance disk.
     pub disk: PathBuf,
     /// The cloud-init seed image.
@@ -41,37 +48,98 @@ pub struct InstancePaths {
     pub qmp_socket: PathBuf,
     /// The serial console socket.
     pub serial_socket: PathBuf,
+    /// The per-user folder the sockets moved to when their path was too long.
+    #[serde(skip)]
+    socket_base: Option<PathBuf>,
 }
 
 impl InstancePaths {
     /// The paths of VM `vm`. `runtime_dir` is `$XDG_RUNTIME_DIR` if set.
     pub fn new(state: &StateDir, vm: &str, runtime_dir: Option<&Path>) -> Self {
         let dir = state.vm_dir(vm);
-        let socket_dir = socket_dir(state, vm, &dir, runtime_dir);
+        let private_dir = state.vm_private_dir(vm);
+        let (socket_dir, socket_base) = socket_dir(state, vm, &private_dir, runtime_dir);
         Self {
             disk: dir.join("disk.qcow2"),
-            seed: dir.join("seed.img"),
-            pidfile: dir.join("qemu.pid"),
-            serial_log: dir.join("serial.log"),
-            record: dir.join("instance.json"),
-            known_hosts: dir.join("known_hosts"),
             file_shares: dir.join("file-shares"),
+            seed: private_dir.join("seed.img"),
+            pidfile: private_dir.join("qemu.pid"),
+            serial_log: private_dir.join("serial.log"),
+            record: private_dir.join("instance.json"),
+            known_hosts: private_dir.join("known_hosts"),
             qmp_socket: socket_dir.join("qmp.sock"),
             serial_socket: socket_dir.join("serial.sock"),
+            socket_base,
             dir,
+            private_dir,
         }
     }
 
-    /// Whether the sockets live outside the instance folder (a long project path).
+    /// Whether the sockets live outside the private folder (a long path).
     pub fn sockets_relocated(&self) -> bool {
-        !self.qmp_socket.starts_with(&self.dir)
+        self.socket_base.is_some()
+    }
+
+    /// The folder that holds the sockets.
+    pub fn socket_dir(&self) -> &Path {
+        self.qmp_socket.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// Creates the folder of the sockets (mode 0700, each level made by us or checked).
+    pub fn ensure_socket_dir(&self) -> Result<(), StateError> {
+        let Some(base) = &self.socket_base else {
+            return super::atomic::create_private_dir(self.socket_dir(), 0o700);
+        };
+        if let Some(parent) = base.parent()
+            && parent != Path::new("/tmp")
+        {
+            fs::create_dir_all(parent).map_err(|e| StateError::io(parent, e))?;
+        }
+        let mut at = base.clone();
+        mkdir_private(&at)?;
+        check_private_dir(&at)?;
+        let rel = self
+            .socket_dir()
+            .strip_prefix(base)
+            .unwrap_or(Path::new(""));
+        for part in rel.components() {
+            at.push(part);
+            mkdir_private(&at)?;
+            check_private_dir(&at)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the relocated socket folder before a socket in it is trusted or anything in it
+    /// removed: every level must be a real folder (no symlink), owned by us, with no access for
+    /// others. Nothing to check when the sockets are in the private folder.
+    pub fn check_socket_dir(&self) -> Result<(), StateError> {
+        let Some(base) = &self.socket_base else {
+            return Ok(());
+        };
+        let mut at = base.clone();
+        check_private_dir_if_present(&at)?;
+        let rel = self
+            .socket_dir()
+            .strip_prefix(base)
+            .unwrap_or(Path::new(""));
+        for part in rel.components() {
+            at.push(part);
+            check_private_dir_if_present(&at)?;
+        }
+        Ok(())
     }
 }
 
-fn socket_dir(state: &StateDir, vm: &str, vm_dir: &Path, runtime_dir: Option<&Path>) -> PathBuf {
+fn socket_dir(
+    state: &StateDir,
+    vm: &str,
+    private_dir: &Path,
+    runtime_dir: Option<&Path>,
+) -> (PathBuf, Option<PathBuf>) {
     // "serial.sock" is the longer of the two names.
-    if vm_dir.join("serial.sock").as_os_str().len() <= MAX_SOCKET_PATH {
-        return vm_dir.to_path_buf();
+    if private_dir.join("serial.sock").as_os_str().len() <= MAX_SOCKET_PATH {
+        return (private_dir.to_path_buf(), None);
     }
     let digest = Sha256::digest(state.root().as_os_str().as_encoded_bytes());
     let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
@@ -79,10 +147,57 @@ fn socket_dir(state: &StateDir, vm: &str, vm_dir: &Path, runtime_dir: Option<&Pa
         Some(dir) => dir.join("qemu-compose"),
         None => PathBuf::from(format!(
             "/tmp/qemu-compose-{}",
-            rustix::process::getuid().as_raw()
+            rustix::process::geteuid().as_raw()
         )),
     };
-    base.join(tag).join(vm)
+    (base.join(tag).join(vm), Some(base))
+}
+
+/// `mkdir` with mode 0700; an existing entry is left for [`check_private_dir`] to judge.
+fn mkdir_private(dir: &Path) -> Result<(), StateError> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StateError::io(dir, e)),
+    }
+}
+
+fn check_private_dir_if_present(dir: &Path) -> Result<(), StateError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        _ => check_private_dir(dir),
+    }
+}
+
+/// A folder we may trust with sockets: a real folder, ours, closed to everybody else.
+fn check_private_dir(dir: &Path) -> Result<(), StateError> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| StateError::io(dir, e))?;
+    let unsafe_because = |reason: String| StateError::Unsafe {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "{reason}; qemu-compose keeps VM sockets there and will not use it (another user may have made it; remove it or set XDG_RUNTIME_DIR)"
+        ),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_because("is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_because("is not a folder".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "belongs to uid {}, not to you (uid {me})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(unsafe_because(format!(
+            "has mode {:o}, open to other users",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
 }
 
 /// What `up` recorded about a started instance.
@@ -110,16 +225,15 @@ pub struct InstanceRecord {
 impl InstanceRecord {
     /// Reads a record; `None` when the VM was never started.
     pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
-        match fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StateError::io(path, e)),
-        }
+        let Some(text) = super::atomic::read_optional(path)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
     }
 
     /// Writes the record atomically.
@@ -136,19 +250,24 @@ mod tests {
 
     #[test]
     fn short_project_paths_keep_sockets_in_the_instance_folder() {
-        let state = StateDir::new(Path::new("/home/me/proj"));
+        let state = StateDir::with_private_home(Path::new("/home/me/proj"), Path::new("/h"));
         let paths = InstancePaths::new(&state, "db", None);
         assert_eq!(
-            paths.qmp_socket,
-            Path::new("/home/me/proj/.qemu-compose/db/qmp.sock")
+            paths.disk,
+            Path::new("/home/me/proj/.qemu-compose/vms/db/disk.qcow2")
         );
+        assert!(paths.qmp_socket.starts_with("/h/projects/proj-"));
+        assert!(paths.qmp_socket.ends_with("vms/db/qmp.sock"));
+        assert!(paths.seed.starts_with(state.private()));
+        assert!(paths.pidfile.starts_with(state.private()));
+        assert!(paths.serial_log.starts_with(state.private()));
         assert!(!paths.sockets_relocated());
     }
 
     #[test]
     fn long_project_paths_move_sockets_under_the_runtime_dir() {
         let deep = format!("/home/me/{}", "very-long-folder-name/".repeat(5));
-        let state = StateDir::new(Path::new(&deep));
+        let state = StateDir::with_private_home(Path::new(&deep), Path::new(&deep));
         let paths = InstancePaths::new(&state, "db", Some(Path::new("/run/user/1000")));
         assert!(paths.sockets_relocated());
         assert!(paths.qmp_socket.starts_with("/run/user/1000/qemu-compose/"));
@@ -163,6 +282,49 @@ mod tests {
                 .to_string_lossy()
                 .starts_with("/tmp/qemu-compose-")
         );
+    }
+
+    fn relocated(runtime: &Path) -> InstancePaths {
+        let deep = format!("/home/me/{}", "very-long-folder-name/".repeat(5));
+        let state = StateDir::with_private_home(Path::new(&deep), Path::new(&deep));
+        let paths = InstancePaths::new(&state, "db", Some(runtime));
+        assert!(paths.sockets_relocated());
+        paths
+    }
+
+    #[test]
+    fn the_socket_folder_is_made_private() {
+        let run = tempfile::tempdir().unwrap();
+        let paths = relocated(run.path());
+        paths.check_socket_dir().unwrap();
+        paths.ensure_socket_dir().unwrap();
+        paths.check_socket_dir().unwrap();
+        let mode = fs::metadata(paths.socket_dir()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_planted_socket_folder_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let run = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        let paths = relocated(run.path());
+        // A symlink where our folder should be.
+        std::os::unix::fs::symlink(victim.path(), run.path().join("qemu-compose")).unwrap();
+        let err = paths.ensure_socket_dir().unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(paths.check_socket_dir().is_err());
+        assert_eq!(fs::read_dir(victim.path()).unwrap().count(), 0);
+        // A folder open to others.
+        fs::remove_file(run.path().join("qemu-compose")).unwrap();
+        fs::create_dir(run.path().join("qemu-compose")).unwrap();
+        fs::set_permissions(
+            run.path().join("qemu-compose"),
+            fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let err = paths.ensure_socket_dir().unwrap_err().to_string();
+        assert!(err.contains("open to other users"), "{err}");
     }
 
     #[test]

@@ -1,16 +1,37 @@
-//! Where things live under the project's `.qemu-compose/` folder.
+//! Where a project's state lives.
+//!
+//! Two folders, split by who may see them. The project folder's `.qemu-compose/` holds the
+//! data that belongs to the project and moves with it; a folder under the user's state home
+//! holds what a guest must never read or write, because the project folder is often shared
+//! with the guest whole (`.:/src`):
 //!
 //! ```text
-//! .qemu-compose/                 0700: its sockets give full control of the VMs
-//!   lock                         held by every command that changes state
-//!   volumes.json                 the volume registry
-//!   volumes/<name>/volume.qcow2  named volumes
-//!   ssh/id_ed25519{,.pub}        the project key pair
-//!   <vm>/                        one folder per VM instance (disk, seed, sockets, log, record)
+//! <project>/.qemu-compose/              0700
+//!   volumes.json                        the volume registry (paths relative to this folder)
+//!   volumes/<name>/volume.qcow2         named volumes
+//!   vms/<vm>/disk.qcow2                 instance disks
+//!   vms/<vm>/file-shares/               one-file folders for file bind mounts
+//!
+//! $XDG_STATE_HOME/qemu-compose/projects/<dir>-<hash>/   0700 (default ~/.local/state)
+//!   project                             the project folder's path, for people
+//!   lock                                held by every command that changes state
+//!   ssh/id_ed25519{,.pub}               the project key pair
+//!   console-password                    the guest user's console password and salt
+//!   vms/<vm>/                           seed, pidfile, QMP and serial sockets, serial log,
+//!                                       record, SSH host key and known_hosts
 //! ```
+//!
+//! The private folder is named by a hash of the project folder's canonical path, so a copied
+//! or moved project gets its own (stop the VMs before moving a project). Every name a user can
+//! write (a VM, a volume) selects a folder under `vms/` or `volumes/` and nothing else.
+//!
+//! Earlier versions kept instance folders at `.qemu-compose/<vm>/` and the secrets in the
+//! project folder; [`super::migrate`] moves them on the first state-changing command.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use super::StateError;
 use super::atomic::create_private_dir;
@@ -18,39 +39,75 @@ use super::atomic::create_private_dir;
 /// The name of the state folder inside the project directory.
 pub const STATE_DIR_NAME: &str = ".qemu-compose";
 
-/// The state folder of one project.
+/// The state folders of one project.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDir {
     root: PathBuf,
+    private: PathBuf,
 }
 
 impl StateDir {
-    /// The state folder of the project in `project_dir`; nothing is created.
+    /// The state of the project in `project_dir`, with its private folder under the user's
+    /// state home (`$XDG_STATE_HOME`, else `~/.local/state`); nothing is created.
     pub fn new(project_dir: &Path) -> Self {
+        Self::with_private_home(project_dir, &private_home())
+    }
+
+    /// As [`StateDir::new`], with private folders under `home` (`<home>/projects/…`).
+    pub fn with_private_home(project_dir: &Path, home: &Path) -> Self {
+        let digest = Sha256::digest(project_dir.as_os_str().as_encoded_bytes());
+        let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let base = project_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .and_then(|n| crate::compose::normalize_project_name(&n))
+            .map(|n| n.chars().take(32).collect::<String>())
+            .unwrap_or_else(|| "project".to_string());
         Self {
             root: project_dir.join(STATE_DIR_NAME),
+            private: home.join("projects").join(format!("{base}-{tag}")),
         }
     }
 
-    /// The folder itself.
+    /// The folder in the project.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Whether the folder exists (as a real folder).
+    /// The project's private folder, outside the project.
+    pub fn private(&self) -> &Path {
+        &self.private
+    }
+
+    /// Whether the project folder exists (as a real folder).
     pub fn exists(&self) -> bool {
         fs::symlink_metadata(&self.root).is_ok_and(|m| m.is_dir())
     }
 
-    /// Creates the folder with mode 0700, refusing a symlink in its place.
+    /// Creates both folders with mode 0700, refusing a symlink in the place of any folder.
     pub fn ensure(&self) -> Result<(), StateError> {
-        refuse_symlink(&self.root)?;
-        create_private_dir(&self.root, 0o700)
+        create_private_dir(&self.root, 0o700)?;
+        if let Some(parent) = self.private.parent() {
+            create_private_dir(parent, 0o700)?;
+        }
+        create_private_dir(&self.private, 0o700)?;
+        let note = self.private.join("project");
+        if !note.exists() {
+            let mut text = self
+                .root
+                .parent()
+                .unwrap_or(&self.root)
+                .as_os_str()
+                .to_owned();
+            text.push("\n");
+            super::write_atomic(&note, text.as_encoded_bytes(), 0o600)?;
+        }
+        Ok(())
     }
 
     /// The lock file.
     pub fn lock_file(&self) -> PathBuf {
-        self.root.join("lock")
+        self.private.join("lock")
     }
 
     /// The volume registry.
@@ -70,12 +127,12 @@ impl StateDir {
 
     /// The image of the named volume `name`.
     pub fn volume_image(&self, name: &str) -> PathBuf {
-        self.volume_dir(name).join("volume.qcow2")
+        self.volume_dir(name).join(VOLUME_IMAGE)
     }
 
     /// The project's SSH key folder.
     pub fn ssh_dir(&self) -> PathBuf {
-        self.root.join("ssh")
+        self.private.join("ssh")
     }
 
     /// The project's private SSH key (its public half has `.pub` appended).
@@ -83,22 +140,33 @@ impl StateDir {
         self.ssh_dir().join("id_ed25519")
     }
 
-    /// The instance folder of the VM `vm` (a validated name).
-    pub fn vm_dir(&self, vm: &str) -> PathBuf {
-        self.root.join(vm)
+    /// The guest user's console password and its salt.
+    pub fn console_password(&self) -> PathBuf {
+        self.private.join("console-password")
     }
 
-    /// Checks that `path`, which must lie inside this folder, goes through no symlink, so a
-    /// planted link cannot make qemu-compose write or delete outside the project.
+    /// The instance folder of the VM `vm` in the project (a validated name): its disk.
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.root.join("vms").join(vm)
+    }
+
+    /// The private folder of the VM `vm`: everything QEMU and ssh are told to open.
+    pub fn vm_private_dir(&self, vm: &str) -> PathBuf {
+        self.private.join("vms").join(vm)
+    }
+
+    /// Checks that `path`, which must lie inside one of the two folders, goes through no
+    /// symlink, so a planted link cannot make qemu-compose write or delete elsewhere.
     pub fn check_inside(&self, path: &Path) -> Result<(), StateError> {
-        let rel = path
-            .strip_prefix(&self.root)
-            .map_err(|_| StateError::Unsafe {
+        let (base, rel) = [&self.root, &self.private]
+            .into_iter()
+            .find_map(|base| path.strip_prefix(base).ok().map(|rel| (base, rel)))
+            .ok_or_else(|| StateError::Unsafe {
                 path: path.to_path_buf(),
                 reason: format!("is not inside {}", self.root.display()),
             })?;
-        refuse_symlink(&self.root)?;
-        let mut at = self.root.clone();
+        refuse_symlink(base)?;
+        let mut at = base.clone();
         for part in rel.components() {
             at.push(part);
             refuse_symlink(&at)?;
@@ -107,11 +175,25 @@ impl StateDir {
     }
 }
 
-fn refuse_symlink(path: &Path) -> Result<(), StateError> {
+/// The file name of a named volume's image in its folder.
+pub const VOLUME_IMAGE: &str = "volume.qcow2";
+
+/// `$XDG_STATE_HOME/qemu-compose`, else `~/.local/state/qemu-compose`.
+fn private_home() -> PathBuf {
+    let state_home = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::home_dir().map(|h| h.join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent-home/.local/state"));
+    state_home.join("qemu-compose")
+}
+
+pub(crate) fn refuse_symlink(path: &Path) -> Result<(), StateError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(StateError::Unsafe {
             path: path.to_path_buf(),
-            reason: "is a symbolic link; qemu-compose only uses folders it created itself"
+            reason: "is a symbolic link; qemu-compose only uses folders and files it created \
+                     itself"
                 .to_string(),
         }),
         _ => Ok(()),
@@ -123,35 +205,84 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn state_in(dir: &Path) -> StateDir {
+        StateDir::with_private_home(&dir.join("proj"), &dir.join("home"))
+    }
+
     #[test]
-    fn ensure_creates_a_private_folder() {
+    fn ensure_creates_private_folders() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
+        fs::create_dir(dir.path().join("proj")).unwrap();
+        let state = state_in(dir.path());
         assert!(!state.exists());
         state.ensure().unwrap();
         assert!(state.exists());
-        let mode = fs::metadata(state.root()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        for folder in [state.root(), state.private()] {
+            let mode = fs::metadata(folder).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", folder.display());
+        }
+        let note = fs::read_to_string(state.private().join("project")).unwrap();
+        assert_eq!(note.trim_end(), dir.path().join("proj").to_str().unwrap());
+    }
+
+    #[test]
+    fn no_vm_or_volume_name_reaches_another_folder() {
+        let state = StateDir::with_private_home(Path::new("/p"), Path::new("/h"));
+        for name in [
+            "volumes",
+            "ssh",
+            "vms",
+            "lock",
+            "volumes.json",
+            "console-password",
+        ] {
+            let dirs = [state.vm_dir(name), state.vm_private_dir(name)];
+            for dir in dirs {
+                assert!(
+                    dir.starts_with("/p/.qemu-compose/vms")
+                        || dir.parent().unwrap().ends_with("vms"),
+                    "{}",
+                    dir.display()
+                );
+                assert_ne!(dir, state.volumes_dir());
+                assert_ne!(dir, state.ssh_dir());
+            }
+            assert!(state.volume_dir(name).starts_with(state.volumes_dir()));
+        }
+    }
+
+    #[test]
+    fn private_folders_differ_per_project_path() {
+        let home = Path::new("/h");
+        let a = StateDir::with_private_home(Path::new("/src/app"), home);
+        let b = StateDir::with_private_home(Path::new("/src/copy/app"), home);
+        assert_ne!(a.private(), b.private());
+        assert!(a.private().starts_with("/h/projects/app-"));
+        assert_eq!(a, StateDir::with_private_home(Path::new("/src/app"), home));
     }
 
     #[test]
     fn symlinked_volume_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
+        fs::create_dir(dir.path().join("proj")).unwrap();
+        let state = state_in(dir.path());
         state.ensure().unwrap();
         fs::create_dir_all(state.volumes_dir()).unwrap();
         std::os::unix::fs::symlink(outside.path(), state.volume_dir("data")).unwrap();
         let err = state.check_inside(&state.volume_image("data")).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         state.check_inside(&state.volume_image("other")).unwrap();
+        state.check_inside(&state.vm_private_dir("db")).unwrap();
     }
 
     #[test]
     fn symlinked_state_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join(STATE_DIR_NAME)).unwrap();
-        assert!(StateDir::new(dir.path()).ensure().is_err());
+        fs::create_dir(dir.path().join("proj")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("proj").join(STATE_DIR_NAME))
+            .unwrap();
+        assert!(state_in(dir.path()).ensure().is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::{StateDir, StateError};
 
@@ -12,6 +13,8 @@ use super::{StateDir, StateError};
 #[derive(Debug)]
 pub struct ProjectLock {
     _file: File,
+    /// What the move from the earlier state layout could not do (one line per VM).
+    pub migration_notes: Vec<String>,
 }
 
 impl ProjectLock {
@@ -25,6 +28,7 @@ impl ProjectLock {
             .truncate(false)
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(|e| StateError::io(&path, e))?;
         match file.try_lock() {
@@ -38,7 +42,12 @@ impl ProjectLock {
         // Record the holder for people debugging a stuck command; not used for locking.
         file.set_len(0).map_err(|e| StateError::io(&path, e))?;
         writeln!(file, "{}", std::process::id()).map_err(|e| StateError::io(&path, e))?;
-        Ok(Self { _file: file })
+        // A state folder of the earlier layout is moved once the lock is ours.
+        let migration_notes = super::migrate::migrate(state)?;
+        Ok(Self {
+            _file: file,
+            migration_notes,
+        })
     }
 }
 
@@ -51,7 +60,7 @@ mod tests {
     #[test]
     fn second_holder_waits_until_the_first_releases() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
+        let state = StateDir::with_private_home(dir.path(), &dir.path().join("home"));
         let first = ProjectLock::acquire(&state, || panic!("nobody holds it yet")).unwrap();
         let (waited_tx, waited_rx) = mpsc::channel();
         let (got_tx, got_rx) = mpsc::channel();

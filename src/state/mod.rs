@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod instance;
 pub mod layout;
 pub mod lock;
+pub mod migrate;
 pub mod secrets;
 pub mod volumes;
 

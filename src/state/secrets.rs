@@ -2,14 +2,13 @@
 //! log in with, and the console password of the guest user.
 //!
 //! ```text
-//! .qemu-compose/ssh/id_ed25519       0600, OpenSSH private key
-//! .qemu-compose/ssh/id_ed25519.pub   0644
-//! .qemu-compose/console-password     0600, "<password>\n<salt>\n"
+//! <private>/ssh/id_ed25519       0600, OpenSSH private key
+//! <private>/ssh/id_ed25519.pub   0644
+//! <private>/console-password     0600, "<password>\n<salt>\n"
 //! ```
 //! The salt is stored so the password hash in the seed, and with it the seed's instance-id,
 //! stays the same from one `up` to the next.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -67,7 +66,7 @@ impl ProjectSecrets {
             write_atomic(&public_path, format!("{public_key}\n").as_bytes(), 0o644)?;
         }
 
-        let password_path = state.root().join("console-password");
+        let password_path = state.console_password();
         let (console_password, password_salt) = match read_optional(&password_path)? {
             Some(text) => {
                 let mut lines = text.lines();
@@ -106,11 +105,7 @@ fn openssh_public(key: &PrivateKey, path: &Path) -> Result<String, StateError> {
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
-    match fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StateError::io(path, e)),
-    }
+    super::atomic::read_optional(path)
 }
 
 /// A random string over `[A-Za-z0-9./]`, the crypt salt alphabet (so it serves as both a
@@ -128,12 +123,13 @@ fn random_token(len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn created_once_then_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
+        let state = StateDir::with_private_home(dir.path(), &dir.path().join("home"));
         let first = ProjectSecrets::ensure(&state, "demo").unwrap();
         let again = ProjectSecrets::ensure(&state, "demo").unwrap();
         assert_eq!(first, again);
@@ -145,16 +141,16 @@ mod tests {
         assert!(first.public_key.ends_with(" qemu-compose:demo"));
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&first.private_key_path), 0o600);
-        assert_eq!(mode(&state.root().join("console-password")), 0o600);
+        assert_eq!(mode(&state.console_password()), 0o600);
         assert_eq!(first.console_password.len(), 20);
     }
 
     #[test]
     fn corrupt_password_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
+        let state = StateDir::with_private_home(dir.path(), &dir.path().join("home"));
         state.ensure().unwrap();
-        fs::write(state.root().join("console-password"), "only-one-line\n").unwrap();
+        fs::write(state.console_password(), "only-one-line\n").unwrap();
         let err = ProjectSecrets::ensure(&state, "demo").unwrap_err();
         assert!(err.to_string().contains("console-password"), "{err}");
     }

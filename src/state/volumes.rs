@@ -4,8 +4,6 @@
 //! which `volume ls` and `up` report).
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +18,9 @@ pub struct VolumeRecord {
     pub name: String,
     /// The virtual size, written as in the compose file's size syntax (e.g. `10G`).
     pub size: String,
-    /// The absolute path of the qcow2 image.
+    /// The qcow2 image. Stored relative to the state folder, so a copied or moved project
+    /// uses its own copy; always derived from the name on load (absolute in memory), so an
+    /// edited record cannot point at another file.
     pub disk_path: PathBuf,
     /// When the volume was created, RFC 3339.
     pub created: String,
@@ -40,16 +40,14 @@ pub struct VolumeRegistry {
 impl VolumeRegistry {
     /// Reads the registry; a missing file is an empty registry, an unreadable one an error.
     pub fn load(path: &Path) -> Result<Self, StateError> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(StateError::io(path, e)),
+        let Some(text) = super::atomic::read_optional(path)? else {
+            return Ok(Self::default());
         };
         let corrupt = |reason: String| StateError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
-        let volumes: BTreeMap<String, VolumeRecord> =
+        let mut volumes: BTreeMap<String, VolumeRecord> =
             serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         if let Some((key, rec)) = volumes.iter().find(|(k, r)| **k != r.name) {
             return Err(corrupt(format!(
@@ -57,20 +55,54 @@ impl VolumeRegistry {
                 rec.name
             )));
         }
+        let root = state_root(path);
+        for rec in volumes.values_mut() {
+            if !crate::compose::is_valid_name(&rec.name) {
+                return Err(corrupt(format!("{:?} is not a volume name", rec.name)));
+            }
+            rec.disk_path = root.join(relative_image(&rec.name));
+        }
         Ok(Self { volumes })
     }
 
     /// Writes the registry atomically (mode 0600).
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let mut json = serde_json::to_vec_pretty(&self.volumes).expect("records serialise");
+        let stored: BTreeMap<&String, VolumeRecord> = self
+            .volumes
+            .iter()
+            .map(|(k, rec)| {
+                let disk_path = relative_image(&rec.name);
+                (
+                    k,
+                    VolumeRecord {
+                        disk_path,
+                        ..rec.clone()
+                    },
+                )
+            })
+            .collect();
+        let mut json = serde_json::to_vec_pretty(&stored).expect("records serialise");
         json.push(b'\n');
         write_atomic(path, &json, 0o600)
     }
 }
 
+/// The state folder a `volumes.json` lies in.
+fn state_root(registry: &Path) -> &Path {
+    registry.parent().unwrap_or(Path::new("."))
+}
+
+/// Where the image of volume `name` lies, relative to the state folder.
+fn relative_image(name: &str) -> PathBuf {
+    Path::new("volumes")
+        .join(name)
+        .join(super::layout::VOLUME_IMAGE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn record(name: &str) -> VolumeRecord {
         VolumeRecord {
@@ -89,11 +121,32 @@ mod tests {
         let path = dir.path().join("volumes.json");
         let mut reg = VolumeRegistry::load(&path).unwrap();
         assert!(reg.volumes.is_empty());
-        reg.volumes.insert("data".into(), record("data"));
+        let mut rec = record("data");
+        rec.disk_path = dir.path().join("volumes/data/volume.qcow2");
+        reg.volumes.insert("data".into(), rec);
         reg.save(&path).unwrap();
         assert_eq!(VolumeRegistry::load(&path).unwrap(), reg);
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"disk_path\""), "{text}");
+    }
+
+    #[test]
+    fn paths_are_stored_relative_and_derived_from_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volumes.json");
+        let mut reg = VolumeRegistry::default();
+        let mut rec = record("data");
+        // An absolute path of another project (a copied project) or a planted one.
+        rec.disk_path = PathBuf::from("/elsewhere/.qemu-compose/volumes/data/volume.qcow2");
+        reg.volumes.insert("data".into(), rec);
+        reg.save(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"volumes/data/volume.qcow2\""), "{text}");
+        let loaded = VolumeRegistry::load(&path).unwrap();
+        assert_eq!(
+            loaded.volumes["data"].disk_path,
+            dir.path().join("volumes/data/volume.qcow2")
+        );
     }
 
     #[test]
