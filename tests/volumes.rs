@@ -395,3 +395,57 @@ fn missing_and_unregistered_images_are_reported() {
             .contains("volume gone is recorded in volumes.json but its image")
     );
 }
+
+/// Plants the temporary files a killed command leaves behind and returns their paths.
+fn plant_temporaries(p: &Project) -> Vec<PathBuf> {
+    let state = p.path().join(".qemu-compose");
+    let planted: Vec<PathBuf> = [
+        ".tmp-volumes.json.x1",
+        "app/.disk-killed.tmp",
+        "app/.tmp-seed.x2",
+        "ssh/.tmp-key.x3",
+        "volumes/data/.volume-killed.tmp",
+    ]
+    .iter()
+    .map(|f| state.join(f))
+    .collect();
+    for path in &planted {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"half-written").unwrap();
+    }
+    planted
+}
+
+#[test]
+fn stale_temporaries_are_swept_by_the_next_command() {
+    let p = Project::with_base(COMPOSE);
+    p.ok(&["up", "--no-start"]);
+    for args in [
+        &["up", "--no-start"][..],
+        &["volume", "create", "other"][..],
+    ] {
+        let planted = plant_temporaries(&p);
+        p.ok(args);
+        for path in planted {
+            assert!(!path.exists(), "{args:?} left {}", path.display());
+        }
+    }
+    // What is not a temporary stays.
+    assert!(p.image("data").exists() && p.image("other").exists());
+    assert!(p.path().join(".qemu-compose/app/disk.qcow2").exists());
+}
+
+#[test]
+fn a_failed_volume_create_leaves_nothing() {
+    let p = Project::new(COMPOSE);
+    let out = p.run(&["volume", "create", "odd", "--size", "10000001"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!p.path().join(".qemu-compose/volumes/odd").exists());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("volume odd: size 10000001 bytes is not a multiple of 512 bytes"),
+        "{stderr}"
+    );
+    let registry = p.path().join(".qemu-compose/volumes.json");
+    assert!(!registry.exists() || !p.registry().contains_key("odd"));
+}

@@ -161,10 +161,13 @@ fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// Takes the project lock, then removes the temporary files an interrupted command left.
 fn lock(state: &StateDir) -> anyhow::Result<ProjectLock> {
-    Ok(ProjectLock::acquire(state, || {
+    let guard = ProjectLock::acquire(state, || {
         StderrReporter.info("waiting for another qemu-compose command on this project to finish")
-    })?)
+    })?;
+    qemu_compose::state::atomic::sweep_temporaries(state.root())?;
+    Ok(guard)
 }
 
 fn create(

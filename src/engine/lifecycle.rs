@@ -110,10 +110,13 @@ pub fn select<'p>(
         .collect())
 }
 
+/// Takes the project lock, then removes the temporary files an interrupted command left.
 fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
-    ProjectLock::acquire(state, || {
+    let guard = ProjectLock::acquire(state, || {
         reporter.info("waiting for another qemu-compose command on this project to finish")
-    })
+    })?;
+    crate::state::atomic::sweep_temporaries(state.root())?;
+    Ok(guard)
 }
 
 /// Creates what is missing and starts the VMs.

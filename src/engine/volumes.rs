@@ -41,6 +41,14 @@ pub enum VolumeError {
         /// The largest size.
         max: String,
     },
+    /// The size is not a whole number of 512-byte sectors.
+    #[error("volume {name}: size {size} bytes is not a multiple of 512 bytes")]
+    Unaligned {
+        /// The volume.
+        name: String,
+        /// The requested size in bytes.
+        size: u64,
+    },
     /// The volume is already there.
     #[error("volume {0} already exists")]
     Exists(String),
@@ -69,20 +77,20 @@ pub enum VolumeError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Formatting failed.
-    #[error("volume {name}: {source}")]
+    #[error("volume {name}: {error}")]
     Format {
         /// The volume.
         name: String,
-        /// The formatter's error.
-        source: ext4::Ext4Error,
+        /// The formatter's error (in the message, not repeated as a source).
+        error: ext4::Ext4Error,
     },
     /// Writing the image failed.
-    #[error("volume {name}: {source}")]
+    #[error("volume {name}: {error}")]
     Qcow2 {
         /// The volume.
         name: String,
-        /// The writer's error.
-        source: qcow2::Qcow2Error,
+        /// The writer's error (in the message, not repeated as a source).
+        error: qcow2::Qcow2Error,
     },
 }
 
@@ -120,43 +128,61 @@ pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, V
             max: format_size(ext4::MAX_SIZE),
         });
     }
+    if !size.is_multiple_of(512) {
+        return Err(VolumeError::Unaligned {
+            name: name.to_string(),
+            size,
+        });
+    }
     let dir = state.volume_dir(name);
     let image = state.volume_image(name);
     state.ensure()?;
     state.check_inside(&image)?;
+    let made_dir = !dir.exists();
     atomic::create_private_dir(&dir, 0o700)?;
+    let made = create_in(name, size, &dir, &image);
+    if made.is_err() && made_dir {
+        // A failed creation leaves nothing behind; the folder is ours and its temporary file
+        // is gone by now.
+        let _ = fs::remove_dir_all(&dir);
+    }
+    made
+}
+
+/// The part of [`create`] that runs in the volume's folder.
+fn create_in(name: &str, size: u64, dir: &Path, image: &Path) -> Result<VolumeRecord, VolumeError> {
     if image.exists() {
         return Err(VolumeError::Exists(name.to_string()));
     }
-    remove_stale_temporaries(&dir)?;
+    remove_stale_temporaries(dir)?;
 
     let label = label_for(name);
     let mut contents = SparseBuffer::new(size);
     let summary =
-        ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(|source| {
+        ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(|error| {
             VolumeError::Format {
                 name: name.to_string(),
-                source,
+                error,
             }
         })?;
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| StateError::io(&dir, e))?;
-    qcow2::write_data_image(tmp.as_file(), size, &contents).map_err(|source| {
+        .tempfile_in(dir)
+        .map_err(|e| StateError::io(dir, e))?;
+    qcow2::write_data_image(tmp.as_file(), size, &contents).map_err(|error| {
         VolumeError::Qcow2 {
             name: name.to_string(),
-            source,
+            error,
         }
     })?;
-    tmp.persist_noclobber(&image)
-        .map_err(|e| StateError::io(&image, e.error))?;
-    atomic::sync_dir(&dir)?;
+    tmp.persist_noclobber(image)
+        .map_err(|e| StateError::io(image, e.error))?;
+    atomic::sync_dir(dir)?;
     Ok(VolumeRecord {
         name: name.to_string(),
         size: format_size(size),
-        disk_path: image,
+        disk_path: image.to_path_buf(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         uuid: uuid::Uuid::from_bytes(summary.uuid)
             .hyphenated()
