@@ -449,3 +449,144 @@ fn a_failed_volume_create_leaves_nothing() {
     let registry = p.path().join(".qemu-compose/volumes.json");
     assert!(!registry.exists() || !p.registry().contains_key("odd"));
 }
+
+fn require_qemu() {
+    let out = Command::new("qemu-system-x86_64").arg("--version").output();
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 must be installed for this test (.ci/install-deps)"
+    );
+}
+
+fn alive(pid: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Kills a QEMU that no compose file names any more, whatever the test did.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0]).status();
+        for _ in 0..100 {
+            if !alive(&self.0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+const RUNNING: &str = "
+volumes:
+  data: {size: 1G}
+vms:
+  app:
+    image: ./base.qcow2
+    memory: 128
+    volumes: ['data:/data']
+";
+
+#[test]
+fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
+    require_qemu();
+    let p = Project::with_base(RUNNING);
+    p.ok(&["up"]);
+    let pid = std::fs::read_to_string(p.path().join(".qemu-compose/app/qemu.pid")).unwrap();
+    let qemu = KillOnDrop(pid.trim().to_string());
+    assert!(alive(&qemu.0));
+    // The VM leaves the compose file; its QEMU keeps running with the volume attached.
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        "volumes:\n  data: {size: 1G}\nvms:\n  other: {image: ./base.qcow2}\n",
+    )
+    .unwrap();
+    for args in [
+        &["volume", "rm", "data"][..],
+        &["volume", "rm", "--force", "data"][..],
+        &["destroy", "-v"][..],
+    ] {
+        let out = p.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("volume data is attached to a running VM"),
+            "{args:?}: {stderr}"
+        );
+        assert!(p.image("data").exists(), "{args:?} removed the image");
+        assert!(p.registry().contains_key("data"), "{args:?}");
+    }
+    assert!(alive(&qemu.0));
+    drop(qemu);
+    p.ok(&["volume", "rm", "data"]);
+    assert!(!p.image("data").exists());
+}
+
+#[test]
+fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
+    require_qemu();
+    let p = Project::new(COMPOSE);
+    p.ok(&["volume", "create", "solo", "--size", "64M"]);
+    p.ok(&["volume", "create", "spare", "--size", "64M"]);
+    let image = p.image("solo");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-S", "-nodefaults", "-display", "none", "-drive"])
+        .arg(format!(
+            "file={},format=qcow2,if=none,readonly=on",
+            s(&image)
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let qemu = KillOnDrop(child.id().to_string());
+    // QEMU takes its image locks once it has opened the drive: wait for them on this inode.
+    let inode = format!(
+        ":{} ",
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&image).unwrap())
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("OFDLCK") && l.contains(&inode))
+    {
+        assert!(std::time::Instant::now() < deadline, "QEMU took no lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two names: the held one stops the command before anything is removed.
+    let out = p.run(&["volume", "rm", "spare", "solo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("volume solo is attached to a running VM"),
+        "{stderr}"
+    );
+    assert!(image.exists() && p.image("spare").exists());
+    drop(qemu);
+    child.wait().unwrap();
+    p.ok(&["volume", "rm", "spare", "solo"]);
+    assert!(!image.exists() && !p.image("spare").exists());
+}
+
+#[test]
+fn destroy_v_keeps_volumes_the_file_does_not_declare() {
+    let p = Project::with_base(COMPOSE);
+    p.ok(&["up", "--no-start"]);
+    p.ok(&["volume", "create", "scratch"]);
+    let out = p.run(&["destroy", "-v"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("removed volume data"), "{stderr}");
+    assert!(
+        stderr.contains("kept volume scratch: the compose file does not declare it"),
+        "{stderr}"
+    );
+    assert!(!p.image("data").exists());
+    assert!(p.image("scratch").exists());
+    assert_eq!(
+        p.registry().keys().map(String::as_str).collect::<Vec<_>>(),
+        ["scratch"]
+    );
+}

@@ -49,6 +49,17 @@ pub enum VolumeError {
         /// The requested size in bytes.
         size: u64,
     },
+    /// A QEMU process has the volume's image open.
+    #[error(
+        "volume {name} is attached to a running VM (a QEMU process holds a lock on {}); stop that VM first. Nothing was removed",
+        .path.display()
+    )]
+    InUse {
+        /// The volume.
+        name: String,
+        /// Its image.
+        path: PathBuf,
+    },
     /// The volume is already there.
     #[error("volume {0} already exists")]
     Exists(String),
@@ -303,8 +314,60 @@ pub fn ensure_volumes(
     Ok(())
 }
 
+/// What a lock attempt on a volume image found.
+#[derive(Debug)]
+enum ImageLock {
+    /// There is no image.
+    Missing,
+    /// Nobody else holds a lock; ours lasts as long as this file stays open.
+    Free(fs::File),
+    /// Another process, a QEMU, holds a lock on it.
+    Held,
+}
+
+/// Tries a whole-file POSIX write lock (`F_SETLK`) on a volume image. QEMU holds OFD
+/// byte-range locks on every image it has open (read-only ones too), and those conflict with
+/// it, so this asks the image itself whether any QEMU uses it, whichever project or compose
+/// file started that QEMU. The file is opened read-write without truncating; nothing is
+/// written.
+fn lock_image(path: &Path) -> Result<ImageLock, StateError> {
+    let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ImageLock::Missing),
+        Err(e) => return Err(StateError::io(path, e)),
+    };
+    match rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(ImageLock::Free(file)),
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => {
+            Ok(ImageLock::Held)
+        }
+        Err(e) => Err(StateError::io(path, e.into())),
+    }
+}
+
+/// Whether a QEMU process has the image at `path` open (see [`lock_image`]); the probe lock
+/// is released at once.
+pub fn image_in_use(path: &Path) -> Result<bool, StateError> {
+    Ok(matches!(lock_image(path)?, ImageLock::Held))
+}
+
+/// Refuses when a QEMU process holds the image of volume `name`.
+pub fn check_not_in_use(state: &StateDir, name: &str) -> Result<(), VolumeError> {
+    let image = state.volume_image(name);
+    state.check_inside(&image)?;
+    if image_in_use(&image)? {
+        return Err(VolumeError::InUse {
+            name: name.to_string(),
+            path: image,
+        });
+    }
+    Ok(())
+}
+
 /// Removes volume `name`: its folder first, then its record, so an interruption leaves at
-/// worst a record without an image, which a second `remove` clears. Call under the lock.
+/// worst a record without an image, which a second `remove` clears. Refuses, removing
+/// nothing, when a QEMU process holds the image; the lock taken to find out is held until
+/// the image is gone, so no QEMU can open it in between. Call under the project lock.
 pub fn remove(
     state: &StateDir,
     registry: &mut VolumeRegistry,
@@ -314,7 +377,18 @@ pub fn remove(
         return Err(VolumeError::BadName(name.to_string()));
     }
     let dir = state.volume_dir(name);
-    state.check_inside(&dir)?;
+    let image = state.volume_image(name);
+    state.check_inside(&image)?;
+    let _held_until_removed = match lock_image(&image)? {
+        ImageLock::Held => {
+            return Err(VolumeError::InUse {
+                name: name.to_string(),
+                path: image,
+            });
+        }
+        ImageLock::Free(file) => Some(file),
+        ImageLock::Missing => None,
+    };
     match fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
