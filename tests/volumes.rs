@@ -590,3 +590,102 @@ fn destroy_v_keeps_volumes_the_file_does_not_declare() {
         ["scratch"]
     );
 }
+
+/// Removes a file outside the project, whatever the test did.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
+    use std::os::unix::fs::MetadataExt;
+    require_qemu();
+    // A source on another file system than the project cannot be hard-linked (EXDEV), as a
+    // file of another user cannot under protected_hardlinks (EPERM, which root never gets).
+    let other_fs = RemoveOnDrop(PathBuf::from(format!(
+        "/dev/shm/qemu-compose-test-{}.conf",
+        std::process::id()
+    )));
+    std::fs::write(&other_fs.0, "from another file system\n").unwrap();
+    let p = Project::with_base(&format!(
+        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - ./app.conf:/etc/app.conf\n      - {}:/etc/other.conf\n",
+        s(&other_fs.0)
+    ));
+    assert_ne!(
+        std::fs::metadata(&other_fs.0).unwrap().dev(),
+        std::fs::metadata(p.path()).unwrap().dev(),
+        "/dev/shm must be another file system than the test's temporary folder"
+    );
+    std::fs::create_dir(p.path().join("real")).unwrap();
+    let real = p.path().join("real/app.conf.real");
+    std::fs::write(&real, "the real content\n").unwrap();
+    std::os::unix::fs::symlink("real/app.conf.real", p.path().join("app.conf")).unwrap();
+
+    let out = p.run(&["up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let pid = std::fs::read_to_string(p.path().join(".qemu-compose/app/qemu.pid")).unwrap();
+    let _qemu = KillOnDrop(pid.trim().to_string());
+
+    // The symlink is followed: the share holds a hard link to the file it names.
+    let shares = p.path().join(".qemu-compose/app/file-shares");
+    let linked = shares.join("mount0/app.conf");
+    let meta = std::fs::symlink_metadata(&linked).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(meta.ino(), std::fs::metadata(&real).unwrap().ino());
+    assert_eq!(
+        std::fs::read_to_string(&linked).unwrap(),
+        "the real content\n"
+    );
+    // The unlinkable file is copied, with a warning, and shared read-only.
+    let name = other_fs.0.file_name().unwrap();
+    let copied = shares.join("mount1").join(name);
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "from another file system\n"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{} cannot be hard-linked into the instance",
+            s(&other_fs.0)
+        )) && stderr.contains(
+            "shared as a read-only copy, and host edits are not seen until the next `up`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("app.conf cannot be hard-linked"),
+        "{stderr}"
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join(".qemu-compose/app/instance.json")).unwrap(),
+    )
+    .unwrap();
+    let virtfs = |tag: &str| {
+        record["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| {
+                a.contains(&format!("mount_tag={tag},")) || a.ends_with(&format!("mount_tag={tag}"))
+            })
+            .unwrap_or_else(|| panic!("no -virtfs for {tag}: {record}"))
+            .to_string()
+    };
+    assert!(
+        !virtfs("mount0").contains("readonly=on"),
+        "{}",
+        virtfs("mount0")
+    );
+    assert!(
+        virtfs("mount1").contains("readonly=on"),
+        "{}",
+        virtfs("mount1")
+    );
+    p.ok(&["destroy", "--force"]);
+}

@@ -141,6 +141,17 @@ pub fn up(
     };
 
     let guard = lock(&state, reporter)?;
+    let mut checked = checked;
+    for (vm, checked) in selected.iter().zip(&mut checked) {
+        let copies = super::mounts::settle_file_sources(&mut checked.source_kinds, state.root());
+        for (source, why) in copies {
+            reporter.warn(&format!(
+                "VM {}: {} cannot be hard-linked into the instance ({why}); it is shared as a read-only copy, and host edits are not seen until the next `up`",
+                vm.name,
+                source.display()
+            ));
+        }
+    }
     let bases = selected
         .iter()
         .map(|vm| instance::resolve_image(vm, host, false, progress))
