@@ -395,3 +395,297 @@ fn missing_and_unregistered_images_are_reported() {
             .contains("volume gone is recorded in volumes.json but its image")
     );
 }
+
+/// Plants the temporary files a killed command leaves behind and returns their paths.
+fn plant_temporaries(p: &Project) -> Vec<PathBuf> {
+    let state = p.path().join(".qemu-compose");
+    let planted: Vec<PathBuf> = [
+        ".tmp-volumes.json.x1",
+        "app/.disk-killed.tmp",
+        "app/.tmp-seed.x2",
+        "ssh/.tmp-key.x3",
+        "volumes/data/.volume-killed.tmp",
+    ]
+    .iter()
+    .map(|f| state.join(f))
+    .collect();
+    for path in &planted {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"half-written").unwrap();
+    }
+    planted
+}
+
+#[test]
+fn stale_temporaries_are_swept_by_the_next_command() {
+    let p = Project::with_base(COMPOSE);
+    p.ok(&["up", "--no-start"]);
+    for args in [
+        &["up", "--no-start"][..],
+        &["volume", "create", "other"][..],
+    ] {
+        let planted = plant_temporaries(&p);
+        p.ok(args);
+        for path in planted {
+            assert!(!path.exists(), "{args:?} left {}", path.display());
+        }
+    }
+    // What is not a temporary stays.
+    assert!(p.image("data").exists() && p.image("other").exists());
+    assert!(p.path().join(".qemu-compose/app/disk.qcow2").exists());
+}
+
+#[test]
+fn a_failed_volume_create_leaves_nothing() {
+    let p = Project::new(COMPOSE);
+    let out = p.run(&["volume", "create", "odd", "--size", "10000001"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!p.path().join(".qemu-compose/volumes/odd").exists());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("volume odd: size 10000001 bytes is not a multiple of 512 bytes"),
+        "{stderr}"
+    );
+    let registry = p.path().join(".qemu-compose/volumes.json");
+    assert!(!registry.exists() || !p.registry().contains_key("odd"));
+}
+
+fn require_qemu() {
+    let out = Command::new("qemu-system-x86_64").arg("--version").output();
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 must be installed for this test (.ci/install-deps)"
+    );
+}
+
+fn alive(pid: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Kills a QEMU that no compose file names any more, whatever the test did.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0]).status();
+        for _ in 0..100 {
+            if !alive(&self.0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+const RUNNING: &str = "
+volumes:
+  data: {size: 1G}
+vms:
+  app:
+    image: ./base.qcow2
+    memory: 128
+    volumes: ['data:/data']
+";
+
+#[test]
+fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
+    require_qemu();
+    let p = Project::with_base(RUNNING);
+    p.ok(&["up"]);
+    let pid = std::fs::read_to_string(p.path().join(".qemu-compose/app/qemu.pid")).unwrap();
+    let qemu = KillOnDrop(pid.trim().to_string());
+    assert!(alive(&qemu.0));
+    // The VM leaves the compose file; its QEMU keeps running with the volume attached.
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        "volumes:\n  data: {size: 1G}\nvms:\n  other: {image: ./base.qcow2}\n",
+    )
+    .unwrap();
+    for args in [
+        &["volume", "rm", "data"][..],
+        &["volume", "rm", "--force", "data"][..],
+        &["destroy", "-v"][..],
+    ] {
+        let out = p.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("volume data is attached to a running VM"),
+            "{args:?}: {stderr}"
+        );
+        assert!(p.image("data").exists(), "{args:?} removed the image");
+        assert!(p.registry().contains_key("data"), "{args:?}");
+    }
+    assert!(alive(&qemu.0));
+    drop(qemu);
+    p.ok(&["volume", "rm", "data"]);
+    assert!(!p.image("data").exists());
+}
+
+#[test]
+fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
+    require_qemu();
+    let p = Project::new(COMPOSE);
+    p.ok(&["volume", "create", "solo", "--size", "64M"]);
+    p.ok(&["volume", "create", "spare", "--size", "64M"]);
+    let image = p.image("solo");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-S", "-nodefaults", "-display", "none", "-drive"])
+        .arg(format!(
+            "file={},format=qcow2,if=none,readonly=on",
+            s(&image)
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let qemu = KillOnDrop(child.id().to_string());
+    // QEMU takes its image locks once it has opened the drive: wait for them on this inode.
+    let inode = format!(
+        ":{} ",
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&image).unwrap())
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("OFDLCK") && l.contains(&inode))
+    {
+        assert!(std::time::Instant::now() < deadline, "QEMU took no lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two names: the held one stops the command before anything is removed.
+    let out = p.run(&["volume", "rm", "spare", "solo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("volume solo is attached to a running VM"),
+        "{stderr}"
+    );
+    assert!(image.exists() && p.image("spare").exists());
+    drop(qemu);
+    child.wait().unwrap();
+    p.ok(&["volume", "rm", "spare", "solo"]);
+    assert!(!image.exists() && !p.image("spare").exists());
+}
+
+#[test]
+fn destroy_v_keeps_volumes_the_file_does_not_declare() {
+    let p = Project::with_base(COMPOSE);
+    p.ok(&["up", "--no-start"]);
+    p.ok(&["volume", "create", "scratch"]);
+    let out = p.run(&["destroy", "-v"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("removed volume data"), "{stderr}");
+    assert!(
+        stderr.contains("kept volume scratch: the compose file does not declare it"),
+        "{stderr}"
+    );
+    assert!(!p.image("data").exists());
+    assert!(p.image("scratch").exists());
+    assert_eq!(
+        p.registry().keys().map(String::as_str).collect::<Vec<_>>(),
+        ["scratch"]
+    );
+}
+
+/// Removes a file outside the project, whatever the test did.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
+    use std::os::unix::fs::MetadataExt;
+    require_qemu();
+    // A source on another file system than the project cannot be hard-linked (EXDEV), as a
+    // file of another user cannot under protected_hardlinks (EPERM, which root never gets).
+    let other_fs = RemoveOnDrop(PathBuf::from(format!(
+        "/dev/shm/qemu-compose-test-{}.conf",
+        std::process::id()
+    )));
+    std::fs::write(&other_fs.0, "from another file system\n").unwrap();
+    let p = Project::with_base(&format!(
+        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - ./app.conf:/etc/app.conf\n      - {}:/etc/other.conf\n",
+        s(&other_fs.0)
+    ));
+    assert_ne!(
+        std::fs::metadata(&other_fs.0).unwrap().dev(),
+        std::fs::metadata(p.path()).unwrap().dev(),
+        "/dev/shm must be another file system than the test's temporary folder"
+    );
+    std::fs::create_dir(p.path().join("real")).unwrap();
+    let real = p.path().join("real/app.conf.real");
+    std::fs::write(&real, "the real content\n").unwrap();
+    std::os::unix::fs::symlink("real/app.conf.real", p.path().join("app.conf")).unwrap();
+
+    let out = p.run(&["up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let pid = std::fs::read_to_string(p.path().join(".qemu-compose/app/qemu.pid")).unwrap();
+    let _qemu = KillOnDrop(pid.trim().to_string());
+
+    // The symlink is followed: the share holds a hard link to the file it names.
+    let shares = p.path().join(".qemu-compose/app/file-shares");
+    let linked = shares.join("mount0/app.conf");
+    let meta = std::fs::symlink_metadata(&linked).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(meta.ino(), std::fs::metadata(&real).unwrap().ino());
+    assert_eq!(
+        std::fs::read_to_string(&linked).unwrap(),
+        "the real content\n"
+    );
+    // The unlinkable file is copied, with a warning, and shared read-only.
+    let name = other_fs.0.file_name().unwrap();
+    let copied = shares.join("mount1").join(name);
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "from another file system\n"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{} cannot be hard-linked into the instance",
+            s(&other_fs.0)
+        )) && stderr.contains(
+            "shared as a read-only copy, and host edits are not seen until the next `up`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("app.conf cannot be hard-linked"),
+        "{stderr}"
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join(".qemu-compose/app/instance.json")).unwrap(),
+    )
+    .unwrap();
+    let virtfs = |tag: &str| {
+        record["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| {
+                a.contains(&format!("mount_tag={tag},")) || a.ends_with(&format!("mount_tag={tag}"))
+            })
+            .unwrap_or_else(|| panic!("no -virtfs for {tag}: {record}"))
+            .to_string()
+    };
+    assert!(
+        !virtfs("mount0").contains("readonly=on"),
+        "{}",
+        virtfs("mount0")
+    );
+    assert!(
+        virtfs("mount1").contains("readonly=on"),
+        "{}",
+        virtfs("mount1")
+    );
+    p.ok(&["destroy", "--force"]);
+}

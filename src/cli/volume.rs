@@ -161,10 +161,13 @@ fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// Takes the project lock, then removes the temporary files an interrupted command left.
 fn lock(state: &StateDir) -> anyhow::Result<ProjectLock> {
-    Ok(ProjectLock::acquire(state, || {
+    let guard = ProjectLock::acquire(state, || {
         StderrReporter.info("waiting for another qemu-compose command on this project to finish")
-    })?)
+    })?;
+    qemu_compose::state::atomic::sweep_temporaries(state.root())?;
+    Ok(guard)
 }
 
 fn create(
@@ -259,6 +262,7 @@ fn rm(
     let _guard = lock(state)?;
     let running = engine::running_vms(project, &host);
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
+    // Every name is checked before anything is removed.
     for name in names {
         let vm_users = users.get(name.as_str()).cloned().unwrap_or_default();
         if let Some(vm) = vm_users.iter().find(|vm| running.contains(**vm)) {
@@ -267,12 +271,16 @@ fn rm(
         if !registry.volumes.contains_key(name) && !state.volume_image(name).exists() {
             bail!("no volume named {name:?}");
         }
+        // Any QEMU, whether or not the compose file still names its VM.
+        volumes::check_not_in_use(state, name)?;
         if !vm_users.is_empty() && !force {
             bail!(
                 "volume {name} is mounted by VM(s) {} of the compose file; the next `up` would create it empty. Use --force to remove it anyway",
                 vm_users.join(", ")
             );
         }
+    }
+    for name in names {
         volumes::remove(state, &mut registry, name)?;
         println!("{name}");
     }

@@ -237,6 +237,13 @@ impl Reader<'_, '_> {
                 }
                 _ => {
                     saw_vms = true;
+                    // `vms:` with nothing under it (null or `{}`) is no better than no `vms:`.
+                    if matches!(&node.value, Value::Null)
+                        || matches!(&node.value, Value::Map(entries) if entries.is_empty())
+                    {
+                        self.errors
+                            .push(node.pos, &here, "no VMs: define at least one VM");
+                    }
                     for (k, v) in self.named_map(node, &here) {
                         let vm = self.vm(v, &here.vm(&k.name));
                         raw.vms.push((at(k), vm));

@@ -753,6 +753,15 @@ fn structural_errors() {
         error("name: x\n"),
         "qemu-compose.yaml:1:1: no `vms:` section: define at least one VM"
     );
+    // `vms: {}` and a bare `vms:` define no VM either: the same refusal, at the `vms:` value.
+    assert_eq!(
+        error("name: x\nvms: {}\n"),
+        "qemu-compose.yaml:2:6: vms: no VMs: define at least one VM"
+    );
+    assert_eq!(
+        error("vms:\n"),
+        "qemu-compose.yaml:1:4: vms: no VMs: define at least one VM"
+    );
     assert!(error("[1, 2]\n").contains("expected a mapping, found a list"));
     assert!(
         error("vms: []\n")

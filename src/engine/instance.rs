@@ -273,20 +273,22 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError>
     Ok(())
 }
 
-/// Puts `source` at `link`: a hard link, so host edits in place reach the guest, or a copy when
-/// the two are on different file systems.
+/// Puts the file `source` names (a symbolic link is followed) at `link`: a hard link, so host
+/// edits in place reach the guest, or a copy when it cannot be linked (another file system,
+/// another user's file under `protected_hardlinks`, ...); the mount plan shares such a file
+/// read-only (`mounts::settle_file_sources`).
 fn link_or_copy(source: &Path, link: &Path) -> Result<(), StateError> {
+    let target = fs::canonicalize(source).map_err(|e| StateError::io(source, e))?;
     match fs::remove_file(link) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(StateError::io(link, e)),
     }
-    match fs::hard_link(source, link) {
+    match fs::hard_link(&target, link) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => fs::copy(source, link)
+        Err(_) => fs::copy(&target, link)
             .map(drop)
             .map_err(|e| StateError::io(link, e)),
-        Err(e) => Err(StateError::io(link, e)),
     }
 }
 

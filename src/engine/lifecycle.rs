@@ -61,7 +61,7 @@ pub struct DestroyOptions {
     pub force: bool,
     /// How long the guest gets to power off.
     pub timeout: Duration,
-    /// Also remove the project's named volumes.
+    /// Also remove the named volumes the compose file declares.
     pub volumes: bool,
 }
 
@@ -110,6 +110,7 @@ pub fn select<'p>(
         .collect())
 }
 
+/// Takes the project lock, then removes the temporary files an interrupted command left.
 fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
     let lock = ProjectLock::acquire(state, || {
         reporter.info("waiting for another qemu-compose command on this project to finish")
@@ -117,6 +118,8 @@ fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateE
     for note in &lock.migration_notes {
         reporter.warn(note);
     }
+    crate::state::atomic::sweep_temporaries(state.root())?;
+    crate::state::atomic::sweep_temporaries(state.private())?;
     Ok(lock)
 }
 
@@ -142,6 +145,17 @@ pub fn up(
     };
 
     let guard = lock(&state, reporter)?;
+    let mut checked = checked;
+    for (vm, checked) in selected.iter().zip(&mut checked) {
+        let copies = super::mounts::settle_file_sources(&mut checked.source_kinds, state.root());
+        for (source, why) in copies {
+            reporter.warn(&format!(
+                "VM {}: {} cannot be hard-linked into the instance ({why}); it is shared as a read-only copy, and host edits are not seen until the next `up`",
+                vm.name,
+                source.display()
+            ));
+        }
+    }
     let bases = selected
         .iter()
         .map(|vm| instance::resolve_image(vm, host, false, progress))
@@ -389,7 +403,7 @@ pub fn destroy(
     if opts.volumes && !opts.vms.is_empty() {
         return Err(EngineError::Vm {
             vm: opts.vms.join(", "),
-            message: "-v/--volumes removes all of the project's volumes and so cannot be combined with VM names; use `qemu-compose volume rm NAME` for single volumes".to_string(),
+            message: "-v/--volumes removes the volumes the compose file declares and so cannot be combined with VM names; use `qemu-compose volume rm NAME` for single volumes".to_string(),
         });
     }
     if !state.exists() {
@@ -418,12 +432,24 @@ pub fn destroy(
         }
     }
     if opts.volumes {
+        // Only the volumes the compose file declares, as `docker compose down -v`; and none of
+        // them while any QEMU (of a VM since removed from the file, say) still holds one.
         let mut registry = VolumeRegistry::load(&state.volumes_json())?;
-        let mut names: BTreeSet<String> = registry.volumes.keys().cloned().collect();
-        names.extend(project.volumes.iter().map(|v| v.name.clone()));
-        for name in names {
-            volumes::remove(&state, &mut registry, &name)?;
-            reporter.info(&format!("removed volume {name}"));
+        for decl in &project.volumes {
+            volumes::check_not_in_use(&state, &decl.name)?;
+        }
+        for decl in &project.volumes {
+            let name = &decl.name;
+            let existed = registry.volumes.contains_key(name) || state.volume_dir(name).exists();
+            volumes::remove(&state, &mut registry, name)?;
+            if existed {
+                reporter.info(&format!("removed volume {name}"));
+            }
+        }
+        for name in registry.volumes.keys() {
+            reporter.info(&format!(
+                "kept volume {name}: the compose file does not declare it (`qemu-compose volume rm {name}` removes it)"
+            ));
         }
     }
     Ok(())

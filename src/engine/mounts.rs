@@ -11,7 +11,11 @@
 //! is on another file system), mounted on a hidden folder under `/run/qemu-compose/` in the
 //! guest, and a bind mount puts that one file on the target. Nothing else of the host folder is
 //! exposed. An editor that saves by writing a new file and renaming it breaks the hard link:
-//! the guest then keeps seeing the old content until the next `up`.
+//! the guest then keeps seeing the old content until the next `up`. A symbolic link as the
+//! source is followed: the share holds the file it names. A file that cannot be hard-linked
+//! there (another file system, or a file of another user under `protected_hardlinks`) is
+//! copied instead, and that share is read-only on both sides, since guest writes to a copy
+//! would be lost and host edits are not seen until the next `up`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,9 @@ pub enum SourceKind {
     Dir,
     /// A regular file: shared through a one-file folder of the instance.
     File,
+    /// A regular file that cannot be hard-linked into the instance: shared as a read-only
+    /// copy (see [`settle_file_sources`]).
+    FileCopy,
 }
 
 /// What the plan needs to know about the host and the project's state.
@@ -58,6 +65,8 @@ pub struct FileShare {
     pub dir: PathBuf,
     /// The hard link (or copy) of `source` inside `dir`.
     pub link: PathBuf,
+    /// Whether `link` is a read-only copy rather than a hard link.
+    pub copy: bool,
 }
 
 /// The whole plan of one VM.
@@ -134,6 +143,33 @@ pub fn check_bind_sources(vm: &Vm) -> Result<BTreeMap<PathBuf, SourceKind>, Plan
     Ok(kinds)
 }
 
+/// Finds out which file sources can be hard-linked into the state folder `state_root` (the
+/// instance folders are inside it, on the same file system) by making a link under a
+/// temporary name there and removing it at once. Each file source that cannot be linked
+/// becomes [`SourceKind::FileCopy`]; it is returned with the reason. Symbolic links are
+/// followed. Call under the project lock (a probe left by a crash is swept as a temporary).
+pub fn settle_file_sources(
+    kinds: &mut BTreeMap<PathBuf, SourceKind>,
+    state_root: &Path,
+) -> Vec<(PathBuf, std::io::Error)> {
+    let mut copies = Vec::new();
+    for (source, kind) in kinds.iter_mut() {
+        if *kind != SourceKind::File {
+            continue;
+        }
+        let probe = std::fs::canonicalize(source).and_then(|target| {
+            tempfile::Builder::new()
+                .prefix(".tmp-link-")
+                .make_in(state_root, |path| std::fs::hard_link(&target, path))
+        });
+        if let Err(e) = probe {
+            *kind = SourceKind::FileCopy;
+            copies.push((source.clone(), e));
+        }
+    }
+    copies
+}
+
 /// Plans the mounts of `vm`. Pure: the file system was looked at by [`check_bind_sources`].
 pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
     let mut out = MountPlan::default();
@@ -191,15 +227,18 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                 } else {
                     SecurityModel::None
                 });
+                // A copy is read-only whatever the compose file says.
+                let read_only = mount.read_only || kind == SourceKind::FileCopy;
                 let shared_path = match kind {
                     SourceKind::Dir => source.clone(),
-                    SourceKind::File => {
+                    SourceKind::File | SourceKind::FileCopy => {
                         let dir = facts.file_shares_dir.join(&tag);
                         let name = source.file_name().unwrap_or(source.as_os_str());
                         out.file_shares.push(FileShare {
                             source: source.clone(),
                             link: dir.join(name),
                             dir: dir.clone(),
+                            copy: kind == SourceKind::FileCopy,
                         });
                         dir
                     }
@@ -209,12 +248,12 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                     path: shared_path,
                     tag: tag.clone(),
                     security_model,
-                    read_only: mount.read_only,
+                    read_only,
                 });
                 if !automount {
                     continue;
                 }
-                let options = ninep_options(mount_options, mount.read_only);
+                let options = ninep_options(mount_options, read_only);
                 match kind {
                     SourceKind::Dir => out.guest.push(GuestMount {
                         device: tag,
@@ -224,7 +263,7 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                         pass: 0,
                         target_kind: TargetKind::Dir,
                     }),
-                    SourceKind::File => {
+                    SourceKind::File | SourceKind::FileCopy => {
                         let hidden = format!("{FILE_SHARE_ROOT}/{tag}");
                         let name = source
                             .file_name()
@@ -238,7 +277,7 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                             pass: 0,
                             target_kind: TargetKind::Dir,
                         });
-                        let bind = if mount.read_only {
+                        let bind = if read_only {
                             "bind,ro,nofail"
                         } else {
                             "bind,nofail"
@@ -455,6 +494,7 @@ vms:
                 source: "/p/nginx.conf".into(),
                 dir: "/p/.qemu-compose/app/file-shares/mount3".into(),
                 link: "/p/.qemu-compose/app/file-shares/mount3/nginx.conf".into(),
+                copy: false,
             }]
         );
     }
@@ -498,6 +538,24 @@ vms:
             "{err}"
         );
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_copied_file_source_is_read_only_on_both_sides() {
+        let p = project("vms:\n  a:\n    image: ./x.img\n    volumes: ['./f.conf:/etc/f.conf']\n");
+        let kinds: BTreeMap<_, _> = [(PathBuf::from("/p/f.conf"), SourceKind::FileCopy)].into();
+        let volumes = VolumeRegistry::default();
+        let facts = PlanFacts {
+            host_is_root: false,
+            volumes: &volumes,
+            source_kinds: &kinds,
+            file_shares_dir: Path::new("/p/.qemu-compose/a/file-shares"),
+        };
+        let plan = plan(&p.vms[0], &facts).unwrap();
+        assert!(plan.shares[0].read_only);
+        assert!(plan.file_shares[0].copy);
+        assert!(plan.guest[0].options.split(',').any(|o| o == "ro"));
+        assert_eq!(plan.guest[1].options, "bind,ro,nofail");
     }
 
     #[test]

@@ -41,6 +41,25 @@ pub enum VolumeError {
         /// The largest size.
         max: String,
     },
+    /// The size is not a whole number of 512-byte sectors.
+    #[error("volume {name}: size {size} bytes is not a multiple of 512 bytes")]
+    Unaligned {
+        /// The volume.
+        name: String,
+        /// The requested size in bytes.
+        size: u64,
+    },
+    /// A QEMU process has the volume's image open.
+    #[error(
+        "volume {name} is attached to a running VM (a QEMU process holds a lock on {}); stop that VM first. Nothing was removed",
+        .path.display()
+    )]
+    InUse {
+        /// The volume.
+        name: String,
+        /// Its image.
+        path: PathBuf,
+    },
     /// The volume is already there.
     #[error("volume {0} already exists")]
     Exists(String),
@@ -69,20 +88,20 @@ pub enum VolumeError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Formatting failed.
-    #[error("volume {name}: {source}")]
+    #[error("volume {name}: {error}")]
     Format {
         /// The volume.
         name: String,
-        /// The formatter's error.
-        source: ext4::Ext4Error,
+        /// The formatter's error (in the message, not repeated as a source).
+        error: ext4::Ext4Error,
     },
     /// Writing the image failed.
-    #[error("volume {name}: {source}")]
+    #[error("volume {name}: {error}")]
     Qcow2 {
         /// The volume.
         name: String,
-        /// The writer's error.
-        source: qcow2::Qcow2Error,
+        /// The writer's error (in the message, not repeated as a source).
+        error: qcow2::Qcow2Error,
     },
 }
 
@@ -120,43 +139,61 @@ pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, V
             max: format_size(ext4::MAX_SIZE),
         });
     }
+    if !size.is_multiple_of(512) {
+        return Err(VolumeError::Unaligned {
+            name: name.to_string(),
+            size,
+        });
+    }
     let dir = state.volume_dir(name);
     let image = state.volume_image(name);
     state.ensure()?;
     state.check_inside(&image)?;
+    let made_dir = !dir.exists();
     atomic::create_private_dir(&dir, 0o700)?;
+    let made = create_in(name, size, &dir, &image);
+    if made.is_err() && made_dir {
+        // A failed creation leaves nothing behind; the folder is ours and its temporary file
+        // is gone by now.
+        let _ = fs::remove_dir_all(&dir);
+    }
+    made
+}
+
+/// The part of [`create`] that runs in the volume's folder.
+fn create_in(name: &str, size: u64, dir: &Path, image: &Path) -> Result<VolumeRecord, VolumeError> {
     if image.exists() {
         return Err(VolumeError::Exists(name.to_string()));
     }
-    remove_stale_temporaries(&dir)?;
+    remove_stale_temporaries(dir)?;
 
     let label = label_for(name);
     let mut contents = SparseBuffer::new(size);
     let summary =
-        ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(|source| {
+        ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(|error| {
             VolumeError::Format {
                 name: name.to_string(),
-                source,
+                error,
             }
         })?;
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| StateError::io(&dir, e))?;
-    qcow2::write_data_image(tmp.as_file(), size, &contents).map_err(|source| {
+        .tempfile_in(dir)
+        .map_err(|e| StateError::io(dir, e))?;
+    qcow2::write_data_image(tmp.as_file(), size, &contents).map_err(|error| {
         VolumeError::Qcow2 {
             name: name.to_string(),
-            source,
+            error,
         }
     })?;
-    tmp.persist_noclobber(&image)
-        .map_err(|e| StateError::io(&image, e.error))?;
-    atomic::sync_dir(&dir)?;
+    tmp.persist_noclobber(image)
+        .map_err(|e| StateError::io(image, e.error))?;
+    atomic::sync_dir(dir)?;
     Ok(VolumeRecord {
         name: name.to_string(),
         size: format_size(size),
-        disk_path: image,
+        disk_path: image.to_path_buf(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         uuid: uuid::Uuid::from_bytes(summary.uuid)
             .hyphenated()
@@ -277,8 +314,60 @@ pub fn ensure_volumes(
     Ok(())
 }
 
+/// What a lock attempt on a volume image found.
+#[derive(Debug)]
+enum ImageLock {
+    /// There is no image.
+    Missing,
+    /// Nobody else holds a lock; ours lasts as long as this file stays open.
+    Free(fs::File),
+    /// Another process, a QEMU, holds a lock on it.
+    Held,
+}
+
+/// Tries a whole-file POSIX write lock (`F_SETLK`) on a volume image. QEMU holds OFD
+/// byte-range locks on every image it has open (read-only ones too), and those conflict with
+/// it, so this asks the image itself whether any QEMU uses it, whichever project or compose
+/// file started that QEMU. The file is opened read-write without truncating; nothing is
+/// written.
+fn lock_image(path: &Path) -> Result<ImageLock, StateError> {
+    let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ImageLock::Missing),
+        Err(e) => return Err(StateError::io(path, e)),
+    };
+    match rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(ImageLock::Free(file)),
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => {
+            Ok(ImageLock::Held)
+        }
+        Err(e) => Err(StateError::io(path, e.into())),
+    }
+}
+
+/// Whether a QEMU process has the image at `path` open (see [`lock_image`]); the probe lock
+/// is released at once.
+pub fn image_in_use(path: &Path) -> Result<bool, StateError> {
+    Ok(matches!(lock_image(path)?, ImageLock::Held))
+}
+
+/// Refuses when a QEMU process holds the image of volume `name`.
+pub fn check_not_in_use(state: &StateDir, name: &str) -> Result<(), VolumeError> {
+    let image = state.volume_image(name);
+    state.check_inside(&image)?;
+    if image_in_use(&image)? {
+        return Err(VolumeError::InUse {
+            name: name.to_string(),
+            path: image,
+        });
+    }
+    Ok(())
+}
+
 /// Removes volume `name`: its folder first, then its record, so an interruption leaves at
-/// worst a record without an image, which a second `remove` clears. Call under the lock.
+/// worst a record without an image, which a second `remove` clears. Refuses, removing
+/// nothing, when a QEMU process holds the image; the lock taken to find out is held until
+/// the image is gone, so no QEMU can open it in between. Call under the project lock.
 pub fn remove(
     state: &StateDir,
     registry: &mut VolumeRegistry,
@@ -288,7 +377,18 @@ pub fn remove(
         return Err(VolumeError::BadName(name.to_string()));
     }
     let dir = state.volume_dir(name);
-    state.check_inside(&dir)?;
+    let image = state.volume_image(name);
+    state.check_inside(&image)?;
+    let _held_until_removed = match lock_image(&image)? {
+        ImageLock::Held => {
+            return Err(VolumeError::InUse {
+                name: name.to_string(),
+                path: image,
+            });
+        }
+        ImageLock::Free(file) => Some(file),
+        ImageLock::Missing => None,
+    };
     match fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::StateError;
 
@@ -78,9 +78,122 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
     }
 }
 
+/// Whether `name` is one of the temporary files qemu-compose writes before renaming them into
+/// place: atomic replacements (`.tmp-*`), instance disks (`.disk-*.tmp`) and volume images
+/// (`.volume-*.tmp`).
+pub fn is_temporary_name(name: &str) -> bool {
+    name.starts_with(".tmp-")
+        || ((name.starts_with(".disk-") || name.starts_with(".volume-")) && name.ends_with(".tmp"))
+}
+
+/// Removes the temporary files that an interrupted command left in the state folder `root`
+/// and returns their paths. Call it only under the project lock: every command that writes
+/// state holds that lock, so a temporary file found while holding it belongs to no running
+/// command. Looks at the files of `root`, of its folders and of `volumes/<name>/` and
+/// `vms/<name>/` (the same shape in the project's and the private folder); never follows a symbolic link and never looks inside `file-shares/`,
+/// whose files are the user's.
+pub fn sweep_temporaries(root: &Path) -> Result<Vec<PathBuf>, StateError> {
+    let mut removed = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    for entry in read_dir_if_present(root)? {
+        if entry.1.is_dir() {
+            folders.push(entry.0.clone());
+        }
+    }
+    for parent in ["volumes", "vms"] {
+        for (sub, kind) in read_dir_if_present(&root.join(parent))? {
+            if kind.is_dir() {
+                folders.push(sub);
+            }
+        }
+    }
+    for folder in folders {
+        for (path, kind) in read_dir_if_present(&folder)? {
+            let temporary = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_temporary_name);
+            if temporary && kind.is_file() {
+                match fs::remove_file(&path) {
+                    Ok(()) => removed.push(path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StateError::io(&path, e)),
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The entries of `dir` with their types (not following symbolic links); none when `dir` is
+/// missing.
+fn read_dir_if_present(dir: &Path) -> Result<Vec<(PathBuf, fs::FileType)>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StateError::io(dir, e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| StateError::io(entry.path(), e))?;
+        out.push((entry.path(), kind));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_removes_only_temporaries_and_skips_file_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let files = [
+            ".tmp-abc",
+            "volumes.json",
+            "app/.disk-x1.tmp",
+            "app/.tmp-seed",
+            "app/disk.qcow2",
+            "app/file-shares/mount0/.tmp-user-file",
+            "ssh/.tmp-key",
+            "volumes/data/.volume-q.tmp",
+            "volumes/data/volume.qcow2",
+        ];
+        for f in files {
+            let path = root.join(f);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, b"x").unwrap();
+        }
+        let mut removed: Vec<String> = sweep_temporaries(root)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                ".tmp-abc",
+                "app/.disk-x1.tmp",
+                "app/.tmp-seed",
+                "ssh/.tmp-key",
+                "volumes/data/.volume-q.tmp"
+            ]
+        );
+        for kept in [
+            "volumes.json",
+            "app/disk.qcow2",
+            "app/file-shares/mount0/.tmp-user-file",
+            "volumes/data/volume.qcow2",
+        ] {
+            assert!(root.join(kept).exists(), "{kept}");
+        }
+        assert!(sweep_temporaries(&root.join("missing")).unwrap().is_empty());
+    }
 
     #[test]
     fn replaces_content_and_sets_mode() {
