@@ -157,6 +157,9 @@ pub fn up(
     let mut running = Vec::new();
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
         let prepared = instance::prepare(&cx, vm, checked, base)?;
+        if let Some(change) = instance::base_change(&prepared.paths.disk, &prepared.base) {
+            reporter.warn(&change.warning(&vm.name));
+        }
         let handle = status::handle(&prepared.paths);
         let record = InstanceRecord::load(&prepared.paths.record)?;
         match process::state(&handle) {
