@@ -6,6 +6,7 @@
 //! -> [`qemu`]. [`disk`], [`cloudinit`] and [`compose`] import nothing from the rest of the
 //! crate.
 
+pub mod cleanup;
 pub mod cloudinit;
 pub mod compose;
 pub mod disk;

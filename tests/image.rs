@@ -1,10 +1,13 @@
 //! The image cache against an HTTP server run by the test on 127.0.0.1: nothing else on the
 //! network is touched (the proxy test names a host that the "proxy" below answers for).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use qemu_compose::image::progress::{LineProgress, NoProgress};
 use qemu_compose::image::{ImageCache, ImageError, ProxyEnv, Sha256Digest};
@@ -29,15 +32,20 @@ fn digest(bytes: &[u8]) -> Sha256Digest {
 
 const LEN: usize = 3 << 20;
 
-/// A tiny HTTP/1.1 server, one connection at a time, `Connection: close`:
+/// A tiny HTTP/1.1 server, a thread per connection, `Connection: close`:
 /// `/a/<name>` and `/b/<name>` serve different payloads, `/drop/<name>` announces the full
-/// length and hangs up half-way, `/chunked-drop` hangs up inside a chunked body, anything else
-/// is 404. A proxy's absolute-form request is served by its path, and `CONNECT` is accepted.
+/// length and hangs up half-way, `/chunked-drop` hangs up inside a chunked body, `/slow/<name>`
+/// sends a third of its body and then stalls for a minute, `/f/<name>` serves what the test
+/// [`Server::put`] there, `/redirect/<path>` answers 302 to `/<path>`, anything else is 404. A proxy's absolute-form request is served by its path, and `CONNECT` is accepted.
 struct Server {
     base: String,
     port: u16,
     requests: Arc<Mutex<Vec<String>>>,
+    /// What `/f/<name>` serves; tests change it between requests.
+    files: Files,
 }
+
+type Files = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 
 impl Server {
     fn start() -> Self {
@@ -45,21 +53,32 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&requests);
+        let files: Files = Arc::new(Mutex::new(BTreeMap::new()));
+        let served = Arc::clone(&files);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let _ = serve(stream, &log);
+                let log = Arc::clone(&log);
+                let files = Arc::clone(&files);
+                std::thread::spawn(move || serve(stream, &log, &files));
             }
         });
         Server {
             base: format!("http://127.0.0.1:{port}"),
             port,
             requests,
+            files: served,
         }
     }
 
     fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+
+    /// Serves `bytes` at `/f/<name>` from now on; returns the URL.
+    fn put(&self, name: &str, bytes: Vec<u8>) -> String {
+        self.files.lock().unwrap().insert(name.to_owned(), bytes);
+        format!("{}/f/{name}", self.base)
     }
 }
 
@@ -74,7 +93,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
     }
 }
 
-fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, files: &Files) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     let mut line = read_head(&mut reader)?;
@@ -96,6 +115,21 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
     if path.starts_with("/a/") || path.starts_with("/proxied/") {
         out.write_all(head(LEN).as_bytes())?;
         out.write_all(&payload(1, LEN))?;
+    } else if let Some(name) = path.strip_prefix("/f/")
+        && let Some(bytes) = files.lock().unwrap().get(name).cloned()
+    {
+        out.write_all(head(bytes.len()).as_bytes())?;
+        out.write_all(&bytes)?;
+    } else if let Some(rest) = path.strip_prefix("/redirect/") {
+        out.write_all(
+            format!("HTTP/1.1 302 Found\r\nLocation: /{rest}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+    } else if path.starts_with("/slow/") {
+        out.write_all(head(LEN).as_bytes())?;
+        out.write_all(&payload(1, LEN)[..LEN / 3])?;
+        out.flush()?;
+        std::thread::sleep(Duration::from_secs(60));
     } else if path.starts_with("/b/") {
         out.write_all(head(LEN).as_bytes())?;
         out.write_all(&payload(2, LEN))?;
@@ -120,11 +154,12 @@ fn cache(dir: &Path) -> ImageCache {
     ImageCache::new(dir).with_proxy(ProxyEnv::default())
 }
 
-/// Every file in the cache directory, hidden ones included.
+/// Every file in the cache directory, hidden ones included, except the cache's lock file.
 fn all_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
             .collect(),
         Err(_) => Vec::new(),
     };
@@ -140,13 +175,18 @@ fn downloads_bytes_exactly_with_a_sidecar() {
     let url = format!("{}/a/disk.img", server.base);
     let mut progress = LineProgress::new(Vec::new());
     let path = cache.pull(&url, None, false, &mut progress).unwrap();
+    assert_eq!(Some(&path), cache.find(&url, None).as_ref());
     assert_eq!(path, cache.path_for(&url));
     assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
 
     let lines = String::from_utf8(progress.into_inner()).unwrap();
     let key = path.file_name().unwrap().to_str().unwrap();
     assert!(
-        lines.starts_with(&format!("pulling {key} (3.00 MiB)\n")),
+        key.contains(&digest(&payload(1, LEN)).hex()[..12]),
+        "the name carries the content digest: {key}"
+    );
+    assert!(
+        lines.starts_with("pulling disk.img (3.00 MiB)\n"),
         "{lines}"
     );
     assert!(lines.ends_with("done, 3.00 MiB\n"), "{lines}");
@@ -169,20 +209,21 @@ fn downloads_bytes_exactly_with_a_sidecar() {
         [key.to_owned(), format!("{key}.json")]
     );
 
-    // Cached: no second request, unless forced.
+    // Cached: no second request, unless forced; the same content is the same file.
     cache.pull(&url, None, false, &mut NoProgress).unwrap();
     assert_eq!(server.count(), 1);
-    cache.pull(&url, None, true, &mut NoProgress).unwrap();
+    assert_eq!(cache.pull(&url, None, true, &mut NoProgress).unwrap(), path);
     assert_eq!(server.count(), 2);
+    assert_eq!(cache.list().unwrap().len(), 1);
 
-    cache.remove(&listed[0].name).unwrap();
+    cache.remove(&listed[0].name, false).unwrap();
     assert!(all_files(dir.path()).is_empty());
     assert!(matches!(
-        cache.remove(&listed[0].name),
+        cache.remove(&listed[0].name, false),
         Err(ImageError::NotFound { .. })
     ));
     assert!(matches!(
-        cache.remove("../etc"),
+        cache.remove("../etc", false),
         Err(ImageError::NotFound { .. })
     ));
 }
@@ -245,7 +286,7 @@ fn a_dropped_connection_leaves_nothing_that_looks_complete() {
             matches!(err, ImageError::Interrupted { .. }),
             "{url}: {err}"
         );
-        assert!(!cache.path_for(&url).exists());
+        assert!(cache.find(&url, None).is_none());
         assert!(
             all_files(dir.path()).is_empty(),
             "{:?}",
@@ -325,4 +366,357 @@ fn the_http_proxy_variable_is_used() {
         seen.iter().any(|l| l.contains("images.example.invalid")),
         "the proxy saw {seen:?}"
     );
+}
+
+// ---- Through the real CLI -------------------------------------------------------------
+
+/// A project folder for the CLI, with its own image cache (`XDG_DATA_HOME`).
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new(compose: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
+        Cli { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn images(&self) -> PathBuf {
+        self.path().join("xdg/qemu-compose/images")
+    }
+
+    fn command(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("XDG_DATA_HOME", self.path().join("xdg"))
+            .env("QEMU_COMPOSE_E2E", "0");
+        for var in [
+            "QEMU_COMPOSE_FILE",
+            "QEMU_COMPOSE_PROJECT_NAME",
+            "http_proxy",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    /// Runs in another folder (`cwd`), e.g. one without a compose file.
+    fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        self.command(cwd, args).output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in(self.path(), args)
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "qemu-compose {args:?} failed: {stderr}"
+        );
+        (stdout, stderr)
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "qemu-compose {args:?} should fail: {stderr}"
+        );
+        stderr
+    }
+}
+
+/// A small qcow2 image made by qemu-img with extra `args` (e.g. `-b`), read back as bytes.
+fn qemu_img(args: &[&str], size: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("made.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(args)
+        .arg(&path)
+        .arg(size)
+        .output()
+        .expect("qemu-img must be installed for this test (.ci/install-deps)");
+    assert!(
+        out.status.success(),
+        "qemu-img: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&path).unwrap()
+}
+
+fn overlay_base_of(disk: &Path) -> PathBuf {
+    qemu_compose::image::overlay_base(disk).expect("the disk names a base")
+}
+
+#[test]
+fn a_new_download_never_replaces_a_base_that_disks_use() {
+    let server = Server::start();
+    let first = qemu_img(&[], "64M");
+    let url = server.put("base.qcow2", first.clone());
+    let cli = Cli::new(&format!(
+        "vms:\n  app:\n    image: {url}\n    memory: 128\n"
+    ));
+    cli.ok(&["up", "--no-start"]);
+    let disk = cli.path().join(".qemu-compose/app/disk.qcow2");
+    let old_base = overlay_base_of(&disk);
+    assert!(std::fs::read(&old_base).unwrap() == first);
+
+    // Upstream publishes a new build; `pull --force` fetches it as a new file.
+    let second = qemu_img(&[], "96M");
+    server.put("base.qcow2", second.clone());
+    cli.ok(&["pull", "--force"]);
+    assert!(
+        std::fs::read(&old_base).unwrap() == first,
+        "the base of an existing disk was changed under it"
+    );
+    let listed = ImageCache::new(cli.images()).list().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let new_base = listed
+        .iter()
+        .map(|i| i.path.canonicalize().unwrap())
+        .find(|p| *p != old_base)
+        .unwrap();
+    assert!(std::fs::read(&new_base).unwrap() == second);
+
+    // `up` says so and leaves the disk alone; `ps` shows it.
+    let (_, stderr) = cli.ok(&["up", "--no-start"]);
+    assert!(
+        stderr.contains(&format!(
+            "VM app: its disk was made on {}, the compose file now names {}",
+            old_base.display(),
+            new_base.display()
+        )) && stderr.contains("qemu-compose up --force-recreate app"),
+        "{stderr}"
+    );
+    assert_eq!(overlay_base_of(&disk), old_base);
+    let (stdout, _) = cli.ok(&["ps", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        rows[0]["base_changed"]["made_on"],
+        old_base.display().to_string(),
+        "{stdout}"
+    );
+    assert_eq!(
+        rows[0]["base_changed"]["now"],
+        new_base.display().to_string()
+    );
+
+    // The old base cannot be removed while the disk uses it, even from a folder without a
+    // compose file (the cache's own record of users); the new one can.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let old_name = old_base.file_name().unwrap().to_str().unwrap();
+    let out = cli.run_in(elsewhere.path(), &["image", "rm", old_name]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(old_name) && stderr.contains(&disk.display().to_string()),
+        "{stderr}"
+    );
+    assert!(old_base.is_file());
+    let new_name = new_base.file_name().unwrap().to_str().unwrap();
+    let out = cli.run_in(elsewhere.path(), &["image", "rm", new_name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!new_base.exists());
+
+    // Once the disk is gone, the base is free.
+    cli.ok(&["destroy", "--force"]);
+    let out = cli.run_in(elsewhere.path(), &["image", "rm", old_name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all_files(&cli.images()).is_empty(),
+        "{:?}",
+        all_files(&cli.images())
+    );
+}
+
+#[test]
+fn image_rm_force_removes_a_used_base() {
+    let server = Server::start();
+    let url = server.put("base.qcow2", qemu_img(&[], "64M"));
+    let cli = Cli::new(&format!(
+        "vms:\n  app:\n    image: {url}\n    memory: 128\n"
+    ));
+    cli.ok(&["up", "--no-start"]);
+    let base = overlay_base_of(&cli.path().join(".qemu-compose/app/disk.qcow2"));
+    let name = base.file_name().unwrap().to_str().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = cli.run_in(elsewhere.path(), &["image", "rm", "--force", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!base.exists());
+}
+
+#[test]
+fn downloaded_images_must_be_self_contained() {
+    let server = Server::start();
+    let hostile = [
+        (
+            "backing.qcow2",
+            qemu_img(&["-b", "../../../../etc/hostname", "-F", "raw"], "1M"),
+            "backing file",
+        ),
+        (
+            "datafile.qcow2",
+            qemu_img(&["-o", "data_file=/tmp/qemu-compose-test-data.raw"], "1M"),
+            "external data file",
+        ),
+    ];
+    let _ = std::fs::remove_file("/tmp/qemu-compose-test-data.raw");
+    let cli = Cli::new("vms: {}\n");
+    for (name, bytes, field) in hostile {
+        let url = server.put(name, bytes);
+        let stderr = cli.fail(&["pull", &url]);
+        assert!(
+            stderr.contains(&url) && stderr.contains(field),
+            "{name}: {stderr}"
+        );
+        assert!(
+            all_files(&cli.images()).is_empty(),
+            "{name}: {:?}",
+            all_files(&cli.images())
+        );
+    }
+    // A self-contained qcow2 image and a raw one are fine.
+    let url = server.put("fine.qcow2", qemu_img(&[], "1M"));
+    cli.ok(&["pull", &url]);
+    let url = server.put("fine.raw", vec![0x55; 4096]);
+    cli.ok(&["pull", &url]);
+}
+
+#[test]
+fn plain_http_redirects_still_work() {
+    let server = Server::start();
+    let url = format!("{}/redirect/a/disk.img", server.base);
+    let dir = tempfile::tempdir().unwrap();
+    let path = cache(dir.path())
+        .pull(&url, None, false, &mut NoProgress)
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), payload(1, LEN));
+}
+
+const LOCAL: &str =
+    "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    image_checksum: CHECKSUM\n";
+
+#[test]
+fn a_local_image_is_checked_against_its_checksum() {
+    let base = qemu_img(&[], "64M");
+    let good = digest(&base);
+    let bad = digest(b"another image");
+    let cli = Cli::new(&LOCAL.replace("CHECKSUM", &bad.to_string()));
+    std::fs::write(cli.path().join("base.qcow2"), &base).unwrap();
+    let stderr = cli.fail(&["up", "--no-start"]);
+    assert!(
+        stderr.contains("VM app")
+            && stderr.contains("base.qcow2")
+            && stderr.contains(&bad.to_string())
+            && stderr.contains(&good.to_string()),
+        "{stderr}"
+    );
+    assert!(
+        !cli.path().join(".qemu-compose/app").exists(),
+        "a VM was made from an image that fails its checksum"
+    );
+    let stderr = cli.fail(&["pull"]);
+    assert!(stderr.contains(&good.to_string()), "{stderr}");
+
+    std::fs::write(
+        cli.path().join("qemu-compose.yaml"),
+        LOCAL.replace("CHECKSUM", &good.to_string()),
+    )
+    .unwrap();
+    cli.ok(&["up", "--no-start"]);
+    assert!(cli.path().join(".qemu-compose/app/disk.qcow2").is_file());
+}
+
+fn partials(dir: &Path) -> Vec<String> {
+    all_files(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".partial-"))
+        .collect()
+}
+
+#[test]
+fn ctrl_c_during_pull_leaves_no_partial_download() {
+    let server = Server::start();
+    let cli = Cli::new("vms: {}\n");
+    let url = format!("{}/slow/disk.img", server.base);
+    let mut child = cli
+        .command(cli.path(), &["pull", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until part of the body is on disk.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written = partials(&cli.images())
+            .iter()
+            .any(|n| std::fs::metadata(cli.images().join(n)).is_ok_and(|m| m.len() > 0));
+        if written {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the download never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        all_files(&cli.images()).is_empty(),
+        "{:?}",
+        all_files(&cli.images())
+    );
+}
+
+#[test]
+fn stale_partials_are_swept_but_not_those_being_written() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    // Left by a killed pull: nobody holds its lock.
+    std::fs::write(dir.path().join(".partial-stale"), b"half an image").unwrap();
+    // Being written by a concurrent pull: locked.
+    let busy = std::fs::File::create(dir.path().join(".partial-busy")).unwrap();
+    busy.lock().unwrap();
+    cache(dir.path())
+        .pull(
+            &format!("{}/a/disk.img", server.base),
+            None,
+            false,
+            &mut NoProgress,
+        )
+        .unwrap();
+    assert_eq!(partials(dir.path()), [".partial-busy"]);
+    drop(busy);
 }

@@ -1,19 +1,19 @@
 //! `image ls` and `image rm`: the download cache, shared by all projects.
 //!
-//! The cache does not know which instances are based on its files; the project in this
-//! directory (when there is one) tells: an instance overlay names its base in its header.
-//! Without a compose file "used by" is unknown, and `rm` cannot protect anything.
+//! The cache records the instance disks `up` made on each image (`<image>.users`); `rm`
+//! refuses an image that one of them still names as its base. The project in this directory
+//! (when there is one) also tells which of its VMs use an image, for `ls` and for disks made
+//! before the cache kept that record.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
 use qemu_compose::compose::{ImageSource, Project};
-use qemu_compose::disk::qcow2::Qcow2Image;
 use qemu_compose::engine::HostEnv;
+use qemu_compose::image::{Sha256Digest, overlay_base};
 use qemu_compose::state::{InstancePaths, StateDir};
 
 use super::{GlobalArgs, ImageCommand, human_bytes, project};
@@ -41,15 +41,6 @@ fn overlay_users(project: &Project, host: &HostEnv) -> BTreeMap<PathBuf, Vec<Str
     users
 }
 
-/// The base file an overlay names, resolved as QEMU resolves it (relative to the overlay)
-/// and made canonical; `None` without an overlay or a base. The base itself need not exist.
-pub(super) fn overlay_base(overlay: &Path) -> Option<PathBuf> {
-    let image = Qcow2Image::from_source(File::open(overlay).ok()?).ok()?;
-    let name = image.backing_file()?;
-    let base = overlay.parent().unwrap_or(Path::new("/")).join(name);
-    Some(base.canonicalize().unwrap_or(base))
-}
-
 #[derive(Debug)]
 struct Row {
     name: String,
@@ -74,7 +65,13 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
                 p.vms
                     .iter()
                     .filter(|vm| match &vm.image {
-                        ImageSource::Url(url) => host.images.path_for(url) == image.path,
+                        ImageSource::Url(url) => {
+                            let checksum = vm
+                                .image_checksum
+                                .as_deref()
+                                .and_then(|c| c.parse::<Sha256Digest>().ok());
+                            host.images.find(url, checksum.as_ref()).as_ref() == Some(&image.path)
+                        }
                         ImageSource::Path(_) => false,
                     })
                     .map(|vm| vm.name.clone())
@@ -141,7 +138,7 @@ fn rm(
                 vms.join(" ")
             );
         }
-        host.images.remove(name)?;
+        host.images.remove(name, force)?;
         println!("{name}");
     }
     Ok(ExitCode::SUCCESS)

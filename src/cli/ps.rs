@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use comfy_table::{Table, presets::NOTHING};
+use qemu_compose::engine::instance::{self, BaseChange};
 use qemu_compose::engine::{HostEnv, inspect};
+use serde::Serialize;
 
 use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, project};
 
@@ -23,8 +25,30 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     if global.debug {
         eprintln!("status probes took {} ms", started.elapsed().as_millis());
     }
+    let changes: Vec<Option<BaseChange>> = vms
+        .iter()
+        .map(|vm| instance::current_base_change(&project, &host, vm))
+        .collect();
     match args.format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        TableFormat::Json => {
+            /// A `ps` line plus whether the VM's base is no longer the one the compose file
+            /// names.
+            #[derive(Serialize)]
+            struct Line<'a> {
+                #[serde(flatten)]
+                summary: &'a inspect::VmSummary,
+                base_changed: &'a Option<BaseChange>,
+            }
+            let lines: Vec<Line> = rows
+                .iter()
+                .zip(&changes)
+                .map(|(summary, base_changed)| Line {
+                    summary,
+                    base_changed,
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&lines)?);
+        }
         TableFormat::Table => {
             let mut table = Table::new();
             table
@@ -60,6 +84,11 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 ]);
             }
             println!("{}", table.trim_fmt());
+        }
+    }
+    for (vm, change) in vms.iter().zip(&changes) {
+        if let Some(change) = change {
+            eprintln!("warning: {}", change.warning(&vm.name));
         }
     }
     Ok(ExitCode::SUCCESS)

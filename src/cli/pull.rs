@@ -1,6 +1,7 @@
 //! `pull [VM…] [--force]` and `pull URL`: fill the image cache ahead of `up`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use qemu_compose::compose::ImageSource;
@@ -28,7 +29,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     }
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.targets)?;
-    let mut done = BTreeSet::new();
+    let mut done = BTreeMap::new();
     for vm in vms {
         match &vm.image {
             ImageSource::Path(path) => {
@@ -43,14 +44,21 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                         vm.name,
                         path.display()
                     );
+                } else {
+                    instance::check_local_checksum(vm)?;
                 }
             }
             ImageSource::Url(url) => {
                 // Two VMs on one image: one download (and with --force, only one).
-                let path = if done.insert(url.clone()) {
-                    instance::resolve_image(vm, &host, args.force, progress.as_mut())?
-                } else {
-                    host.images.path_for(url)
+                let key = (url.clone(), vm.image_checksum.clone());
+                let path = match done.get(&key) {
+                    Some(path) => PathBuf::clone(path),
+                    None => {
+                        let path =
+                            instance::resolve_image(vm, &host, args.force, progress.as_mut())?;
+                        done.insert(key, path.clone());
+                        path
+                    }
                 };
                 println!("{}: {url} -> {}", vm.name, path.display());
             }

@@ -11,6 +11,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cloudinit::{self, Seed, SeedInput, UserSpec};
@@ -72,9 +73,30 @@ pub fn check(vm: &Vm) -> Result<Checked, EngineError> {
             });
         }
     }
+    check_local_checksum(vm)?;
     Ok(Checked {
         source_kinds: mounts::check_bind_sources(vm)?,
     })
+}
+
+/// Checks a local image against the VM's `image_checksum` (downloads are checked by the
+/// cache). Hashes the whole file, so it costs a read of the image when a checksum is given.
+pub fn check_local_checksum(vm: &Vm) -> Result<(), EngineError> {
+    let (Some(path), Some(text)) = (local_image(vm), vm.image_checksum.as_deref()) else {
+        return Ok(());
+    };
+    let expected: Sha256Digest = text.parse().map_err(|e| EngineError::vm(&vm.name, e))?;
+    let actual = crate::image::hash_file(path)?;
+    if actual != expected {
+        return Err(EngineError::vm(
+            &vm.name,
+            format!(
+                "image {} does not match image_checksum: expected {expected}, the file has {actual}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn local_image(vm: &Vm) -> Option<&Path> {
@@ -103,6 +125,61 @@ pub fn resolve_image(
                 .map_err(|e| EngineError::vm(&vm.name, e))?;
             Ok(host.images.pull(url, checksum.as_ref(), force, progress)?)
         }
+    }
+}
+
+/// The base an instance disk was made on, and the one the compose file names now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BaseChange {
+    /// The backing file the instance disk's qcow2 header names.
+    pub made_on: PathBuf,
+    /// The image the compose file resolves to now (a URL not downloaded yet: the URL).
+    pub now: String,
+}
+
+impl BaseChange {
+    /// What `up` and `ps` tell the user.
+    pub fn warning(&self, vm: &str) -> String {
+        format!(
+            "VM {vm}: its disk was made on {}, the compose file now names {}; `qemu-compose up --force-recreate {vm}` makes a new disk on it (the changes the guest made to its disk are lost); until then the VM keeps its disk and its old base",
+            self.made_on.display(),
+            self.now
+        )
+    }
+}
+
+/// Compares the base the instance disk at `disk` was made on with `base`; `None` when the
+/// disk does not exist, names no base, or names `base`.
+pub fn base_change(disk: &Path, base: &Path) -> Option<BaseChange> {
+    let made_on = crate::image::overlay_base(disk)?;
+    let now = base.canonicalize().unwrap_or(base.to_path_buf());
+    (made_on != now).then(|| BaseChange {
+        made_on,
+        now: now.display().to_string(),
+    })
+}
+
+/// [`base_change`] for `vm` without downloading anything, for `ps` and `inspect`: the base is
+/// the local image, or the cached download of the URL (matching `image_checksum`).
+pub fn current_base_change(project: &Project, host: &HostEnv, vm: &Vm) -> Option<BaseChange> {
+    let paths = InstancePaths::new(
+        &StateDir::new(&project.dir),
+        &vm.name,
+        host.runtime_dir.as_deref(),
+    );
+    let checksum = vm
+        .image_checksum
+        .as_deref()
+        .and_then(|c| c.parse::<Sha256Digest>().ok());
+    match &vm.image {
+        ImageSource::Path(p) => base_change(&paths.disk, p),
+        ImageSource::Url(url) => match host.images.find(url, checksum.as_ref()) {
+            Some(cached) => base_change(&paths.disk, &cached),
+            None => crate::image::overlay_base(&paths.disk).map(|made_on| BaseChange {
+                made_on,
+                now: format!("{url} (not downloaded yet)"),
+            }),
+        },
     }
 }
 
@@ -261,6 +338,8 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError>
             .map_err(|e| StateError::io(&paths.disk, e.error))?;
         atomic::sync_dir(dir)?;
     }
+    // The cache keeps the base while this disk names it (`image rm` checks).
+    crate::image::record_overlay(&paths.disk)?;
 
     for share in &vm.mounts.file_shares {
         atomic::create_private_dir(&share.dir, 0o700)?;

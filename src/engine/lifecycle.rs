@@ -176,6 +176,9 @@ pub fn up(
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
         let prepared = instance::prepare(&cx, vm, checked, base)?;
         prepared.paths.check_socket_dir()?;
+        if let Some(change) = instance::base_change(&prepared.paths.disk, &prepared.base) {
+            reporter.warn(&change.warning(&vm.name));
+        }
         let handle = status::handle(&prepared.paths);
         let record = InstanceRecord::load(&prepared.paths.record)?;
         match process::state(&handle) {

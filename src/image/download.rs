@@ -133,6 +133,47 @@ fn bypasses(list: &str, host: &str) -> bool {
     })
 }
 
+/// The agent that downloads `uri`. An `https://` download is `https_only`: ureq then refuses
+/// every hop that is not https, so a redirect to plain `http://` (which anyone on the path
+/// could answer) fails instead of being followed. A plain `http://` URL the user gave works.
+pub(crate) fn agent_for(uri: &Uri, proxy: &ProxyEnv) -> Result<ureq::Agent, ImageError> {
+    let proxy = match proxy.proxy_for(uri) {
+        Some(p) => Some(ureq::Proxy::new(p).map_err(|e| ImageError::BadProxy {
+            proxy: p.to_owned(),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    Ok(ureq::Agent::config_builder()
+        .proxy(proxy)
+        .https_only(uri.scheme_str() == Some("https"))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        // Compressed transfer would make Content-Length useless as a completeness check.
+        .accept_encoding("identity")
+        .user_agent(concat!("qemu-compose/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into())
+}
+
+/// The error the user sees for a failed request of `url`.
+fn http_error(url: &str, source: ureq::Error) -> ImageError {
+    match source {
+        ureq::Error::StatusCode(status) => ImageError::Status {
+            url: url.to_owned(),
+            status,
+        },
+        ureq::Error::RequireHttpsOnly(to) => ImageError::InsecureRedirect {
+            url: url.to_owned(),
+            to,
+        },
+        source => ImageError::Http {
+            url: url.to_owned(),
+            source: Box::new(source),
+        },
+    }
+}
+
 /// The result of a completed download.
 #[derive(Debug)]
 pub(crate) struct Fetched {
@@ -159,33 +200,11 @@ pub(crate) fn fetch(
             reason: "only http:// and https:// URLs can be downloaded".into(),
         });
     }
-    let proxy = match proxy.proxy_for(&uri) {
-        Some(p) => Some(ureq::Proxy::new(p).map_err(|e| ImageError::BadProxy {
-            proxy: p.to_owned(),
-            reason: e.to_string(),
-        })?),
-        None => None,
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(proxy)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_per_read(Some(Duration::from_secs(60)))
-        // Compressed transfer would make Content-Length useless as a completeness check.
-        .accept_encoding("identity")
-        .user_agent(concat!("qemu-compose/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    let http_error = |source: ureq::Error| match source {
-        ureq::Error::StatusCode(status) => ImageError::Status {
-            url: url.to_owned(),
-            status,
-        },
-        source => ImageError::Http {
-            url: url.to_owned(),
-            source: Box::new(source),
-        },
-    };
-    let mut response = agent.get(url).call().map_err(http_error)?;
+    let agent = agent_for(&uri, proxy)?;
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|source| http_error(url, source))?;
     let total = response.body().content_length();
     progress.start(label, total);
 
@@ -259,6 +278,33 @@ mod tests {
         ] {
             assert!(bad.parse::<Sha256Digest>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_downloads_refuse_plain_http_hops() {
+        let https: Uri = "https://cloud.example/x.img".parse().unwrap();
+        let http: Uri = "http://cloud.example/x.img".parse().unwrap();
+        let none = ProxyEnv::default();
+        assert!(agent_for(&https, &none).unwrap().config().https_only());
+        assert!(!agent_for(&http, &none).unwrap().config().https_only());
+
+        // What ureq does with a plain-http hop under that agent (a redirect target is checked
+        // the same way as the first URL), and the error the user sees.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = format!("http://{}/x.img", listener.local_addr().unwrap());
+        let err = agent_for(&https, &none)
+            .unwrap()
+            .get(&to)
+            .call()
+            .unwrap_err();
+        assert!(matches!(err, ureq::Error::RequireHttpsOnly(_)), "{err}");
+        let text = http_error("https://cloud.example/x.img", err).to_string();
+        assert!(
+            text.contains("https://cloud.example/x.img")
+                && text.contains(&to)
+                && text.contains("redirected to"),
+            "{text}"
+        );
     }
 
     fn env(pairs: &[(&str, &str)]) -> ProxyEnv {

@@ -1,6 +1,7 @@
-//! The image cache: base images downloaded once per URL and shared by every project.
+//! The image cache: base images downloaded once per URL and content, shared by every project.
 //!
-//! Format detection of a cached or local image belongs to `disk::qcow2`.
+//! Format detection of a cached or local image belongs to `disk::qcow2`. The cache layout and
+//! why a cached image never changes under an instance disk are described in [`cache`].
 
 pub mod cache;
 pub mod download;
@@ -8,7 +9,10 @@ pub mod progress;
 
 use std::path::PathBuf;
 
-pub use cache::{CachedImage, ImageCache, ImageMeta};
+pub use cache::{
+    CachedImage, ImageCache, ImageMeta, check_self_contained, hash_file, overlay_base,
+    record_overlay,
+};
 pub use download::{ProxyEnv, Sha256Digest};
 pub use progress::{Progress, for_stderr};
 
@@ -50,4 +54,15 @@ pub enum ImageError {
     },
     #[error("no cached image named {name:?}")]
     NotFound { name: String },
+    #[error("refusing the image downloaded from {url}: {field}")]
+    NotSelfContained { url: String, field: String },
+    #[error(
+        "download of {url} refused: it was redirected to {to}, a plain http:// address; an https:// download may only be redirected to https://"
+    )]
+    InsecureRedirect { url: String, to: String },
+    #[error(
+        "image {name} is the base of the instance disk(s) {}; `qemu-compose destroy` their VMs first, or use --force (those VMs will not start again)",
+        .users.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    InUse { name: String, users: Vec<PathBuf> },
 }
