@@ -198,6 +198,7 @@ pub fn up(
         if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
             reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
         }
+        instance::check_images_before_start(&prepared)?;
         let port = start_with_port(&cx, vm, &prepared, qemu, record.as_ref(), reporter)?;
         reporter.info(&format!(
             "started VM {} (ssh: 127.0.0.1:{port}, qemu-compose ssh {})",
