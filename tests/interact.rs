@@ -400,6 +400,114 @@ fn ps_and_inspect_follow_the_lifecycle() {
     assert!(text(&unknown.stderr).contains("no VM named \"nope\""));
 }
 
+/// The argv strings of `inspect --format json`'s `qemu` section.
+fn inspect_argv(i: &Value) -> Vec<String> {
+    serde_json::from_value(i["qemu"]["argv"].clone()).expect("an argv")
+}
+
+#[test]
+fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let fixed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = Project::new(&format!(
+        "volumes:\n  data: {{size: 64M}}\nvms:\n  a:\n    image: ./base.qcow2\n    memory: 64\n    volumes: [\"data:/data\"]\n  b:\n    image: ./base.qcow2\n    memory: 64\n    ssh: {{port: {fixed}}}\n  c: {{image: \"http://127.0.0.1:9/never.qcow2\", memory: 64}}\n"
+    ));
+    qemu_img_create(&p.path().join("base.qcow2"), "64M");
+    p.ok(&["up", "--no-start", "a", "b"]);
+
+    // Created, never started: the plan, marked as such, with the port it assumes.
+    let i = p.json(&["inspect", "a", "--format", "json"]);
+    assert_eq!(i["state"]["status"], "stopped");
+    let q = &i["qemu"];
+    assert_eq!(q["planned"], true, "{q}");
+    assert_eq!(q["started"], Value::Null);
+    assert_eq!(q["ssh_port_basis"], "first-free");
+    let planned_port = q["ssh_port"].as_u64().unwrap();
+    let planned = inspect_argv(&i);
+    let joined = planned.join(" ");
+    for needle in [
+        format!("hostfwd=tcp:127.0.0.1:{planned_port}-:22"),
+        "-blockdev".to_string(),
+        "\"backing\":null".to_string(),
+        "volumes/data/volume.qcow2".to_string(),
+        "-daemonize".to_string(),
+    ] {
+        assert!(joined.contains(&needle), "{needle:?} not in {joined}");
+    }
+    assert_eq!(i["qemu_not_planned"], Value::Null);
+    let human = p.ok(&["inspect", "a"]);
+    for needle in [
+        "QEMU (planned: not running; the command line the next start would use)",
+        &format!(
+            "ssh port {planned_port} (the first free port now; the real one is allocated at start)"
+        ),
+        "-blockdev",
+    ] {
+        assert!(
+            human.contains(needle),
+            "inspect text lacks {needle:?}:\n{human}"
+        );
+    }
+
+    // A fixed port is the one planned.
+    let b = p.json(&["inspect", "b", "--format", "json"]);
+    assert_eq!(b["qemu"]["ssh_port"], fixed);
+    assert_eq!(b["qemu"]["ssh_port_basis"], "fixed");
+    assert!(
+        inspect_argv(&b)
+            .join(" ")
+            .contains(&format!("127.0.0.1:{fixed}-:22"))
+    );
+    assert!(
+        p.ok(&["inspect", "b"])
+            .contains(&format!("ssh port {fixed} (fixed by the compose file)"))
+    );
+
+    // An image not downloaded yet: no plan, and why.
+    let c = p.json(&["inspect", "c", "--format", "json"]);
+    assert_eq!(c["qemu"], Value::Null);
+    assert!(
+        c["qemu_not_planned"]
+            .as_str()
+            .unwrap()
+            .contains("not downloaded yet"),
+        "{c}"
+    );
+    assert!(p.ok(&["inspect", "c"]).contains("no command line planned"));
+
+    // Started: the plan was the real command line (up to the port, allocated afresh).
+    p.ok(&["up", "a"]);
+    let ssh_port = p.record("a")["ssh_port"].as_u64().unwrap();
+    let i = p.json(&["inspect", "a", "--format", "json"]);
+    assert_eq!(i["qemu"]["planned"], false);
+    assert!(i["qemu"]["started"].is_string());
+    assert_eq!(i["qemu"]["ssh_port"], ssh_port);
+    assert_eq!(i["qemu"]["ssh_port_basis"], "running");
+    let started = inspect_argv(&i);
+    let with_port = |argv: &[String], port: u64| {
+        argv.iter()
+            .map(|a| a.replace(&format!("127.0.0.1:{port}-:22"), "127.0.0.1:PORT-:22"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        with_port(&planned, planned_port),
+        with_port(&started, ssh_port)
+    );
+    assert!(p.ok(&["inspect", "a"]).contains("QEMU (started "));
+
+    // Stopped again: planned, keeping the last port.
+    p.ok(&["stop", "--force", "a"]);
+    let i = p.json(&["inspect", "a", "--format", "json"]);
+    assert_eq!(i["qemu"]["planned"], true);
+    assert_eq!(i["qemu"]["ssh_port"], ssh_port);
+    assert_eq!(i["qemu"]["ssh_port_basis"], "previous");
+    assert_eq!(inspect_argv(&i), started);
+}
+
 #[test]
 fn logs_and_a_piped_console_relay_the_serial_port() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

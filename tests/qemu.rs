@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use qemu_compose::qemu::accel::Accel;
 use qemu_compose::qemu::argv::{
-    DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward, Protocol,
-    SecurityModel, ShareSpec,
+    BaseImage, DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward,
+    Protocol, SecurityModel, ShareSpec,
 };
 use qemu_compose::qemu::ports::allocate_ssh_port;
 use qemu_compose::qemu::process::{self, ProcState, StartError, StopOutcome, VmHandle};
@@ -58,6 +58,7 @@ fn spec(dir: &Path, ssh_port: u16) -> LaunchSpec {
             format: DriveFormat::Qcow2,
             serial: "qc-disk".into(),
             read_only: false,
+            backing: None,
         }],
         shares: vec![],
         net: NetSpec {
@@ -117,6 +118,7 @@ fn start_query_and_stop_falling_back_to_quit() {
         format: DriveFormat::Raw,
         serial: "qc-seed".into(),
         read_only: true,
+        backing: None,
     });
     spec.shares.push(ShareSpec {
         id: "fs0".into(),
@@ -298,8 +300,16 @@ fn paths_with_a_comma_and_a_space_work() {
     // QEMU got the name with its comma, and the disk at its real path.
     let name = qmp.execute("query-name", None).unwrap();
     assert_eq!(name["name"], "odd,name");
-    let blocks = qmp.execute("query-block", None).unwrap();
-    let file = blocks[0]["inserted"]["file"].as_str().unwrap().to_owned();
+    let nodes = qmp.execute("query-named-block-nodes", None).unwrap();
+    let file = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "disk-file")
+        .expect("the disk's file node")["file"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(Path::new(&file), spec.drives[0].path);
     drop(qmp);
     assert!(
@@ -332,4 +342,429 @@ fn an_unreachable_qmp_socket_ends_in_sigkill() {
     assert_eq!(outcome, StopOutcome::Killed);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_gone(started.pid, &handle);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image headers never choose host files.
+//
+// A guest that can write the project folder (the usual `.:/src` share) can rewrite the header
+// of a volume or of its instance disk to name any host file as backing file. QEMU must be given
+// the whole chain, so that such a header is inert.
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("these tests need qemu-img (apt install qemu-utils): {e}"));
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Points the header of `image` at `target` as a raw backing file, as a hostile guest would.
+fn plant_backing(image: &Path, target: &Path) {
+    let (image, target) = (image.to_str().unwrap(), target.to_str().unwrap());
+    qemu_img(&["rebase", "-u", "-b", target, "-F", "raw", image]);
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", image])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["backing-filename"], target,
+        "the header was not changed"
+    );
+}
+
+/// A host file no guest may see.
+fn secret(dir: &Path) -> PathBuf {
+    let path = dir.join("id_ed25519");
+    let mut bytes = b"-----BEGIN OPENSSH PRIVATE KEY-----\n".to_vec();
+    bytes.resize(1 << 20, b'k');
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The files the process `pid` has open.
+fn open_files(pid: i32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect()
+}
+
+/// The host files of QEMU's protocol nodes, from QMP.
+fn node_files(qmp_socket: &Path) -> BTreeSet<PathBuf> {
+    let mut qmp = Qmp::connect(qmp_socket, Duration::from_secs(5)).unwrap();
+    let nodes = qmp.execute("query-named-block-nodes", None).unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["drv"] == "file")
+        .map(|n| PathBuf::from(n["file"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_backing_file_named_in_a_header_is_never_opened() {
+    let _one = serial();
+    let qemu = qemu_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let secret = secret(dir);
+    let p = |name: &str| dir.join(name);
+    let s = |name: &str| p(name).to_str().unwrap().to_owned();
+
+    // The instance disk over a raw base, a volume, and a disk over a qcow2 base: every header
+    // then rewritten to name the secret.
+    qemu_img(&["create", "-q", "-f", "raw", &s("base.img"), "64M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &s("base.img"),
+        "-F",
+        "raw",
+        &s("disk.qcow2"),
+    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", &s("vol.qcow2"), "64M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", &s("base2.qcow2"), "64M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &s("base2.qcow2"),
+        "-F",
+        "qcow2",
+        &s("disk2.qcow2"),
+    ]);
+    for image in ["disk.qcow2", "vol.qcow2", "base2.qcow2"] {
+        plant_backing(&p(image), &secret);
+    }
+
+    // Control: handed over the way the header asks (`-drive …,format=qcow2`), QEMU opens the
+    // secret, so the checks below can see it.
+    let control = VmHandle {
+        pidfile: p("control.pid"),
+        qmp_socket: p("control.sock"),
+    };
+    let _control_guard = Guard(control.clone());
+    let out = Command::new(&qemu)
+        .args([
+            "-machine",
+            "q35,accel=tcg",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-drive",
+            &format!("file={},format=qcow2,if=none,id=v", s("vol.qcow2")),
+        ])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", s("control.sock")),
+        ])
+        .args(["-daemonize", "-pidfile", &s("control.pid")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ProcState::Running { pid } = process::state(&control) else {
+        panic!("the control QEMU does not run");
+    };
+    assert!(
+        open_files(pid).contains(&secret),
+        "the control did not open the secret"
+    );
+    assert!(node_files(&control.qmp_socket).contains(&secret));
+    process::stop(&control, Duration::ZERO, true).unwrap();
+
+    let mut spec = spec(dir, free_port());
+    spec.drives = vec![
+        DriveSpec {
+            id: "disk0".into(),
+            path: p("disk.qcow2"),
+            format: DriveFormat::Qcow2,
+            serial: "disk0".into(),
+            read_only: false,
+            backing: Some(BaseImage {
+                path: p("base.img"),
+                format: DriveFormat::Raw,
+            }),
+        },
+        DriveSpec {
+            id: "vol0".into(),
+            path: p("vol.qcow2"),
+            format: DriveFormat::Qcow2,
+            serial: "vol0".into(),
+            read_only: false,
+            backing: None,
+        },
+        DriveSpec {
+            id: "vol1".into(),
+            path: p("disk2.qcow2"),
+            format: DriveFormat::Qcow2,
+            serial: "vol1".into(),
+            read_only: true,
+            backing: Some(BaseImage {
+                path: p("base2.qcow2"),
+                format: DriveFormat::Qcow2,
+            }),
+        },
+    ];
+    let handle = VmHandle::from(&spec);
+    let _guard = Guard(handle.clone());
+    let started = process::start(&qemu, &spec, START_TIMEOUT).unwrap();
+
+    let files = node_files(&spec.qmp_socket);
+    let ours: BTreeSet<PathBuf> = [
+        "disk.qcow2",
+        "base.img",
+        "vol.qcow2",
+        "disk2.qcow2",
+        "base2.qcow2",
+    ]
+    .into_iter()
+    .map(p)
+    .collect();
+    assert_eq!(
+        files, ours,
+        "QEMU's nodes must be exactly the files we named"
+    );
+    let open = open_files(started.pid);
+    assert!(!open.contains(&secret), "QEMU opened the secret: {open:?}");
+
+    // Read-only stays read-only down the chain; bases are always read-only.
+    let mut qmp = Qmp::connect(&spec.qmp_socket, Duration::from_secs(5)).unwrap();
+    let nodes = qmp.execute("query-named-block-nodes", None).unwrap();
+    let ro = |name: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == name)
+            .unwrap_or_else(|| panic!("no node {name}"))["ro"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(!ro("disk0") && !ro("vol0"));
+    assert!(ro("disk0-base") && ro("disk0-base-file") && ro("vol1") && ro("vol1-file"));
+    assert!(ro("vol1-base") && ro("vol1-base-file"));
+}
+
+// The same through `up`: the engine hands QEMU only files it chose and checks the headers of
+// the qcow2 images just before QEMU starts.
+
+/// A project folder with a bootless base image; `destroy --force` when dropped.
+struct Project(tempfile::TempDir);
+
+impl Project {
+    fn new(compose: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
+        let base = dir.path().join("base.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]);
+        Project(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.path().join(rel)
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+            .args(args)
+            .current_dir(self.0.path())
+            .env_remove("QEMU_COMPOSE_FILE")
+            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
+            .env_remove("QEMU_COMPOSE_ACCEL")
+            .env("XDG_DATA_HOME", self.path("xdg"))
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "qemu-compose {args:?}: {stderr}");
+        stderr
+    }
+
+    /// Runs a command that must fail with status 1 and returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "qemu-compose {args:?}: {stderr}"
+        );
+        stderr
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.path(".qemu-compose/app/qemu.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.run(&["destroy", "--force"]);
+    }
+}
+
+const WITH_VOLUME: &str = "
+volumes:
+  data: {size: 64M}
+vms:
+  app:
+    image: ./base.qcow2
+    memory: 64
+    volumes: ['data:/data']
+";
+
+#[test]
+fn up_hands_qemu_no_file_that_a_tampered_header_names() {
+    let _one = serial();
+    let p = Project::new(WITH_VOLUME);
+    let secret = secret(p.0.path());
+    p.ok(&["up"]);
+    let disk = p.path(".qemu-compose/app/disk.qcow2");
+    let pid = p.pid().expect("QEMU runs");
+    let files = node_files(&p.path(".qemu-compose/app/qmp.sock"));
+    let ours: BTreeSet<PathBuf> = [
+        disk.clone(),
+        p.path("base.qcow2"),
+        p.path(".qemu-compose/volumes/data/volume.qcow2"),
+        p.path(".qemu-compose/app/seed.img"),
+    ]
+    .into();
+    assert_eq!(files, ours);
+    assert!(!open_files(pid).contains(&secret));
+    p.ok(&["stop", "--force"]);
+
+    // The instance disk's header now names the secret, as a guest with the project folder
+    // shared read-write could make it. QEMU would be given the real base anyway; a disk that
+    // no longer names its base is refused before QEMU starts.
+    plant_backing(&disk, &secret);
+    let stderr = p.fails(&["up"]);
+    assert!(
+        stderr.contains(&format!(
+            "VM app: instance disk {} was made over base image {:?}",
+            disk.display(),
+            secret.to_str().unwrap()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("qemu-compose destroy app"), "{stderr}");
+    assert_eq!(p.pid(), None, "QEMU must not start");
+}
+
+#[test]
+fn an_image_with_an_external_data_file_is_refused_before_qemu_starts() {
+    let _one = serial();
+    let p = Project::new(WITH_VOLUME);
+    p.ok(&["up", "--no-start"]);
+    // The instance disk replaced by one over the same base whose data lives in another host
+    // file, named in its header. QEMU would open that file (it exists, so QEMU would start).
+    let disk = p.path(".qemu-compose/app/disk.qcow2");
+    let data = p.path("elsewhere.raw");
+    let opt = format!("data_file={}", data.display());
+    let base = p.path("base.qcow2");
+    std::fs::remove_file(&disk).unwrap();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &opt,
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        disk.to_str().unwrap(),
+    ]);
+    assert!(data.is_file());
+    let stderr = p.fails(&["up"]);
+    assert!(
+        stderr.contains(&format!(
+            "VM app: instance disk {} declares an external data file",
+            disk.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(p.pid(), None, "QEMU must not start");
+}
+
+#[test]
+fn a_local_base_image_must_stand_alone() {
+    let p = Project::new("vms:\n  app:\n    image: ./child.qcow2\n    memory: 64\n");
+    let child = p.path("child.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        p.path("base.qcow2").to_str().unwrap(),
+        "-F",
+        "qcow2",
+        child.to_str().unwrap(),
+    ]);
+    let stderr = p.fails(&["up", "--no-start"]);
+    assert!(
+        stderr.contains(&format!(
+            "VM app: image {} has a backing file of its own",
+            child.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "qemu-img convert -O qcow2 {} flat.qcow2",
+            child.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!p.path(".qemu-compose/app/disk.qcow2").exists());
+
+    std::fs::remove_file(&child).unwrap();
+    let data = p.path("child.raw");
+    let opt = format!("data_file={}", data.display());
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &opt,
+        child.to_str().unwrap(),
+        "64M",
+    ]);
+    let stderr = p.fails(&["up", "--no-start"]);
+    assert!(
+        stderr.contains(&format!(
+            "VM app: image {} keeps its data in an external data file",
+            child.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("qemu-img convert -O qcow2"), "{stderr}");
+    assert!(!p.path(".qemu-compose/app/disk.qcow2").exists());
 }

@@ -145,7 +145,23 @@ fn text(i: &Inspection) -> String {
         let _ = writeln!(o, "SSH command\n  {}", shell_words(cmd));
     }
     if let Some(q) = &i.qemu {
-        let _ = writeln!(o, "QEMU (started {})", q.started);
+        match &q.started {
+            Some(started) if !q.planned => {
+                let _ = writeln!(o, "QEMU (started {started})");
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "QEMU (planned: not running; the command line the next start would use)"
+                );
+                let port = match q.ssh_port_basis {
+                    "fixed" => "fixed by the compose file",
+                    "previous" => "the last start's, kept if still free then",
+                    _ => "the first free port now; the real one is allocated at start",
+                };
+                let _ = writeln!(o, "  ssh port {} ({port})", q.ssh_port);
+            }
+        }
         let _ = writeln!(o, "  {} \\", q.binary.display());
         let mut args = q.argv.iter().peekable();
         while let Some(arg) = args.next() {
@@ -157,6 +173,9 @@ fn text(i: &Inspection) -> String {
             let more = if args.peek().is_some() { " \\" } else { "" };
             let _ = writeln!(o, "    {line}{more}");
         }
+    }
+    if let Some(reason) = &i.qemu_not_planned {
+        let _ = writeln!(o, "QEMU (not running; no command line planned: {reason})");
     }
     let p = &i.paths;
     let _ = writeln!(o, "Paths");

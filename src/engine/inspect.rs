@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::compose::{MountKind, PortForward, Project, Vm};
-use crate::disk::qcow2::Qcow2Image;
+use crate::compose::{ImageSource, MountKind, PortForward, Project, Vm};
+use crate::disk::qcow2::{self, Qcow2Image};
 use crate::qemu::accel;
+use crate::qemu::argv::build_argv;
+use crate::qemu::ports::allocate_ssh_port;
+use crate::qemu::process::DEFAULT_QEMU;
 use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRecord, VolumeRegistry};
 
 use super::mounts::{self, PlanFacts, SourceKind};
 use super::status::{self, VmStatus};
-use super::{EngineError, HostEnv, instance, ssh};
+use super::{EngineError, HostEnv, instance, lifecycle, ssh};
 
 /// How long the SSH readiness probe of `ps` and `inspect` may take.
 const SSH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -157,8 +160,12 @@ pub struct Inspection<'a> {
     pub network: NetworkInfo,
     /// `ssh` and its arguments, once the VM has a port.
     pub ssh_command: Option<Vec<String>>,
-    /// QEMU and its arguments as `up` started it.
+    /// QEMU and its arguments: as `up` started it while it runs, otherwise as the next start
+    /// would (`planned`).
     pub qemu: Option<QemuLaunch>,
+    /// Why there is no planned argv for a VM that is not running (e.g. the image is not
+    /// downloaded yet).
+    pub qemu_not_planned: Option<String>,
     /// The instance's files and sockets.
     pub paths: InstancePaths,
 }
@@ -268,15 +275,24 @@ pub struct NetworkInfo {
     pub ports: Vec<String>,
 }
 
-/// How QEMU was started.
+/// How QEMU was started, or would be started next.
 #[derive(Debug, Clone, Serialize)]
 pub struct QemuLaunch {
+    /// True when QEMU does not run and this is the command line the next `up` would use;
+    /// false when it is the one the running QEMU was started with.
+    pub planned: bool,
     /// The binary.
     pub binary: PathBuf,
     /// Its arguments.
     pub argv: Vec<String>,
-    /// When, RFC 3339.
-    pub started: String,
+    /// When, RFC 3339; `None` when planned.
+    pub started: Option<String>,
+    /// The host port forwarded to the guest's port 22 in `argv`.
+    pub ssh_port: u16,
+    /// Where that port comes from: `running` (the running QEMU's), `fixed` (the compose
+    /// file's `ssh.port`), `previous` (the last start's, kept if it is still free then) or
+    /// `first-free` (the first free port now; the real one is allocated at start).
+    pub ssh_port_basis: &'static str,
 }
 
 const DEVICE_NOTE: &str = "device letters are only the usual order: with -device virtio-blk-pci they do not follow the command line, so the guest mounts volumes by UUID";
@@ -401,29 +417,82 @@ pub fn inspect<'a>(
         })
         .collect();
 
-    let (base_image, base_format) = match Qcow2Image::open(&paths.disk) {
-        Ok(overlay) => (
-            overlay.backing_file().unwrap_or("").to_string(),
-            overlay.backing_format().map(str::to_string),
-        ),
-        Err(_) => match &vm.image {
-            crate::compose::ImageSource::Path(p) => (p.display().to_string(), None),
-            crate::compose::ImageSource::Url(url) => {
-                (host.images.path_for(url).display().to_string(), None)
-            }
-        },
+    // The base QEMU is given (never what the overlay's header names, which a guest could
+    // have rewritten).
+    let base = match &vm.image {
+        ImageSource::Path(p) => p.clone(),
+        ImageSource::Url(url) => host.images.path_for(url),
     };
+    let base_probe = qcow2::probe_format(&base);
+    let base_image = base.display().to_string();
+    let base_format = base_probe
+        .as_ref()
+        .ok()
+        .map(|f| f.backing_format().as_str().to_string());
 
-    let accel = match accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe) {
+    let accel_choice = accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe);
+    let accel = match &accel_choice {
         Ok(choice) => AccelInfo {
             accel: Some(choice.accel.as_str()),
-            reason: choice.reason,
+            reason: choice.reason.clone(),
         },
         Err(e) => AccelInfo {
             accel: None,
             reason: e.to_string(),
         },
     };
+
+    let (qemu, qemu_not_planned) = match &record {
+        Some(r) if state_now.is_running() => (
+            Some(QemuLaunch {
+                planned: false,
+                binary: r.qemu.clone(),
+                argv: r.argv.clone(),
+                started: Some(r.started.clone()),
+                ssh_port: r.ssh_port,
+                ssh_port_basis: "running",
+            }),
+            None,
+        ),
+        _ if state_now.is_running() => (None, None),
+        _ => {
+            let planned = (|| {
+                let base_format = base_probe.map_err(|e| match &vm.image {
+                    ImageSource::Url(_) => format!(
+                        "the image is not downloaded yet (`qemu-compose pull {}` fetches it)",
+                        vm.name
+                    ),
+                    ImageSource::Path(_) => format!("image {}: {e}", base.display()),
+                })?;
+                let accel = accel_choice.as_ref().map_err(|e| e.to_string())?.accel;
+                let (ssh_port, ssh_port_basis) =
+                    planned_ssh_port(project, host, &state, vm, record.as_ref())?;
+                let facts = instance::LaunchFacts {
+                    paths: &paths,
+                    mounts: &plan,
+                    accel,
+                    mac: instance::mac_for(project, vm),
+                    base: &base,
+                    base_format,
+                };
+                let spec = instance::launch_spec_from(project, vm, &facts, ssh_port);
+                let argv = build_argv(&spec).map_err(|e| e.to_string())?;
+                Ok::<_, String>(QemuLaunch {
+                    planned: true,
+                    binary: host.qemu().unwrap_or_else(|_| PathBuf::from(DEFAULT_QEMU)),
+                    argv,
+                    started: None,
+                    ssh_port,
+                    ssh_port_basis,
+                })
+            })();
+            match planned {
+                Ok(launch) => (Some(launch), None),
+                Err(reason) => (None, Some(reason)),
+            }
+        }
+    };
+
     let key = state.ssh_key();
     let ssh_command = record.as_ref().map(|r| {
         let mut cmd = vec!["ssh".to_string()];
@@ -465,13 +534,34 @@ pub fn inspect<'a>(
             ports: vm.ports.iter().map(port_text).collect(),
         },
         ssh_command,
-        qemu: record.map(|r| QemuLaunch {
-            binary: r.qemu,
-            argv: r.argv,
-            started: r.started,
-        }),
+        qemu,
+        qemu_not_planned,
         paths,
     })
+}
+
+/// The SSH port the next start of `vm` would try first, and why: the same choice as `up`
+/// makes (fixed, else the previous port if still free, else the first free one from 2222).
+fn planned_ssh_port(
+    project: &Project,
+    host: &HostEnv,
+    state: &StateDir,
+    vm: &Vm,
+    record: Option<&InstanceRecord>,
+) -> Result<(u16, &'static str), String> {
+    if let Some(fixed) = vm.ssh_port {
+        return Ok((fixed, "fixed"));
+    }
+    let taken =
+        lifecycle::ports_of_other_vms(project, vm, state, host).map_err(|e| e.to_string())?;
+    match record {
+        Some(r) if !taken.contains(&r.ssh_port) && lifecycle::port_free(r.ssh_port) => {
+            Ok((r.ssh_port, "previous"))
+        }
+        _ => allocate_ssh_port(lifecycle::FIRST_SSH_PORT, &taken)
+            .map(|p| (p, "first-free"))
+            .map_err(|e| e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@ use sha2::{Digest, Sha256};
 use crate::cloudinit::{self, Seed, SeedInput, UserSpec};
 use crate::compose::{ImageSource, Project, Vm};
 use crate::disk::fat;
-use crate::disk::qcow2::{self, Backing, ImageFormat, Qcow2Image};
+use crate::disk::qcow2::{self, Backing, Header, ImageFormat, Qcow2Error, Qcow2Image};
 use crate::image::{Progress, Sha256Digest};
-use crate::qemu::accel::{self, AccelChoice};
+use crate::qemu::accel::{self, Accel, AccelChoice};
 use crate::qemu::argv::{
-    DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward,
+    BaseImage, DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward,
 };
 use crate::state::{InstancePaths, ProjectSecrets, StateDir, StateError, VolumeRegistry, atomic};
 
@@ -250,9 +250,16 @@ pub fn prepare(
 
     let base_format = qcow2::probe_format(&base).map_err(|e| EngineError::vm(&vm.name, e))?;
     let base_size = match base_format {
-        ImageFormat::Qcow2 { .. } => Qcow2Image::open(&base)
-            .map_err(|e| EngineError::vm(&vm.name, e))?
-            .virtual_size(),
+        ImageFormat::Qcow2 { .. } => {
+            if local_image(vm).is_some() {
+                check_local_base(&vm.name, &base)?;
+            }
+            // The header only: QEMU gets the base without its backing file (if it names one).
+            let file = fs::File::open(&base).map_err(|e| StateError::io(&base, e))?;
+            Qcow2Image::from_source(file)
+                .map_err(|e| EngineError::vm(&vm.name, format!("image {}: {e}", base.display())))?
+                .virtual_size()
+        }
         ImageFormat::Raw => fs::metadata(&base)
             .map_err(|e| StateError::io(&base, e))?
             .len(),
@@ -301,6 +308,107 @@ pub fn prepare(
         mac,
         config_hash,
     })
+}
+
+/// The qcow2 incompatible feature bit for an external data file (`incompatible_features`
+/// bit 2): the image's data lives in another host file, named in a header extension.
+const EXTERNAL_DATA_FILE: u64 = 1 << 2;
+
+/// The header of the qcow2 image at `path`, without following or validating anything else.
+fn qcow2_header(path: &Path) -> Result<Header, Qcow2Error> {
+    use std::io::Read as _;
+    let mut start = Vec::with_capacity(Header::SIZE);
+    fs::File::open(path)
+        .and_then(|f| f.take(Header::SIZE as u64).read_to_end(&mut start))
+        .map_err(|source| Qcow2Error::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+    Header::decode(&start)
+}
+
+/// Refuses a local qcow2 base image that names another host file: a backing file or an
+/// external data file. QEMU is given the base alone, so such an image would show the guest an
+/// incomplete disk, and following its names would let the header choose host files.
+fn check_local_base(vm: &str, base: &Path) -> Result<(), EngineError> {
+    let flatten = |what: String| {
+        EngineError::vm(
+            vm,
+            format!(
+                "image {} {what}; qemu-compose gives QEMU only the image itself, so flatten it first \
+                 (`qemu-img convert -O qcow2 {} flat.qcow2`) and point `image:` at the result",
+                base.display(),
+                base.display()
+            ),
+        )
+    };
+    let header = qcow2_header(base).map_err(|e| EngineError::vm(vm, e))?;
+    if header.incompatible_features & EXTERNAL_DATA_FILE != 0 {
+        return Err(flatten(
+            "keeps its data in an external data file".to_string(),
+        ));
+    }
+    let file = fs::File::open(base).map_err(|e| StateError::io(base, e))?;
+    let image = Qcow2Image::from_source(file)
+        .map_err(|e| EngineError::vm(vm, format!("image {}: {e}", base.display())))?;
+    if let Some(name) = image.backing_file() {
+        return Err(flatten(format!("has a backing file of its own ({name:?})")));
+    }
+    Ok(())
+}
+
+/// Checks, just before QEMU starts, the headers of the qcow2 images it will be given: none may
+/// declare an external data file (whose host path the header names and QEMU would open), and
+/// the instance disk must still name the base image QEMU is given below it (a different one
+/// would show the guest a corrupt disk). The header is never used to choose a file.
+pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineError> {
+    let vm = &prepared.name;
+    let disk = &prepared.paths.disk;
+    let mut images: Vec<(String, &Path)> = vec![("instance disk".to_string(), disk)];
+    for drive in &prepared.mounts.drives {
+        if drive.format == DriveFormat::Qcow2 {
+            images.push((format!("volume image (drive {})", drive.id), &drive.path));
+        }
+    }
+    if matches!(prepared.base_format, ImageFormat::Qcow2 { .. }) {
+        images.push(("base image".to_string(), &prepared.base));
+    }
+    for (what, path) in images {
+        let header = qcow2_header(path)
+            .map_err(|e| EngineError::vm(vm, format!("{what} {}: {e}", path.display())))?;
+        if header.incompatible_features & EXTERNAL_DATA_FILE != 0 {
+            return Err(EngineError::vm(
+                vm,
+                format!(
+                    "{what} {} declares an external data file (qcow2 incompatible feature bit 2), \
+                     a host file named in its header; qemu-compose never writes such images and \
+                     refuses to give it to QEMU (was it changed through a share?)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let file = fs::File::open(disk).map_err(|e| StateError::io(disk, e))?;
+    let overlay = Qcow2Image::from_source(file)
+        .map_err(|e| EngineError::vm(vm, format!("instance disk {}: {e}", disk.display())))?;
+    let expected = prepared.base.to_string_lossy();
+    if overlay.backing_file() != Some(expected.as_ref()) {
+        return Err(EngineError::vm(
+            vm,
+            format!(
+                "instance disk {} was made over base image {}, but the VM's base image is now {}; \
+                 QEMU is given the base explicitly and a different one would corrupt the disk. \
+                 Restore the original image, or `qemu-compose destroy {vm}` to recreate the disk \
+                 (its data is lost)",
+                disk.display(),
+                overlay
+                    .backing_file()
+                    .map_or_else(|| "(none)".to_string(), |n| format!("{n:?}")),
+                prepared.base.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The NIC address of `vm`: stable per project and VM, so its DHCP lease survives restarts.
@@ -371,23 +479,74 @@ fn link_or_copy(source: &Path, link: &Path) -> Result<(), StateError> {
     }
 }
 
+/// What the QEMU launch facts need of an instance besides the compose VM and the SSH port;
+/// `inspect` builds it for a VM that is not running, `up` from a [`PreparedVm`].
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchFacts<'a> {
+    /// The instance's files.
+    pub paths: &'a InstancePaths,
+    /// Its drives and shares.
+    pub mounts: &'a MountPlan,
+    /// The accelerator.
+    pub accel: Accel,
+    /// The NIC's address.
+    pub mac: MacAddress,
+    /// The base image below the instance disk, given to QEMU explicitly.
+    pub base: &'a Path,
+    /// The base's format.
+    pub base_format: ImageFormat,
+}
+
+impl PreparedVm {
+    /// The facts [`launch_spec_from`] needs.
+    pub fn launch_facts(&self) -> LaunchFacts<'_> {
+        LaunchFacts {
+            paths: &self.paths,
+            mounts: &self.mounts,
+            accel: self.accel.accel,
+            mac: self.mac,
+            base: &self.base,
+            base_format: self.base_format,
+        }
+    }
+}
+
 /// The QEMU launch facts of a prepared VM with its SSH port.
 pub fn launch_spec(project: &Project, vm: &Vm, prepared: &PreparedVm, ssh_port: u16) -> LaunchSpec {
-    let paths = &prepared.paths;
+    launch_spec_from(project, vm, &prepared.launch_facts(), ssh_port)
+}
+
+/// The QEMU launch facts of `vm` with its SSH port.
+pub fn launch_spec_from(
+    project: &Project,
+    vm: &Vm,
+    facts: &LaunchFacts,
+    ssh_port: u16,
+) -> LaunchSpec {
+    let paths = facts.paths;
     let mut drives = vec![DriveSpec {
         id: "disk0".to_string(),
         path: paths.disk.clone(),
         format: DriveFormat::Qcow2,
         serial: "disk0".to_string(),
         read_only: false,
+        // The base QEMU reads below the overlay: ours, never the one its header names.
+        backing: Some(BaseImage {
+            path: facts.base.to_path_buf(),
+            format: match facts.base_format {
+                ImageFormat::Qcow2 { .. } => DriveFormat::Qcow2,
+                ImageFormat::Raw => DriveFormat::Raw,
+            },
+        }),
     }];
-    drives.extend(prepared.mounts.drives.iter().cloned());
+    drives.extend(facts.mounts.drives.iter().cloned());
     drives.push(DriveSpec {
         id: "seed".to_string(),
         path: paths.seed.clone(),
         format: DriveFormat::Raw,
         serial: "cidata".to_string(),
         read_only: true,
+        backing: None,
     });
     let ports = vm
         .ports
@@ -405,7 +564,7 @@ pub fn launch_spec(project: &Project, vm: &Vm, prepared: &PreparedVm, ssh_port: 
         .collect();
     LaunchSpec {
         name: format!("{}-{}", project.name, vm.name),
-        accel: prepared.accel.accel,
+        accel: facts.accel,
         cpus: vm.cpu,
         memory_mib: vm.memory_mib,
         kernel: vm.kernel.as_ref().map(|kernel| KernelBoot {
@@ -414,9 +573,9 @@ pub fn launch_spec(project: &Project, vm: &Vm, prepared: &PreparedVm, ssh_port: 
             cmdline: vm.cmdline.clone(),
         }),
         drives,
-        shares: prepared.mounts.shares.clone(),
+        shares: facts.mounts.shares.clone(),
         net: NetSpec {
-            mac: prepared.mac,
+            mac: facts.mac,
             ssh_port,
             ports,
         },

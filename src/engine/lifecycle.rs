@@ -20,7 +20,7 @@ use super::status;
 use super::{EngineError, HostEnv, Reporter, ssh, volumes};
 
 /// The first port tried for SSH forwarding.
-const FIRST_SSH_PORT: u16 = 2222;
+pub(super) const FIRST_SSH_PORT: u16 = 2222;
 /// How many other ports `up` tries when the SSH port is taken between allocation and start.
 const PORT_RETRIES: usize = 8;
 /// How long QEMU may take to daemonise and answer QMP.
@@ -220,6 +220,7 @@ pub fn up(
         if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
             reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
         }
+        instance::check_images_before_start(&prepared)?;
         let port = start_with_port(&cx, vm, &prepared, qemu, record.as_ref(), reporter)?;
         reporter.info(&format!(
             "started VM {} (ssh: 127.0.0.1:{port}, qemu-compose ssh {})",
@@ -311,12 +312,12 @@ fn start_with_port(
     unreachable!("the last attempt returns")
 }
 
-fn port_free(port: u16) -> bool {
+pub(super) fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// Host ports the other VMs of the project use or will use.
-fn ports_of_other_vms(
+pub(super) fn ports_of_other_vms(
     project: &Project,
     vm: &Vm,
     state: &StateDir,

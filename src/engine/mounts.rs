@@ -189,6 +189,8 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                     format: DriveFormat::Qcow2,
                     serial: drive_serial(volume),
                     read_only: mount.read_only,
+                    // Never the header's backing file: the guest may rewrite the header.
+                    backing: None,
                 });
                 let options = if mount.read_only {
                     "ro,nofail"

@@ -5,6 +5,28 @@
 //! golden-tested and recorded in the instance state. Values placed inside a QEMU option list
 //! (`key=value,key=value`) have every `,` doubled, which is QEMU's escape, so a path with a
 //! comma cannot add or change an option.
+//!
+//! # Disks: `-blockdev` JSON, the whole chain spelled out
+//!
+//! Every disk is one `-blockdev` in QEMU's JSON syntax plus a
+//! `-device virtio-blk-pci,drive=<node>,serial=…`. Nothing in an image header decides which
+//! host file QEMU opens: a qcow2 node always carries its `backing` explicitly, either the
+//! base image's node (the instance disk: a read-only `raw` or `qcow2` node over the cached or
+//! local image, itself with `"backing": null`) or `"backing": null` (named volumes). The
+//! images sit in the project folder, which guests commonly see read-write through a 9p share;
+//! with `-drive file=…,format=qcow2` a guest could write a backing file name such as
+//! `~/.ssh/id_ed25519` into a header and be handed that host file on the next start.
+//! `-drive` can override the backing (`backing.file.filename=…`) but can only say "no backing"
+//! with an empty `backing=`, which QEMU deprecates in favour of `"backing": null`, a JSON
+//! value only `-blockdev` takes; one form for every disk keeps the argv uniform. (An external
+//! data file named in a header cannot be overridden this way; the engine refuses such images
+//! before starting QEMU.)
+//!
+//! The JSON is produced by `serde_json`, so paths are escaped as JSON strings and no `,`
+//! doubling applies inside it. Node names are the drive id plus `-file`, `-base` and
+//! `-base-file`; ids are checked to be valid QEMU node names (a letter, then letters, digits,
+//! `-`, `.`, `_`; short enough for the longest suffix). Read-only disks are read-only at every
+//! node, and a base image node is always read-only.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -65,14 +87,30 @@ impl DriveFormat {
 /// One virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveSpec {
-    /// The `-drive id=` QEMU uses to connect the drive to its device; unique per VM.
+    /// The `-blockdev node-name` the device is connected to; unique per VM and a valid QEMU
+    /// node name of at most [`MAX_DRIVE_ID`] bytes.
     pub id: String,
     pub path: PathBuf,
     pub format: DriveFormat,
     /// The virtio serial the guest sees as `/dev/disk/by-id/virtio-<serial>` (at most 20 bytes).
     pub serial: String,
     pub read_only: bool,
+    /// For a qcow2 drive, the image QEMU reads below it; `None` means no backing image at all,
+    /// whatever the qcow2 header names. Raw drives have none.
+    pub backing: Option<BaseImage>,
 }
+
+/// The read-only image below a qcow2 overlay. Given to QEMU without a backing of its own:
+/// a base image that needs one must be flattened first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    pub path: PathBuf,
+    pub format: DriveFormat,
+}
+
+/// The longest drive id: QEMU node names have at most 31 bytes, and the longest one derived
+/// from an id is `<id>-base-file`.
+pub const MAX_DRIVE_ID: usize = 31 - "-base-file".len();
 
 /// One host directory shared with the guest over virtio-9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +195,13 @@ pub enum ArgvError {
     Nul { what: &'static str, value: String },
     #[error("{what} must be at least 1")]
     Zero { what: &'static str },
+    #[error(
+        "drive id {0:?} is not a QEMU node name (a letter, then up to {max} letters, digits, `-`, `.` or `_`)",
+        max = MAX_DRIVE_ID - 1
+    )]
+    BadDriveId(String),
+    #[error("drive {0:?} is raw and cannot have a backing image")]
+    RawWithBacking(String),
 }
 
 /// Doubles every `,`: QEMU's escape inside `key=value,…` option lists.
@@ -200,19 +245,11 @@ pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
     }
 
     for drive in &spec.drives {
-        let id = escape(&text("drive id", &drive.id)?);
-        let mut opts = format!(
-            "file={},format={},if=none,id={id}",
-            escape(path("drive", &drive.path)?),
-            drive.format.as_str()
-        );
-        if drive.read_only {
-            opts.push_str(",readonly=on");
-        }
-        args.push(["-drive", &opts]);
-        // QEMU 10 rejects serial= on -drive; it belongs to the device.
+        args.push(["-blockdev", &blockdev(drive)?]);
+        // The id is a node name (checked by blockdev()): nothing to escape, escaped anyway.
         let device = format!(
-            "virtio-blk-pci,drive={id},serial={}",
+            "virtio-blk-pci,drive={},serial={}",
+            escape(&drive.id),
             escape(&text("drive serial", &drive.serial)?)
         );
         args.push(["-device", &device]);
@@ -261,6 +298,53 @@ pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
 
     args.push(["-daemonize", "-pidfile", path("pidfile", &spec.pidfile)?]);
     Ok(args.0)
+}
+
+/// The `-blockdev` JSON of one drive: the format node over its `file` node and, for qcow2,
+/// its explicit `backing` (a base node, or `null`).
+fn blockdev(drive: &DriveSpec) -> Result<String, ArgvError> {
+    use serde_json::{Value, json};
+    let id = &drive.id;
+    let well_formed = id.len() <= MAX_DRIVE_ID
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !well_formed {
+        return Err(ArgvError::BadDriveId(id.clone()));
+    }
+    let node = |name: String, format: DriveFormat, file: &Path, read_only: bool| {
+        Ok::<_, ArgvError>(json!({
+            "driver": format.as_str(),
+            "node-name": name,
+            "read-only": read_only,
+            "file": {
+                "driver": "file",
+                "node-name": format!("{name}-file"),
+                "filename": path("drive", file)?,
+                "read-only": read_only,
+            },
+        }))
+    };
+    let mut top = node(id.clone(), drive.format, &drive.path, drive.read_only)?;
+    match (drive.format, &drive.backing) {
+        (DriveFormat::Raw, None) => {}
+        (DriveFormat::Raw, Some(_)) => return Err(ArgvError::RawWithBacking(id.clone())),
+        (DriveFormat::Qcow2, backing) => {
+            let backing = match backing {
+                None => Value::Null,
+                Some(base) => {
+                    let mut node = node(format!("{id}-base"), base.format, &base.path, true)?;
+                    if base.format == DriveFormat::Qcow2 {
+                        node["backing"] = Value::Null;
+                    }
+                    node
+                }
+            };
+            top["backing"] = backing;
+        }
+    }
+    Ok(top.to_string())
 }
 
 #[derive(Default)]
@@ -334,6 +418,10 @@ mod tests {
                     format: DriveFormat::Qcow2,
                     serial: "qc-disk".into(),
                     read_only: false,
+                    backing: Some(BaseImage {
+                        path: "/home/u/.local/share/qemu-compose/images/debian-12.qcow2".into(),
+                        format: DriveFormat::Qcow2,
+                    }),
                 },
                 DriveSpec {
                     id: "seed".into(),
@@ -341,6 +429,7 @@ mod tests {
                     format: DriveFormat::Raw,
                     serial: "qc-seed".into(),
                     read_only: true,
+                    backing: None,
                 },
             ],
             shares: vec![],
@@ -363,6 +452,7 @@ mod tests {
             format: DriveFormat::Qcow2,
             serial: format!("qc-vol-{name}"),
             read_only,
+            backing: None,
         }
     }
 
@@ -477,7 +567,6 @@ mod tests {
         let mut spec = plain();
         spec.name = "x,y".into();
         spec.drives[0].path = dir.join("disk,1.qcow2");
-        spec.drives[0].id = "d,1".into();
         spec.drives[0].serial = "s,1".into();
         spec.shares = vec![ShareSpec {
             tag: "t,1".into(),
@@ -493,11 +582,10 @@ mod tests {
             args[i + 1].clone()
         };
         assert_eq!(after("-name"), "guest=x,,y");
-        assert_eq!(
-            after("-drive"),
-            "file=/tmp/a,,b c/disk,,1.qcow2,format=qcow2,if=none,id=d,,1"
-        );
-        assert_eq!(after("-device"), "virtio-blk-pci,drive=d,,1,serial=s,,1");
+        // JSON has its own escaping: the comma stays single there.
+        let node: serde_json::Value = serde_json::from_str(&after("-blockdev")).unwrap();
+        assert_eq!(node["file"]["filename"], "/tmp/a,b c/disk,1.qcow2");
+        assert_eq!(after("-device"), "virtio-blk-pci,drive=disk,serial=s,,1");
         assert_eq!(
             after("-virtfs"),
             "local,path=/tmp/a,,b c/share,mount_tag=t,,1,security_model=none,id=fs0"
@@ -515,38 +603,126 @@ mod tests {
         assert_eq!(after("-pidfile"), "/tmp/a,b c/qemu,pid");
     }
 
-    /// QEMU's option-list reading: `,,` is a literal comma, a single `,` ends a value.
-    fn split_options(list: &str) -> Vec<String> {
-        let mut items = vec![String::new()];
-        let mut chars = list.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                ',' if chars.peek() == Some(&',') => {
-                    chars.next();
-                    items.last_mut().unwrap().push(',');
-                }
-                ',' => items.push(String::new()),
-                c => items.last_mut().unwrap().push(c),
-            }
-        }
-        items
-    }
-
     proptest::proptest! {
-        /// Whatever the path, QEMU reads back exactly it and no extra option.
+        /// Whatever the paths, QEMU's JSON parser reads back exactly them and no extra key.
         #[test]
-        fn escaped_paths_read_back_intact(name in "[^\\x00/]{1,40}", id in "[a-z,=]{1,8}") {
+        fn blockdev_paths_read_back_intact(
+            name in "[^\\x00/]{1,40}",
+            base in "[^\\x00]{1,40}",
+        ) {
             let mut spec = plain();
             spec.drives.truncate(1);
             spec.drives[0].path = Path::new("/tmp").join(&name);
-            spec.drives[0].id = id.clone();
+            spec.drives[0].backing.as_mut().unwrap().path = Path::new("/b").join(&base);
             let args = build_argv(&spec).unwrap();
-            let drive = &args[args.iter().position(|a| a == "-drive").unwrap() + 1];
-            let items = split_options(drive);
-            proptest::prop_assert_eq!(items.len(), 4, "{}", drive);
-            proptest::prop_assert_eq!(&items[0], &format!("file=/tmp/{name}"));
-            proptest::prop_assert_eq!(&items[3], &format!("id={id}"));
+            let json = &args[args.iter().position(|a| a == "-blockdev").unwrap() + 1];
+            let node: serde_json::Value = serde_json::from_str(json).unwrap();
+            let want_top = format!("/tmp/{name}");
+            proptest::prop_assert_eq!(node["file"]["filename"].as_str(), Some(want_top.as_str()));
+            let want_base = Path::new("/b").join(&base);
+            proptest::prop_assert_eq!(node["backing"]["file"]["filename"].as_str(), want_base.to_str());
+            proptest::prop_assert_eq!(node.as_object().unwrap().len(), 5);
+            proptest::prop_assert_eq!(node["file"].as_object().unwrap().len(), 4);
         }
+    }
+
+    /// The `-blockdev` JSON of each drive, in order.
+    fn blockdevs(spec: &LaunchSpec) -> Vec<serde_json::Value> {
+        let args = build_argv(spec).unwrap();
+        args.iter()
+            .zip(&args[1..])
+            .filter(|(flag, _)| *flag == "-blockdev")
+            .map(|(_, json)| serde_json::from_str(json).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_qcow2_node_names_its_backing_explicitly() {
+        let mut spec = plain();
+        spec.drives.insert(1, volume("pgdata", false));
+        let nodes = blockdevs(&spec);
+        // The instance disk: its base given as a read-only node with no backing of its own.
+        let disk = &nodes[0];
+        assert_eq!(disk["driver"], "qcow2");
+        assert_eq!(disk["node-name"], "disk");
+        assert_eq!(disk["read-only"], false);
+        let base = &disk["backing"];
+        assert_eq!(base["driver"], "qcow2");
+        assert_eq!(base["node-name"], "disk-base");
+        assert_eq!(base["read-only"], true);
+        assert_eq!(base["file"]["read-only"], true);
+        assert_eq!(base["backing"], serde_json::Value::Null);
+        assert!(base.as_object().unwrap().contains_key("backing"));
+        // A raw base has no backing key at all (raw has no such child).
+        spec.drives[0].backing.as_mut().unwrap().format = DriveFormat::Raw;
+        let raw_base = &blockdevs(&spec)[0]["backing"];
+        assert_eq!(raw_base["driver"], "raw");
+        assert!(!raw_base.as_object().unwrap().contains_key("backing"));
+        // A volume: "backing": null, present, so QEMU never reads the header's name.
+        let vol = &nodes[1];
+        assert!(vol.as_object().unwrap().contains_key("backing"));
+        assert_eq!(vol["backing"], serde_json::Value::Null);
+        // The raw seed: no backing key.
+        let seed = &nodes[2];
+        assert_eq!(seed["driver"], "raw");
+        assert!(!seed.as_object().unwrap().contains_key("backing"));
+    }
+
+    #[test]
+    fn read_only_drives_are_read_only_at_every_node() {
+        let mut spec = plain();
+        spec.drives.insert(1, volume("ref", true));
+        let nodes = blockdevs(&spec);
+        for node in &nodes[1..] {
+            assert_eq!(node["read-only"], true, "{node}");
+            assert_eq!(node["file"]["read-only"], true, "{node}");
+        }
+        assert_eq!(nodes[0]["read-only"], false);
+        assert_eq!(nodes[0]["file"]["read-only"], false);
+    }
+
+    #[test]
+    fn drive_ids_must_be_node_names() {
+        for bad in [
+            "",
+            "1disk",
+            "d,1",
+            "d 1",
+            "d\"x",
+            &"d".repeat(MAX_DRIVE_ID + 1),
+        ] {
+            let mut spec = plain();
+            spec.drives[1].id = bad.to_string();
+            assert_eq!(
+                build_argv(&spec),
+                Err(ArgvError::BadDriveId(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+        let mut spec = plain();
+        spec.drives[1].id = format!("v{}", "_.-9".repeat(5));
+        assert_eq!(spec.drives[1].id.len(), MAX_DRIVE_ID);
+        assert!(build_argv(&spec).is_ok());
+    }
+
+    #[test]
+    fn a_raw_drive_cannot_have_a_backing_image() {
+        let mut spec = plain();
+        spec.drives[1].backing = spec.drives[0].backing.clone();
+        assert_eq!(
+            build_argv(&spec),
+            Err(ArgvError::RawWithBacking("seed".into()))
+        );
+    }
+
+    #[test]
+    fn base_paths_are_checked_like_any_path() {
+        let mut spec = plain();
+        spec.drives[0].backing.as_mut().unwrap().path = "base.qcow2".into();
+        assert!(matches!(
+            build_argv(&spec),
+            Err(ArgvError::Relative { what: "drive", .. })
+        ));
     }
 
     #[test]
