@@ -216,8 +216,10 @@ impl Run {
         self.dir.path().join(rel)
     }
 
+    /// The VM's private folder (outside the project): pidfile, serial log, record.
     fn vm_dir(&self) -> PathBuf {
-        self.path(&format!(".qemu-compose/{VM}"))
+        let dir = self.dir.path().canonicalize().unwrap();
+        qemu_compose::state::StateDir::new(&dir).vm_private_dir(VM)
     }
 
     /// Runs `qemu-compose ARGS` in the project folder.
@@ -660,7 +662,7 @@ echo "volume|$(cat /data/marker 2>&1)""#
             format!("QEMU (pid {pid}) still runs after destroy -v")
         });
         for rel in [
-            format!(".qemu-compose/{VM}"),
+            format!(".qemu-compose/vms/{VM}"),
             ".qemu-compose/volumes/data".into(),
             ".qemu-compose/volumes/ref".into(),
         ] {
@@ -668,6 +670,9 @@ echo "volume|$(cat /data/marker 2>&1)""#
                 format!("destroy -v left {rel}:\n{stderr}")
             });
         }
+        self.check(!self.vm_dir().exists(), || {
+            format!("destroy -v left {}:\n{stderr}", self.vm_dir().display())
+        });
         let registry =
             fs::read_to_string(self.path(".qemu-compose/volumes.json")).unwrap_or_default();
         self.check(

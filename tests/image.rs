@@ -13,6 +13,14 @@ use qemu_compose::image::progress::{LineProgress, NoProgress};
 use qemu_compose::image::{ImageCache, ImageError, ProxyEnv, Sha256Digest};
 use sha2::{Digest, Sha256};
 
+/// The private folder of VM `vm` of the project in `project` (outside the project; see
+/// `state::layout`): pidfile, sockets, serial log, seed, record.
+#[allow(dead_code)]
+fn private_dir(project: &Path, vm: &str) -> PathBuf {
+    let dir = project.canonicalize().unwrap();
+    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
+}
+
 /// Deterministic bytes that differ per seed, several read buffers long.
 fn payload(seed: u8, len: usize) -> Vec<u8> {
     let mut x = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -476,7 +484,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
         "vms:\n  app:\n    image: {url}\n    memory: 128\n"
     ));
     cli.ok(&["up", "--no-start"]);
-    let disk = cli.path().join(".qemu-compose/app/disk.qcow2");
+    let disk = cli.path().join(".qemu-compose/vms/app/disk.qcow2");
     let old_base = overlay_base_of(&disk);
     assert!(std::fs::read(&old_base).unwrap() == first);
 
@@ -504,7 +512,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
             "VM app: its disk was made on {}, the compose file now names {}",
             old_base.display(),
             new_base.display()
-        )) && stderr.contains("qemu-compose up --force-recreate app"),
+        )) && stderr.contains("`qemu-compose destroy app` then `up`"),
         "{stderr}"
     );
     assert_eq!(overlay_base_of(&disk), old_base);
@@ -564,7 +572,7 @@ fn image_rm_force_removes_a_used_base() {
         "vms:\n  app:\n    image: {url}\n    memory: 128\n"
     ));
     cli.ok(&["up", "--no-start"]);
-    let base = overlay_base_of(&cli.path().join(".qemu-compose/app/disk.qcow2"));
+    let base = overlay_base_of(&cli.path().join(".qemu-compose/vms/app/disk.qcow2"));
     let name = base.file_name().unwrap().to_str().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", "--force", name]);
@@ -643,7 +651,7 @@ fn a_local_image_is_checked_against_its_checksum() {
         "{stderr}"
     );
     assert!(
-        !cli.path().join(".qemu-compose/app").exists(),
+        !cli.path().join(".qemu-compose/vms/app").exists(),
         "a VM was made from an image that fails its checksum"
     );
     let stderr = cli.fail(&["pull"]);
@@ -655,7 +663,11 @@ fn a_local_image_is_checked_against_its_checksum() {
     )
     .unwrap();
     cli.ok(&["up", "--no-start"]);
-    assert!(cli.path().join(".qemu-compose/app/disk.qcow2").is_file());
+    assert!(
+        cli.path()
+            .join(".qemu-compose/vms/app/disk.qcow2")
+            .is_file()
+    );
 }
 
 fn partials(dir: &Path) -> Vec<String> {

@@ -18,6 +18,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The private folder of VM `vm` of the project in `project` (outside the project; see
+/// `state::layout`): pidfile, sockets, serial log, seed, record.
+fn private_dir(project: &Path, vm: &str) -> PathBuf {
+    let dir = project.canonicalize().unwrap();
+    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
+}
+
 /// QEMU tests run one at a time: the CPUs are shared.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -152,19 +159,12 @@ impl Project {
     }
 
     fn record(&self, vm: &str) -> Value {
-        let path = self
-            .path()
-            .join(".qemu-compose")
-            .join(vm)
-            .join("instance.json");
+        let path = private_dir(self.path(), vm).join("instance.json");
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
     fn serial_log(&self, vm: &str) -> PathBuf {
-        self.path()
-            .join(".qemu-compose")
-            .join(vm)
-            .join("serial.log")
+        private_dir(self.path(), vm).join("serial.log")
     }
 
     /// Waits until `vm`'s serial log holds `needle`.
@@ -292,7 +292,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     // No OS, so no sshd: QEMU runs but the VM never becomes ready.
     assert_eq!(a["status"], "starting");
     assert_eq!(a["ssh"], format!("127.0.0.1:{ssh_port}"));
-    let disk = p.path().join(".qemu-compose/a/disk.qcow2");
+    let disk = p.path().join(".qemu-compose/vms/a/disk.qcow2");
     let info = qemu_img_info(&disk);
     assert_eq!(a["disk"]["virtual_size"], info["virtual-size"]);
     assert!(a["disk"]["bytes_used"].as_u64().unwrap() > 0);
@@ -719,7 +719,7 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     let args = std::fs::read_to_string(&recorded).unwrap();
     let args: Vec<&str> = args.lines().collect();
-    let key = p.path().join(".qemu-compose/ssh/id_ed25519");
+    let key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_key();
     let key = key.to_str().unwrap();
     assert!(Path::new(key).is_file());
     assert_eq!(
@@ -741,11 +741,7 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
             "alice",
             "127.0.0.1",
             "--",
-            "echo",
-            "hello world",
-            "-x",
-            "--",
-            "--debug"
+            "'echo' 'hello world' '-x' '--' '--debug'"
         ]
     );
 }
@@ -813,7 +809,7 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
     assert!(ls.contains("a (not created)"), "{ls}");
 
     p.ok(&["up", "--no-start", "a"]);
-    let overlay = p.path().join(".qemu-compose/a/disk.qcow2");
+    let overlay = p.path().join(".qemu-compose/vms/a/disk.qcow2");
     assert_eq!(
         qemu_img_info(&overlay)["full-backing-filename"],
         cached.to_str().unwrap()
@@ -904,7 +900,7 @@ fn doctor_reports_this_host() {
         assert!(line("kvm").contains("not usable: "), "{report}");
     }
     assert!(line("ssh").contains("OpenSSH"), "{report}");
-    let socket = p.path().join(".qemu-compose/a/serial.sock");
+    let socket = private_dir(p.path(), "a").join("serial.sock");
     assert!(
         line("socket path").contains(&format!(
             "{} is {} bytes",

@@ -7,6 +7,14 @@ use std::time::Duration;
 
 use qemu_compose::qemu::qmp::Qmp;
 
+/// The private folder of VM `vm` of the project in `project` (outside the project; see
+/// `state::layout`): pidfile, sockets, serial log, seed, record.
+#[allow(dead_code)]
+fn private_dir(project: &Path, vm: &str) -> PathBuf {
+    let dir = project.canonicalize().unwrap();
+    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
+}
+
 struct Project {
     dir: tempfile::TempDir,
 }
@@ -50,8 +58,9 @@ impl Project {
         stderr
     }
 
+    /// The VM's private folder: pidfile, sockets, record.
     fn vm_dir(&self, vm: &str) -> PathBuf {
-        self.path().join(".qemu-compose").join(vm)
+        private_dir(self.path(), vm)
     }
 
     fn pid(&self, vm: &str) -> Option<i32> {
@@ -153,7 +162,7 @@ fn up_stop_destroy_with_a_real_qemu() {
     p.ok(&["up"]);
     let stderr = p.ok(&["destroy", "--force"]);
     assert!(stderr.contains("removed VM app"), "{stderr}");
-    assert!(!p.vm_dir("app").exists());
+    assert!(!p.vm_dir("app").exists() && !p.path().join(".qemu-compose/vms/app").exists());
     assert!(
         p.path()
             .join(".qemu-compose/volumes/data/volume.qcow2")
@@ -218,7 +227,7 @@ fn qemu_failures_are_reported_with_qemus_words() {
         stderr.contains("VM app: image") && stderr.contains("nope.qcow2 does not exist"),
         "{stderr}"
     );
-    assert!(!p.vm_dir("app").exists());
+    assert!(!p.vm_dir("app").exists() && !p.path().join(".qemu-compose/vms/app").exists());
 
     // A corrupt base image is refused by our own reader.
     let p = Project::new("vms:\n  app:\n    image: ./bad.qcow2\n");
@@ -252,7 +261,7 @@ fn networks_are_refused_before_anything_starts() {
 fn the_project_key_is_a_valid_openssh_key() {
     let p = Project::new(ONE_VM);
     p.ok(&["up", "--no-start"]);
-    let ssh = p.path().join(".qemu-compose/ssh");
+    let ssh = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_dir();
     let out = Command::new("ssh-keygen")
         .arg("-y")
         .arg("-f")
@@ -274,4 +283,189 @@ fn the_project_key_is_a_valid_openssh_key() {
         ) & 0o777
     };
     assert_eq!(mode("id_ed25519"), 0o600);
+}
+
+/// Runs the CLI in `dir` with the image cache and state home of `p`, plus `envs`.
+fn run_in(p: &Project, dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("QEMU_COMPOSE_FILE")
+        .env_remove("QEMU_COMPOSE_PROJECT_NAME")
+        .env("XDG_DATA_HOME", p.path().join("xdg"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok_in(p: &Project, dir: &Path, args: &[&str]) -> String {
+    let out = run_in(p, dir, args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "qemu-compose {args:?} failed: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn vms_named_like_state_folders_cannot_touch_volumes_or_the_key() {
+    let p = Project::new(
+        "volumes:\n  data: {size: 64M}\nvms:\n  volumes:\n    image: ./base.qcow2\n    volumes: [data:/data]\n  ssh: {image: ./base.qcow2}\n",
+    );
+    p.ok(&["up", "--no-start"]);
+    let volume = p.path().join(".qemu-compose/volumes/data/volume.qcow2");
+    let key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_key();
+    assert!(volume.is_file() && key.is_file());
+    p.ok(&["destroy", "volumes"]);
+    p.ok(&["destroy", "ssh"]);
+    assert!(volume.is_file(), "destroy of VM `volumes` removed a volume");
+    assert!(key.is_file(), "destroy of VM `ssh` removed the project key");
+    assert!(!p.path().join(".qemu-compose/vms/volumes").exists());
+}
+
+#[test]
+fn secrets_and_control_files_stay_out_of_the_project_folder() {
+    let p = Project::new(ONE_VM);
+    p.ok(&["up", "--no-start"]);
+    let mut found = Vec::new();
+    let mut stack = vec![p.path().join(".qemu-compose")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            found.push(path.strip_prefix(p.path()).unwrap().to_path_buf());
+        }
+    }
+    let names: Vec<String> = found.iter().map(|f| f.display().to_string()).collect();
+    // A share of the project folder (`.:/src`) shows the guest only data, never the key, the
+    // console password, the seed (host key, password hash), the pidfile, the log or a socket.
+    for name in &names {
+        let file = name.rsplit('/').next().unwrap();
+        assert!(
+            [
+                ".qemu-compose/volumes.json",
+                ".qemu-compose/volumes",
+                ".qemu-compose/volumes/data",
+                ".qemu-compose/volumes/data/volume.qcow2",
+                ".qemu-compose/vms",
+                ".qemu-compose/vms/app",
+                ".qemu-compose/vms/app/disk.qcow2",
+            ]
+            .contains(&name.as_str()),
+            "{file}: unexpected file in the project's state folder: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn a_planted_symlink_in_the_state_folder_is_never_followed() {
+    let p = Project::new(ONE_VM);
+    p.ok(&["up", "--no-start"]);
+    let secret = p.path().join("secret.txt");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let registry = p.path().join(".qemu-compose/volumes.json");
+    std::fs::remove_file(&registry).unwrap();
+    std::os::unix::fs::symlink(&secret, &registry).unwrap();
+    let out = p.run(&["up", "--no-start"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret\n");
+}
+
+#[test]
+fn a_copied_project_uses_its_own_volumes() {
+    let p = Project::new(ONE_VM);
+    let original = p.path().join("orig");
+    std::fs::create_dir(&original).unwrap();
+    for f in ["qemu-compose.yaml", "base.qcow2"] {
+        std::fs::rename(p.path().join(f), original.join(f)).unwrap();
+    }
+    ok_in(&p, &original, &["up", "--no-start"]);
+    let copy = p.path().join("copy");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&original)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    ok_in(&p, &copy, &["destroy", "-v"]);
+    assert!(!copy.join(".qemu-compose/volumes/data").exists());
+    assert!(
+        original
+            .join(".qemu-compose/volumes/data/volume.qcow2")
+            .is_file(),
+        "destroy -v in the copy removed the original's volume"
+    );
+    ok_in(&p, &original, &["destroy", "-v"]);
+}
+
+#[test]
+fn projects_sharing_a_symlinked_compose_file_keep_their_own_state() {
+    let p = Project::new(ONE_VM);
+    let (a, b) = (p.path().join("a"), p.path().join("b"));
+    for dir in [&a, &b] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::symlink(
+            p.path().join("qemu-compose.yaml"),
+            dir.join("qemu-compose.yaml"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(p.path().join("base.qcow2"), dir.join("base.qcow2")).unwrap();
+    }
+    ok_in(&p, &a, &["up", "--no-start"]);
+    assert!(a.join(".qemu-compose/volumes/data/volume.qcow2").is_file());
+    assert!(
+        !p.path().join(".qemu-compose").exists(),
+        "state went to the link's target"
+    );
+    ok_in(&p, &b, &["destroy", "-v"]);
+    assert!(
+        a.join(".qemu-compose/volumes/data/volume.qcow2").is_file(),
+        "destroy -v in b removed a's volume"
+    );
+    ok_in(&p, &a, &["destroy", "-v"]);
+}
+
+#[test]
+fn a_socket_folder_planted_by_someone_else_is_refused() {
+    let p = Project::new(ONE_VM);
+    // A state home so deep that the sockets move to the runtime folder.
+    let deep = p.path().join("state").join("d".repeat(90));
+    let runtime = p.path().join("run");
+    let victim = p.path().join("victim");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("keep"), "x").unwrap();
+    std::os::unix::fs::symlink(&victim, runtime.join("qemu-compose")).unwrap();
+    let envs = [
+        ("XDG_STATE_HOME", deep.as_path()),
+        ("XDG_RUNTIME_DIR", runtime.as_path()),
+    ];
+    let out = run_in(&p, p.path(), &["up", "--no-start"], &envs);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    let out = run_in(&p, p.path(), &["destroy"], &envs);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        1,
+        "the victim folder changed"
+    );
+    // Ours, made by us, works.
+    std::fs::remove_file(runtime.join("qemu-compose")).unwrap();
+    let out = run_in(&p, p.path(), &["up", "--no-start"], &envs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_in(&p, p.path(), &["destroy"], &envs);
+    assert!(out.status.success());
 }

@@ -18,6 +18,14 @@ use qemu_compose::qemu::ports::allocate_ssh_port;
 use qemu_compose::qemu::process::{self, ProcState, StartError, StopOutcome, VmHandle};
 use qemu_compose::qemu::qmp::Qmp;
 
+/// The private folder of VM `vm` of the project in `project` (outside the project; see
+/// `state::layout`): pidfile, sockets, serial log, seed, record.
+#[allow(dead_code)]
+fn private_dir(project: &Path, vm: &str) -> PathBuf {
+    let dir = project.canonicalize().unwrap();
+    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
+}
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -616,7 +624,7 @@ impl Project {
     }
 
     fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.path(".qemu-compose/app/qemu.pid"))
+        std::fs::read_to_string(private_dir(&self.path("."), "app").join("qemu.pid"))
             .ok()
             .and_then(|t| t.trim().parse().ok())
     }
@@ -644,14 +652,14 @@ fn up_hands_qemu_no_file_that_a_tampered_header_names() {
     let p = Project::new(WITH_VOLUME);
     let secret = secret(p.0.path());
     p.ok(&["up"]);
-    let disk = p.path(".qemu-compose/app/disk.qcow2");
+    let disk = p.path(".qemu-compose/vms/app/disk.qcow2");
     let pid = p.pid().expect("QEMU runs");
-    let files = node_files(&p.path(".qemu-compose/app/qmp.sock"));
+    let files = node_files(&private_dir(&p.path("."), "app").join("qmp.sock"));
     let ours: BTreeSet<PathBuf> = [
         disk.clone(),
         p.path("base.qcow2"),
         p.path(".qemu-compose/volumes/data/volume.qcow2"),
-        p.path(".qemu-compose/app/seed.img"),
+        private_dir(&p.path("."), "app").join("seed.img"),
     ]
     .into();
     assert_eq!(files, ours);
@@ -682,7 +690,7 @@ fn an_image_with_an_external_data_file_is_refused_before_qemu_starts() {
     p.ok(&["up", "--no-start"]);
     // The instance disk replaced by one over the same base whose data lives in another host
     // file, named in its header. QEMU would open that file (it exists, so QEMU would start).
-    let disk = p.path(".qemu-compose/app/disk.qcow2");
+    let disk = p.path(".qemu-compose/vms/app/disk.qcow2");
     let data = p.path("elsewhere.raw");
     let opt = format!("data_file={}", data.display());
     let base = p.path("base.qcow2");
@@ -742,7 +750,7 @@ fn a_local_base_image_must_stand_alone() {
         )),
         "{stderr}"
     );
-    assert!(!p.path(".qemu-compose/app/disk.qcow2").exists());
+    assert!(!p.path(".qemu-compose/vms/app/disk.qcow2").exists());
 
     std::fs::remove_file(&child).unwrap();
     let data = p.path("child.raw");
@@ -766,5 +774,5 @@ fn a_local_base_image_must_stand_alone() {
         "{stderr}"
     );
     assert!(stderr.contains("qemu-img convert -O qcow2"), "{stderr}");
-    assert!(!p.path(".qemu-compose/app/disk.qcow2").exists());
+    assert!(!p.path(".qemu-compose/vms/app/disk.qcow2").exists());
 }

@@ -7,6 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+/// The private folder of VM `vm` of the project in `project` (outside the project; see
+/// `state::layout`): pidfile, sockets, serial log, seed, record.
+#[allow(dead_code)]
+fn private_dir(project: &Path, vm: &str) -> PathBuf {
+    let dir = project.canonicalize().unwrap();
+    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
+}
+
 struct Project {
     dir: tempfile::TempDir,
 }
@@ -134,7 +142,9 @@ fn volume_create_makes_a_clean_registered_volume() {
     let rec = &p.registry()["scratch"];
     assert_eq!(rec["size"], "3G");
     assert_eq!(rec["label"], "scratch");
-    assert_eq!(rec["disk_path"], s(&p.image("scratch")));
+    // Relative to the state folder, so a copied project uses its own copy.
+    assert_eq!(rec["disk_path"], "volumes/scratch/volume.qcow2");
+    assert!(p.image("scratch").is_file());
 
     let info: serde_json::Value = serde_json::from_str(&tool_ok(
         "qemu-img",
@@ -180,7 +190,7 @@ fn data_survives_destroy_and_a_new_up() {
 
     p.ok(&["destroy"]);
     assert!(image.exists(), "destroy must keep named volumes");
-    assert!(!p.path().join(".qemu-compose/app").exists());
+    assert!(!p.path().join(".qemu-compose/vms/app").exists());
     p.ok(&["up", "--no-start"]);
     assert_eq!(p.registry()["data"]["uuid"], uuid.as_str());
     tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
@@ -318,7 +328,7 @@ fn hostile_names_and_paths_are_refused() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("invalid volume name"), "{name:?}: {stderr}");
     }
-    assert!(!p.path().join("x").exists() && !p.path().join(".qemu-compose/x").exists());
+    assert!(!p.path().join("x").exists() && !p.path().join(".qemu-compose/vms/x").exists());
 
     // A planted symlink in place of a volume folder must not be followed.
     let outside = tempfile::tempdir().unwrap();
@@ -432,7 +442,7 @@ fn stale_temporaries_are_swept_by_the_next_command() {
     }
     // What is not a temporary stays.
     assert!(p.image("data").exists() && p.image("other").exists());
-    assert!(p.path().join(".qemu-compose/app/disk.qcow2").exists());
+    assert!(p.path().join(".qemu-compose/vms/app/disk.qcow2").exists());
 }
 
 #[test]
@@ -492,7 +502,7 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
     require_qemu();
     let p = Project::with_base(RUNNING);
     p.ok(&["up"]);
-    let pid = std::fs::read_to_string(p.path().join(".qemu-compose/app/qemu.pid")).unwrap();
+    let pid = std::fs::read_to_string(private_dir(p.path(), "app").join("qemu.pid")).unwrap();
     let qemu = KillOnDrop(pid.trim().to_string());
     assert!(alive(&qemu.0));
     // The VM leaves the compose file; its QEMU keeps running with the volume attached.
@@ -628,11 +638,11 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     let out = p.run(&["up"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let pid = std::fs::read_to_string(p.path().join(".qemu-compose/app/qemu.pid")).unwrap();
+    let pid = std::fs::read_to_string(private_dir(p.path(), "app").join("qemu.pid")).unwrap();
     let _qemu = KillOnDrop(pid.trim().to_string());
 
     // The symlink is followed: the share holds a hard link to the file it names.
-    let shares = p.path().join(".qemu-compose/app/file-shares");
+    let shares = p.path().join(".qemu-compose/vms/app/file-shares");
     let linked = shares.join("mount0/app.conf");
     let meta = std::fs::symlink_metadata(&linked).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
@@ -662,7 +672,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         "{stderr}"
     );
     let record: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.path().join(".qemu-compose/app/instance.json")).unwrap(),
+        &std::fs::read_to_string(private_dir(p.path(), "app").join("instance.json")).unwrap(),
     )
     .unwrap();
     let virtfs = |tag: &str| {

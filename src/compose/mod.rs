@@ -61,6 +61,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
     };
     let (file, dir) =
         discover::project_file(path).map_err(|e| whole_file(path, format!("cannot open: {e}")))?;
+    if let Err(e) = std::fs::metadata(&file) {
+        return Err(whole_file(&file, format!("cannot open: {e}")).into());
+    }
     let text = read_limited(&file).map_err(|m| whole_file(&file, m))?;
 
     let dotenv_path = dir.join(".env");

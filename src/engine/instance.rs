@@ -141,7 +141,7 @@ impl BaseChange {
     /// What `up` and `ps` tell the user.
     pub fn warning(&self, vm: &str) -> String {
         format!(
-            "VM {vm}: its disk was made on {}, the compose file now names {}; `qemu-compose up --force-recreate {vm}` makes a new disk on it (the changes the guest made to its disk are lost); until then the VM keeps its disk and its old base",
+            "VM {vm}: its disk was made on {}, the compose file now names {}; the VM keeps its disk and its old base (a cached image never changes under a disk); `qemu-compose destroy {vm}` then `up` makes a new disk on the new image (the changes the guest made to its disk are lost)",
             self.made_on.display(),
             self.now
         )
@@ -180,6 +180,24 @@ pub fn current_base_change(project: &Project, host: &HostEnv, vm: &Vm) -> Option
                 now: format!("{url} (not downloaded yet)"),
             }),
         },
+    }
+}
+
+/// The base an existing instance disk keeps: a cached image is never replaced under a disk, so
+/// when a newer download of the VM's image exists, the disk goes on with the cached image it
+/// was made on (`up` warns, see [`base_change`]). Only a file inside the image cache qualifies,
+/// so a disk header changed through a share cannot name any other host file; for anything
+/// else the base the compose file names is used and the pre-start check refuses a mismatch.
+fn kept_cached_base(disk: &Path, base: PathBuf, host: &HostEnv) -> PathBuf {
+    let Some(made_on) = crate::image::overlay_base(disk) else {
+        return base;
+    };
+    let cache = host.images.dir().canonicalize();
+    let in_cache = cache.is_ok_and(|c| made_on.starts_with(c) && made_on.is_file());
+    if in_cache && made_on != base.canonicalize().unwrap_or_else(|_| base.clone()) {
+        made_on
+    } else {
+        base
     }
 }
 
@@ -238,6 +256,7 @@ pub fn prepare(
         secrets,
     } = *cx;
     let paths = InstancePaths::new(state, &vm.name, host.runtime_dir.as_deref());
+    let base = kept_cached_base(&paths.disk, base, host);
     let plan = mounts::plan(
         vm,
         &PlanFacts {

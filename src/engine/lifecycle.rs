@@ -174,9 +174,11 @@ pub fn up(
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
     let mut running = Vec::new();
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
+        let resolved = base.clone();
         let prepared = instance::prepare(&cx, vm, checked, base)?;
         prepared.paths.check_socket_dir()?;
-        if let Some(change) = instance::base_change(&prepared.paths.disk, &prepared.base) {
+        // Against the base the compose file names now; the disk keeps the one it was made on.
+        if let Some(change) = instance::base_change(&prepared.paths.disk, &resolved) {
             reporter.warn(&change.warning(&vm.name));
         }
         let handle = status::handle(&prepared.paths);

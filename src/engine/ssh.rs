@@ -35,17 +35,34 @@ fn base_args(key: &Path, user: &str, port: u16) -> Vec<String> {
     .collect()
 }
 
-/// The arguments (after `ssh`) that log into the VM and run `command`, passed through
-/// untouched (ssh joins them with spaces for the remote shell, as it always does).
+/// The arguments (after `ssh`) that log into the VM and run `command`. ssh joins its words
+/// with spaces for the remote shell, which would split `'a b'` in two; so, as
+/// `docker compose exec` keeps argument boundaries, several words are each quoted for a POSIX
+/// shell. A single word is passed as it is and run by the remote shell, so
+/// `qemu-compose ssh db 'ps | grep x'` still works.
 pub fn args(key: &Path, user: &str, port: u16, command: &[String]) -> Vec<String> {
     let mut args = base_args(key, user, port);
     if !command.is_empty() {
         // ssh reads options again after the host; `--` makes the rest the remote command,
         // even words that start with '-'.
         args.push("--".to_string());
-        args.extend(command.iter().cloned());
+        match command {
+            [one] => args.push(one.clone()),
+            words => args.push(
+                words
+                    .iter()
+                    .map(|w| shell_quote(w))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        }
     }
     args
+}
+
+/// `word` as one word for a POSIX shell: in single quotes, each `'` written as `'\''`.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// The file cloud-init writes when its last stage is done.
@@ -81,11 +98,31 @@ mod tests {
     #[test]
     fn remote_command_follows_the_host_after_a_double_dash() {
         let a = args(Path::new("/k"), "deb", 2222, &["ls".into(), "-la".into()]);
-        let tail: Vec<_> = a.iter().rev().take(4).rev().cloned().collect();
-        assert_eq!(tail, ["127.0.0.1", "--", "ls", "-la"]);
+        let tail: Vec<_> = a.iter().rev().take(3).rev().cloned().collect();
+        assert_eq!(tail, ["127.0.0.1", "--", "'ls' '-la'"]);
         assert!(a.windows(2).any(|w| w == ["-l", "deb"]));
         assert!(a.windows(2).any(|w| w == ["-p", "2222"]));
         let login = args(Path::new("/k"), "deb", 2222, &[]);
         assert_eq!(login.last().map(String::as_str), Some("127.0.0.1"));
+    }
+
+    /// What the remote shell makes of the command ssh sends: run it through `sh -c`.
+    fn remote_output(command: &[&str]) -> String {
+        let words: Vec<String> = command.iter().map(ToString::to_string).collect();
+        let a = args(Path::new("/k"), "deb", 2222, &words);
+        let remote = a.last().unwrap();
+        let out = Command::new("sh").arg("-c").arg(remote).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn several_words_keep_their_boundaries_in_the_remote_shell() {
+        assert_eq!(remote_output(&["printf", "%s|", "a b", "c"]), "a b|c|");
+        assert_eq!(
+            remote_output(&["printf", "%s|", "it's", "$HOME", "`id`", "a\\b"]),
+            "it's|$HOME|`id`|a\\b|"
+        );
+        // One word is a command line for the remote shell, as with plain ssh.
+        assert_eq!(remote_output(&["printf x | tr x y"]), "y");
     }
 }

@@ -256,7 +256,12 @@ mod tests {
             paths.disk,
             Path::new("/home/me/proj/.qemu-compose/vms/db/disk.qcow2")
         );
-        assert!(paths.qmp_socket.starts_with("/h/projects/proj-"));
+        assert!(
+            paths
+                .qmp_socket
+                .to_string_lossy()
+                .starts_with("/h/projects/proj-")
+        );
         assert!(paths.qmp_socket.ends_with("vms/db/qmp.sock"));
         assert!(paths.seed.starts_with(state.private()));
         assert!(paths.pidfile.starts_with(state.private()));

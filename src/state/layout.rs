@@ -257,7 +257,11 @@ mod tests {
         let a = StateDir::with_private_home(Path::new("/src/app"), home);
         let b = StateDir::with_private_home(Path::new("/src/copy/app"), home);
         assert_ne!(a.private(), b.private());
-        assert!(a.private().starts_with("/h/projects/app-"));
+        assert!(
+            a.private()
+                .to_string_lossy()
+                .starts_with("/h/projects/app-")
+        );
         assert_eq!(a, StateDir::with_private_home(Path::new("/src/app"), home));
     }
 
