@@ -720,21 +720,33 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
     let args = std::fs::read_to_string(&recorded).unwrap();
     let args: Vec<&str> = args.lines().collect();
     let key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_key();
-    let key = key.to_str().unwrap();
-    assert!(Path::new(key).is_file());
+    assert!(key.is_file());
+    let key = format!("\"{}\"", key.display());
+    let known_hosts = format!(
+        "UserKnownHostsFile=\"{}\"",
+        private_dir(p.path(), "web").join("known_hosts").display()
+    );
     assert_eq!(
         args,
         [
             "-i",
-            key,
+            key.as_str(),
             "-p",
             port.as_str(),
             "-o",
             "IdentitiesOnly=yes",
             "-o",
-            "StrictHostKeyChecking=no",
+            "StrictHostKeyChecking=yes",
             "-o",
-            "UserKnownHostsFile=/dev/null",
+            known_hosts.as_str(),
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "HostKeyAlias=qemu-compose-web",
+            "-o",
+            "HostKeyAlgorithms=ssh-ed25519",
+            "-o",
+            "UpdateHostKeys=no",
             "-o",
             "LogLevel=ERROR",
             "-l",
@@ -744,6 +756,158 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
             "'echo' 'hello world' '-x' '--' '--debug'"
         ]
     );
+}
+
+/// A real `sshd` on 127.0.0.1:`port` with the given host key and no way to log in: what
+/// answers tells whether the client accepted the host key ("Permission denied") or refused
+/// it ("Host key verification failed") before sending anything.
+struct Sshd(Child);
+
+impl Sshd {
+    fn start(port: u16, host_key: &Path) -> Self {
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.is_file(),
+            "/usr/sbin/sshd is missing; install openssh-server (.ci/install-deps does)"
+        );
+        if rustix::process::geteuid().is_root() {
+            // sshd's privilege separation folder, which the package's service unit makes.
+            std::fs::create_dir_all("/run/sshd").unwrap();
+        }
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f", "/dev/null"])
+            .arg("-h")
+            .arg(host_key)
+            .args(["-o", &format!("ListenAddress=127.0.0.1:{port}")])
+            .args(["-o", "PidFile=none", "-o", "AuthorizedKeysFile=none"])
+            .args(["-o", "UsePAM=no", "-o", "StrictModes=no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sshd starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the `ssh` command line `inspect` printed, with a remote command, and no prompts.
+fn ssh_as_printed(printed: &[String]) -> Output {
+    let mut args = printed[1..].to_vec();
+    args.splice(0..0, ["-o".to_string(), "BatchMode=yes".to_string()]);
+    args.extend(["--".to_string(), "echo reached".to_string()]);
+    tool("ssh")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64}\n");
+    qemu_img_create(&p.path().join("base.qcow2"), "64M");
+    p.ok(&["up"]);
+    let private = private_dir(p.path(), "web");
+    let host_key = private.join("ssh_host_ed25519_key");
+    let public = text(
+        &tool("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&host_key)
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let known_hosts = std::fs::read_to_string(private.join("known_hosts")).unwrap();
+    assert_eq!(
+        known_hosts,
+        format!("qemu-compose-web {}", public.trim_end()) + "\n"
+    );
+
+    // The guest gets that key, and only that key, through the seed.
+    let user_data = tool("mtype")
+        .arg("-i")
+        .arg(private.join("seed.img"))
+        .arg("::user-data")
+        .output()
+        .unwrap();
+    let user_data = text(&user_data.stdout);
+    assert!(user_data.contains("ssh_deletekeys: true"), "{user_data}");
+    assert!(
+        user_data.contains(public.split_whitespace().nth(1).unwrap()),
+        "{user_data}"
+    );
+
+    // The command a user copies from `inspect`, kept after the VM stops.
+    let printed: Vec<String> = serde_json::from_value(
+        p.json(&["inspect", "web", "--format", "json"])["ssh_command"].clone(),
+    )
+    .unwrap();
+    let port = p.record("web")["ssh_port"].as_u64().unwrap() as u16;
+    p.ok(&["stop", "--force", "web"]);
+
+    // Another program takes the port, with a host key of its own.
+    let other = p.path().join("other_key");
+    let made = tool("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let impostor = Sshd::start(port, &other);
+    let refused = ssh_as_printed(&printed);
+    drop(impostor);
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        text(&refused.stderr).contains("Host key verification failed"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(private.join("known_hosts")).unwrap(),
+        known_hosts
+    );
+
+    // The same server with the instance's key is accepted: only the login fails.
+    let genuine = Sshd::start(port, &host_key);
+    let accepted = ssh_as_printed(&printed);
+    drop(genuine);
+    assert_eq!(accepted.status.code(), Some(255));
+    assert!(
+        text(&accepted.stderr).contains("Permission denied"),
+        "{}",
+        text(&accepted.stderr)
+    );
+
+    // The key lives as long as the instance: a restart keeps it, `destroy` removes it.
+    p.ok(&["up"]);
+    assert_eq!(
+        std::fs::read_to_string(private.join("known_hosts")).unwrap(),
+        known_hosts
+    );
+    std::fs::remove_file(private.join("known_hosts")).unwrap();
+    let unpinned = p.run(&["ssh", "web", "true"]);
+    assert_eq!(unpinned.status.code(), Some(1));
+    assert!(
+        text(&unpinned.stderr).contains("up --force-recreate web"),
+        "{}",
+        text(&unpinned.stderr)
+    );
+    p.ok(&["destroy", "--force", "web"]);
+    assert!(!host_key.exists());
 }
 
 /// Serves `body` at every path over HTTP/1.1 on 127.0.0.1, for as long as the test runs.

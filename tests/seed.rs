@@ -12,13 +12,26 @@ use std::sync::LazyLock;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use qemu_compose::cloudinit::{
-    GuestMount, Seed, SeedError, SeedInput, TargetKind, UserSpec, build_seed, hash_password,
+    GuestMount, HostKey, Seed, SeedError, SeedInput, TargetKind, UserSpec, build_seed,
+    hash_password,
 };
 use qemu_compose::disk::fat::{CIDATA_LABEL, build_fat_image};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0d1ZpR3Jvb3Qtbm90LWEtcmVhbC1rZXktanVzdC1ieXRlcw qemu-compose-demo";
+/// A host key made for these tests with `ssh-keygen -t ed25519 -N '' -C ''`; it guards
+/// nothing.
+const HOST_KEY_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACCAA4pKfv9zj9ZgcfxqR1AP7rsCDthhM5u+yVB9yUN3hAAAAIiD5YtNg+WL
+TQAAAAtzc2gtZWQyNTUxOQAAACCAA4pKfv9zj9ZgcfxqR1AP7rsCDthhM5u+yVB9yUN3hA
+AAAECcO3NpZuCc2c0wO5b9JmhundFc27W6Rh4wo8PUK1k14IADikp+/3OP1mBx/GpHUA/u
+uwIO2GEzm77JUH3JQ3eEAAAAAAECAwQF
+-----END OPENSSH PRIVATE KEY-----
+";
+const HOST_KEY_PUBLIC: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIADikp+/3OP1mBx/GpHUA/uuwIO2GEzm77JUH3JQ3eE";
 /// The Python that cloud-init runs under; its PyYAML is the parser that reads user-data.
 const CLOUD_INIT_PYTHON: &str = "/usr/bin/python3";
 
@@ -46,6 +59,14 @@ fn base() -> SeedInput {
         environment: BTreeMap::new(),
         provision: Vec::new(),
         mac: "52:54:00:12:34:56".into(),
+        host_key: host_key(),
+    }
+}
+
+fn host_key() -> HostKey {
+    HostKey {
+        private_openssh: HOST_KEY_PRIVATE.into(),
+        public: HOST_KEY_PUBLIC.into(),
     }
 }
 
@@ -304,7 +325,13 @@ impl Expected {
     }
 
     fn keys(&self) -> Vec<&'static str> {
-        let mut keys = vec!["users", "ssh_pwauth", "manage_etc_hosts"];
+        let mut keys = vec![
+            "users",
+            "ssh_pwauth",
+            "ssh_deletekeys",
+            "ssh_keys",
+            "manage_etc_hosts",
+        ];
         if !self.input.mounts.is_empty() {
             keys.extend(["bootcmd", "mounts"]);
         }
@@ -339,6 +366,12 @@ impl Expected {
         }
         assert_eq!(map["users"], json!([expected_user]), "{label}: users");
         assert_eq!(map["ssh_pwauth"], json!(false), "{label}");
+        assert_eq!(map["ssh_deletekeys"], json!(true), "{label}");
+        assert_eq!(
+            map["ssh_keys"],
+            json!({"ed25519_private": HOST_KEY_PRIVATE, "ed25519_public": HOST_KEY_PUBLIC}),
+            "{label}: the host key comes back byte for byte"
+        );
         assert_eq!(map["manage_etc_hosts"], json!("localhost"), "{label}");
         if !self.input.mounts.is_empty() {
             assert_eq!(map["bootcmd"], json!(self.bootcmd()), "{label}: bootcmd");

@@ -27,8 +27,22 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> anyhow::Result<ExitCode> {
     if !key.is_file() {
         bail!("the project's SSH key {} is missing", key.display());
     }
+    if !paths.known_hosts.is_file() {
+        bail!(
+            "VM {} was started before qemu-compose pinned SSH host keys, so its key cannot be checked; restart it with `qemu-compose up --force-recreate {}`",
+            vm.name,
+            vm.name
+        );
+    }
+    let login = ssh::Login {
+        key: &key,
+        user: &vm.user,
+        port: record.ssh_port,
+        vm: &vm.name,
+        known_hosts: &paths.known_hosts,
+    };
     let err = Command::new("ssh")
-        .args(ssh::args(&key, &vm.user, record.ssh_port, &args.command))
+        .args(ssh::args(&login, &args.command))
         .exec();
     Err(err).context(
         "cannot run ssh (is the OpenSSH client installed? Debian: apt install openssh-client)",

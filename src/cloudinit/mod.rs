@@ -31,6 +31,29 @@ pub struct SeedInput {
     pub provision: Vec<String>,
     /// The MAC address of the VM's NIC, as given to QEMU.
     pub mac: String,
+    /// The guest's SSH host key.
+    pub host_key: HostKey,
+}
+
+/// The SSH host key of one instance, made on the host so that the host's `ssh` can pin it:
+/// the guest's sshd gets it through the seed (cloud-init `ssh_keys`), and the instance's
+/// known_hosts holds its public half.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostKey {
+    /// The private key in OpenSSH's PEM-like format (`-----BEGIN OPENSSH PRIVATE KEY-----`).
+    pub private_openssh: String,
+    /// The public key, one `ssh-ed25519 AAAA…` line.
+    pub public: String,
+}
+
+/// The private half stays out of logs and `--debug` output.
+impl std::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKey")
+            .field("private_openssh", &"<redacted>")
+            .field("public", &self.public)
+            .finish()
+    }
 }
 
 /// The default user of the guest.
@@ -119,6 +142,9 @@ pub enum SeedError {
     /// Empty or multi-line SSH key.
     #[error("the SSH public key must be one non-empty line")]
     InvalidSshKey,
+    /// Not an ed25519 key pair in OpenSSH format.
+    #[error("the SSH host key must be an OpenSSH ed25519 private key and its one-line public key")]
+    InvalidHostKey,
     /// Not a `$6$` crypt hash.
     #[error("the password hash is not a SHA-512 crypt ($6$) hash")]
     InvalidPasswordHash,
@@ -230,6 +256,12 @@ mod tests {
             environment: BTreeMap::new(),
             provision: Vec::new(),
             mac: "52:54:00:12:34:56".into(),
+            host_key: HostKey {
+                private_openssh:
+                    "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+                        .into(),
+                public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost".into(),
+            },
         }
     }
 
@@ -281,6 +313,41 @@ mod tests {
             build_seed(&two_keys),
             Err(SeedError::InvalidSshKey)
         ));
+    }
+
+    #[test]
+    fn host_keys_of_the_wrong_shape_are_refused() {
+        let good = input().host_key;
+        let bad = [
+            HostKey {
+                public: "ssh-rsa AAAAB3Nza".into(),
+                ..good.clone()
+            },
+            HostKey {
+                public: format!("{}\nssh-ed25519 AAAA", good.public),
+                ..good.clone()
+            },
+            HostKey {
+                private_openssh: "AAAA".into(),
+                ..good.clone()
+            },
+            HostKey {
+                private_openssh: format!("{}\n#cloud-config", good.private_openssh),
+                ..good.clone()
+            },
+        ];
+        for key in bad {
+            let mut with = input();
+            with.host_key = key.clone();
+            assert!(
+                matches!(build_seed(&with), Err(SeedError::InvalidHostKey)),
+                "{key:?}"
+            );
+        }
+        assert!(
+            !format!("{good:?}").contains("PRIVATE"),
+            "redacted in Debug"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::{GuestMount, SeedError, SeedInput, TargetKind, UserSpec};
+use super::{GuestMount, HostKey, SeedError, SeedInput, TargetKind, UserSpec};
 
 /// The first line cloud-init requires to read the document as cloud-config.
 pub(super) const HEADER: &str = "#cloud-config\n";
@@ -30,6 +30,11 @@ const ENVIRONMENT_FILE: &str = "/etc/environment";
 pub(super) struct CloudConfig {
     users: Vec<User>,
     ssh_pwauth: bool,
+    /// Removes the host keys the image came with: whoever built the image knows them.
+    ssh_deletekeys: bool,
+    /// The one host key sshd gets; given keys, cloud-init generates none of its own, so the
+    /// key the host pinned is the only one the guest can show.
+    ssh_keys: SshKeys,
     /// `localhost`: an `/etc/hosts` line for the VM's own hostname, so `sudo` and friends do
     /// not stall or warn trying to resolve it (there is no DNS entry for it).
     manage_etc_hosts: &'static str,
@@ -59,6 +64,12 @@ struct User {
     /// A SHA-512 crypt hash for the serial console; SSH stays key-only (`ssh_pwauth: false`).
     passwd: String,
     lock_passwd: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SshKeys {
+    ed25519_private: String,
+    ed25519_public: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +114,8 @@ impl CloudConfig {
         Ok(Self {
             users: vec![user],
             ssh_pwauth: false,
+            ssh_deletekeys: true,
+            ssh_keys: ssh_keys(&input.host_key)?,
             manage_etc_hosts: "localhost",
             bootcmd,
             mounts,
@@ -139,6 +152,28 @@ fn user(spec: &UserSpec) -> Result<User, SeedError> {
         ssh_authorized_keys: vec![key.to_owned()],
         passwd: spec.password_hash.clone(),
         lock_passwd: false,
+    })
+}
+
+/// The host key as cloud-init's `ssh_keys` takes it, after checking its shape: one
+/// ed25519 public key line, and a private key in OpenSSH's armour with nothing around it.
+fn ssh_keys(key: &HostKey) -> Result<SshKeys, SeedError> {
+    const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\n";
+    const END: &str = "-----END OPENSSH PRIVATE KEY-----";
+    let private = key.private_openssh.trim_end();
+    let public = key.public.trim();
+    let private_ok = private.starts_with(BEGIN)
+        && private.ends_with(END)
+        && private
+            .bytes()
+            .all(|b| b == b'\n' || (b.is_ascii_graphic() || b == b' '));
+    let public_ok = public.starts_with("ssh-ed25519 ") && !public.chars().any(char::is_control);
+    if !(private_ok && public_ok) {
+        return Err(SeedError::InvalidHostKey);
+    }
+    Ok(SshKeys {
+        ed25519_private: format!("{private}\n"),
+        ed25519_public: public.to_owned(),
     })
 }
 

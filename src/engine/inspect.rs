@@ -55,7 +55,17 @@ pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
             .ok()
             .flatten()
             .map(|r| r.ssh_port);
-        key.is_file() && port.is_some_and(|p| ssh::probe(&key, &vm.user, p, SSH_PROBE_TIMEOUT))
+        key.is_file()
+            && port.is_some_and(|port| {
+                let login = ssh::Login {
+                    key: &key,
+                    user: &vm.user,
+                    port,
+                    vm: &vm.name,
+                    known_hosts: &paths.known_hosts,
+                };
+                ssh::probe(&login, SSH_PROBE_TIMEOUT)
+            })
     })
 }
 
@@ -496,7 +506,16 @@ pub fn inspect<'a>(
     let key = state.ssh_key();
     let ssh_command = record.as_ref().map(|r| {
         let mut cmd = vec!["ssh".to_string()];
-        cmd.extend(ssh::args(&key, &vm.user, r.ssh_port, &[]));
+        cmd.extend(ssh::args(
+            &ssh::Login {
+                key: &key,
+                user: &vm.user,
+                port: r.ssh_port,
+                vm: &vm.name,
+                known_hosts: &paths.known_hosts,
+            },
+            &[],
+        ));
         cmd
     });
 

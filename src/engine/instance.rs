@@ -23,10 +23,11 @@ use crate::qemu::accel::{self, Accel, AccelChoice};
 use crate::qemu::argv::{
     BaseImage, DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward,
 };
+use crate::state::secrets::InstanceHostKey;
 use crate::state::{InstancePaths, ProjectSecrets, StateDir, StateError, VolumeRegistry, atomic};
 
 use super::mounts::{self, MountPlan, PlanFacts, SourceKind};
-use super::{EngineError, HostEnv};
+use super::{EngineError, HostEnv, ssh};
 
 /// The result of looking at the host for one VM.
 #[derive(Debug, Clone)]
@@ -218,6 +219,8 @@ pub struct PreparedVm {
     pub mounts: MountPlan,
     /// The cloud-init documents.
     pub seed: Seed,
+    /// The guest's SSH host key, which the seed carries.
+    pub host_key: InstanceHostKey,
     /// The accelerator and why.
     pub accel: AccelChoice,
     /// The NIC's address, stable per project and VM.
@@ -287,6 +290,7 @@ pub fn prepare(
     let disk_size = vm.disk_size_bytes.max(base_size.next_multiple_of(512));
 
     let mac = mac_for(project, vm);
+    let host_key = InstanceHostKey::load_or_make(&paths.host_key)?;
     let password_hash = cloudinit::hash_password(&secrets.console_password, &secrets.password_salt)
         .map_err(|e| EngineError::vm(&vm.name, e))?;
     let seed = cloudinit::build_seed(&SeedInput {
@@ -302,6 +306,7 @@ pub fn prepare(
         environment: vm.environment.clone(),
         provision: vm.provision.clone(),
         mac: mac.to_string(),
+        host_key: host_key.key.clone(),
     })
     .map_err(|e| EngineError::vm(&vm.name, e))?;
 
@@ -323,6 +328,7 @@ pub fn prepare(
         disk_size,
         mounts: plan,
         seed,
+        host_key,
         accel,
         mac,
         config_hash,
@@ -473,6 +479,7 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError>
         link_or_copy(&share.source, &share.link)?;
     }
 
+    vm.host_key.save(paths, &ssh::host_alias(&vm.name))?;
     let image = fat::build_fat_image(fat::CIDATA_LABEL, &vm.seed.files())
         .map_err(|e| EngineError::vm(&vm.name, e))?;
     atomic::write_atomic(&paths.seed, &image, 0o600)?;

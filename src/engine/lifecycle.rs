@@ -236,12 +236,15 @@ pub fn up(
         let deadline = Instant::now() + limit;
         for (vm, port) in running {
             reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
-            while !ssh::probe(
-                &secrets.private_key_path,
-                &vm.user,
+            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let login = ssh::Login {
+                key: &secrets.private_key_path,
+                user: &vm.user,
                 port,
-                Duration::from_secs(5),
-            ) {
+                vm: &vm.name,
+                known_hosts: &paths.known_hosts,
+            };
+            while !ssh::probe(&login, Duration::from_secs(5)) {
                 if Instant::now() >= deadline {
                     return Err(EngineError::vm(
                         &vm.name,

@@ -10,29 +10,63 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The options every qemu-compose ssh invocation uses. Host keys are not recorded: each
-/// instance makes new ones, and the port is on the loopback interface.
-fn base_args(key: &Path, user: &str, port: u16) -> Vec<String> {
-    [
-        "-i",
-        &key.to_string_lossy(),
-        "-p",
-        &port.to_string(),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-l",
-        user,
-        "127.0.0.1",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect()
+/// What logging into one VM takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    /// The project's private key.
+    pub key: &'a Path,
+    /// The guest user.
+    pub user: &'a str,
+    /// The forwarded port on 127.0.0.1.
+    pub port: u16,
+    /// The VM, whose pinned host key ssh must see.
+    pub vm: &'a str,
+    /// The instance's known_hosts file ([`crate::state::InstancePaths::known_hosts`]).
+    pub known_hosts: &'a Path,
+}
+
+/// The name the instance's known_hosts file gives its host key (`HostKeyAlias`), so that
+/// the key is checked whatever port the VM was given this time.
+pub fn host_alias(vm: &str) -> String {
+    format!("qemu-compose-{}", crate::cloudinit::hostname_for_vm(vm))
+}
+
+/// The options every qemu-compose ssh invocation uses. The host key is the instance's own,
+/// made on the host and pinned (`StrictHostKeyChecking=yes`): whatever else answers on the
+/// port (a process that took it after the VM stopped) is refused before it sees a command.
+/// The user's own and the system's known_hosts files are left alone.
+fn base_args(login: &Login) -> Vec<String> {
+    let mut args = vec![
+        "-i".to_string(),
+        config_path(login.key),
+        "-p".to_string(),
+        login.port.to_string(),
+    ];
+    for option in [
+        "IdentitiesOnly=yes".to_string(),
+        "StrictHostKeyChecking=yes".to_string(),
+        format!("UserKnownHostsFile={}", config_path(login.known_hosts)),
+        "GlobalKnownHostsFile=/dev/null".to_string(),
+        format!("HostKeyAlias={}", host_alias(login.vm)),
+        "HostKeyAlgorithms=ssh-ed25519".to_string(),
+        "UpdateHostKeys=no".to_string(),
+        "LogLevel=ERROR".to_string(),
+    ] {
+        args.push("-o".to_string());
+        args.push(option);
+    }
+    args.extend([
+        "-l".to_string(),
+        login.user.to_string(),
+        "127.0.0.1".to_string(),
+    ]);
+    args
+}
+
+/// `path` as ssh reads file names in its options: `%` starts a token (`%%` is a `%`), and
+/// the known_hosts option splits on whitespace unless the path is in double quotes.
+fn config_path(path: &Path) -> String {
+    format!("\"{}\"", path.to_string_lossy().replace('%', "%%"))
 }
 
 /// The arguments (after `ssh`) that log into the VM and run `command`. ssh joins its words
@@ -40,8 +74,8 @@ fn base_args(key: &Path, user: &str, port: u16) -> Vec<String> {
 /// `docker compose exec` keeps argument boundaries, several words are each quoted for a POSIX
 /// shell. A single word is passed as it is and run by the remote shell, so
 /// `qemu-compose ssh db 'ps | grep x'` still works.
-pub fn args(key: &Path, user: &str, port: u16, command: &[String]) -> Vec<String> {
-    let mut args = base_args(key, user, port);
+pub fn args(login: &Login, command: &[String]) -> Vec<String> {
+    let mut args = base_args(login);
     if !command.is_empty() {
         // ssh reads options again after the host; `--` makes the rest the remote command,
         // even words that start with '-'.
@@ -68,17 +102,15 @@ fn shell_quote(word: &str) -> String {
 /// The file cloud-init writes when its last stage is done.
 const BOOT_FINISHED: &str = "/var/lib/cloud/instance/boot-finished";
 
-/// Whether an SSH login with the project key succeeds within `timeout` and finds cloud-init
-/// finished.
-pub fn probe(key: &Path, user: &str, port: u16, timeout: Duration) -> bool {
+/// Whether an SSH login with the project key succeeds within `timeout`, to a guest that shows
+/// the pinned host key, and finds cloud-init finished.
+pub fn probe(login: &Login, timeout: Duration) -> bool {
     let secs = timeout.as_secs().max(1).to_string();
     let mut cmd = Command::new("ssh");
     cmd.args(["-o", "BatchMode=yes", "-o"])
         .arg(format!("ConnectTimeout={secs}"))
         .args(args(
-            key,
-            user,
-            port,
+            login,
             &[
                 "test".to_string(),
                 "-e".to_string(),
@@ -95,21 +127,38 @@ pub fn probe(key: &Path, user: &str, port: u16, timeout: Duration) -> bool {
 mod tests {
     use super::*;
 
+    fn login() -> Login<'static> {
+        Login {
+            key: Path::new("/k"),
+            user: "deb",
+            port: 2222,
+            vm: "web",
+            known_hosts: Path::new("/state/known_hosts"),
+        }
+    }
+
     #[test]
     fn remote_command_follows_the_host_after_a_double_dash() {
-        let a = args(Path::new("/k"), "deb", 2222, &["ls".into(), "-la".into()]);
+        let a = args(&login(), &["ls".into(), "-la".into()]);
         let tail: Vec<_> = a.iter().rev().take(3).rev().cloned().collect();
         assert_eq!(tail, ["127.0.0.1", "--", "'ls' '-la'"]);
         assert!(a.windows(2).any(|w| w == ["-l", "deb"]));
         assert!(a.windows(2).any(|w| w == ["-p", "2222"]));
-        let login = args(Path::new("/k"), "deb", 2222, &[]);
-        assert_eq!(login.last().map(String::as_str), Some("127.0.0.1"));
+        let bare = args(&login(), &[]);
+        assert_eq!(bare.last().map(String::as_str), Some("127.0.0.1"));
+        for pinned in [
+            "StrictHostKeyChecking=yes",
+            "UserKnownHostsFile=\"/state/known_hosts\"",
+            "HostKeyAlias=qemu-compose-web",
+        ] {
+            assert!(a.windows(2).any(|w| w == ["-o", pinned]), "{pinned}: {a:?}");
+        }
     }
 
     /// What the remote shell makes of the command ssh sends: run it through `sh -c`.
     fn remote_output(command: &[&str]) -> String {
         let words: Vec<String> = command.iter().map(ToString::to_string).collect();
-        let a = args(Path::new("/k"), "deb", 2222, &words);
+        let a = args(&login(), &words);
         let remote = a.last().unwrap();
         let out = Command::new("sh").arg("-c").arg(remote).output().unwrap();
         String::from_utf8(out.stdout).unwrap()

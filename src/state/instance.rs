@@ -40,7 +40,9 @@ pub struct InstancePaths {
     pub serial_log: PathBuf,
     /// The record of the running instance.
     pub record: PathBuf,
-    /// The known_hosts file for this VM's host key.
+    /// The guest's SSH host key, made on the host (see [`super::secrets::InstanceHostKey`]).
+    pub host_key: PathBuf,
+    /// The known_hosts file that pins it.
     pub known_hosts: PathBuf,
     /// Folders that hold a single bind-mounted file each (see the mount plan).
     pub file_shares: PathBuf,
@@ -66,6 +68,7 @@ impl InstancePaths {
             pidfile: private_dir.join("qemu.pid"),
             serial_log: private_dir.join("serial.log"),
             record: private_dir.join("instance.json"),
+            host_key: private_dir.join("ssh_host_ed25519_key"),
             known_hosts: private_dir.join("known_hosts"),
             qmp_socket: socket_dir.join("qmp.sock"),
             serial_socket: socket_dir.join("serial.sock"),

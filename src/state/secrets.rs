@@ -8,6 +8,16 @@
 //! ```
 //! The salt is stored so the password hash in the seed, and with it the seed's instance-id,
 //! stays the same from one `up` to the next.
+//!
+//! Each instance also has its own SSH host key ([`InstanceHostKey`]), made here rather than
+//! in the guest so the client can pin it: `ssh` then refuses whatever else answers on the
+//! forwarded port (another process that took the port after the VM stopped, say).
+//!
+//! ```text
+//! <private>/vms/<vm>/ssh_host_ed25519_key   0600, the guest's host key
+//! <private>/vms/<vm>/known_hosts            "<alias> ssh-ed25519 AAAA…", for ssh's
+//!                                           UserKnownHostsFile with HostKeyAlias=<alias>
+//! ```
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,7 +25,8 @@ use std::path::{Path, PathBuf};
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
-use super::{StateDir, StateError, write_atomic};
+use super::{InstancePaths, StateDir, StateError, write_atomic};
+use crate::cloudinit::HostKey;
 
 /// The project's secrets, loaded or created by [`ProjectSecrets::ensure`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +109,67 @@ impl ProjectSecrets {
     }
 }
 
+/// An instance's SSH host key, and whether it was just made and still has to be saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceHostKey {
+    /// The key pair.
+    pub key: HostKey,
+    unsaved: bool,
+}
+
+impl InstanceHostKey {
+    /// The instance's host key from `path`, or a new one that [`InstanceHostKey::save`] will
+    /// write: planning an instance (`inspect`) writes nothing.
+    pub fn load_or_make(path: &Path) -> Result<Self, StateError> {
+        let (key, unsaved) = match read_optional(path)? {
+            Some(text) => {
+                let key =
+                    PrivateKey::from_openssh(text.trim()).map_err(|e| StateError::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+                if key.algorithm() != Algorithm::Ed25519 {
+                    return Err(StateError::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: format!("an {} key, expected ed25519", key.algorithm()),
+                    });
+                }
+                (key, false)
+            }
+            None => (
+                PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+                    .map_err(|e| StateError::io(path, io::Error::other(e)))?,
+                true,
+            ),
+        };
+        let private_openssh = key
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| StateError::io(path, io::Error::other(e)))?
+            .to_string();
+        Ok(Self {
+            key: HostKey {
+                private_openssh,
+                public: openssh_public(&key, path)?,
+            },
+            unsaved,
+        })
+    }
+
+    /// Writes the key if it is new, and the known_hosts line that pins it under `alias`.
+    /// The key is written first: a seed is only ever built from a key that is on disk or
+    /// about to be, and known_hosts follows what is on disk.
+    pub fn save(&self, paths: &InstancePaths, alias: &str) -> Result<(), StateError> {
+        if self.unsaved {
+            write_atomic(&paths.host_key, self.key.private_openssh.as_bytes(), 0o600)?;
+        }
+        let line = format!("{alias} {}\n", self.key.public);
+        if read_optional(&paths.known_hosts)?.as_deref() != Some(line.as_str()) {
+            write_atomic(&paths.known_hosts, line.as_bytes(), 0o600)?;
+        }
+        Ok(())
+    }
+}
+
 fn openssh_public(key: &PrivateKey, path: &Path) -> Result<String, StateError> {
     key.public_key()
         .to_openssh()
@@ -143,6 +215,62 @@ mod tests {
         assert_eq!(mode(&first.private_key_path), 0o600);
         assert_eq!(mode(&state.console_password()), 0o600);
         assert_eq!(first.console_password.len(), 20);
+    }
+
+    #[test]
+    fn a_host_key_is_made_once_saved_and_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::with_private_home(dir.path(), &dir.path().join("home"));
+        let paths = InstancePaths::new(&state, "web", None);
+        fs::create_dir_all(&paths.private_dir).unwrap();
+        let made = InstanceHostKey::load_or_make(&paths.host_key).unwrap();
+        assert!(!paths.host_key.exists(), "planning writes nothing");
+        assert_ne!(
+            made,
+            InstanceHostKey::load_or_make(&paths.host_key).unwrap()
+        );
+        made.save(&paths, "web").unwrap();
+        let again = InstanceHostKey::load_or_make(&paths.host_key).unwrap();
+        assert_eq!(again.key, made.key);
+        assert!(again.key.public.starts_with("ssh-ed25519 "));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.host_key), 0o600);
+        assert_eq!(
+            fs::read_to_string(&paths.known_hosts).unwrap(),
+            format!("web {}\n", made.key.public)
+        );
+        // The file ssh-keygen reads is the one the guest gets.
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&paths.host_key)
+            .output()
+            .expect("ssh-keygen runs (apt install openssh-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), made.key.public);
+    }
+
+    #[test]
+    fn a_host_key_of_another_kind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+            .arg(&path)
+            .output()
+            .expect("ssh-keygen runs (apt install openssh-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = InstanceHostKey::load_or_make(&path).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
     }
 
     #[test]
