@@ -51,12 +51,7 @@ impl ProjectSecrets {
         let public_path = ssh_dir.join("id_ed25519.pub");
         let public_key = match read_optional(&private_key_path)? {
             Some(text) => {
-                let key =
-                    PrivateKey::from_openssh(text.trim()).map_err(|e| StateError::Corrupt {
-                        path: private_key_path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                openssh_public(&key, &private_key_path)?
+                openssh_public(&parse_ed25519(&text, &private_key_path)?, &private_key_path)?
             }
             None => {
                 let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
@@ -122,20 +117,7 @@ impl InstanceHostKey {
     /// write: planning an instance (`inspect`) writes nothing.
     pub fn load_or_make(path: &Path) -> Result<Self, StateError> {
         let (key, unsaved) = match read_optional(path)? {
-            Some(text) => {
-                let key =
-                    PrivateKey::from_openssh(text.trim()).map_err(|e| StateError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
-                if key.algorithm() != Algorithm::Ed25519 {
-                    return Err(StateError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: format!("an {} key, expected ed25519", key.algorithm()),
-                    });
-                }
-                (key, false)
-            }
+            Some(text) => (parse_ed25519(&text, path)?, false),
             None => (
                 PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
                     .map_err(|e| StateError::io(path, io::Error::other(e)))?,
@@ -168,6 +150,22 @@ impl InstanceHostKey {
         }
         Ok(())
     }
+}
+
+/// The ed25519 private key in `text`, an OpenSSH key file read from `path`.
+fn parse_ed25519(text: &str, path: &Path) -> Result<PrivateKey, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let key = PrivateKey::from_openssh(text.trim()).map_err(|e| corrupt(e.to_string()))?;
+    if key.algorithm() != Algorithm::Ed25519 {
+        return Err(corrupt(format!(
+            "an {} key, expected ed25519",
+            key.algorithm()
+        )));
+    }
+    Ok(key)
 }
 
 fn openssh_public(key: &PrivateKey, path: &Path) -> Result<String, StateError> {
