@@ -721,7 +721,7 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
     let args: Vec<&str> = args.lines().collect();
     let key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_key();
     assert!(key.is_file());
-    let key = format!("\"{}\"", key.display());
+    let key = key.display().to_string();
     let known_hosts = format!(
         "UserKnownHostsFile=\"{}\"",
         private_dir(p.path(), "web").join("known_hosts").display()
@@ -758,13 +758,12 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
     );
 }
 
-/// A real `sshd` on 127.0.0.1:`port` with the given host key and no way to log in: what
-/// answers tells whether the client accepted the host key ("Permission denied") or refused
-/// it ("Host key verification failed") before sending anything.
+/// A real `sshd` on 127.0.0.1:`port` with the given host key, standing in for the guest's.
 struct Sshd(Child);
 
 impl Sshd {
-    fn start(port: u16, host_key: &Path) -> Self {
+    /// `authorized`: the public key file whose key may log in as the user running sshd.
+    fn start(port: u16, host_key: &Path, authorized: Option<&Path>) -> Self {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.is_file(),
@@ -779,7 +778,19 @@ impl Sshd {
             .arg("-h")
             .arg(host_key)
             .args(["-o", &format!("ListenAddress=127.0.0.1:{port}")])
-            .args(["-o", "PidFile=none", "-o", "AuthorizedKeysFile=none"])
+            .args([
+                "-o",
+                "PidFile=none",
+                "-o",
+                "PermitRootLogin=prohibit-password",
+            ])
+            .args([
+                "-o",
+                &format!(
+                    "AuthorizedKeysFile={}",
+                    authorized.map_or("none".into(), |p| p.display().to_string())
+                ),
+            ])
             .args(["-o", "UsePAM=no", "-o", "StrictModes=no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -802,9 +813,14 @@ impl Drop for Sshd {
     }
 }
 
-/// Runs the `ssh` command line `inspect` printed, with a remote command, and no prompts.
-fn ssh_as_printed(printed: &[String]) -> Output {
+/// Runs the `ssh` command line `inspect` printed, with a remote command, and no prompts; as
+/// `login` instead of the guest user, when given (the stand-in sshd has only the test's user).
+fn ssh_as_printed(printed: &[String], login: Option<&str>) -> Output {
     let mut args = printed[1..].to_vec();
+    if let Some(user) = login {
+        let at = args.iter().position(|a| a == "-l").unwrap() + 1;
+        args[at] = user.to_string();
+    }
     args.splice(0..0, ["-o".to_string(), "BatchMode=yes".to_string()]);
     args.extend(["--".to_string(), "echo reached".to_string()]);
     tool("ssh")
@@ -867,8 +883,8 @@ fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
         .status()
         .unwrap();
     assert!(made.success());
-    let impostor = Sshd::start(port, &other);
-    let refused = ssh_as_printed(&printed);
+    let impostor = Sshd::start(port, &other, None);
+    let refused = ssh_as_printed(&printed, None);
     drop(impostor);
     assert_eq!(refused.status.code(), Some(255));
     assert!(
@@ -881,16 +897,16 @@ fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
         known_hosts
     );
 
-    // The same server with the instance's key is accepted: only the login fails.
-    let genuine = Sshd::start(port, &host_key);
-    let accepted = ssh_as_printed(&printed);
+    // A server with the instance's key is accepted, and the project key logs in.
+    let project_key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap())
+        .ssh_key()
+        .with_extension("pub");
+    let genuine = Sshd::start(port, &host_key, Some(&project_key));
+    let me = text(&tool("id").arg("-un").output().unwrap().stdout);
+    let accepted = ssh_as_printed(&printed, Some(me.trim()));
     drop(genuine);
-    assert_eq!(accepted.status.code(), Some(255));
-    assert!(
-        text(&accepted.stderr).contains("Permission denied"),
-        "{}",
-        text(&accepted.stderr)
-    );
+    assert!(accepted.status.success(), "{}", text(&accepted.stderr));
+    assert_eq!(text(&accepted.stdout), "reached\n");
 
     // The key lives as long as the instance: a restart keeps it, `destroy` removes it.
     p.ok(&["up"]);

@@ -38,7 +38,7 @@ pub fn host_alias(vm: &str) -> String {
 fn base_args(login: &Login) -> Vec<String> {
     let mut args = vec![
         "-i".to_string(),
-        config_path(login.key),
+        escape_tokens(login.key),
         "-p".to_string(),
         login.port.to_string(),
     ];
@@ -63,10 +63,15 @@ fn base_args(login: &Login) -> Vec<String> {
     args
 }
 
-/// `path` as ssh reads file names in its options: `%` starts a token (`%%` is a `%`), and
-/// the known_hosts option splits on whitespace unless the path is in double quotes.
+/// `path` as ssh reads a file name: `%` starts a token (`%%` is a `%`).
+fn escape_tokens(path: &Path) -> String {
+    path.to_string_lossy().replace('%', "%%")
+}
+
+/// `path` as an `-o` option value: as [`escape_tokens`], and in double quotes, since ssh's
+/// option parser splits the known_hosts value on whitespace.
 fn config_path(path: &Path) -> String {
-    format!("\"{}\"", path.to_string_lossy().replace('%', "%%"))
+    format!("\"{}\"", escape_tokens(path))
 }
 
 /// The arguments (after `ssh`) that log into the VM and run `command`. ssh joins its words
