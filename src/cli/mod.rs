@@ -307,29 +307,47 @@ fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    let code = if is_usage_error(err) { 2 } else { 1 };
+    let code = exit_code(err);
     if debug {
         eprintln!("error: {err:?}");
     } else {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", chain_text(err));
     }
     ExitCode::from(code)
 }
 
-/// Errors that mean "the command line asked for something invalid" (exit 2), not "it failed".
-fn is_usage_error(err: &anyhow::Error) -> bool {
+/// The error and its causes on one line, `a: b: c`. Many error types already show their
+/// cause in their own message (`path: No such file`) and also return it as their source;
+/// a cause whose text the line already ends with is not repeated.
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// The exit status the error calls for, as the first error of ours in its chain says:
+/// 2 for "the command line asked for something invalid", 1 for "it failed".
+fn exit_code(err: &anyhow::Error) -> u8 {
     use qemu_compose::engine::{EngineError, volumes::VolumeError};
-    let bad_volume =
-        |e: &VolumeError| matches!(e, VolumeError::BadName(_) | VolumeError::BadSize { .. });
-    err.chain().any(|e| {
-        e.is::<UsageError>()
-            || e.downcast_ref::<VolumeError>().is_some_and(bad_volume)
-            || match e.downcast_ref::<EngineError>() {
-                Some(EngineError::UnknownVm { .. }) => true,
-                Some(EngineError::Volume(v)) => bad_volume(v),
-                _ => false,
+    err.chain()
+        .find_map(|e| {
+            if e.is::<UsageError>() {
+                Some(2)
+            } else if let Some(e) = e.downcast_ref::<EngineError>() {
+                Some(e.exit_code())
+            } else {
+                e.downcast_ref::<VolumeError>().map(VolumeError::exit_code)
             }
-    })
+        })
+        .unwrap_or(1)
 }
 
 /// A command-line value the command cannot use (exit 2).
@@ -387,6 +405,41 @@ mod tests {
     #[test]
     fn argument_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        use qemu_compose::engine::EngineError;
+        use qemu_compose::state::StateError;
+        // A cause the message already shows (`{path}: {source}`) is not repeated.
+        let io = std::io::Error::from_raw_os_error(17);
+        let state = StateError::Io {
+            path: "/p/.qemu-compose".into(),
+            source: std::io::Error::from_raw_os_error(17),
+        };
+        let err = anyhow::Error::new(EngineError::from(state));
+        assert_eq!(err.chain().count(), 2);
+        assert_eq!(
+            chain_text(&err),
+            "/p/.qemu-compose: File exists (os error 17)"
+        );
+        // A VM step keeps its cause as a source: on one line, and in `--debug`'s chain.
+        let step = EngineError::Vm {
+            vm: "web".into(),
+            source: Box::new(io),
+        };
+        let err = anyhow::Error::new(step).context("up failed");
+        assert_eq!(
+            chain_text(&err),
+            "up failed: VM web: File exists (os error 17)"
+        );
+        assert_eq!(err.chain().count(), 3);
+        assert_eq!(exit_code(&err), 1);
+        let unknown = EngineError::UnknownVm {
+            name: "x".into(),
+            known: "web".into(),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(unknown).context("ps")), 2);
     }
 
     #[test]

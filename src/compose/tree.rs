@@ -241,7 +241,6 @@ impl<'de> Visitor<'de> for ValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     fn map(node: &Node) -> &[(Key, Node)] {
         match &node.value {
@@ -307,11 +306,9 @@ mod tests {
             let refs = vec![format!("*a{p}"); 9].join(", ");
             text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
         }
-        let start = Instant::now();
+        // Refused by the node budget, before expanding 9^10 nodes (no wall-clock check: the
+        // budget is what bounds the time, and CI machines are busy).
         let err = parse(&text).unwrap_err();
-        let took = start.elapsed();
-        eprintln!("alias bomb refused in {took:?}: {}", err.message);
-        assert!(took < Duration::from_secs(1), "took {took:?}");
         assert!(err.message.contains("too large or too complex"), "{err:?}");
     }
 
@@ -320,10 +317,7 @@ mod tests {
         let items = vec!["lol"; 2000].join(", ");
         let refs = vec!["*w"; 2000].join(", ");
         let text = format!("w: &w [{items}]\nx: [{refs}]\n");
-        let start = Instant::now();
         let err = parse(&text).unwrap_err();
-        let took = start.elapsed();
-        assert!(took < Duration::from_secs(1), "took {took:?}");
         assert!(err.message.contains("too large or too complex"), "{err:?}");
     }
 

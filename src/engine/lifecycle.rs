@@ -410,10 +410,10 @@ pub fn destroy(
     let state = StateDir::new(&project.dir);
     let selected = select(project, &opts.vms, false)?;
     if opts.volumes && !opts.vms.is_empty() {
-        return Err(EngineError::Vm {
-            vm: opts.vms.join(", "),
-            message: "-v/--volumes removes the volumes the compose file declares and so cannot be combined with VM names; use `qemu-compose volume rm NAME` for single volumes".to_string(),
-        });
+        return Err(EngineError::vm(
+            &opts.vms.join(", "),
+            "-v/--volumes removes the volumes the compose file declares and so cannot be combined with VM names; use `qemu-compose volume rm NAME` for single volumes",
+        ));
     }
     if !state.exists() {
         reporter.info("nothing to destroy");

@@ -58,13 +58,14 @@ pub enum EngineError {
         /// Where it was looked for.
         path: PathBuf,
     },
-    /// A step of a VM failed.
-    #[error("VM {vm}: {message}")]
+    /// A step of a VM failed; the cause is kept for `--debug`'s chain.
+    #[error("VM {vm}")]
     Vm {
         /// The VM.
         vm: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The mount plan could not be made.
     #[error(transparent)]
@@ -84,10 +85,24 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub(crate) fn vm(vm: &str, message: impl std::fmt::Display) -> Self {
+    /// A failed step of VM `vm`, caused by `source` (an error, or a message).
+    pub(crate) fn vm(
+        vm: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Self::Vm {
             vm: vm.to_string(),
-            message: message.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// The process exit status this error calls for: 2 when the command line asked for
+    /// something invalid, 1 when a valid request failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::UnknownVm { .. } => 2,
+            Self::Volume(e) => e.exit_code(),
+            _ => 1,
         }
     }
 }

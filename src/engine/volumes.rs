@@ -105,6 +105,16 @@ pub enum VolumeError {
     },
 }
 
+impl VolumeError {
+    /// 2 for a name or size the command line got wrong, 1 for a request that failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::BadName(_) | Self::BadSize { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// What an existing image holds, read with our own qcow2 and ext4 readers.
 #[derive(Debug, Clone)]
 pub struct ImageFacts {
