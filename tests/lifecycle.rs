@@ -240,6 +240,33 @@ fn qemu_failures_are_reported_with_qemus_words() {
 }
 
 #[test]
+fn files_that_are_not_disk_images_are_refused_with_what_they_are() {
+    let p = Project::new("vms:\n  app: {image: ./notes.txt}\n  dir: {image: ./images}\n");
+    std::fs::write(p.path().join("notes.txt"), "notes\n").unwrap();
+    std::fs::create_dir(p.path().join("images")).unwrap();
+    let out = p.run(&["up", "--no-start", "app"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("notes.txt is not a disk image: 6 bytes, neither qcow2 nor raw"),
+        "{stderr}"
+    );
+    let out = p.run(&["up", "--no-start", "dir"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("images is a directory, not a file"), "{stderr}");
+    assert!(
+        !p.path().join(".qemu-compose/vms").exists(),
+        "no instance is made"
+    );
+    // A raw disk with a partition table is a disk.
+    let mut mbr = vec![0u8; 1 << 20];
+    mbr[510..512].copy_from_slice(&[0x55, 0xAA]);
+    std::fs::write(p.path().join("notes.txt"), mbr).unwrap();
+    p.ok(&["up", "--no-start", "app"]);
+}
+
+#[test]
 fn networks_are_refused_before_anything_starts() {
     let p = Project::new(
         "networks:\n  back: {}\nvms:\n  app:\n    image: ./base.qcow2\n    networks: [back]\n",

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::cloudinit::{self, Seed, SeedInput, UserSpec};
 use crate::compose::{ImageSource, Project, Vm};
-use crate::disk::fat;
 use crate::disk::qcow2::{self, Backing, Header, ImageFormat, Qcow2Error, Qcow2Image};
+use crate::disk::{fat, signature};
 use crate::image::{Progress, Sha256Digest};
 use crate::qemu::accel::{self, Accel, AccelChoice};
 use crate::qemu::argv::{
@@ -64,9 +64,14 @@ pub fn check(vm: &Vm) -> Result<Checked, EngineError> {
         ("initrd", vm.initrd.as_deref()),
     ];
     for (what, path) in files {
-        if let Some(path) = path
-            && !path.is_file()
-        {
+        let Some(path) = path else { continue };
+        if path.is_dir() {
+            return Err(EngineError::vm(
+                &vm.name,
+                format!("{what} {} is a directory, not a file", path.display()),
+            ));
+        }
+        if !path.is_file() {
             return Err(EngineError::MissingFile {
                 vm: vm.name.clone(),
                 what,
@@ -282,9 +287,7 @@ pub fn prepare(
                 .map_err(|e| EngineError::vm(&vm.name, format!("image {}: {e}", base.display())))?
                 .virtual_size()
         }
-        ImageFormat::Raw => fs::metadata(&base)
-            .map_err(|e| StateError::io(&base, e))?
-            .len(),
+        ImageFormat::Raw => check_raw_disk(vm, &base)?,
     };
     // Never smaller than the base: the guest's partitions would run off the end.
     let disk_size = vm.disk_size_bytes.max(base_size.next_multiple_of(512));
@@ -333,6 +336,33 @@ pub fn prepare(
         mac,
         config_hash,
     })
+}
+
+/// The size of the raw image at `path`, once it is known to hold a disk: a partition table
+/// or a file system. Anything else (a text file, an HTML error page saved as an image) would
+/// give a VM that never boots, with nothing said.
+fn check_raw_disk(vm: &Vm, path: &Path) -> Result<u64, EngineError> {
+    use std::io::Read as _;
+    let file = fs::File::open(path).map_err(|e| StateError::io(path, e))?;
+    let len = file.metadata().map_err(|e| StateError::io(path, e))?.len();
+    let mut head = Vec::with_capacity(signature::HEAD_LEN);
+    file.take(signature::HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| StateError::io(path, e))?;
+    if signature::raw_content(&head).is_none() {
+        let cached = match vm.image {
+            ImageSource::Path(_) => "",
+            ImageSource::Url(_) => " (downloaded; `qemu-compose image rm` removes it)",
+        };
+        return Err(EngineError::vm(
+            &vm.name,
+            format!(
+                "image {}{cached} is not a disk image: {len} bytes, neither qcow2 nor raw with a partition table or a file system",
+                path.display()
+            ),
+        ));
+    }
+    Ok(len)
 }
 
 /// The qcow2 incompatible feature bit for an external data file (`incompatible_features`
