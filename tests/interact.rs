@@ -756,6 +756,28 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
             "'echo' 'hello world' '-x' '--' '--debug'"
         ]
     );
+
+    // Options before the command go to ssh, after ours (ssh keeps the first value of an
+    // option, so they cannot undo the host-key pinning); the command follows `--`.
+    let out = p
+        .command(&["ssh", "web", "-L", "8080:localhost:80", "-N", "--", "top", "-b"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let args = std::fs::read_to_string(&recorded).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(
+        args[args.len() - 6..],
+        ["-L", "8080:localhost:80", "-N", "127.0.0.1", "--", "'top' '-b'"]
+    );
+    let out = p
+        .command(&["ssh", "web", "-o"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("the ssh option -o needs a value"));
 }
 
 /// A real `sshd` on 127.0.0.1:`port` with the given host key, standing in for the guest's.

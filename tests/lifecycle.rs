@@ -254,7 +254,10 @@ fn files_that_are_not_disk_images_are_refused_with_what_they_are() {
     let out = p.run(&["up", "--no-start", "dir"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("images is a directory, not a file"), "{stderr}");
+    assert!(
+        stderr.contains("images is a directory, not a file"),
+        "{stderr}"
+    );
     assert!(
         !p.path().join(".qemu-compose/vms").exists(),
         "no instance is made"

@@ -187,8 +187,12 @@ struct VmArg {
 struct SshArgs {
     /// The VM
     vm: String,
-    /// A command to run instead of a login shell; its exit status becomes ours
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Options for ssh (`-L 8080:localhost:80`), then a command (`-- CMD…`, or CMD… that
+    /// does not start with '-') to run instead of a login shell; its exit status becomes ours
+    #[arg(allow_hyphen_values = true, value_name = "SSH_OPTIONS_OR_CMD")]
+    words: Vec<String>,
+    /// The command, after `--`
+    #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 

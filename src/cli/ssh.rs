@@ -41,8 +41,10 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> anyhow::Result<ExitCode> {
         vm: &vm.name,
         known_hosts: &paths.known_hosts,
     };
+    let (options, command) =
+        ssh::split_words(&args.words, &args.command).map_err(super::UsageError)?;
     let err = Command::new("ssh")
-        .args(ssh::args(&login, &args.command))
+        .args(ssh::args(&login, &options, &command))
         .exec();
     Err(err).context(
         "cannot run ssh (is the OpenSSH client installed? Debian: apt install openssh-client)",

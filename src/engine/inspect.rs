@@ -515,6 +515,7 @@ pub fn inspect<'a>(
                 known_hosts: &paths.known_hosts,
             },
             &[],
+            &[],
         ));
         cmd
     });

@@ -55,12 +55,50 @@ fn base_args(login: &Login) -> Vec<String> {
         args.push("-o".to_string());
         args.push(option);
     }
-    args.extend([
-        "-l".to_string(),
-        login.user.to_string(),
-        "127.0.0.1".to_string(),
-    ]);
+    args.extend(["-l".to_string(), login.user.to_string()]);
     args
+}
+
+/// The ssh options that take a value (ssh(1)): `-L 8080:localhost:80`, `-o Key=value`, ...
+const OPTIONS_WITH_VALUE: &str = "BbcDEeFIiJLlmOoPpQRSWw";
+
+/// The user's words after the VM name, split into options for ssh and the remote command.
+///
+/// Leading words that start with `-` are ssh options (with the value the option takes); the
+/// command is what follows `--`, or everything from the first word that is not an option.
+/// `after_dashes` is what came after a `--` that the argument parser took away already.
+pub fn split_words(
+    words: &[String],
+    after_dashes: &[String],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut options = Vec::new();
+    let mut rest = words.iter();
+    while let Some(word) = rest.next() {
+        if word == "--" {
+            break;
+        }
+        let Some(letters) = word.strip_prefix('-').filter(|l| !l.is_empty()) else {
+            let mut command = vec![word.clone()];
+            command.extend(rest.cloned());
+            command.extend(after_dashes.iter().cloned());
+            return Ok((options, command));
+        };
+        options.push(word.clone());
+        // `-vL`: the last letter may take the next word as its value; `-L8080:…` has it.
+        let takes_value = letters
+            .char_indices()
+            .find(|(_, c)| OPTIONS_WITH_VALUE.contains(*c))
+            .is_some_and(|(at, c)| at + c.len_utf8() == letters.len());
+        if takes_value {
+            let value = rest
+                .next()
+                .ok_or_else(|| format!("the ssh option {word} needs a value"))?;
+            options.push(value.clone());
+        }
+    }
+    let mut command: Vec<String> = rest.cloned().collect();
+    command.extend(after_dashes.iter().cloned());
+    Ok((options, command))
 }
 
 /// `path` as ssh reads a file name: `%` starts a token (`%%` is a `%`).
@@ -74,13 +112,17 @@ fn config_path(path: &Path) -> String {
     format!("\"{}\"", escape_tokens(path))
 }
 
-/// The arguments (after `ssh`) that log into the VM and run `command`. ssh joins its words
+/// The arguments (after `ssh`) that log into the VM with the user's extra `options` and run
+/// `command`. ssh joins its words
 /// with spaces for the remote shell, which would split `'a b'` in two; so, as
 /// `docker compose exec` keeps argument boundaries, several words are each quoted for a POSIX
 /// shell. A single word is passed as it is and run by the remote shell, so
 /// `qemu-compose ssh db 'ps | grep x'` still works.
-pub fn args(login: &Login, command: &[String]) -> Vec<String> {
+pub fn args(login: &Login, options: &[String], command: &[String]) -> Vec<String> {
     let mut args = base_args(login);
+    // After ours: for options given twice, ssh keeps the first, so the pinning stays.
+    args.extend(options.iter().cloned());
+    args.push("127.0.0.1".to_string());
     if !command.is_empty() {
         // ssh reads options again after the host; `--` makes the rest the remote command,
         // even words that start with '-'.
@@ -116,6 +158,7 @@ pub fn probe(login: &Login, timeout: Duration) -> bool {
         .arg(format!("ConnectTimeout={secs}"))
         .args(args(
             login,
+            &[],
             &[
                 "test".to_string(),
                 "-e".to_string(),
@@ -144,12 +187,12 @@ mod tests {
 
     #[test]
     fn remote_command_follows_the_host_after_a_double_dash() {
-        let a = args(&login(), &["ls".into(), "-la".into()]);
+        let a = args(&login(), &[], &["ls".into(), "-la".into()]);
         let tail: Vec<_> = a.iter().rev().take(3).rev().cloned().collect();
         assert_eq!(tail, ["127.0.0.1", "--", "'ls' '-la'"]);
         assert!(a.windows(2).any(|w| w == ["-l", "deb"]));
         assert!(a.windows(2).any(|w| w == ["-p", "2222"]));
-        let bare = args(&login(), &[]);
+        let bare = args(&login(), &[], &[]);
         assert_eq!(bare.last().map(String::as_str), Some("127.0.0.1"));
         for pinned in [
             "StrictHostKeyChecking=yes",
@@ -163,10 +206,44 @@ mod tests {
     /// What the remote shell makes of the command ssh sends: run it through `sh -c`.
     fn remote_output(command: &[&str]) -> String {
         let words: Vec<String> = command.iter().map(ToString::to_string).collect();
-        let a = args(&login(), &words);
+        let a = args(&login(), &[], &words);
         let remote = a.last().unwrap();
         let out = Command::new("sh").arg("-c").arg(remote).output().unwrap();
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn split(words: &[&str], after: &[&str]) -> (Vec<String>, Vec<String>) {
+        let owned = |w: &[&str]| w.iter().map(ToString::to_string).collect::<Vec<_>>();
+        split_words(&owned(words), &owned(after)).unwrap()
+    }
+
+    #[test]
+    fn options_before_the_command_go_to_ssh() {
+        let (o, c) = split(&["-L", "8080:localhost:80"], &[]);
+        assert_eq!(o, ["-L", "8080:localhost:80"]);
+        assert!(c.is_empty());
+        let (o, c) = split(&["-vL", "1:a:2", "-N", "--", "top", "-b"], &[]);
+        assert_eq!(o, ["-vL", "1:a:2", "-N"]);
+        assert_eq!(c, ["top", "-b"]);
+        let (o, c) = split(&["-L1:a:2", "ls", "-la", "--", "x"], &[]);
+        assert_eq!(o, ["-L1:a:2"]);
+        assert_eq!(c, ["ls", "-la", "--", "x"]);
+        // `ssh web -- -x`: the parser took the `--`; `-x` is the command.
+        let (o, c) = split(&[], &["-x"]);
+        assert!(o.is_empty());
+        assert_eq!(c, ["-x"]);
+        let missing = split_words(&["-o".to_string()], &[]).unwrap_err();
+        assert_eq!(missing, "the ssh option -o needs a value");
+        // The user's options come after ours and before the host.
+        let a = args(&login(), &["-L".into(), "1:a:2".into()], &["top".into()]);
+        let at = a.iter().position(|w| w == "-L").unwrap();
+        assert!(
+            at > a
+                .iter()
+                .position(|w| w == "StrictHostKeyChecking=yes")
+                .unwrap()
+        );
+        assert_eq!(&a[at..], ["-L", "1:a:2", "127.0.0.1", "--", "top"]);
     }
 
     #[test]
