@@ -558,7 +558,22 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     assert!(out.status.success(), "console: {}", text(&out.stderr));
     // Without a terminal Ctrl+] is an ordinary byte (0x1d has no bit 5 to clear).
     assert_eq!(out.stdout, b"HELLO\x1d");
-    assert!(text(&out.stderr).contains("Connected to a's console; Ctrl+] detaches"));
+    let password =
+        qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).console_password();
+    assert!(password.is_file());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "with the password on the first line of {}); Ctrl+] detaches",
+            password.display()
+        )),
+        "{said}"
+    );
+    let inspected = p.json(&["inspect", "a", "--format", "json"]);
+    assert_eq!(
+        Path::new(inspected["console_password_file"].as_str().unwrap()),
+        password
+    );
     followed.wait_for("HELLO", 0);
     drop(follow);
 
@@ -760,7 +775,16 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
     // Options before the command go to ssh, after ours (ssh keeps the first value of an
     // option, so they cannot undo the host-key pinning); the command follows `--`.
     let out = p
-        .command(&["ssh", "web", "-L", "8080:localhost:80", "-N", "--", "top", "-b"])
+        .command(&[
+            "ssh",
+            "web",
+            "-L",
+            "8080:localhost:80",
+            "-N",
+            "--",
+            "top",
+            "-b",
+        ])
         .env("PATH", &path)
         .output()
         .unwrap();
@@ -769,7 +793,14 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
     let args: Vec<&str> = args.lines().collect();
     assert_eq!(
         args[args.len() - 6..],
-        ["-L", "8080:localhost:80", "-N", "127.0.0.1", "--", "'top' '-b'"]
+        [
+            "-L",
+            "8080:localhost:80",
+            "-N",
+            "127.0.0.1",
+            "--",
+            "'top' '-b'"
+        ]
     );
     let out = p
         .command(&["ssh", "web", "-o"])

@@ -8,10 +8,15 @@ use super::project::{self, RunningVm};
 use super::{GlobalArgs, VmArg};
 
 pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
-    let RunningVm { vm, paths, .. } = project::running_vm(global, &args.vm)?;
+    let RunningVm { vm, state, paths } = project::running_vm(global, &args.vm)?;
     let name = vm.name.clone();
+    let login = format!(
+        "log in as {} with the password on the first line of {}",
+        vm.user,
+        state.console_password().display()
+    );
     let end = console::attach(&paths.serial_socket, || {
-        eprintln!("Connected to {name}'s console; Ctrl+] detaches");
+        eprintln!("Connected to {name}'s console ({login}); Ctrl+] detaches");
     })?;
     match end {
         ConsoleEnd::Detached => eprintln!("\r\nDetached from {}'s console", vm.name),

@@ -144,6 +144,12 @@ fn text(i: &Inspection) -> String {
     if let Some(cmd) = &i.ssh_command {
         let _ = writeln!(o, "SSH command\n  {}", shell_words(cmd));
     }
+    let _ = writeln!(
+        o,
+        "Console\n  log in as {} with the password in {} (first line)",
+        i.config.user,
+        i.console_password_file.display()
+    );
     if let Some(q) = &i.qemu {
         match &q.started {
             Some(started) if !q.planned => {

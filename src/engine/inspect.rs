@@ -170,6 +170,9 @@ pub struct Inspection<'a> {
     pub network: NetworkInfo,
     /// `ssh` and its arguments, once the VM has a port.
     pub ssh_command: Option<Vec<String>>,
+    /// The file that holds the guest user's password for `console` (the project's; SSH logs
+    /// in with the key only).
+    pub console_password_file: PathBuf,
     /// QEMU and its arguments: as `up` started it while it runs, otherwise as the next start
     /// would (`planned`).
     pub qemu: Option<QemuLaunch>,
@@ -554,6 +557,7 @@ pub fn inspect<'a>(
             ports: vm.ports.iter().map(port_text).collect(),
         },
         ssh_command,
+        console_password_file: state.console_password(),
         qemu,
         qemu_not_planned,
         paths,
