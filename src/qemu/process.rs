@@ -105,7 +105,7 @@ pub enum StartError {
         host_port: Option<u16>,
         stderr: String,
     },
-    #[error("QEMU failed to start ({status}): {stderr}")]
+    #[error("QEMU failed to start ({status}){}", said(stderr))]
     Failed { status: ExitStatus, stderr: String },
     #[error("QEMU did not finish starting within {0:?}")]
     Timeout(Duration),
@@ -236,6 +236,14 @@ fn classify_failure(status: ExitStatus, stderr: String) -> StartError {
             stderr,
         },
         None => StartError::Failed { status, stderr },
+    }
+}
+
+/// What QEMU printed, after a colon; or that it printed nothing.
+fn said(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => " and printed no message".to_string(),
+        text => format!(": {text}"),
     }
 }
 
@@ -435,6 +443,15 @@ mod tests {
         assert_eq!(host_port_of("garbage"), None);
         let other = classify_failure(ExitStatus::from_raw(1 << 8), "Could not open 'x'".into());
         assert!(matches!(other, StartError::Failed { .. }));
+        assert_eq!(
+            other.to_string(),
+            "QEMU failed to start (exit status: 1): Could not open 'x'"
+        );
+        let silent = classify_failure(ExitStatus::from_raw(1 << 8), String::new());
+        assert_eq!(
+            silent.to_string(),
+            "QEMU failed to start (exit status: 1) and printed no message"
+        );
     }
 
     #[test]
