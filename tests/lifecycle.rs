@@ -239,6 +239,91 @@ fn qemu_failures_are_reported_with_qemus_words() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("VM app:"));
 }
 
+/// `qemu-img info` of the instance disk of `vm`.
+fn disk_info(p: &Project, vm: &str) -> serde_json::Value {
+    let disk = p.path().join(format!(".qemu-compose/vms/{vm}/disk.qcow2"));
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output", "json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn disk_changes_are_applied_or_said() {
+    let compose = |image: &str, size: &str| {
+        format!("vms:\n  app: {{image: ./{image}, disk: {{size: {size}}}}}\n")
+    };
+    let p = Project::new(&compose("base.qcow2", "1G"));
+    let write = |text: String| std::fs::write(p.path().join("qemu-compose.yaml"), text).unwrap();
+    p.ok(&["up", "--no-start"]);
+    assert_eq!(disk_info(&p, "app")["virtual-size"], 1u64 << 30);
+
+    // Larger: grown in place, on the same base.
+    write(compose("base.qcow2", "2G"));
+    let said = p.ok(&["up", "--no-start"]);
+    assert!(said.contains("VM app: disk grown from 1G to 2G"), "{said}");
+    let info = disk_info(&p, "app");
+    assert_eq!(info["virtual-size"], 2u64 << 30);
+    assert!(
+        info["full-backing-filename"]
+            .as_str()
+            .unwrap()
+            .ends_with("/base.qcow2")
+    );
+
+    // Smaller: kept, and said.
+    write(compose("base.qcow2", "512M"));
+    let said = p.ok(&["up", "--no-start"]);
+    assert!(said.contains("disks never shrink, it stays 2G"), "{said}");
+    assert_eq!(disk_info(&p, "app")["virtual-size"], 2u64 << 30);
+
+    // Below the image's size: the image's size, and said.
+    write(compose("base.qcow2", "32M"));
+    let said = p.ok(&["up", "--no-start"]);
+    assert!(
+        said.contains("disk size 32M is smaller than its image (64M)"),
+        "{said}"
+    );
+
+    // Another image: kept on the old base until --force-recreate makes the disk again.
+    let other = p.path().join("other.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&other)
+        .arg("128M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write(compose("other.qcow2", "1G"));
+    let said = p.ok(&["up", "--no-start"]);
+    assert!(
+        said.contains("`qemu-compose up --force-recreate app` makes a new disk"),
+        "{said}"
+    );
+    let backing = |p: &Project| disk_info(p, "app")["full-backing-filename"].clone();
+    assert!(backing(&p).as_str().unwrap().ends_with("/base.qcow2"));
+    let said = p.ok(&["up", "--no-start", "--force-recreate"]);
+    assert!(
+        said.contains("its disk was made again on the new image"),
+        "{said}"
+    );
+    assert!(backing(&p).as_str().unwrap().ends_with("/other.qcow2"));
+    assert_eq!(disk_info(&p, "app")["virtual-size"], 1u64 << 30);
+}
+
 #[test]
 fn files_that_are_not_disk_images_are_refused_with_what_they_are() {
     let p = Project::new("vms:\n  app: {image: ./notes.txt}\n  dir: {image: ./images}\n");

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use proptest::prelude::*;
 use qemu_compose::disk::qcow2::{
-    Backing, BackingFormat, ImageFormat, Qcow2Error, Qcow2Image, probe_format, write_data_image,
-    write_overlay,
+    Backing, BackingFormat, ImageFormat, Qcow2Error, Qcow2Image, grow, probe_format,
+    write_data_image, write_overlay,
 };
 use qemu_compose::disk::{BlockSink, RawFile, SparseBuffer};
 use serde_json::Value;
@@ -288,6 +288,53 @@ fn overlays_over_raw_and_qcow2_bases() {
         assert_check_clean(&overlay);
         assert_reader_matches_qemu(&overlay);
     }
+}
+
+#[test]
+fn grown_overlays_keep_their_data_and_check_clean() {
+    let dir = TempDir::new().unwrap();
+    let base = dir.path().join("base.raw");
+    run_ok("qemu-img", &["create", "-q", "-f", "raw", s(&base), "64M"]);
+    run_ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x11 0 64k", s(&base)],
+    );
+    let overlay = dir.path().join("disk.qcow2");
+    let backing = Backing {
+        path: s(&base).to_owned(),
+        format: BackingFormat::Raw,
+    };
+    write_overlay(&create(&overlay), 1 << 30, &backing).unwrap();
+    // The guest wrote near the end of the old disk.
+    run_ok("qemu-io", &["-c", "write -P 0x22 1023M 64k", s(&overlay)]);
+
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(&overlay)
+        .unwrap();
+    assert_eq!(grow(&file, 5 << 30).unwrap(), 1 << 30);
+    drop(file);
+
+    assert_check_clean(&overlay);
+    let info = info(&overlay);
+    assert_eq!(info["virtual-size"], 5u64 << 30);
+    assert_eq!(info["full-backing-filename"], s(&base));
+    for (pattern, at) in [
+        ("0x11", "0"),
+        ("0x22", "1023M"),
+        ("0", "1G"),
+        ("0", "5119M"),
+    ] {
+        run_ok(
+            "qemu-io",
+            &["-c", &format!("read -P {pattern} {at} 64k"), s(&overlay)],
+        );
+    }
+    // QEMU writes into the new part, and the image still checks clean.
+    run_ok("qemu-io", &["-c", "write -P 0x33 4G 64k", s(&overlay)]);
+    run_ok("qemu-io", &["-c", "read -P 0x33 4G 64k", s(&overlay)]);
+    assert_check_clean(&overlay);
 }
 
 #[test]

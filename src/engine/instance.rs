@@ -147,7 +147,7 @@ impl BaseChange {
     /// What `up` and `ps` tell the user.
     pub fn warning(&self, vm: &str) -> String {
         format!(
-            "VM {vm}: its disk was made on {}, the compose file now names {}; the VM keeps its disk and its old base (a cached image never changes under a disk); `qemu-compose destroy {vm}` then `up` makes a new disk on the new image (the changes the guest made to its disk are lost)",
+            "VM {vm}: its disk was made on {}, the compose file now names {}; the VM keeps its disk and its old base (a cached image never changes under a disk); `qemu-compose up --force-recreate {vm}` makes a new disk on the new image (the changes the guest made to its root disk are lost; volumes are kept)",
             self.made_on.display(),
             self.now
         )
@@ -218,8 +218,12 @@ pub struct PreparedVm {
     pub base: PathBuf,
     /// The base's format, recorded in the overlay.
     pub base_format: ImageFormat,
-    /// The instance disk's virtual size.
+    /// The instance disk's virtual size: the compose file's, or the base's when larger.
     pub disk_size: u64,
+    /// The base's virtual size.
+    pub base_size: u64,
+    /// The disk is made again on a new base (`--force-recreate` after an image change).
+    pub rebuild_disk: bool,
     /// Drives, shares and guest mounts.
     pub mounts: MountPlan,
     /// The cloud-init documents.
@@ -247,6 +251,9 @@ pub struct UpContext<'a> {
     pub registry: &'a VolumeRegistry,
     /// The SSH key and console password.
     pub secrets: &'a ProjectSecrets,
+    /// `up --force-recreate`: a disk made on another base than the compose file names now is
+    /// made again on the new one.
+    pub rebuild_changed_disks: bool,
 }
 
 /// Computes the instance of `vm` from its checked sources and resolved base image.
@@ -262,9 +269,15 @@ pub fn prepare(
         host,
         registry,
         secrets,
+        rebuild_changed_disks,
     } = *cx;
     let paths = InstancePaths::new(state, &vm.name, host.runtime_dir.as_deref());
-    let base = kept_cached_base(&paths.disk, base, host);
+    let rebuild_disk = rebuild_changed_disks && base_change(&paths.disk, &base).is_some();
+    let base = if rebuild_disk {
+        base
+    } else {
+        kept_cached_base(&paths.disk, base, host)
+    };
     let plan = mounts::plan(
         vm,
         &PlanFacts {
@@ -329,6 +342,8 @@ pub fn prepare(
         base,
         base_format,
         disk_size,
+        base_size,
+        rebuild_disk,
         mounts: plan,
         seed,
         host_key,
@@ -475,8 +490,30 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes the instance folder: the disk if missing, the file shares, the seed.
-pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError> {
+/// What [`materialise`] did to the instance disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskChange {
+    /// Made now, on the base.
+    Created,
+    /// Made again on a new base; what the guest wrote to its root disk is gone.
+    Rebuilt,
+    /// Grown to the larger size the compose file asks for.
+    Grown {
+        /// The size before.
+        from: u64,
+    },
+    /// Larger than the compose file asks for: disks do not shrink.
+    KeptLarger {
+        /// Its size.
+        size: u64,
+    },
+    /// As it was.
+    Unchanged,
+}
+
+/// Writes the instance folder: the disk if missing (or made again, or grown), the file
+/// shares, the seed. QEMU must not be running for this instance.
+pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<DiskChange, EngineError> {
     let paths = &vm.paths;
     state.check_inside(&paths.dir)?;
     state.check_inside(&paths.private_dir)?;
@@ -484,6 +521,20 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError>
     atomic::create_private_dir(&paths.private_dir, 0o700)?;
     paths.ensure_socket_dir()?;
 
+    if vm.rebuild_disk {
+        match fs::remove_file(&paths.disk) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StateError::io(&paths.disk, e).into()),
+        }
+    }
+    let change = if paths.disk.exists() {
+        resize_disk(vm)?
+    } else if vm.rebuild_disk {
+        DiskChange::Rebuilt
+    } else {
+        DiskChange::Created
+    };
     if !paths.disk.exists() {
         let dir = &paths.dir;
         let tmp = tempfile::Builder::new()
@@ -513,7 +564,34 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<(), EngineError>
     let image = fat::build_fat_image(fat::CIDATA_LABEL, &vm.seed.files())
         .map_err(|e| EngineError::vm(&vm.name, e))?;
     atomic::write_atomic(&paths.seed, &image, 0o600)?;
-    Ok(())
+    Ok(change)
+}
+
+/// Grows the existing instance disk to the size asked for, when that is larger; a smaller
+/// size leaves it as it is (a shrunk disk would cut off the guest's file system).
+fn resize_disk(vm: &PreparedVm) -> Result<DiskChange, EngineError> {
+    let disk = &vm.paths.disk;
+    let file = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(|e| StateError::io(disk, e))?;
+    let size = qcow2_header(disk)
+        .map_err(|e| EngineError::vm(&vm.name, e))?
+        .size;
+    if vm.disk_size > size {
+        qcow2::grow(&file, vm.disk_size).map_err(|e| {
+            EngineError::vm(
+                &vm.name,
+                format!("cannot grow the disk {}: {e}", disk.display()),
+            )
+        })?;
+        Ok(DiskChange::Grown { from: size })
+    } else if vm.disk_size < size {
+        Ok(DiskChange::KeptLarger { size })
+    } else {
+        Ok(DiskChange::Unchanged)
+    }
 }
 
 /// Puts the file `source` names (a symbolic link is followed) at `link`: a hard link, so host

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::compose::{Project, Vm};
+use crate::compose::{Project, Vm, format_size};
 use crate::image::Progress;
 use crate::qemu::ports;
 use crate::qemu::process::{self, ProcState, StartError, StopOutcome};
@@ -15,7 +15,7 @@ use crate::state::{
     VolumeRegistry,
 };
 
-use super::instance::{self, PreparedVm};
+use super::instance::{self, DiskChange, PreparedVm};
 use super::status;
 use super::{EngineError, HostEnv, Reporter, ssh, volumes};
 
@@ -170,6 +170,7 @@ pub fn up(
         host,
         registry: &registry,
         secrets: &secrets,
+        rebuild_changed_disks: opts.force_recreate,
     };
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
     let mut running = Vec::new();
@@ -177,9 +178,20 @@ pub fn up(
         let resolved = base.clone();
         let prepared = instance::prepare(&cx, vm, checked, base)?;
         prepared.paths.check_socket_dir()?;
-        // Against the base the compose file names now; the disk keeps the one it was made on.
-        if let Some(change) = instance::base_change(&prepared.paths.disk, &resolved) {
+        // Against the base the compose file names now; the disk keeps the one it was made on
+        // unless `--force-recreate` makes it again.
+        if let Some(change) = instance::base_change(&prepared.paths.disk, &resolved)
+            && !prepared.rebuild_disk
+        {
             reporter.warn(&change.warning(&vm.name));
+        }
+        if vm.disk_size_bytes < prepared.base_size {
+            reporter.warn(&format!(
+                "VM {}: disk size {} is smaller than its image ({}); the disk gets the image's size",
+                vm.name,
+                format_size(vm.disk_size_bytes),
+                format_size(prepared.base_size)
+            ));
         }
         let handle = status::handle(&prepared.paths);
         let record = InstanceRecord::load(&prepared.paths.record)?;
@@ -214,7 +226,26 @@ pub fn up(
             }
             ProcState::NotRunning => {}
         }
-        instance::materialise(&state, &prepared)?;
+        match instance::materialise(&state, &prepared)? {
+            DiskChange::Rebuilt => reporter.warn(&format!(
+                "VM {}: its disk was made again on the new image; what the guest had written to its root disk is gone (volumes are kept)",
+                vm.name
+            )),
+            DiskChange::Grown { from } => reporter.info(&format!(
+                "VM {}: disk grown from {} to {}; the guest grows its partition and file system at boot (cloud-init growpart and resizefs)",
+                vm.name,
+                format_size(from),
+                format_size(prepared.disk_size)
+            )),
+            DiskChange::KeptLarger { size } => reporter.warn(&format!(
+                "VM {}: the compose file asks for a {} disk, but its disk is {}; disks never shrink, it stays {}",
+                vm.name,
+                format_size(prepared.disk_size),
+                format_size(size),
+                format_size(size)
+            )),
+            DiskChange::Created | DiskChange::Unchanged => {}
+        }
         let Some(qemu) = &qemu else {
             reporter.info(&format!("created VM {} (not started)", vm.name));
             continue;

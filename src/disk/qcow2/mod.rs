@@ -17,6 +17,7 @@
 mod header;
 mod plan;
 mod reader;
+mod resize;
 mod writer;
 
 use std::io;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 pub use header::{Header, HeaderExtension};
 pub use plan::{Layout, plan_layout};
 pub use reader::{Qcow2Image, ReadAt};
+pub use resize::grow;
 pub use writer::{Backing, WriteSummary, probe_format, write_data_image, write_overlay};
 
 /// log2 of the cluster size the writer uses (64 KiB, qemu-img's default).
