@@ -325,6 +325,63 @@ fn disk_changes_are_applied_or_said() {
 }
 
 #[test]
+fn vms_removed_from_the_file_are_found_and_removed_on_request() {
+    require_qemu();
+    let p = Project::new(
+        "vms:\n  a: {image: ./base.qcow2, memory: 64}\n  b: {image: ./base.qcow2, memory: 64}\n  c: {image: ./base.qcow2, memory: 64}\n",
+    );
+    p.ok(&["up", "--no-start", "a", "c"]);
+    p.ok(&["up", "b"]);
+    let pid = p.pid("b").expect("b runs");
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        "vms:\n  a: {image: ./base.qcow2, memory: 64}\n",
+    )
+    .unwrap();
+
+    let out = p.run(&["ps"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("Found orphan VMs (b (running), c) for this project"),
+        "{said}"
+    );
+    let said = p.ok(&["up", "--no-start"]);
+    assert!(
+        said.contains("run `qemu-compose up --remove-orphans`"),
+        "{said}"
+    );
+    assert!(alive(pid), "a warning stops nothing");
+
+    let said = p.ok(&["destroy", "--force", "--remove-orphans", "a"]);
+    assert!(said.contains("removed VM b"), "{said}");
+    assert!(said.contains("removed VM c"), "{said}");
+    assert!(!alive(pid), "the orphan's QEMU was stopped");
+    for vm in ["a", "b", "c"] {
+        assert!(!p.path().join(format!(".qemu-compose/vms/{vm}")).exists());
+        assert!(!p.vm_dir(vm).exists());
+    }
+    let out = p.run(&["ps"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("orphan"));
+
+    // `up --remove-orphans` does the same before starting anything.
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        "vms:\n  a: {image: ./base.qcow2, memory: 64}\n  d: {image: ./base.qcow2, memory: 64}\n",
+    )
+    .unwrap();
+    p.ok(&["up", "--no-start"]);
+    std::fs::write(
+        p.path().join("qemu-compose.yaml"),
+        "vms:\n  a: {image: ./base.qcow2, memory: 64}\n",
+    )
+    .unwrap();
+    let said = p.ok(&["up", "--no-start", "--remove-orphans"]);
+    assert!(said.contains("removed VM d"), "{said}");
+    assert!(!p.vm_dir("d").exists());
+}
+
+#[test]
 fn files_that_are_not_disk_images_are_refused_with_what_they_are() {
     let p = Project::new("vms:\n  app: {image: ./notes.txt}\n  dir: {image: ./images}\n");
     std::fs::write(p.path().join("notes.txt"), "notes\n").unwrap();

@@ -17,6 +17,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         force_recreate: args.force_recreate,
         stop_timeout: Duration::from_secs(args.timeout),
         wait: args.wait.then(|| Duration::from_secs(args.wait_timeout)),
+        remove_orphans: args.remove_orphans,
     };
     let mut progress = image::for_stderr();
     engine::up(&project, &host, &opts, &StderrReporter, progress.as_mut())?;
@@ -43,6 +44,7 @@ pub fn destroy(global: &GlobalArgs, args: &DestroyArgs) -> anyhow::Result<ExitCo
         force: args.force,
         timeout: Duration::from_secs(args.timeout),
         volumes: args.volumes,
+        remove_orphans: args.remove_orphans,
     };
     engine::destroy(&project, &host, &opts, &StderrReporter)?;
     Ok(ExitCode::SUCCESS)

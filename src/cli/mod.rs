@@ -109,6 +109,9 @@ struct UpArgs {
     /// Seconds a VM being recreated gets to power off
     #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
+    /// Stop and remove the VMs of this project that the compose file no longer has
+    #[arg(long)]
+    remove_orphans: bool,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +139,9 @@ struct DestroyArgs {
     /// Also remove the project's named volumes
     #[arg(short = 'v', long)]
     volumes: bool,
+    /// Also stop and remove the VMs of this project that the compose file no longer has
+    #[arg(long)]
+    remove_orphans: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

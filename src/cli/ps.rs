@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use comfy_table::{Table, presets::NOTHING};
 use qemu_compose::engine::instance::{self, BaseChange};
-use qemu_compose::engine::{HostEnv, inspect};
+use qemu_compose::engine::{HostEnv, inspect, lifecycle};
 use serde::Serialize;
 
 use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, project};
@@ -20,6 +20,10 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let host = HostEnv::from_process()?;
+    let orphans = lifecycle::orphans(&project, &host)?;
+    if !orphans.is_empty() {
+        eprintln!("warning: {}", lifecycle::orphan_warning(&orphans));
+    }
     let started = Instant::now();
     let rows = inspect::summaries(&project, &host, &vms);
     if global.debug {

@@ -39,6 +39,8 @@ pub struct UpOptions {
     pub stop_timeout: Duration,
     /// Wait this long for every started VM to answer SSH.
     pub wait: Option<Duration>,
+    /// Stop and remove the instances of VMs the compose file no longer has.
+    pub remove_orphans: bool,
 }
 
 /// What `stop` was asked to do.
@@ -63,6 +65,8 @@ pub struct DestroyOptions {
     pub timeout: Duration,
     /// Also remove the named volumes the compose file declares.
     pub volumes: bool,
+    /// Also stop and remove the instances of VMs the compose file no longer has.
+    pub remove_orphans: bool,
 }
 
 /// The VMs named on the command line (all when none), checked to exist, in start order;
@@ -145,6 +149,21 @@ pub fn up(
     };
 
     let guard = lock(&state, reporter)?;
+    let orphans = orphans(project, host)?;
+    if opts.remove_orphans {
+        for orphan in &orphans {
+            remove_instance(
+                &state,
+                host,
+                &orphan.name,
+                opts.stop_timeout,
+                false,
+                reporter,
+            )?;
+        }
+    } else if !orphans.is_empty() {
+        reporter.warn(&orphan_warning(&orphans));
+    }
     let mut checked = checked;
     for (vm, checked) in selected.iter().zip(&mut checked) {
         let copies = super::mounts::settle_file_sources(&mut checked.source_kinds, state.root());
@@ -218,11 +237,11 @@ pub fn up(
                     "stopping VM {} to apply its new configuration",
                     vm.name
                 ));
-                stop_one(vm, &handle, opts.stop_timeout, false, reporter)?;
+                stop_one(&vm.name, &handle, opts.stop_timeout, false, reporter)?;
             }
             ProcState::Stale { reason, .. } => {
                 reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
-                stop_one(vm, &handle, Duration::ZERO, true, reporter)?;
+                stop_one(&vm.name, &handle, Duration::ZERO, true, reporter)?;
             }
             ProcState::NotRunning => {}
         }
@@ -375,26 +394,24 @@ pub(super) fn ports_of_other_vms(
 }
 
 fn stop_one(
-    vm: &Vm,
+    vm: &str,
     handle: &process::VmHandle,
     timeout: Duration,
     force: bool,
     reporter: &dyn Reporter,
 ) -> Result<StopOutcome, EngineError> {
-    let outcome =
-        process::stop(handle, timeout, force).map_err(|e| EngineError::vm(&vm.name, e))?;
+    let outcome = process::stop(handle, timeout, force).map_err(|e| EngineError::vm(vm, e))?;
     match outcome {
-        StopOutcome::PoweredOff => reporter.info(&format!("VM {} powered off", vm.name)),
-        StopOutcome::Quit if force => reporter.info(&format!("VM {} stopped", vm.name)),
+        StopOutcome::PoweredOff => reporter.info(&format!("VM {} powered off", vm)),
+        StopOutcome::Quit if force => reporter.info(&format!("VM {} stopped", vm)),
         StopOutcome::Quit => reporter.warn(&format!(
             "VM {} did not power off within {} s; QEMU was told to quit",
-            vm.name,
+            vm,
             timeout.as_secs()
         )),
-        StopOutcome::Killed => reporter.warn(&format!(
-            "VM {}: QEMU did not answer and was killed",
-            vm.name
-        )),
+        StopOutcome::Killed => {
+            reporter.warn(&format!("VM {}: QEMU did not answer and was killed", vm))
+        }
         StopOutcome::AlreadyStopped => {}
     }
     Ok(outcome)
@@ -418,13 +435,13 @@ pub fn stop(
             ProcState::NotRunning => reporter.info(&format!("VM {} is not running", vm.name)),
             ProcState::Stale { reason, .. } => {
                 reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
-                stop_one(vm, &handle, Duration::ZERO, true, reporter)?;
+                stop_one(&vm.name, &handle, Duration::ZERO, true, reporter)?;
             }
             ProcState::Running { .. } => {
                 if !opts.force {
                     reporter.info(&format!("stopping VM {}", vm.name));
                 }
-                stop_one(vm, &handle, opts.timeout, opts.force, reporter)?;
+                stop_one(&vm.name, &handle, opts.timeout, opts.force, reporter)?;
             }
         }
     }
@@ -452,23 +469,18 @@ pub fn destroy(
     }
     let _guard = lock(&state, reporter)?;
     for vm in selected.into_iter().rev() {
-        let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-        paths.check_socket_dir()?;
-        let handle = status::handle(&paths);
-        if !matches!(process::state(&handle), ProcState::NotRunning) {
-            reporter.info(&format!("stopping VM {}", vm.name));
-            stop_one(vm, &handle, opts.timeout, opts.force, reporter)?;
-        }
-        state.check_inside(&paths.dir)?;
-        state.check_inside(&paths.private_dir)?;
-        paths.check_socket_dir()?;
-        let removed_disk = remove_tree(&paths.dir)?;
-        let removed_private = remove_tree(&paths.private_dir)?;
-        if removed_disk || removed_private {
-            reporter.info(&format!("removed VM {}", vm.name));
-        }
-        if paths.sockets_relocated() {
-            remove_tree(paths.socket_dir())?;
+        remove_instance(&state, host, &vm.name, opts.timeout, opts.force, reporter)?;
+    }
+    if opts.remove_orphans {
+        for orphan in orphans(project, host)? {
+            remove_instance(
+                &state,
+                host,
+                &orphan.name,
+                opts.timeout,
+                opts.force,
+                reporter,
+            )?;
         }
     }
     if opts.volumes {
@@ -493,6 +505,83 @@ pub fn destroy(
         }
     }
     Ok(())
+}
+
+/// Stops the QEMU of VM `name` if it runs, and removes its instance: disk, private folder,
+/// relocated sockets.
+fn remove_instance(
+    state: &StateDir,
+    host: &HostEnv,
+    name: &str,
+    timeout: Duration,
+    force: bool,
+    reporter: &dyn Reporter,
+) -> Result<(), EngineError> {
+    let paths = InstancePaths::new(state, name, host.runtime_dir.as_deref());
+    paths.check_socket_dir()?;
+    let handle = status::handle(&paths);
+    if !matches!(process::state(&handle), ProcState::NotRunning) {
+        reporter.info(&format!("stopping VM {name}"));
+        stop_one(name, &handle, timeout, force, reporter)?;
+    }
+    state.check_inside(&paths.dir)?;
+    state.check_inside(&paths.private_dir)?;
+    paths.check_socket_dir()?;
+    let removed_disk = remove_tree(&paths.dir)?;
+    let removed_private = remove_tree(&paths.private_dir)?;
+    if removed_disk || removed_private {
+        reporter.info(&format!("removed VM {name}"));
+    }
+    if paths.sockets_relocated() {
+        remove_tree(paths.socket_dir())?;
+    }
+    Ok(())
+}
+
+/// The instance of a VM the compose file no longer has (removed or renamed): its folders
+/// remain, and its QEMU may still run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The VM's name.
+    pub name: String,
+    /// Whether its QEMU runs.
+    pub running: bool,
+}
+
+/// The project's orphan instances, by name.
+pub fn orphans(project: &Project, host: &HostEnv) -> Result<Vec<Orphan>, EngineError> {
+    let state = StateDir::new(&project.dir);
+    let names = state.instance_names()?;
+    Ok(names
+        .into_iter()
+        .filter(|name| !project.vms.iter().any(|vm| &vm.name == name))
+        .map(|name| {
+            let paths = InstancePaths::new(&state, &name, host.runtime_dir.as_deref());
+            let running = matches!(
+                process::state(&status::handle(&paths)),
+                ProcState::Running { .. }
+            );
+            Orphan { name, running }
+        })
+        .collect())
+}
+
+/// What `up` and `ps` say about orphans, in docker compose's words.
+pub fn orphan_warning(orphans: &[Orphan]) -> String {
+    let names: Vec<String> = orphans
+        .iter()
+        .map(|o| {
+            if o.running {
+                format!("{} (running)", o.name)
+            } else {
+                o.name.clone()
+            }
+        })
+        .collect();
+    format!(
+        "Found orphan VMs ({}) for this project. If you removed or renamed them in the compose file, run `qemu-compose up --remove-orphans` (or `destroy --remove-orphans`) to stop and remove them",
+        names.join(", ")
+    )
 }
 
 /// Removes a folder tree; false when it was not there.

@@ -28,6 +28,7 @@
 //! Earlier versions kept instance folders at `.qemu-compose/<vm>/` and the secrets in the
 //! project folder; [`super::migrate`] moves them on the first state-changing command.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -153,6 +154,29 @@ impl StateDir {
     /// The private folder of the VM `vm`: everything QEMU and ssh are told to open.
     pub fn vm_private_dir(&self, vm: &str) -> PathBuf {
         self.private.join("vms").join(vm)
+    }
+
+    /// The VMs that have an instance here (a folder in either place), whatever the compose
+    /// file says now: what finds the instances of VMs removed from the file. Only names a
+    /// compose file could give are listed, and symbolic links are skipped.
+    pub fn instance_names(&self) -> Result<BTreeSet<String>, StateError> {
+        let mut names = BTreeSet::new();
+        for parent in [self.root.join("vms"), self.private.join("vms")] {
+            let entries = match fs::read_dir(&parent) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StateError::io(&parent, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StateError::io(&parent, e))?;
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_dir && name.len() <= 63 && crate::compose::is_valid_name(&name) {
+                    names.insert(name);
+                }
+            }
+        }
+        Ok(names)
     }
 
     /// Checks that `path`, which must lie inside one of the two folders, goes through no
