@@ -726,6 +726,23 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
 
     p.ok(&["up"]);
     let port = p.record("web")["ssh_port"].as_u64().unwrap().to_string();
+    // No OS, so no SSH server: ssh says it waits, and gives up at its limit.
+    let booting = p
+        .command(&["ssh", "--wait-timeout", "1", "web", "true"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(booting.status.code(), Some(1));
+    let said = text(&booting.stderr);
+    assert!(
+        said.contains("VM web is starting: its SSH server does not answer yet; waiting up to 1 s"),
+        "{said}"
+    );
+    assert!(said.contains("did not answer SSH within 1 s"), "{said}");
+    assert!(!recorded.exists(), "ssh must not run before the guest answers");
+    // As if `up --wait` had seen it answer.
+    let started = p.record("web")["started"].as_str().unwrap().to_string();
+    std::fs::write(private_dir(p.path(), "web").join("ready"), started).unwrap();
     let out = p
         .command(&["ssh", "web", "echo", "hello world", "-x", "--", "--debug"])
         .env("PATH", &path)

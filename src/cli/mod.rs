@@ -191,6 +191,9 @@ struct VmArg {
 
 #[derive(Debug, Args)]
 struct SshArgs {
+    /// Seconds to wait for the SSH server of a VM that is still starting
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wait_timeout: u64,
     /// The VM
     vm: String,
     /// Options for ssh (`-L 8080:localhost:80`), then a command (`-- CMD…`, or CMD… that

@@ -24,8 +24,11 @@ use super::mounts::{self, PlanFacts, SourceKind};
 use super::status::{self, VmStatus};
 use super::{EngineError, HostEnv, instance, lifecycle, ssh};
 
-/// How long the SSH readiness probe of `ps` and `inspect` may take.
+/// How long the SSH readiness probe of `ps` and `inspect` may take, once a banner came.
 const SSH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `ps` and `inspect` wait for the SSH banner of a VM not known ready: a guest whose
+/// sshd runs sends it at once.
+const BANNER_BUDGET: Duration = Duration::from_millis(80);
 
 /// The status of each of `vms`, in the same order, probed in parallel.
 pub fn probe_statuses(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmStatus> {
@@ -51,21 +54,27 @@ pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
     let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
     let key = state.ssh_key();
     status::status(&paths, || {
-        let port = InstanceRecord::load(&paths.record)
-            .ok()
-            .flatten()
-            .map(|r| r.ssh_port);
-        key.is_file()
-            && port.is_some_and(|port| {
-                let login = ssh::Login {
-                    key: &key,
-                    user: &vm.user,
-                    port,
-                    vm: &vm.name,
-                    known_hosts: &paths.known_hosts,
-                };
-                ssh::probe(&login, SSH_PROBE_TIMEOUT)
-            })
+        let Some(record) = InstanceRecord::load(&paths.record).ok().flatten() else {
+            return false;
+        };
+        if status::known_ready(&paths, &record) {
+            return true;
+        }
+        if !key.is_file() || !ssh::banner_seen(record.ssh_port, BANNER_BUDGET) {
+            return false;
+        }
+        let login = ssh::Login {
+            key: &key,
+            user: &vm.user,
+            port: record.ssh_port,
+            vm: &vm.name,
+            known_hosts: &paths.known_hosts,
+        };
+        let ready = ssh::probe(&login, SSH_PROBE_TIMEOUT);
+        if ready {
+            status::mark_ready(&paths, &record);
+        }
+        ready
     })
 }
 

@@ -294,6 +294,7 @@ pub fn up(
                 vm: &vm.name,
                 known_hosts: &paths.known_hosts,
             };
+            let record = InstanceRecord::load(&paths.record)?;
             while !ssh::probe(&login, Duration::from_secs(5)) {
                 if Instant::now() >= deadline {
                     return Err(EngineError::vm(
@@ -306,6 +307,9 @@ pub fn up(
                     ));
                 }
                 std::thread::sleep(Duration::from_secs(1));
+            }
+            if let Some(record) = &record {
+                status::mark_ready(&paths, record);
             }
             reporter.info(&format!("VM {} is ready", vm.name));
         }
@@ -323,6 +327,12 @@ fn start_with_port(
     previous: Option<&InstanceRecord>,
     reporter: &dyn Reporter,
 ) -> Result<u16, EngineError> {
+    // Whatever the last run answered, this one has not yet.
+    match fs::remove_file(&prepared.paths.ready) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StateError::io(&prepared.paths.ready, e).into()),
+    }
     let mut taken = ports_of_other_vms(cx.project, vm, cx.state, cx.host)?;
     let mut port = match (vm.ssh_port, previous) {
         (Some(fixed), _) => fixed,

@@ -6,9 +6,11 @@
 //! still restart sshd (it does to apply `ssh_pwauth`), and a login right after `up --wait`
 //! would be refused.
 
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What logging into one VM takes.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +146,32 @@ pub fn args(login: &Login, options: &[String], command: &[String]) -> Vec<String
 /// `word` as one word for a POSIX shell: in single quotes, each `'` written as `'\''`.
 fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// Whether an SSH server's banner (`SSH-…`) arrives on the forwarded port within `budget`.
+///
+/// QEMU accepts the connection itself while the guest boots and holds it until the guest
+/// answers; a guest without sshd yet resets it. Either way no banner comes, and this says
+/// so in `budget` instead of the client's connect timeout.
+pub fn banner_seen(port: u16, budget: Duration) -> bool {
+    let deadline = Instant::now() + budget;
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, budget) else {
+        return false;
+    };
+    let mut banner = [0u8; 4];
+    let mut got = 0;
+    while got < banner.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match stream.read(&mut banner[got..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got += n,
+        }
+    }
+    &banner == b"SSH-"
 }
 
 /// The file cloud-init writes when its last stage is done.

@@ -1,4 +1,9 @@
 //! What state a VM is in, as `ps`, `inspect` and `up` see it.
+//!
+//! A VM is ready once an SSH login worked since its QEMU started. The first success is kept
+//! in a marker file naming that QEMU run, so `ps` does not log in again (a login takes the
+//! time of a key exchange, and a booting guest makes the client wait for its timeout); a VM
+//! not known ready is `starting` as long as no SSH banner arrives within a few milliseconds.
 
 use std::time::Duration;
 
@@ -6,7 +11,7 @@ use serde::Serialize;
 
 use crate::qemu::process::{self, ProcState, VmHandle};
 use crate::qemu::qmp::Qmp;
-use crate::state::InstancePaths;
+use crate::state::{InstancePaths, InstanceRecord, atomic};
 
 /// How long a status probe may wait for QMP.
 const QMP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,4 +79,18 @@ pub fn status(paths: &InstancePaths, ssh_ready: impl FnOnce() -> bool) -> VmStat
             }
         }
     }
+}
+
+/// Records that the QEMU run `record` describes answered an SSH login. Best effort: without
+/// the marker the next `ps` logs in again.
+pub fn mark_ready(paths: &InstancePaths, record: &InstanceRecord) {
+    let _ = atomic::write_atomic(&paths.ready, record.started.as_bytes(), 0o600);
+}
+
+/// Whether the QEMU run `record` describes is known to have answered an SSH login.
+pub fn known_ready(paths: &InstancePaths, record: &InstanceRecord) -> bool {
+    atomic::read_optional(&paths.ready)
+        .ok()
+        .flatten()
+        .is_some_and(|started| started == record.started)
 }

@@ -40,6 +40,9 @@ pub struct InstancePaths {
     pub serial_log: PathBuf,
     /// The record of the running instance.
     pub record: PathBuf,
+    /// Written once the instance answered an SSH login, holding the record's `started`: the
+    /// QEMU run that is known ready (see [`crate::engine::status`]).
+    pub ready: PathBuf,
     /// The guest's SSH host key, made on the host (see [`super::secrets::InstanceHostKey`]).
     pub host_key: PathBuf,
     /// The known_hosts file that pins it.
@@ -68,6 +71,7 @@ impl InstancePaths {
             pidfile: private_dir.join("qemu.pid"),
             serial_log: private_dir.join("serial.log"),
             record: private_dir.join("instance.json"),
+            ready: private_dir.join("ready"),
             host_key: private_dir.join("ssh_host_ed25519_key"),
             known_hosts: private_dir.join("known_hosts"),
             qmp_socket: socket_dir.join("qmp.sock"),
