@@ -1,8 +1,13 @@
 //! Located, collected errors: every problem in a compose file is reported at once, each with
 //! its file, line, column, VM and field path.
+//!
+//! [`At`] and [`Here`] carry that place through the raw reader and the validator, and
+//! [`Errors`] collects what both find.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use super::tree::Pos;
 
 /// One problem in a compose file (or its `.env`), in words a user understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +55,76 @@ impl fmt::Display for ComposeErrors {
 impl From<ComposeError> for ComposeErrors {
     fn from(e: ComposeError) -> Self {
         ComposeErrors(vec![e])
+    }
+}
+
+/// A value and where it was written, so that a later rule can blame that place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct At<T> {
+    pub pos: Pos,
+    pub value: T,
+}
+
+/// Where in the file we are: the VM (if any) and the field path, for error messages.
+#[derive(Debug, Clone)]
+pub struct Here {
+    pub vm: Option<String>,
+    pub path: String,
+}
+
+impl Here {
+    pub fn root() -> Self {
+        Here {
+            vm: None,
+            path: String::new(),
+        }
+    }
+
+    pub fn field(&self, name: &str) -> Self {
+        let path = if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        };
+        Here {
+            vm: self.vm.clone(),
+            path,
+        }
+    }
+
+    pub fn index(&self, i: usize) -> Self {
+        Here {
+            vm: self.vm.clone(),
+            path: format!("{}[{i}]", self.path),
+        }
+    }
+
+    /// The field `name` under `vms`, which names the VM every error below it belongs to.
+    pub fn vm(&self, name: &str) -> Self {
+        Here {
+            vm: Some(name.to_owned()),
+            ..self.field(name)
+        }
+    }
+}
+
+/// Collects errors with their file; shared by the raw reader and the validator.
+#[derive(Debug)]
+pub struct Errors<'a> {
+    pub file: &'a Path,
+    pub list: Vec<ComposeError>,
+}
+
+impl Errors<'_> {
+    pub fn push(&mut self, pos: Pos, here: &Here, message: impl Into<String>) {
+        self.list.push(ComposeError {
+            file: self.file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            vm: here.vm.clone(),
+            field: (!here.path.is_empty()).then(|| here.path.clone()),
+            message: message.into(),
+        });
     }
 }
 

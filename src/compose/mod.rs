@@ -115,7 +115,7 @@ pub fn parse_str(
     project_dir: &Path,
     opts: &LoadOptions,
 ) -> Result<Project, ComposeErrors> {
-    let mut errors = raw::Errors {
+    let mut errors = error::Errors {
         file,
         list: Vec::new(),
     };

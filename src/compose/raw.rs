@@ -6,18 +6,9 @@
 //! and every type mismatch. String scalars are interpolated here, where their position is
 //! known; keys and ignored `x-*` sections are not.
 
-use std::path::Path;
-
-use super::error::ComposeError;
+use super::error::{At, Errors, Here};
 use super::interpolate::{Env, interpolate};
 use super::tree::{Key, Node, Pos, Value};
-
-/// A value and where it was written.
-#[derive(Debug, Clone, PartialEq)]
-pub struct At<T> {
-    pub pos: Pos,
-    pub value: T,
-}
 
 /// The whole file, as written.
 #[derive(Debug, Default)]
@@ -86,96 +77,96 @@ pub struct RawLongMount {
     pub security_model: Option<At<String>>,
 }
 
-const TOP_KEYS: &[&str] = &["name", "version", "volumes", "vms", "networks"];
-const VOLUME_KEYS: &[&str] = &["size"];
-const NETWORK_KEYS: &[&str] = &["driver", "subnet"];
-const VM_KEYS: &[&str] = &[
-    "image",
-    "image_checksum",
-    "cpu",
-    "memory",
-    "disk",
-    "user",
-    "ports",
-    "ssh",
-    "accel",
-    "kernel",
-    "initrd",
-    "cmdline",
-    "depends_on",
-    "environment",
-    "provision",
-    "networks",
-    "volumes",
-];
-const DISK_KEYS: &[&str] = &["size"];
-const SSH_KEYS: &[&str] = &["port"];
-const PROVISION_KEYS: &[&str] = &["type", "inline"];
-const MOUNT_KEYS: &[&str] = &[
-    "source",
-    "target",
-    "read_only",
-    "automount",
-    "mount_options",
-    "security_model",
-];
-
-/// Where in the file we are: the VM (if any) and the field path, for error messages.
-#[derive(Debug, Clone)]
-pub struct Here {
-    pub vm: Option<String>,
-    pub path: String,
+/// The keys one kind of mapping accepts. Each kind is an enum, so the reader's `match` on it
+/// must handle every key: a key without an arm does not compile, where a `match` on text
+/// needs a catch-all arm that would read a new key as some other one.
+trait Keys: Copy {
+    /// In the order "valid keys: …" hints list them.
+    const NAMES: &[&str];
+    fn from_name(name: &str) -> Option<Self>;
 }
 
-impl Here {
-    pub fn root() -> Self {
-        Here {
-            vm: None,
-            path: String::new(),
+/// Declares [`Keys`] enums from their variants and their spellings in the file.
+macro_rules! keys {
+    ($($(#[$meta:meta])* $kind:ident { $($key:ident = $name:literal,)+ })+) => {$(
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum $kind {
+            $($key,)+
         }
-    }
-    pub fn field(&self, name: &str) -> Self {
-        let path = if self.path.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{name}", self.path)
-        };
-        Here {
-            vm: self.vm.clone(),
-            path,
+
+        impl Keys for $kind {
+            const NAMES: &[&str] = &[$($name,)+];
+
+            fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$key),)+
+                    _ => None,
+                }
+            }
         }
-    }
-    pub fn index(&self, i: usize) -> Self {
-        Here {
-            vm: self.vm.clone(),
-            path: format!("{}[{i}]", self.path),
-        }
-    }
-    fn vm(&self, name: &str) -> Self {
-        Here {
-            vm: Some(name.to_owned()),
-            ..self.field(name)
-        }
-    }
+    )+};
 }
 
-/// Collects errors with their file; shared by the raw reader and the validator.
-#[derive(Debug)]
-pub struct Errors<'a> {
-    pub file: &'a Path,
-    pub list: Vec<ComposeError>,
-}
-
-impl Errors<'_> {
-    pub fn push(&mut self, pos: Pos, here: &Here, message: impl Into<String>) {
-        self.list.push(ComposeError {
-            file: self.file.to_owned(),
-            line: pos.line,
-            column: pos.column,
-            vm: here.vm.clone(),
-            field: (!here.path.is_empty()).then(|| here.path.clone()),
-            message: message.into(),
-        });
+keys! {
+    /// The file's top level.
+    TopKey {
+        Name = "name",
+        Version = "version",
+        Volumes = "volumes",
+        Vms = "vms",
+        Networks = "networks",
+    }
+    /// `volumes.<name>`
+    VolumeKey {
+        Size = "size",
+    }
+    /// `networks.<name>`
+    NetworkKey {
+        Driver = "driver",
+        Subnet = "subnet",
+    }
+    /// `vms.<name>`
+    VmKey {
+        Image = "image",
+        ImageChecksum = "image_checksum",
+        Cpu = "cpu",
+        Memory = "memory",
+        Disk = "disk",
+        User = "user",
+        Ports = "ports",
+        Ssh = "ssh",
+        Accel = "accel",
+        Kernel = "kernel",
+        Initrd = "initrd",
+        Cmdline = "cmdline",
+        DependsOn = "depends_on",
+        Environment = "environment",
+        Provision = "provision",
+        Networks = "networks",
+        Volumes = "volumes",
+    }
+    /// `vms.<name>.disk`
+    DiskKey {
+        Size = "size",
+    }
+    /// `vms.<name>.ssh`
+    SshKey {
+        Port = "port",
+    }
+    /// A `provision` entry written as a mapping.
+    ProvisionKey {
+        Type = "type",
+        Inline = "inline",
+    }
+    /// A `volumes` entry in the long form.
+    MountKey {
+        Source = "source",
+        Target = "target",
+        ReadOnly = "read_only",
+        Automount = "automount",
+        MountOptions = "mount_options",
+        SecurityModel = "security_model",
     }
 }
 
@@ -202,52 +193,23 @@ impl Reader<'_, '_> {
             );
             return raw;
         }
-        let Some(entries) = self.mapping(root, &here, TOP_KEYS, true) else {
+        let Some(entries) = self.mapping::<TopKey>(root, &here, true) else {
             return raw;
         };
         let mut saw_vms = false;
-        for (key, node) in entries {
-            let here = here.field(&key.name);
-            match key.name.as_str() {
-                "name" => raw.name = self.string(node, &here),
-                "version" => {}
-                "volumes" => {
-                    for (k, v) in self.named_map(node, &here) {
-                        let here = here.field(&k.name);
-                        let mut vol = RawVolume::default();
-                        for (key, node) in self.optional_mapping(v, &here, VOLUME_KEYS) {
-                            vol.size = self.size(node, &here.field(&key.name));
-                        }
-                        raw.volumes.push((at(k), vol));
-                    }
+        for (key, node, here) in entries {
+            match key {
+                TopKey::Name => raw.name = self.string(node, &here),
+                TopKey::Version => {}
+                TopKey::Volumes => {
+                    raw.volumes = self.definitions(node, &here, Self::volume_field);
                 }
-                "networks" => {
-                    for (k, v) in self.named_map(node, &here) {
-                        let here = here.field(&k.name);
-                        let mut net = RawNetwork::default();
-                        for (key, node) in self.optional_mapping(v, &here, NETWORK_KEYS) {
-                            let value = self.string(node, &here.field(&key.name));
-                            match key.name.as_str() {
-                                "driver" => net.driver = value,
-                                _ => net.subnet = value,
-                            }
-                        }
-                        raw.networks.push((at(k), net));
-                    }
-                }
-                _ => {
+                TopKey::Vms => {
                     saw_vms = true;
-                    // `vms:` with nothing under it (null or `{}`) is no better than no `vms:`.
-                    if matches!(&node.value, Value::Null)
-                        || matches!(&node.value, Value::Map(entries) if entries.is_empty())
-                    {
-                        self.errors
-                            .push(node.pos, &here, "no VMs: define at least one VM");
-                    }
-                    for (k, v) in self.named_map(node, &here) {
-                        let vm = self.vm(v, &here.vm(&k.name));
-                        raw.vms.push((at(k), vm));
-                    }
+                    raw.vms = self.vms(node, &here);
+                }
+                TopKey::Networks => {
+                    raw.networks = self.definitions(node, &here, Self::network_field);
                 }
             }
         }
@@ -258,53 +220,112 @@ impl Reader<'_, '_> {
         raw
     }
 
+    /// Top-level `volumes:` or `networks:`: names, each with a definition whose keys `set`
+    /// reads.
+    fn definitions<K: Keys, T: Default>(
+        &mut self,
+        node: &Node,
+        here: &Here,
+        set: fn(&mut Self, &mut T, K, &Node, &Here),
+    ) -> Vec<(At<String>, T)> {
+        let mut out = Vec::new();
+        for (name, node) in self.named_map(node, here) {
+            let here = here.field(&name.name);
+            let mut definition = T::default();
+            for (key, node, here) in self.optional_mapping(node, &here) {
+                set(self, &mut definition, key, node, &here);
+            }
+            out.push((at(name), definition));
+        }
+        out
+    }
+
+    fn volume_field(&mut self, volume: &mut RawVolume, key: VolumeKey, node: &Node, here: &Here) {
+        match key {
+            VolumeKey::Size => volume.size = self.size(node, here),
+        }
+    }
+
+    fn network_field(&mut self, net: &mut RawNetwork, key: NetworkKey, node: &Node, here: &Here) {
+        let value = self.string(node, here);
+        match key {
+            NetworkKey::Driver => net.driver = value,
+            NetworkKey::Subnet => net.subnet = value,
+        }
+    }
+
+    fn vms(&mut self, node: &Node, here: &Here) -> Vec<(At<String>, RawVm)> {
+        // `vms:` with nothing under it (null or `{}`) is no better than no `vms:`.
+        if matches!(&node.value, Value::Null)
+            || matches!(&node.value, Value::Map(entries) if entries.is_empty())
+        {
+            self.errors
+                .push(node.pos, here, "no VMs: define at least one VM");
+        }
+        let mut out = Vec::new();
+        for (name, node) in self.named_map(node, here) {
+            let vm = self.vm(node, &here.vm(&name.name));
+            out.push((at(name), vm));
+        }
+        out
+    }
+
     fn vm(&mut self, node: &Node, here: &Here) -> RawVm {
         let mut vm = RawVm::default();
-        let Some(entries) = self.mapping(node, here, VM_KEYS, true) else {
+        let Some(entries) = self.mapping::<VmKey>(node, here, true) else {
             return vm;
         };
-        if !entries.iter().any(|(k, _)| k.name == "image") {
+        if !entries.iter().any(|(key, ..)| *key == VmKey::Image) {
             self.errors.push(
                 node.pos,
                 here,
                 "`image:` is required (a URL or a local path)",
             );
         }
-        for (key, node) in entries {
-            let here = here.field(&key.name);
-            match key.name.as_str() {
-                "image" => vm.image = self.string(node, &here),
-                "image_checksum" => vm.image_checksum = self.string(node, &here),
-                "cpu" => vm.cpu = self.int(node, &here),
-                "memory" => vm.memory = self.size(node, &here),
-                "disk" => {
-                    if let Some(entries) = self.mapping(node, &here, DISK_KEYS, false) {
-                        for (key, node) in entries {
-                            vm.disk_size = self.size(node, &here.field(&key.name));
-                        }
-                    }
-                }
-                "user" => vm.user = self.string(node, &here),
-                "ports" => vm.ports = self.string_list(node, &here, true),
-                "ssh" => {
-                    if let Some(entries) = self.mapping(node, &here, SSH_KEYS, false) {
-                        for (key, node) in entries {
-                            vm.ssh_port = self.int(node, &here.field(&key.name));
-                        }
-                    }
-                }
-                "accel" => vm.accel = self.string(node, &here),
-                "kernel" => vm.kernel = self.string(node, &here),
-                "initrd" => vm.initrd = self.string(node, &here),
-                "cmdline" => vm.cmdline = self.string(node, &here),
-                "depends_on" => vm.depends_on = self.string_list(node, &here, false),
-                "environment" => vm.environment = self.environment(node, &here),
-                "provision" => vm.provision = self.provision(node, &here),
-                "networks" => vm.networks = self.string_list(node, &here, false),
-                _ => vm.volumes = self.mounts(node, &here),
+        for (key, node, here) in entries {
+            match key {
+                VmKey::Image => vm.image = self.string(node, &here),
+                VmKey::ImageChecksum => vm.image_checksum = self.string(node, &here),
+                VmKey::Cpu => vm.cpu = self.int(node, &here),
+                VmKey::Memory => vm.memory = self.size(node, &here),
+                VmKey::Disk => vm.disk_size = self.disk_size(node, &here),
+                VmKey::User => vm.user = self.string(node, &here),
+                VmKey::Ports => vm.ports = self.string_list(node, &here, true),
+                VmKey::Ssh => vm.ssh_port = self.ssh_port(node, &here),
+                VmKey::Accel => vm.accel = self.string(node, &here),
+                VmKey::Kernel => vm.kernel = self.string(node, &here),
+                VmKey::Initrd => vm.initrd = self.string(node, &here),
+                VmKey::Cmdline => vm.cmdline = self.string(node, &here),
+                VmKey::DependsOn => vm.depends_on = self.string_list(node, &here, false),
+                VmKey::Environment => vm.environment = self.environment(node, &here),
+                VmKey::Provision => vm.provision = self.provision(node, &here),
+                VmKey::Networks => vm.networks = self.string_list(node, &here, false),
+                VmKey::Volumes => vm.volumes = self.mounts(node, &here),
             }
         }
         vm
+    }
+
+    /// `disk: {size: …}`
+    fn disk_size(&mut self, node: &Node, here: &Here) -> Option<At<SizeValue>> {
+        let mut size = None;
+        for (key, node, here) in self.mapping(node, here, false).unwrap_or_default() {
+            match key {
+                DiskKey::Size => size = self.size(node, &here),
+            }
+        }
+        size
+    }
+
+    /// `ssh: {port: …}`
+    fn ssh_port(&mut self, node: &Node, here: &Here) -> Option<At<i128>> {
+        let mut port = None;
+        for (key, node, here) in self.mapping(node, here, false).unwrap_or_default() {
+            match key {
+                SshKey::Port => port = self.int(node, &here),
+            }
+        }
+        port
     }
 
     fn environment(&mut self, node: &Node, here: &Here) -> Vec<(At<String>, At<String>)> {
@@ -357,26 +378,25 @@ impl Reader<'_, '_> {
         for (i, item) in self.list(node, here).iter().enumerate() {
             let here = here.index(i);
             if let Value::Map(_) = item.value {
-                let Some(entries) = self.mapping(item, &here, PROVISION_KEYS, false) else {
+                let Some(entries) = self.mapping::<ProvisionKey>(item, &here, false) else {
                     continue;
                 };
                 let mut inline = None;
-                for (key, node) in entries {
-                    let here = here.field(&key.name);
+                for (key, node, here) in entries {
                     let Some(value) = self.string(node, &here) else {
                         continue;
                     };
-                    if key.name == "inline" {
-                        inline = Some(value);
-                    } else if value.value != "shell" {
-                        self.errors.push(
+                    match key {
+                        ProvisionKey::Inline => inline = Some(value),
+                        ProvisionKey::Type if value.value != "shell" => self.errors.push(
                             value.pos,
                             &here,
                             format!(
                                 "unknown provisioner type {:?} (only \"shell\")",
                                 value.value
                             ),
-                        );
+                        ),
+                        ProvisionKey::Type => {}
                     }
                 }
                 match inline {
@@ -398,7 +418,7 @@ impl Reader<'_, '_> {
         for (i, item) in self.list(node, here).iter().enumerate() {
             let here = here.index(i);
             if let Value::Map(_) = item.value {
-                let Some(entries) = self.mapping(item, &here, MOUNT_KEYS, false) else {
+                let Some(entries) = self.mapping::<MountKey>(item, &here, false) else {
                     continue;
                 };
                 let mut m = RawLongMount {
@@ -410,15 +430,14 @@ impl Reader<'_, '_> {
                     mount_options: None,
                     security_model: None,
                 };
-                for (key, node) in entries {
-                    let here = here.field(&key.name);
-                    match key.name.as_str() {
-                        "source" => m.source = self.string(node, &here),
-                        "target" => m.target = self.string(node, &here),
-                        "read_only" => m.read_only = self.bool(node, &here),
-                        "automount" => m.automount = self.bool(node, &here),
-                        "mount_options" => m.mount_options = self.string(node, &here),
-                        _ => m.security_model = self.string(node, &here),
+                for (key, node, here) in entries {
+                    match key {
+                        MountKey::Source => m.source = self.string(node, &here),
+                        MountKey::Target => m.target = self.string(node, &here),
+                        MountKey::ReadOnly => m.read_only = self.bool(node, &here),
+                        MountKey::Automount => m.automount = self.bool(node, &here),
+                        MountKey::MountOptions => m.mount_options = self.string(node, &here),
+                        MountKey::SecurityModel => m.security_model = self.string(node, &here),
                     }
                 }
                 out.push(RawMount::Long(Box::new(m)));
@@ -431,25 +450,25 @@ impl Reader<'_, '_> {
 
     // ---- generic readers ----
 
-    /// A mapping whose keys must be in `allowed` (or `x-*` when `extensions`); unknown keys
-    /// are reported with the closest valid one. Returns only the known entries.
-    fn mapping<'n>(
+    /// A mapping whose keys must be among `K` (or `x-*` when `extensions`); unknown keys
+    /// are reported with the closest valid one. Returns only the known entries, each with its
+    /// place.
+    fn mapping<'n, K: Keys>(
         &mut self,
         node: &'n Node,
         here: &Here,
-        allowed: &[&str],
         extensions: bool,
-    ) -> Option<Vec<(&'n Key, &'n Node)>> {
+    ) -> Option<Vec<(K, &'n Node, Here)>> {
         let Value::Map(entries) = &node.value else {
             self.wrong_type(node, here, "a mapping");
             return None;
         };
         let mut known = Vec::new();
         for (key, value) in entries {
-            if allowed.contains(&key.name.as_str()) {
-                known.push((key, value));
+            if let Some(known_key) = K::from_name(&key.name) {
+                known.push((known_key, value, here.field(&key.name)));
             } else if !(extensions && key.name.starts_with("x-")) {
-                self.unknown_key(key, here, allowed);
+                self.unknown_key(key, here, K::NAMES);
             }
         }
         Some(known)
@@ -457,16 +476,15 @@ impl Reader<'_, '_> {
 
     /// Like [`Self::mapping`] with `x-*` allowed, but `null` (e.g. `pgdata:` with nothing
     /// after it) means "all defaults".
-    fn optional_mapping<'n>(
+    fn optional_mapping<'n, K: Keys>(
         &mut self,
         node: &'n Node,
         here: &Here,
-        allowed: &[&str],
-    ) -> Vec<(&'n Key, &'n Node)> {
+    ) -> Vec<(K, &'n Node, Here)> {
         if matches!(node.value, Value::Null) {
             return Vec::new();
         }
-        self.mapping(node, here, allowed, true).unwrap_or_default()
+        self.mapping(node, here, true).unwrap_or_default()
     }
 
     /// A mapping from user-chosen names (VMs, volumes, networks) to definitions.
