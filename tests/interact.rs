@@ -739,7 +739,10 @@ fn ssh_execs_the_system_client_and_passes_its_status_through() {
         "{said}"
     );
     assert!(said.contains("did not answer SSH within 1 s"), "{said}");
-    assert!(!recorded.exists(), "ssh must not run before the guest answers");
+    assert!(
+        !recorded.exists(),
+        "ssh must not run before the guest answers"
+    );
     // As if `up --wait` had seen it answer.
     let started = p.record("web")["started"].as_str().unwrap().to_string();
     std::fs::write(private_dir(p.path(), "web").join("ready"), started).unwrap();

@@ -462,6 +462,12 @@ fn ports_and_ssh() {
     ok(
         "vms:\n  a:\n    image: x\n    ports: [\"127.0.0.1:80:80\"]\n  b:\n    image: x\n    ports: [\"127.0.0.2:80:80\"]\n",
     );
+    // A wildcard forward clashing with several VMs names the first of them, every time.
+    let several = "vms:\n  a:\n    image: x\n    ports: [\"127.0.0.3:80:80\"]\n  b:\n    image: x\n    ports: [\"127.0.0.2:80:80\"]\n  c:\n    image: x\n    ports: [\"127.0.0.1:80:80\"]\n  d:\n    image: x\n    ports: [\"80:80\"]\n";
+    for _ in 0..20 {
+        let e = error(several);
+        assert!(e.contains("is already used by VM \"a\""), "{e}");
+    }
     for (first, second) in [
         ("127.0.0.1:80:80", "0.0.0.0:80:80"),
         ("80:80", "127.0.0.1:80:81"),

@@ -104,11 +104,12 @@ struct Wanted<'a> {
     here: Here,
 }
 
-/// Who binds one port and protocol: on all addresses, or on particular ones.
+/// Who binds one port and protocol: on all addresses, or on particular ones (in compose
+/// order, so a clash always names the first VM that bound).
 #[derive(Default)]
 struct Binders<'a> {
     wildcard: Option<&'a str>,
-    by_ip: HashMap<IpAddr, &'a str>,
+    by_ip: Vec<(IpAddr, &'a str)>,
 }
 
 impl<'a> Binders<'a> {
@@ -117,16 +118,15 @@ impl<'a> Binders<'a> {
     fn claim(&mut self, vm: &'a str, ip: Option<IpAddr>) -> Option<&'a str> {
         let ip = ip.filter(|ip| !ip.is_unspecified());
         let clash = match ip {
-            None => self
+            None => self.wildcard.or_else(|| self.by_ip.first().map(|b| b.1)),
+            Some(ip) => self
                 .wildcard
-                .or_else(|| self.by_ip.values().next().copied()),
-            Some(ip) => self.wildcard.or_else(|| self.by_ip.get(&ip).copied()),
+                .or_else(|| self.by_ip.iter().find(|b| b.0 == ip).map(|b| b.1)),
         };
         match ip {
             None => self.wildcard = self.wildcard.or(Some(vm)),
-            Some(ip) => {
-                self.by_ip.entry(ip).or_insert(vm);
-            }
+            Some(ip) if !self.by_ip.iter().any(|b| b.0 == ip) => self.by_ip.push((ip, vm)),
+            Some(_) => {}
         }
         clash
     }
