@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use qemu_compose::qemu::accel::Accel;
@@ -26,7 +25,6 @@ fn private_dir(project: &Path, vm: &str) -> PathBuf {
     qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
 }
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn qemu_binary() -> PathBuf {
@@ -94,12 +92,6 @@ impl Drop for Guard {
     }
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn assert_gone(pid: i32, handle: &VmHandle) {
     assert!(
         !process::is_our_qemu(pid, &handle.pidfile),
@@ -110,7 +102,7 @@ fn assert_gone(pid: i32, handle: &VmHandle) {
 
 #[test]
 fn start_query_and_stop_falling_back_to_quit() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let share = dir.path().join("share");
@@ -197,7 +189,7 @@ fn start_query_and_stop_falling_back_to_quit() {
 
 #[test]
 fn force_stop_skips_the_power_button() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), free_port());
@@ -214,7 +206,7 @@ fn force_stop_skips_the_power_button() {
 
 #[test]
 fn a_taken_ssh_port_fails_with_qemus_message() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -242,7 +234,7 @@ fn a_taken_ssh_port_fails_with_qemus_message() {
 
 #[test]
 fn a_missing_image_fails_with_qemus_message() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(dir.path(), free_port());
@@ -263,7 +255,7 @@ fn a_missing_image_fails_with_qemus_message() {
 
 #[test]
 fn a_missing_kernel_is_named_verbatim() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(dir.path(), free_port());
@@ -283,7 +275,7 @@ fn a_missing_kernel_is_named_verbatim() {
 
 #[test]
 fn paths_with_a_comma_and_a_space_work() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let top = tempfile::tempdir().unwrap();
     let dir = top.path().join("a,b c");
@@ -334,7 +326,7 @@ fn paths_with_a_comma_and_a_space_work() {
 
 #[test]
 fn an_unreachable_qmp_socket_ends_in_sigkill() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), free_port());
@@ -418,7 +410,7 @@ fn node_files(qmp_socket: &Path) -> BTreeSet<PathBuf> {
 
 #[test]
 fn a_backing_file_named_in_a_header_is_never_opened() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let qemu = qemu_binary();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -648,7 +640,7 @@ vms:
 
 #[test]
 fn up_hands_qemu_no_file_that_a_tampered_header_names() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let p = Project::new(WITH_VOLUME);
     let secret = secret(p.0.path());
     p.ok(&["up"]);
@@ -685,7 +677,7 @@ fn up_hands_qemu_no_file_that_a_tampered_header_names() {
 
 #[test]
 fn an_image_with_an_external_data_file_is_refused_before_qemu_starts() {
-    let _one = serial();
+    let _one = crate::harness::one_qemu_at_a_time();
     let p = Project::new(WITH_VOLUME);
     p.ok(&["up", "--no-start"]);
     // The instance disk replaced by one over the same base whose data lives in another host

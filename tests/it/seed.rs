@@ -2,7 +2,7 @@
 //! cloud-init's own YAML parser and shell quoting, `cloud-init schema`, and the CIDATA image
 //! checked with fsck.fat, blkid and mtools.
 //!
-//! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --test seed`.
+//! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --test it seed::`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -499,6 +499,7 @@ vms:
 
 #[test]
 fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
+    let _one = crate::harness::one_qemu_at_a_time();
     require_qemu();
     let p = Project::with_base(RUNNING);
     p.ok(&["up"]);
@@ -534,6 +535,7 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
 
 #[test]
 fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
+    let _one = crate::harness::one_qemu_at_a_time();
     require_qemu();
     let p = Project::new(COMPOSE);
     p.ok(&["volume", "create", "solo", "--size", "64M"]);
@@ -613,6 +615,7 @@ impl Drop for RemoveOnDrop {
 #[test]
 fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     use std::os::unix::fs::MetadataExt;
+    let _one = crate::harness::one_qemu_at_a_time();
     require_qemu();
     // A source on another file system than the project cannot be hard-linked (EXDEV), as a
     // file of another user cannot under protected_hardlinks (EPERM, which root never gets).

@@ -107,6 +107,7 @@ vms:
 
 #[test]
 fn up_stop_destroy_with_a_real_qemu() {
+    let _one = crate::harness::one_qemu_at_a_time();
     require_qemu();
     let p = Project::new(ONE_VM);
     let stderr = p.ok(&["up"]);
@@ -172,6 +173,7 @@ fn up_stop_destroy_with_a_real_qemu() {
 
 #[test]
 fn a_changed_configuration_is_reported_and_applied_on_request() {
+    let _one = crate::harness::one_qemu_at_a_time();
     require_qemu();
     let p = Project::new(ONE_VM);
     p.ok(&["up"]);
@@ -200,6 +202,7 @@ fn a_changed_configuration_is_reported_and_applied_on_request() {
 
 #[test]
 fn qemu_failures_are_reported_with_qemus_words() {
+    let _one = crate::harness::one_qemu_at_a_time();
     require_qemu();
     // A fixed SSH port that another program holds.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +23,6 @@ fn private_dir(project: &Path, vm: &str) -> PathBuf {
     let dir = project.canonicalize().unwrap();
     qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
 }
-
-/// QEMU tests run one at a time: the CPUs are shared.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const BIN: &str = env!("CARGO_BIN_EXE_qemu-compose");
 
@@ -254,7 +250,7 @@ impl Drop for Background {
 
 #[test]
 fn ps_and_inspect_follow_the_lifecycle() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::harness::one_qemu_at_a_time();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -407,7 +403,7 @@ fn inspect_argv(i: &Value) -> Vec<String> {
 
 #[test]
 fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::harness::one_qemu_at_a_time();
     let fixed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -510,7 +506,7 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
 
 #[test]
 fn logs_and_a_piped_console_relay_the_serial_port() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::harness::one_qemu_at_a_time();
     let p = Project::new(
         "vms:\n  a: {image: ./guest.img, memory: 64}\n  bb: {image: ./guest.img, memory: 64}\n",
     );
@@ -595,7 +591,7 @@ fn stty_lines(transcript: &str) -> Vec<&str> {
 
 #[test]
 fn console_through_a_terminal_detaches_and_restores_it() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::harness::one_qemu_at_a_time();
     let p = Project::new("vms:\n  db: {image: ./guest.img, memory: 64}\n");
     std::fs::write(p.path().join("guest.img"), boot_sector()).unwrap();
 
@@ -674,7 +670,7 @@ fn console_through_a_terminal_detaches_and_restores_it() {
 
 #[test]
 fn ssh_execs_the_system_client_and_passes_its_status_through() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::harness::one_qemu_at_a_time();
     let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64, user: alice}\n");
     qemu_img_create(&p.path().join("base.qcow2"), "64M");
     let stub = p.path().join("stub");
@@ -816,7 +812,7 @@ fn ssh_as_printed(printed: &[String]) -> Output {
 
 #[test]
 fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::harness::one_qemu_at_a_time();
     let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64}\n");
     qemu_img_create(&p.path().join("base.qcow2"), "64M");
     p.ok(&["up"]);
