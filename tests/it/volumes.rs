@@ -7,69 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// The private folder of VM `vm` of the project in `project` (outside the project; see
-/// `state::layout`): pidfile, sockets, serial log, seed, record.
-#[allow(dead_code)]
-fn private_dir(project: &Path, vm: &str) -> PathBuf {
-    let dir = project.canonicalize().unwrap();
-    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-}
+use crate::harness::{Project, alive, one_qemu_at_a_time, s, tool, tool_ok};
 
 impl Project {
-    fn new(compose: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
-        Self { dir }
-    }
-
-    /// A project whose VMs boot from `./base.qcow2`, an empty image made by qemu-img.
-    fn with_base(compose: &str) -> Self {
-        let p = Self::new(compose);
-        tool_ok(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "qcow2",
-                s(&p.path().join("base.qcow2")),
-                "1G",
-            ],
-        );
-        p
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
-        cmd.args(args)
-            .current_dir(self.path())
-            .env_remove("QEMU_COMPOSE_FILE")
-            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
-            .env("XDG_DATA_HOME", self.path().join("xdg"));
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "qemu-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     fn registry(&self) -> BTreeMap<String, serde_json::Value> {
         let text = std::fs::read_to_string(self.path().join(".qemu-compose/volumes.json")).unwrap();
         serde_json::from_str(&text).unwrap()
@@ -79,28 +19,6 @@ impl Project {
         self.path()
             .join(format!(".qemu-compose/volumes/{name}/volume.qcow2"))
     }
-}
-
-/// Runs a reference tool; a missing tool fails the test.
-fn tool(name: &str, args: &[&str]) -> Output {
-    Command::new(name).args(args).output().unwrap_or_else(|e| {
-        panic!("{name} must be installed for this test (.ci/install-deps): {e}")
-    })
-}
-
-fn tool_ok(name: &str, args: &[&str]) -> String {
-    let out = tool(name, args);
-    assert!(
-        out.status.success(),
-        "{name} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// qemu-img check is clean, and the ext4 inside passes e2fsck -fn; returns dumpe2fs -h.
@@ -136,7 +54,8 @@ vms:
 fn volume_create_makes_a_clean_registered_volume() {
     let p = Project::new(COMPOSE);
     assert_eq!(
-        p.ok(&["volume", "create", "scratch", "--size", "3G"]),
+        p.ok(&["volume", "create", "scratch", "--size", "3G"])
+            .stdout,
         "scratch\n"
     );
     let rec = &p.registry()["scratch"];
@@ -173,7 +92,7 @@ fn volume_create_makes_a_clean_registered_volume() {
 
 #[test]
 fn data_survives_destroy_and_a_new_up() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     let image = p.image("data");
     let uuid = p.registry()["data"]["uuid"].as_str().unwrap().to_string();
@@ -204,7 +123,7 @@ fn data_survives_destroy_and_a_new_up() {
 
 #[test]
 fn size_change_warns_and_keeps_the_volume() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     std::fs::write(
         p.path().join("qemu-compose.yaml"),
@@ -225,6 +144,7 @@ fn size_change_warns_and_keeps_the_volume() {
 fn killed_creations_never_register_a_broken_volume() {
     let p = Project::with_base(
         "volumes:\n  big: {size: 1T}\nvms:\n  a:\n    image: ./base.qcow2\n    volumes: ['big:/big']\n",
+        "1G",
     );
     // Time one whole run, then spread the kills over that duration and count the rounds that
     // stopped the command with the volume half-made.
@@ -279,7 +199,7 @@ fn killed_creations_never_register_a_broken_volume() {
 
 #[test]
 fn concurrent_commands_serialise_on_the_project_lock() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     let spawn = |args: &[&str]| {
         p.command(args)
             .stdout(Stdio::piped())
@@ -356,7 +276,7 @@ fn corrupt_registry_is_reported_and_kept() {
 
 #[test]
 fn missing_and_unregistered_images_are_reported() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["volume", "create", "data"]);
     p.ok(&["volume", "create", "gone"]);
     std::fs::remove_file(p.image("gone")).unwrap();
@@ -428,7 +348,7 @@ fn plant_temporaries(p: &Project) -> Vec<PathBuf> {
 
 #[test]
 fn stale_temporaries_are_swept_by_the_next_command() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     for args in [
         &["up", "--no-start"][..],
@@ -460,26 +380,16 @@ fn a_failed_volume_create_leaves_nothing() {
     assert!(!registry.exists() || !p.registry().contains_key("odd"));
 }
 
-fn require_qemu() {
-    let out = Command::new("qemu-system-x86_64").arg("--version").output();
-    assert!(
-        out.is_ok_and(|o| o.status.success()),
-        "qemu-system-x86_64 must be installed for this test (.ci/install-deps)"
-    );
-}
-
-fn alive(pid: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-}
-
 /// Kills a QEMU that no compose file names any more, whatever the test did.
-struct KillOnDrop(String);
+struct KillOnDrop(i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-9", &self.0]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
         for _ in 0..100 {
-            if !alive(&self.0) {
+            if !alive(self.0) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -499,13 +409,11 @@ vms:
 
 #[test]
 fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
-    let _one = crate::harness::one_qemu_at_a_time();
-    require_qemu();
-    let p = Project::with_base(RUNNING);
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(RUNNING, "1G");
     p.ok(&["up"]);
-    let pid = std::fs::read_to_string(private_dir(p.path(), "app").join("qemu.pid")).unwrap();
-    let qemu = KillOnDrop(pid.trim().to_string());
-    assert!(alive(&qemu.0));
+    let qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
+    assert!(alive(qemu.0));
     // The VM leaves the compose file; its QEMU keeps running with the volume attached.
     std::fs::write(
         p.path().join("qemu-compose.yaml"),
@@ -527,7 +435,7 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
         assert!(p.image("data").exists(), "{args:?} removed the image");
         assert!(p.registry().contains_key("data"), "{args:?}");
     }
-    assert!(alive(&qemu.0));
+    assert!(alive(qemu.0));
     drop(qemu);
     p.ok(&["volume", "rm", "data"]);
     assert!(!p.image("data").exists());
@@ -535,13 +443,12 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
 
 #[test]
 fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
-    let _one = crate::harness::one_qemu_at_a_time();
-    require_qemu();
+    let _one = one_qemu_at_a_time();
     let p = Project::new(COMPOSE);
     p.ok(&["volume", "create", "solo", "--size", "64M"]);
     p.ok(&["volume", "create", "spare", "--size", "64M"]);
     let image = p.image("solo");
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = tool("qemu-system-x86_64")
         .args(["-S", "-nodefaults", "-display", "none", "-drive"])
         .arg(format!(
             "file={},format=qcow2,if=none,readonly=on",
@@ -552,7 +459,7 @@ fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let qemu = KillOnDrop(child.id().to_string());
+    let qemu = KillOnDrop(child.id() as i32);
     // QEMU takes its image locks once it has opened the drive: wait for them on this inode.
     let inode = format!(
         ":{} ",
@@ -584,7 +491,7 @@ fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
 
 #[test]
 fn destroy_v_keeps_volumes_the_file_does_not_declare() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     p.ok(&["volume", "create", "scratch"]);
     let out = p.run(&["destroy", "-v"]);
@@ -615,8 +522,7 @@ impl Drop for RemoveOnDrop {
 #[test]
 fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     use std::os::unix::fs::MetadataExt;
-    let _one = crate::harness::one_qemu_at_a_time();
-    require_qemu();
+    let _one = one_qemu_at_a_time();
     // A source on another file system than the project cannot be hard-linked (EXDEV), as a
     // file of another user cannot under protected_hardlinks (EPERM, which root never gets).
     let other_fs = RemoveOnDrop(PathBuf::from(format!(
@@ -624,10 +530,13 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         std::process::id()
     )));
     std::fs::write(&other_fs.0, "from another file system\n").unwrap();
-    let p = Project::with_base(&format!(
-        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - ./app.conf:/etc/app.conf\n      - {}:/etc/other.conf\n",
-        s(&other_fs.0)
-    ));
+    let p = Project::with_base(
+        &format!(
+            "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - ./app.conf:/etc/app.conf\n      - {}:/etc/other.conf\n",
+            s(&other_fs.0)
+        ),
+        "1G",
+    );
     assert_ne!(
         std::fs::metadata(&other_fs.0).unwrap().dev(),
         std::fs::metadata(p.path()).unwrap().dev(),
@@ -641,8 +550,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     let out = p.run(&["up"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let pid = std::fs::read_to_string(private_dir(p.path(), "app").join("qemu.pid")).unwrap();
-    let _qemu = KillOnDrop(pid.trim().to_string());
+    let _qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
 
     // The symlink is followed: the share holds a hard link to the file it names.
     let shares = p.path().join(".qemu-compose/vms/app/file-shares");
@@ -674,10 +582,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         !stderr.contains("app.conf cannot be hard-linked"),
         "{stderr}"
     );
-    let record: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(private_dir(p.path(), "app").join("instance.json")).unwrap(),
-    )
-    .unwrap();
+    let record = p.record("app");
     let virtfs = |tag: &str| {
         record["argv"]
             .as_array()
