@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use qemu_compose::disk::ext4::{self, Ext4Error, FormatOptions, FormatSummary};
 use qemu_compose::disk::{RawFile, SparseBuffer};
 
-use crate::harness::{all_text, run_tool, tool};
+use crate::harness::{all_text, pattern, run_tool, text, tool};
 
 const K: u64 = 1024;
 const M: u64 = K * K;
@@ -68,7 +68,7 @@ fn assert_fsck_clean(path: &Path) {
 fn dumpe2fs(path: &Path) -> BTreeMap<String, String> {
     let o = run_tool("dumpe2fs", &["-h", path.to_str().unwrap()]);
     assert!(o.status.success(), "dumpe2fs failed:\n{}", all_text(&o));
-    String::from_utf8_lossy(&o.stdout)
+    text(&o.stdout)
         .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -311,19 +311,6 @@ impl Drop for Mounted {
     }
 }
 
-/// Deterministic, non-repeating file contents.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn kernel_mounts_writes_and_fsck_stays_clean() {
     let dir = tempfile::tempdir().unwrap();
@@ -411,7 +398,7 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
     assert_fsck_clean(&image);
     // The kernel did put directories into groups that were uninitialised.
     let o = run_tool("dumpe2fs", &[image.to_str().unwrap()]);
-    let groups_with_dirs = String::from_utf8_lossy(&o.stdout)
+    let groups_with_dirs = text(&o.stdout)
         .lines()
         .filter(|l| l.contains(" directories") && !l.contains(" 0 directories"))
         .count();

@@ -29,6 +29,19 @@ pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// Deterministic, non-repeating bytes that differ per seed (file contents, served images).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// The fixture project `tests/fixtures/compose/NAME`, canonical.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -265,6 +278,18 @@ pub fn alive(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
+/// One bootless VM with 128 MiB and the named volume `data` (1G) at /data, booting from
+/// `./base.qcow2` (see [`Project::with_base`]).
+pub const ONE_VM: &str = "
+volumes:
+  data: {size: 1G}
+vms:
+  app:
+    image: ./base.qcow2
+    memory: 128
+    volumes: ['data:/data']
+";
+
 // ---- QEMU ----------------------------------------------------------------------------------
 
 /// Held by every test that starts `qemu-system-x86_64`: the tests share one process, the
@@ -335,7 +360,14 @@ pub fn tool_ok(name: &str, args: &[&str]) -> String {
 
 /// An empty qcow2 image of `size` made by qemu-img.
 pub fn qemu_img_create(path: &Path, size: &str) {
-    tool_ok("qemu-img", &["create", "-q", "-f", "qcow2", s(path), size]);
+    qemu_img_create_with(path, &[], Some(size));
+}
+
+/// `qemu-img create -q -f qcow2 OPTIONS PATH [SIZE]`, OPTIONS such as `-b BASE -F raw` or
+/// `-o data_file=…`.
+pub fn qemu_img_create_with(path: &Path, options: &[&str], size: Option<&str>) {
+    let args = [&["create", "-q", "-f", "qcow2"], options, &[s(path)]].concat();
+    tool_ok("qemu-img", &[&args[..], size.as_slice()].concat());
 }
 
 /// `qemu-img info --output=json` of an image (`-U`: QEMU may hold it open).

@@ -13,20 +13,7 @@ use qemu_compose::image::progress::{LineProgress, NoProgress};
 use qemu_compose::image::{ImageCache, ImageError, ProxyEnv, Sha256Digest};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Project, s, tool_ok};
-
-/// Deterministic bytes that differ per seed, several read buffers long.
-fn payload(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+use crate::harness::{Project, pattern, qemu_img_create_with, text};
 
 fn digest(bytes: &[u8]) -> Sha256Digest {
     Sha256Digest(Sha256::digest(bytes).into())
@@ -116,7 +103,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, files: &Files) -> std::io:
     };
     if path.starts_with("/a/") || path.starts_with("/proxied/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(1, LEN))?;
+        out.write_all(&pattern(1, LEN))?;
     } else if let Some(name) = path.strip_prefix("/f/")
         && let Some(bytes) = files.lock().unwrap().get(name).cloned()
     {
@@ -129,15 +116,15 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, files: &Files) -> std::io:
         )?;
     } else if path.starts_with("/slow/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(1, LEN)[..LEN / 3])?;
+        out.write_all(&pattern(1, LEN)[..LEN / 3])?;
         out.flush()?;
         std::thread::sleep(Duration::from_secs(60));
     } else if path.starts_with("/b/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(2, LEN))?;
+        out.write_all(&pattern(2, LEN))?;
     } else if path.starts_with("/drop/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(1, LEN)[..LEN / 2])?;
+        out.write_all(&pattern(1, LEN)[..LEN / 2])?;
         out.flush()?;
     } else if path == "/chunked-drop" {
         out.write_all(
@@ -179,12 +166,12 @@ fn downloads_bytes_exactly_with_a_sidecar() {
     let path = cache.pull(&url, None, false, &mut progress).unwrap();
     assert_eq!(Some(&path), cache.find(&url, None).as_ref());
     assert_eq!(path, cache.path_for(&url));
-    assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(1, LEN));
 
     let lines = String::from_utf8(progress.into_inner()).unwrap();
     let key = path.file_name().unwrap().to_str().unwrap();
     assert!(
-        key.contains(&digest(&payload(1, LEN)).hex()[..12]),
+        key.contains(&digest(&pattern(1, LEN)).hex()[..12]),
         "the name carries the content digest: {key}"
     );
     assert!(
@@ -200,7 +187,7 @@ fn downloads_bytes_exactly_with_a_sidecar() {
     let meta = listed[0].meta.as_ref().expect("sidecar");
     assert_eq!(meta.url, url);
     assert_eq!(meta.size, LEN as u64);
-    assert_eq!(meta.sha256, digest(&payload(1, LEN)).to_string());
+    assert_eq!(meta.sha256, digest(&pattern(1, LEN)).to_string());
     assert!(
         humantime::parse_rfc3339(&meta.downloaded).is_ok(),
         "{}",
@@ -236,7 +223,7 @@ fn checksum_match_and_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache(dir.path());
     let url = format!("{}/a/noble.img", server.base);
-    let good = digest(&payload(1, LEN));
+    let good = digest(&pattern(1, LEN));
     let bad = digest(b"something else");
 
     let err = cache
@@ -257,7 +244,7 @@ fn checksum_match_and_mismatch() {
     let path = cache
         .pull(&url, Some(&good), false, &mut NoProgress)
         .unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(1, LEN));
     // A cached copy that matches is reused; one that does not is fetched again (and still
     // refused, leaving the good copy in place).
     cache
@@ -270,7 +257,7 @@ fn checksum_match_and_mismatch() {
             .is_err()
     );
     assert_eq!(server.count(), 3);
-    assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(1, LEN));
 }
 
 #[test]
@@ -322,8 +309,8 @@ fn same_file_name_from_two_urls_does_not_collide() {
         )
         .unwrap();
     assert_ne!(a, b);
-    assert_eq!(std::fs::read(&a).unwrap(), payload(1, LEN));
-    assert_eq!(std::fs::read(&b).unwrap(), payload(2, LEN));
+    assert_eq!(std::fs::read(&a).unwrap(), pattern(1, LEN));
+    assert_eq!(std::fs::read(&b).unwrap(), pattern(2, LEN));
     assert_eq!(cache.list().unwrap().len(), 2);
 }
 
@@ -362,7 +349,7 @@ fn the_http_proxy_variable_is_used() {
     // .invalid never resolves: this only works through the proxy.
     let url = "http://images.example.invalid/proxied/disk.img";
     let path = cache.pull(url, None, false, &mut NoProgress).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(path).unwrap(), pattern(1, LEN));
     let seen = proxy.requests.lock().unwrap().clone();
     assert!(
         seen.iter().any(|l| l.contains("images.example.invalid")),
@@ -376,8 +363,7 @@ fn the_http_proxy_variable_is_used() {
 fn qemu_img(args: &[&str], size: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("made.qcow2");
-    let create = [&["create", "-q", "-f", "qcow2"], args, &[s(&path), size]].concat();
-    tool_ok("qemu-img", &create);
+    qemu_img_create_with(&path, args, Some(size));
     std::fs::read(&path).unwrap()
 }
 
@@ -443,7 +429,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
     let elsewhere = Project::empty();
     let old_name = old_base.file_name().unwrap().to_str().unwrap();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", old_name]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(old_name) && stderr.contains(&disk.display().to_string()),
@@ -452,21 +438,13 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
     assert!(old_base.is_file());
     let new_name = new_base.file_name().unwrap().to_str().unwrap();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", new_name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!new_base.exists());
 
     // Once the disk is gone, the base is free.
     cli.ok(&["destroy", "--force"]);
     let out = cli.run_in(elsewhere.path(), &["image", "rm", old_name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         all_files(&cli.image_cache()).is_empty(),
         "{:?}",
@@ -486,11 +464,7 @@ fn image_rm_force_removes_a_used_base() {
     let name = base.file_name().unwrap().to_str().unwrap();
     let elsewhere = Project::empty();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", "--force", name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!base.exists());
 }
 
@@ -539,7 +513,7 @@ fn plain_http_redirects_still_work() {
     let path = cache(dir.path())
         .pull(&url, None, false, &mut NoProgress)
         .unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(path).unwrap(), pattern(1, LEN));
 }
 
 const LOCAL: &str =

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use qemu_compose::qemu::qmp::Qmp;
 
-use crate::harness::{Project, alive, one_qemu_at_a_time, tool};
+use crate::harness::{ONE_VM, Project, alive, one_qemu_at_a_time, text, tool};
 
 impl Project {
     fn qmp_status(&self, vm: &str) -> String {
@@ -18,16 +18,6 @@ impl Project {
         qmp.query_status().unwrap()
     }
 }
-
-const ONE_VM: &str = "
-volumes:
-  data: {size: 1G}
-vms:
-  app:
-    image: ./base.qcow2
-    memory: 128
-    volumes: ['data:/data']
-";
 
 #[test]
 fn up_stop_destroy_with_a_real_qemu() {
@@ -65,7 +55,7 @@ fn up_stop_destroy_with_a_real_qemu() {
     // `--wait` also waits for a VM that was already running; a bootless one never answers.
     let out = p.run(&["up", "--wait", "--wait-timeout", "2"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("VM app: did not answer SSH within 2 s"),
         "{stderr}"
@@ -136,7 +126,7 @@ fn qemu_failures_are_reported_with_qemus_words() {
     );
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!(
             "Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:22'"
@@ -149,7 +139,7 @@ fn qemu_failures_are_reported_with_qemus_words() {
     let p = Project::new("vms:\n  app:\n    image: ./nope.qcow2\n");
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("VM app: image") && stderr.contains("nope.qcow2 does not exist"),
         "{stderr}"
@@ -163,7 +153,7 @@ fn qemu_failures_are_reported_with_qemus_words() {
     std::fs::write(p.path().join("bad.qcow2"), bytes).unwrap();
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("VM app:"));
+    assert!(text(&out.stderr).contains("VM app:"));
 }
 
 #[test]
@@ -174,7 +164,7 @@ fn networks_are_refused_before_anything_starts() {
     );
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("VM-to-VM networking is not implemented yet"),
         "{stderr}"
@@ -196,11 +186,7 @@ fn the_project_key_is_a_valid_openssh_key() {
         .arg(ssh.join("id_ed25519"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let derived = String::from_utf8(out.stdout).unwrap();
     let public = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
     assert!(derived.starts_with("ssh-ed25519 "), "{derived}");
@@ -276,7 +262,7 @@ fn a_planted_symlink_in_the_state_folder_is_never_followed() {
     std::fs::remove_file(&registry).unwrap();
     std::os::unix::fs::symlink(&secret, &registry).unwrap();
     let out = p.run(&["up", "--no-start"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret\n");
@@ -356,7 +342,7 @@ fn a_socket_folder_planted_by_someone_else_is_refused() {
             .unwrap()
     };
     let out = run(&["up", "--no-start"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is a symbolic link"), "{stderr}");
     let out = run(&["destroy"]);
@@ -369,11 +355,7 @@ fn a_socket_folder_planted_by_someone_else_is_refused() {
     // Ours, made by us, works.
     std::fs::remove_file(runtime.join("qemu-compose")).unwrap();
     let out = run(&["up", "--no-start"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let out = run(&["destroy"]);
     assert!(out.status.success());
 }

@@ -13,7 +13,9 @@ use qemu_compose::disk::{BlockSink, RawFile, SparseBuffer};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::{all_text, qemu_img_info, run_tool, s, tool_ok};
+use crate::harness::{
+    all_text, qemu_img_create, qemu_img_create_with, qemu_img_info, run_tool, s, text, tool_ok,
+};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -23,13 +25,13 @@ const TIB: u64 = 1 << 40;
 /// `qemu-img check` must find no errors, corruptions or leaks.
 fn assert_check_clean(path: &Path) {
     let out = run_tool("qemu-img", &["check", "--output=json", s(path)]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
         "qemu-img check {} exited with {}: {stdout}{}",
         path.display(),
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        text(&out.stderr)
     );
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["check-errors"], 0, "{stdout}");
@@ -212,10 +214,7 @@ fn overlays_over_raw_and_qcow2_bases() {
 
     // A qcow2 base written by qemu-img and qemu-io.
     let qemu_base = d.join("qemu-base.qcow2");
-    tool_ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", s(&qemu_base), "4M"],
-    );
+    qemu_img_create(&qemu_base, "4M");
     tool_ok("qemu-io", &["-c", "write -P 0xab 1M 64k", s(&qemu_base)]);
 
     let abs_qemu_base = qemu_base.to_str().unwrap().to_owned();
@@ -316,10 +315,7 @@ fn reader_reads_images_written_by_qemu() {
         ("refcount-bits-1.qcow2", "refcount_bits=1"),
     ] {
         let path = d.join(name);
-        tool_ok(
-            "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-o", options, s(&path), "5M"],
-        );
+        qemu_img_create_with(&path, &["-o", options], Some("5M"));
         let mut args = commands.clone();
         args.push(s(&path));
         tool_ok("qemu-io", &args);
@@ -340,37 +336,9 @@ fn reader_reads_images_written_by_qemu() {
     let mid = d.join("chain-mid.qcow2");
     let top = d.join("chain-top.qcow2");
     let raw_abs = s(&raw).to_owned();
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &raw_abs,
-            "-F",
-            "raw",
-            s(&mid),
-            "3M",
-        ],
-    );
+    qemu_img_create_with(&mid, &["-b", &raw_abs, "-F", "raw"], Some("3M"));
     tool_ok("qemu-io", &["-c", "write -P 0x88 512k 64k", s(&mid)]);
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "chain-mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-            "6M",
-        ],
-    );
+    qemu_img_create_with(&top, &["-b", "chain-mid.qcow2", "-F", "qcow2"], Some("6M"));
     tool_ok(
         "qemu-io",
         &[
@@ -398,19 +366,7 @@ fn reader_reads_images_written_by_qemu() {
     let err = image.read_at(MIB, &mut [0; 16]).unwrap_err();
     assert!(matches!(err, Qcow2Error::Unsupported(_)), "{err}");
     let extended = d.join("extended.qcow2");
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            s(&extended),
-            "1M",
-        ],
-    );
+    qemu_img_create_with(&extended, &["-o", "extended_l2=on"], Some("1M"));
     let err = Qcow2Image::open(&extended).unwrap_err();
     assert!(matches!(err, Qcow2Error::Unsupported(_)), "{err}");
 }

@@ -17,7 +17,10 @@ use qemu_compose::qemu::ports::allocate_ssh_port;
 use qemu_compose::qemu::process::{self, ProcState, StartError, StopOutcome, VmHandle};
 use qemu_compose::qemu::qmp::Qmp;
 
-use crate::harness::{Project, one_qemu_at_a_time, qemu_img_create, qemu_img_info, s, tool_ok};
+use crate::harness::{
+    Project, one_qemu_at_a_time, qemu_img_create, qemu_img_create_with, qemu_img_info, s, text,
+    tool_ok,
+};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -390,41 +393,13 @@ fn a_backing_file_named_in_a_header_is_never_opened() {
         "qemu-img",
         &["create", "-q", "-f", "raw", &s("base.img"), "64M"],
     );
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &s("base.img"),
-            "-F",
-            "raw",
-            &s("disk.qcow2"),
-        ],
-    );
-    tool_ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &s("vol.qcow2"), "64M"],
-    );
-    tool_ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &s("base2.qcow2"), "64M"],
-    );
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &s("base2.qcow2"),
-            "-F",
-            "qcow2",
-            &s("disk2.qcow2"),
-        ],
+    qemu_img_create_with(&p("disk.qcow2"), &["-b", &s("base.img"), "-F", "raw"], None);
+    qemu_img_create(&p("vol.qcow2"), "64M");
+    qemu_img_create(&p("base2.qcow2"), "64M");
+    qemu_img_create_with(
+        &p("disk2.qcow2"),
+        &["-b", &s("base2.qcow2"), "-F", "qcow2"],
+        None,
     );
     for image in ["disk.qcow2", "vol.qcow2", "base2.qcow2"] {
         plant_backing(&p(image), &secret);
@@ -458,11 +433,7 @@ fn a_backing_file_named_in_a_header_is_never_opened() {
         .args(["-daemonize", "-pidfile", &s("control.pid")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let ProcState::Running { pid } = process::state(&control) else {
         panic!("the control QEMU does not run");
     };
@@ -608,22 +579,7 @@ fn an_image_with_an_external_data_file_is_refused_before_qemu_starts() {
     let opt = format!("data_file={}", data.display());
     let base = p.join("base.qcow2");
     std::fs::remove_file(&disk).unwrap();
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            &opt,
-            "-b",
-            base.to_str().unwrap(),
-            "-F",
-            "qcow2",
-            disk.to_str().unwrap(),
-        ],
-    );
+    qemu_img_create_with(&disk, &["-o", &opt, "-b", s(&base), "-F", "qcow2"], None);
     assert!(data.is_file());
     let stderr = p.fails(&["up"]);
     assert!(
@@ -643,19 +599,10 @@ fn a_local_base_image_must_stand_alone() {
         "64M",
     );
     let child = p.join("child.qcow2");
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            p.join("base.qcow2").to_str().unwrap(),
-            "-F",
-            "qcow2",
-            child.to_str().unwrap(),
-        ],
+    qemu_img_create_with(
+        &child,
+        &["-b", s(&p.join("base.qcow2")), "-F", "qcow2"],
+        None,
     );
     let stderr = p.fails(&["up", "--no-start"]);
     assert!(
@@ -677,19 +624,7 @@ fn a_local_base_image_must_stand_alone() {
     std::fs::remove_file(&child).unwrap();
     let data = p.join("child.raw");
     let opt = format!("data_file={}", data.display());
-    tool_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            &opt,
-            child.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    qemu_img_create_with(&child, &["-o", &opt], Some("64M"));
     let stderr = p.fails(&["up", "--no-start"]);
     assert!(
         stderr.contains(&format!(

@@ -18,7 +18,7 @@ use qemu_compose::disk::fat::{CIDATA_LABEL, build_fat_image};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{assert_golden, run_tool, tool};
+use crate::harness::{assert_golden, run_tool, text, tool};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0d1ZpR3Jvb3Qtbm90LWEtcmVhbC1rZXktanVzdC1ieXRlcw qemu-compose-demo";
 /// A host key made for these tests with `ssh-keygen -t ed25519 -N '' -C ''`; it guards
@@ -214,8 +214,8 @@ fn assert_schema_valid(docs: &[(String, String)]) {
             assert!(
                 output.status.success(),
                 "{label}: cloud-init schema failed:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
+                text(&output.stdout),
+                text(&output.stderr)
             );
         }
     }
@@ -461,7 +461,7 @@ json.dump(out, sys.stdout)
     assert!(
         out.status.success(),
         "cloud-init's python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        text(&out.stderr)
     );
     let parsed: Vec<(Value, Value, Value)> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(parsed.len(), docs.len());
@@ -678,7 +678,7 @@ fn seed_image_passes_fsck_blkid_and_mtools() {
         let img = path.to_str().unwrap();
 
         let fsck = run_tool("fsck.fat", &["-n", img]);
-        let fsck_text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+        let fsck_text = text(&fsck.stdout);
         assert!(fsck.status.success(), "{case}: fsck.fat -n:\n{fsck_text}");
         assert!(
             fsck_text.contains(" 3 files") || fsck_text.contains(" 4 files"),
@@ -690,7 +690,7 @@ fn seed_image_passes_fsck_blkid_and_mtools() {
         assert!(id.contains(r#"LABEL="CIDATA""#), "{case}: {id}");
 
         let listing = run_tool("mdir", &["-i", img, "::"]);
-        let listing = String::from_utf8_lossy(&listing.stdout);
+        let listing = text(&listing.stdout);
         for (name, content) in seed.files() {
             assert!(
                 listing.contains(name),
@@ -741,11 +741,7 @@ fn large_content_still_makes_a_valid_image() {
     let path = write_image(dir.path(), &seed);
     let img = path.to_str().unwrap();
     let fsck = run_tool("fsck.fat", &["-n", img]);
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert!(fsck.status.success(), "{}", text(&fsck.stdout));
     let out = run_tool("mtype", &["-i", img, "::user-data"]);
     assert_eq!(out.stdout, seed.user_data.as_bytes());
 }
@@ -862,7 +858,7 @@ fn network_config_renders_with_cloud_init() {
             assert!(
                 out.status.success(),
                 "net-convert {kind}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                text(&out.stderr)
             );
             out_dir
         };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Project, alive, one_qemu_at_a_time, s, tool, tool_ok};
+use crate::harness::{ONE_VM, Project, alive, one_qemu_at_a_time, s, text, tool, tool_ok};
 
 impl Project {
     fn registry(&self) -> BTreeMap<String, serde_json::Value> {
@@ -87,7 +87,7 @@ fn volume_create_makes_a_clean_registered_volume() {
     assert_eq!(p.registry()["data"]["size"], "2G");
     let again = p.run(&["volume", "create", "data"]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("volume data already exists"));
+    assert!(text(&again.stderr).contains("volume data already exists"));
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn size_change_warns_and_keeps_the_volume() {
     .unwrap();
     let out = p.run(&["up", "--no-start"]);
     assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("volume data is 2G but the compose file now declares 5G"),
         "{stderr}"
@@ -245,7 +245,7 @@ fn hostile_names_and_paths_are_refused() {
     ] {
         let out = p.run(&["volume", "create", "--", name]);
         assert_eq!(out.status.code(), Some(2), "{name:?} was accepted");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = text(&out.stderr);
         assert!(stderr.contains("invalid volume name"), "{name:?}: {stderr}");
     }
     assert!(!p.path().join("x").exists() && !p.path().join(".qemu-compose/vms/x").exists());
@@ -257,7 +257,7 @@ fn hostile_names_and_paths_are_refused() {
         .unwrap();
     let out = p.run(&["volume", "create", "data"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert!(text(&out.stderr).contains("symbolic link"));
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
@@ -269,7 +269,7 @@ fn corrupt_registry_is_reported_and_kept() {
     std::fs::write(&registry, "{ oops").unwrap();
     let out = p.run(&["volume", "create", "data"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("volumes.json is corrupt"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&registry).unwrap(), "{ oops");
 }
@@ -288,8 +288,8 @@ fn missing_and_unregistered_images_are_reported() {
 
     let out = p.run(&["volume", "ls"]);
     assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
     assert!(
         stdout
             .lines()
@@ -306,12 +306,8 @@ fn missing_and_unregistered_images_are_reported() {
 
     // `up` adopts the verified unregistered image and names the missing one.
     let out = p.run(&["up", "--no-start"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was not recorded in volumes.json"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("was not recorded in volumes.json"));
     assert!(p.registry().contains_key("data"));
     std::fs::write(
         p.path().join("qemu-compose.yaml"),
@@ -320,10 +316,7 @@ fn missing_and_unregistered_images_are_reported() {
     .unwrap();
     let out = p.run(&["up", "--no-start"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("volume gone is recorded in volumes.json but its image")
-    );
+    assert!(text(&out.stderr).contains("volume gone is recorded in volumes.json but its image"));
 }
 
 /// Plants the temporary files a killed command leaves behind and returns their paths.
@@ -371,7 +364,7 @@ fn a_failed_volume_create_leaves_nothing() {
     let out = p.run(&["volume", "create", "odd", "--size", "10000001"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!p.path().join(".qemu-compose/volumes/odd").exists());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("volume odd: size 10000001 bytes is not a multiple of 512 bytes"),
         "{stderr}"
@@ -397,20 +390,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-const RUNNING: &str = "
-volumes:
-  data: {size: 1G}
-vms:
-  app:
-    image: ./base.qcow2
-    memory: 128
-    volumes: ['data:/data']
-";
-
 #[test]
 fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
     let _one = one_qemu_at_a_time();
-    let p = Project::with_base(RUNNING, "1G");
+    let p = Project::with_base(ONE_VM, "1G");
     p.ok(&["up"]);
     let qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
     assert!(alive(qemu.0));
@@ -426,7 +409,7 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
         &["destroy", "-v"][..],
     ] {
         let out = p.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
             stderr.contains("volume data is attached to a running VM"),
@@ -476,7 +459,7 @@ fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
     }
     // Two names: the held one stops the command before anything is removed.
     let out = p.run(&["volume", "rm", "spare", "solo"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("volume solo is attached to a running VM"),
@@ -496,7 +479,7 @@ fn destroy_v_keeps_volumes_the_file_does_not_declare() {
     p.ok(&["volume", "create", "scratch"]);
     let out = p.run(&["destroy", "-v"]);
     assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("removed volume data"), "{stderr}");
     assert!(
         stderr.contains("kept volume scratch: the compose file does not declare it"),
@@ -548,7 +531,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     std::os::unix::fs::symlink("real/app.conf.real", p.path().join("app.conf")).unwrap();
 
     let out = p.run(&["up"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let _qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
 
