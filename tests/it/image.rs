@@ -380,7 +380,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
         "vms:\n  app:\n    image: {url}\n    memory: 128\n"
     ));
     cli.ok(&["up", "--no-start"]);
-    let disk = cli.path().join(".qemu-compose/vms/app/disk.qcow2");
+    let disk = cli.join(".qemu-compose/vms/app/disk.qcow2");
     let old_base = overlay_base_of(&disk);
     assert!(std::fs::read(&old_base).unwrap() == first);
 
@@ -460,7 +460,7 @@ fn image_rm_force_removes_a_used_base() {
         "vms:\n  app:\n    image: {url}\n    memory: 128\n"
     ));
     cli.ok(&["up", "--no-start"]);
-    let base = overlay_base_of(&cli.path().join(".qemu-compose/vms/app/disk.qcow2"));
+    let base = overlay_base_of(&cli.join(".qemu-compose/vms/app/disk.qcow2"));
     let name = base.file_name().unwrap().to_str().unwrap();
     let elsewhere = Project::empty();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", "--force", name]);
@@ -525,7 +525,7 @@ fn a_local_image_is_checked_against_its_checksum() {
     let good = digest(&base);
     let bad = digest(b"another image");
     let cli = Project::new(&LOCAL.replace("CHECKSUM", &bad.to_string()));
-    std::fs::write(cli.path().join("base.qcow2"), &base).unwrap();
+    std::fs::write(cli.join("base.qcow2"), &base).unwrap();
     let stderr = cli.fails(&["up", "--no-start"]);
     assert!(
         stderr.contains("VM app")
@@ -535,17 +535,13 @@ fn a_local_image_is_checked_against_its_checksum() {
         "{stderr}"
     );
     assert!(
-        !cli.path().join(".qemu-compose/vms/app").exists(),
+        !cli.join(".qemu-compose/vms/app").exists(),
         "a VM was made from an image that fails its checksum"
     );
     let stderr = cli.fails(&["pull"]);
     assert!(stderr.contains(&good.to_string()), "{stderr}");
 
-    std::fs::write(
-        cli.path().join("qemu-compose.yaml"),
-        LOCAL.replace("CHECKSUM", &good.to_string()),
-    )
-    .unwrap();
+    cli.write_compose(&LOCAL.replace("CHECKSUM", &good.to_string()));
     cli.ok(&["up", "--no-start"]);
     assert!(
         cli.path()

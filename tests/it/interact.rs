@@ -154,8 +154,8 @@ fn ps_and_inspect_follow_the_lifecycle() {
     let p = Project::new(&format!(
         "volumes:\n  data: {{size: 64M}}\nvms:\n  a:\n    image: ./base.qcow2\n    memory: 96\n    cpu: 2\n    user: tester\n    ports: [\"127.0.0.1:{port}:80\"]\n    volumes: [\"data:/srv/data\", \"./share:/mnt/share:ro\"]\n  b: {{image: ./base.qcow2, memory: 64}}\n"
     ));
-    qemu_img_create(&p.path().join("base.qcow2"), "1G");
-    std::fs::create_dir(p.path().join("share")).unwrap();
+    qemu_img_create(&p.join("base.qcow2"), "1G");
+    std::fs::create_dir(p.join("share")).unwrap();
 
     assert_eq!(p.ok(&["ps", "-q"]).stdout, "a\nb\n");
     let before = p.json(&["ps", "--format", "json"]);
@@ -183,7 +183,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     // No OS, so no sshd: QEMU runs but the VM never becomes ready.
     assert_eq!(a["status"], "starting");
     assert_eq!(a["ssh"], format!("127.0.0.1:{ssh_port}"));
-    let disk = p.path().join(".qemu-compose/vms/a/disk.qcow2");
+    let disk = p.join(".qemu-compose/vms/a/disk.qcow2");
     let info = qemu_img_info(&disk);
     assert_eq!(a["disk"]["virtual_size"], info["virtual-size"]);
     assert!(a["disk"]["bytes_used"].as_u64().unwrap() > 0);
@@ -198,7 +198,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     let i = p.json(&["inspect", "a", "--format", "json"]);
     assert_eq!(i["state"]["status"], "starting");
     assert_eq!(i["config"]["user"], "tester");
-    let base = p.path().join("base.qcow2").canonicalize().unwrap();
+    let base = p.join("base.qcow2").canonicalize().unwrap();
     assert_eq!(
         Path::new(i["disks"]["instance"]["base_image"].as_str().unwrap()),
         base
@@ -214,10 +214,9 @@ fn ps_and_inspect_follow_the_lifecycle() {
     assert_eq!(vol["device"], "vdb");
     assert_eq!(vol["mount_point"], "/srv/data");
     assert_eq!(vol["read_only"], false);
-    let registry: Value = serde_json::from_slice(
-        &std::fs::read(p.path().join(".qemu-compose/volumes.json")).unwrap(),
-    )
-    .unwrap();
+    let registry: Value =
+        serde_json::from_slice(&std::fs::read(p.join(".qemu-compose/volumes.json")).unwrap())
+            .unwrap();
     let uuid = registry["data"]["uuid"].as_str().unwrap();
     assert_eq!(vol["uuid"], uuid);
     // ... and the UUID in the volume's ext4 superblock.
@@ -228,10 +227,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     assert_eq!(i["disks"]["seed"]["device"], "vdc");
     assert_eq!(i["disks"]["seed"]["exists"], true);
     let bind = &i["bind_mounts"][0];
-    assert_eq!(
-        Path::new(bind["source"].as_str().unwrap()),
-        p.path().join("share")
-    );
+    assert_eq!(Path::new(bind["source"].as_str().unwrap()), p.join("share"));
     assert_eq!(bind["target"], "/mnt/share");
     assert_eq!(bind["tag"], "mount0");
     assert_eq!(bind["read_only"], true);
@@ -307,7 +303,7 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
     let p = Project::new(&format!(
         "volumes:\n  data: {{size: 64M}}\nvms:\n  a:\n    image: ./base.qcow2\n    memory: 64\n    volumes: [\"data:/data\"]\n  b:\n    image: ./base.qcow2\n    memory: 64\n    ssh: {{port: {fixed}}}\n  c: {{image: \"http://127.0.0.1:9/never.qcow2\", memory: 64}}\n"
     ));
-    qemu_img_create(&p.path().join("base.qcow2"), "64M");
+    qemu_img_create(&p.join("base.qcow2"), "64M");
     p.ok(&["up", "--no-start", "a", "b"]);
 
     // Created, never started: the plan, marked as such, with the port it assumes.
@@ -410,7 +406,7 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     let p = Project::new(
         "vms:\n  a: {image: ./guest.img, memory: 64}\n  bb: {image: ./guest.img, memory: 64}\n",
     );
-    std::fs::write(p.path().join("guest.img"), boot_sector()).unwrap();
+    std::fs::write(p.join("guest.img"), boot_sector()).unwrap();
     let no_log = p.run(&["logs"]);
     assert!(no_log.status.success());
     assert_eq!(text(&no_log.stdout), "");
@@ -493,7 +489,7 @@ fn stty_lines(transcript: &str) -> Vec<&str> {
 fn console_through_a_terminal_detaches_and_restores_it() {
     let _one = one_qemu_at_a_time();
     let p = Project::new("vms:\n  db: {image: ./guest.img, memory: 64}\n");
-    std::fs::write(p.path().join("guest.img"), boot_sector()).unwrap();
+    std::fs::write(p.join("guest.img"), boot_sector()).unwrap();
 
     let stopped = p.run(&["console", "db"]);
     assert_eq!(stopped.status.code(), Some(1));
@@ -572,10 +568,10 @@ fn console_through_a_terminal_detaches_and_restores_it() {
 fn ssh_execs_the_system_client_and_passes_its_status_through() {
     let _one = one_qemu_at_a_time();
     let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64, user: alice}\n");
-    qemu_img_create(&p.path().join("base.qcow2"), "64M");
-    let stub = p.path().join("stub");
+    qemu_img_create(&p.join("base.qcow2"), "64M");
+    let stub = p.join("stub");
     std::fs::create_dir(&stub).unwrap();
-    let recorded = p.path().join("ssh-args");
+    let recorded = p.join("ssh-args");
     std::fs::write(
         stub.join("ssh"),
         format!(
@@ -714,7 +710,7 @@ fn ssh_as_printed(printed: &[String]) -> Output {
 fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
     let _one = one_qemu_at_a_time();
     let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64}\n");
-    qemu_img_create(&p.path().join("base.qcow2"), "64M");
+    qemu_img_create(&p.join("base.qcow2"), "64M");
     p.ok(&["up"]);
     let private = private_dir(p.path(), "web");
     let host_key = private.join("ssh_host_ed25519_key");
@@ -756,7 +752,7 @@ fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
     p.ok(&["stop", "--force", "web"]);
 
     // Another program takes the port, with a host key of its own.
-    let other = p.path().join("other_key");
+    let other = p.join("other_key");
     let made = tool("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&other)
@@ -842,7 +838,7 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
     let p = Project::new(&format!(
         "vms:\n  a: {{image: \"{url}\", memory: 64}}\n  local: {{image: ./local.img}}\n"
     ));
-    std::fs::write(p.path().join("local.img"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(p.join("local.img"), vec![0u8; 1 << 20]).unwrap();
 
     let pulled = p.ok(&["pull"]).stdout;
     assert!(pulled.contains("local: local image"), "{pulled}");
@@ -869,7 +865,7 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
     assert!(ls.contains("a (not created)"), "{ls}");
 
     p.ok(&["up", "--no-start", "a"]);
-    let overlay = p.path().join(".qemu-compose/vms/a/disk.qcow2");
+    let overlay = p.join(".qemu-compose/vms/a/disk.qcow2");
     assert_eq!(
         qemu_img_info(&overlay)["full-backing-filename"],
         cached.to_str().unwrap()

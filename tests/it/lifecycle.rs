@@ -76,7 +76,7 @@ fn up_stop_destroy_with_a_real_qemu() {
     p.ok(&["up"]);
     let stderr = p.ok(&["destroy", "--force"]).stderr;
     assert!(stderr.contains("removed VM app"), "{stderr}");
-    assert!(!p.private_dir("app").exists() && !p.path().join(".qemu-compose/vms/app").exists());
+    assert!(!p.private_dir("app").exists() && !p.join(".qemu-compose/vms/app").exists());
     assert!(
         p.path()
             .join(".qemu-compose/volumes/data/volume.qcow2")
@@ -90,11 +90,7 @@ fn a_changed_configuration_is_reported_and_applied_on_request() {
     let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up"]);
     let pid = p.pid("app").unwrap();
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        ONE_VM.replace("memory: 128", "memory: 160"),
-    )
-    .unwrap();
+    p.write_compose(&ONE_VM.replace("memory: 128", "memory: 160"));
     let stderr = p.ok(&["up"]).stderr;
     assert!(
         stderr.contains("VM app runs with an older configuration"),
@@ -144,13 +140,13 @@ fn qemu_failures_are_reported_with_qemus_words() {
         stderr.contains("VM app: image") && stderr.contains("nope.qcow2 does not exist"),
         "{stderr}"
     );
-    assert!(!p.private_dir("app").exists() && !p.path().join(".qemu-compose/vms/app").exists());
+    assert!(!p.private_dir("app").exists() && !p.join(".qemu-compose/vms/app").exists());
 
     // A corrupt base image is refused by our own reader.
     let p = Project::new("vms:\n  app:\n    image: ./bad.qcow2\n");
     let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     bytes.resize(512, 0xff);
-    std::fs::write(p.path().join("bad.qcow2"), bytes).unwrap();
+    std::fs::write(p.join("bad.qcow2"), bytes).unwrap();
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("VM app:"));
@@ -169,10 +165,7 @@ fn networks_are_refused_before_anything_starts() {
         stderr.contains("VM-to-VM networking is not implemented yet"),
         "{stderr}"
     );
-    assert!(
-        !p.path().join(".qemu-compose").exists(),
-        "nothing may be created"
-    );
+    assert!(!p.join(".qemu-compose").exists(), "nothing may be created");
 }
 
 #[test]
@@ -206,14 +199,14 @@ fn vms_named_like_state_folders_cannot_touch_volumes_or_the_key() {
         "64M",
     );
     p.ok(&["up", "--no-start"]);
-    let volume = p.path().join(".qemu-compose/volumes/data/volume.qcow2");
+    let volume = p.join(".qemu-compose/volumes/data/volume.qcow2");
     let key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_key();
     assert!(volume.is_file() && key.is_file());
     p.ok(&["destroy", "volumes"]);
     p.ok(&["destroy", "ssh"]);
     assert!(volume.is_file(), "destroy of VM `volumes` removed a volume");
     assert!(key.is_file(), "destroy of VM `ssh` removed the project key");
-    assert!(!p.path().join(".qemu-compose/vms/volumes").exists());
+    assert!(!p.join(".qemu-compose/vms/volumes").exists());
 }
 
 #[test]
@@ -221,7 +214,7 @@ fn secrets_and_control_files_stay_out_of_the_project_folder() {
     let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up", "--no-start"]);
     let mut found = Vec::new();
-    let mut stack = vec![p.path().join(".qemu-compose")];
+    let mut stack = vec![p.join(".qemu-compose")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -256,9 +249,9 @@ fn secrets_and_control_files_stay_out_of_the_project_folder() {
 fn a_planted_symlink_in_the_state_folder_is_never_followed() {
     let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up", "--no-start"]);
-    let secret = p.path().join("secret.txt");
+    let secret = p.join("secret.txt");
     std::fs::write(&secret, "host secret\n").unwrap();
-    let registry = p.path().join(".qemu-compose/volumes.json");
+    let registry = p.join(".qemu-compose/volumes.json");
     std::fs::remove_file(&registry).unwrap();
     std::os::unix::fs::symlink(&secret, &registry).unwrap();
     let out = p.run(&["up", "--no-start"]);
@@ -271,13 +264,13 @@ fn a_planted_symlink_in_the_state_folder_is_never_followed() {
 #[test]
 fn a_copied_project_uses_its_own_volumes() {
     let p = Project::with_base(ONE_VM, "64M");
-    let original = p.path().join("orig");
+    let original = p.join("orig");
     std::fs::create_dir(&original).unwrap();
     for f in ["qemu-compose.yaml", "base.qcow2"] {
-        std::fs::rename(p.path().join(f), original.join(f)).unwrap();
+        std::fs::rename(p.join(f), original.join(f)).unwrap();
     }
     p.ok_in(&original, &["up", "--no-start"]);
-    let copy = p.path().join("copy");
+    let copy = p.join("copy");
     let status = Command::new("cp")
         .arg("-a")
         .arg(&original)
@@ -299,20 +292,17 @@ fn a_copied_project_uses_its_own_volumes() {
 #[test]
 fn projects_sharing_a_symlinked_compose_file_keep_their_own_state() {
     let p = Project::with_base(ONE_VM, "64M");
-    let (a, b) = (p.path().join("a"), p.path().join("b"));
+    let (a, b) = (p.join("a"), p.join("b"));
     for dir in [&a, &b] {
         std::fs::create_dir(dir).unwrap();
-        std::os::unix::fs::symlink(
-            p.path().join("qemu-compose.yaml"),
-            dir.join("qemu-compose.yaml"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink(p.path().join("base.qcow2"), dir.join("base.qcow2")).unwrap();
+        std::os::unix::fs::symlink(p.join("qemu-compose.yaml"), dir.join("qemu-compose.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink(p.join("base.qcow2"), dir.join("base.qcow2")).unwrap();
     }
     p.ok_in(&a, &["up", "--no-start"]);
     assert!(a.join(".qemu-compose/volumes/data/volume.qcow2").is_file());
     assert!(
-        !p.path().join(".qemu-compose").exists(),
+        !p.join(".qemu-compose").exists(),
         "state went to the link's target"
     );
     p.ok_in(&b, &["destroy", "-v"]);
@@ -327,9 +317,9 @@ fn projects_sharing_a_symlinked_compose_file_keep_their_own_state() {
 fn a_socket_folder_planted_by_someone_else_is_refused() {
     let p = Project::with_base(ONE_VM, "64M");
     // A state home so deep that the sockets move to the runtime folder.
-    let deep = p.path().join("state").join("d".repeat(90));
-    let runtime = p.path().join("run");
-    let victim = p.path().join("victim");
+    let deep = p.join("state").join("d".repeat(90));
+    let runtime = p.join("run");
+    let victim = p.join("victim");
     std::fs::create_dir_all(&runtime).unwrap();
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::write(victim.join("keep"), "x").unwrap();

@@ -98,9 +98,9 @@ fn data_survives_destroy_and_a_new_up() {
     let uuid = p.registry()["data"]["uuid"].as_str().unwrap().to_string();
 
     // Write a file through a real kernel mount of the volume's raw form, then put it back.
-    let raw = p.path().join("data.raw");
+    let raw = p.join("data.raw");
     tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
-    let mnt = p.path().join("mnt");
+    let mnt = p.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     tool_ok("mount", &["-o", "loop", s(&raw), s(&mnt)]);
     std::fs::write(mnt.join("marker"), "kept\n").unwrap();
@@ -109,7 +109,7 @@ fn data_survives_destroy_and_a_new_up() {
 
     p.ok(&["destroy"]);
     assert!(image.exists(), "destroy must keep named volumes");
-    assert!(!p.path().join(".qemu-compose/vms/app").exists());
+    assert!(!p.join(".qemu-compose/vms/app").exists());
     p.ok(&["up", "--no-start"]);
     assert_eq!(p.registry()["data"]["uuid"], uuid.as_str());
     tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
@@ -125,11 +125,7 @@ fn data_survives_destroy_and_a_new_up() {
 fn size_change_warns_and_keeps_the_volume() {
     let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        COMPOSE.replace("size: 2G", "size: 5G"),
-    )
-    .unwrap();
+    p.write_compose(&COMPOSE.replace("size: 2G", "size: 5G"));
     let out = p.run(&["up", "--no-start"]);
     assert!(out.status.success());
     let stderr = text(&out.stderr);
@@ -148,7 +144,7 @@ fn killed_creations_never_register_a_broken_volume() {
     );
     // Time one whole run, then spread the kills over that duration and count the rounds that
     // stopped the command with the volume half-made.
-    let state = p.path().join(".qemu-compose");
+    let state = p.join(".qemu-compose");
     let started = std::time::Instant::now();
     p.ok(&["up", "--no-start"]);
     let whole = started.elapsed();
@@ -248,13 +244,12 @@ fn hostile_names_and_paths_are_refused() {
         let stderr = text(&out.stderr);
         assert!(stderr.contains("invalid volume name"), "{name:?}: {stderr}");
     }
-    assert!(!p.path().join("x").exists() && !p.path().join(".qemu-compose/vms/x").exists());
+    assert!(!p.join("x").exists() && !p.join(".qemu-compose/vms/x").exists());
 
     // A planted symlink in place of a volume folder must not be followed.
     let outside = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(p.path().join(".qemu-compose/volumes")).unwrap();
-    std::os::unix::fs::symlink(outside.path(), p.path().join(".qemu-compose/volumes/data"))
-        .unwrap();
+    std::fs::create_dir_all(p.join(".qemu-compose/volumes")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), p.join(".qemu-compose/volumes/data")).unwrap();
     let out = p.run(&["volume", "create", "data"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("symbolic link"));
@@ -264,8 +259,8 @@ fn hostile_names_and_paths_are_refused() {
 #[test]
 fn corrupt_registry_is_reported_and_kept() {
     let p = Project::new(COMPOSE);
-    std::fs::create_dir_all(p.path().join(".qemu-compose")).unwrap();
-    let registry = p.path().join(".qemu-compose/volumes.json");
+    std::fs::create_dir_all(p.join(".qemu-compose")).unwrap();
+    let registry = p.join(".qemu-compose/volumes.json");
     std::fs::write(&registry, "{ oops").unwrap();
     let out = p.run(&["volume", "create", "data"]);
     assert_eq!(out.status.code(), Some(1));
@@ -281,7 +276,7 @@ fn missing_and_unregistered_images_are_reported() {
     p.ok(&["volume", "create", "gone"]);
     std::fs::remove_file(p.image("gone")).unwrap();
     // An image that a crash left unregistered.
-    let reg_path = p.path().join(".qemu-compose/volumes.json");
+    let reg_path = p.join(".qemu-compose/volumes.json");
     let mut reg = p.registry();
     reg.remove("data");
     std::fs::write(&reg_path, serde_json::to_string(&reg).unwrap()).unwrap();
@@ -309,11 +304,7 @@ fn missing_and_unregistered_images_are_reported() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("was not recorded in volumes.json"));
     assert!(p.registry().contains_key("data"));
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        COMPOSE.replace("data: {size: 2G}", "data: {size: 2G}\n  gone: {}"),
-    )
-    .unwrap();
+    p.write_compose(&COMPOSE.replace("data: {size: 2G}", "data: {size: 2G}\n  gone: {}"));
     let out = p.run(&["up", "--no-start"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("volume gone is recorded in volumes.json but its image"));
@@ -321,7 +312,7 @@ fn missing_and_unregistered_images_are_reported() {
 
 /// Plants the temporary files a killed command leaves behind and returns their paths.
 fn plant_temporaries(p: &Project) -> Vec<PathBuf> {
-    let state = p.path().join(".qemu-compose");
+    let state = p.join(".qemu-compose");
     let planted: Vec<PathBuf> = [
         ".tmp-volumes.json.x1",
         "app/.disk-killed.tmp",
@@ -355,7 +346,7 @@ fn stale_temporaries_are_swept_by_the_next_command() {
     }
     // What is not a temporary stays.
     assert!(p.image("data").exists() && p.image("other").exists());
-    assert!(p.path().join(".qemu-compose/vms/app/disk.qcow2").exists());
+    assert!(p.join(".qemu-compose/vms/app/disk.qcow2").exists());
 }
 
 #[test]
@@ -363,13 +354,13 @@ fn a_failed_volume_create_leaves_nothing() {
     let p = Project::new(COMPOSE);
     let out = p.run(&["volume", "create", "odd", "--size", "10000001"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!p.path().join(".qemu-compose/volumes/odd").exists());
+    assert!(!p.join(".qemu-compose/volumes/odd").exists());
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("volume odd: size 10000001 bytes is not a multiple of 512 bytes"),
         "{stderr}"
     );
-    let registry = p.path().join(".qemu-compose/volumes.json");
+    let registry = p.join(".qemu-compose/volumes.json");
     assert!(!registry.exists() || !p.registry().contains_key("odd"));
 }
 
@@ -398,11 +389,7 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
     let qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
     assert!(alive(qemu.0));
     // The VM leaves the compose file; its QEMU keeps running with the volume attached.
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        "volumes:\n  data: {size: 1G}\nvms:\n  other: {image: ./base.qcow2}\n",
-    )
-    .unwrap();
+    p.write_compose("volumes:\n  data: {size: 1G}\nvms:\n  other: {image: ./base.qcow2}\n");
     for args in [
         &["volume", "rm", "data"][..],
         &["volume", "rm", "--force", "data"][..],
@@ -525,10 +512,10 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         std::fs::metadata(p.path()).unwrap().dev(),
         "/dev/shm must be another file system than the test's temporary folder"
     );
-    std::fs::create_dir(p.path().join("real")).unwrap();
-    let real = p.path().join("real/app.conf.real");
+    std::fs::create_dir(p.join("real")).unwrap();
+    let real = p.join("real/app.conf.real");
     std::fs::write(&real, "the real content\n").unwrap();
-    std::os::unix::fs::symlink("real/app.conf.real", p.path().join("app.conf")).unwrap();
+    std::os::unix::fs::symlink("real/app.conf.real", p.join("app.conf")).unwrap();
 
     let out = p.run(&["up"]);
     let stderr = text(&out.stderr);
@@ -536,7 +523,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     let _qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
 
     // The symlink is followed: the share holds a hard link to the file it names.
-    let shares = p.path().join(".qemu-compose/vms/app/file-shares");
+    let shares = p.join(".qemu-compose/vms/app/file-shares");
     let linked = shares.join("mount0/app.conf");
     let meta = std::fs::symlink_metadata(&linked).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
