@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use qemu_compose::qemu::accel::Accel;
@@ -18,15 +17,11 @@ use qemu_compose::qemu::ports::allocate_ssh_port;
 use qemu_compose::qemu::process::{self, ProcState, StartError, StopOutcome, VmHandle};
 use qemu_compose::qemu::qmp::Qmp;
 
-/// The private folder of VM `vm` of the project in `project` (outside the project; see
-/// `state::layout`): pidfile, sockets, serial log, seed, record.
-#[allow(dead_code)]
-fn private_dir(project: &Path, vm: &str) -> PathBuf {
-    let dir = project.canonicalize().unwrap();
-    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
-}
+use crate::harness::{
+    Project, one_qemu_at_a_time, qemu_img_create, qemu_img_create_with, qemu_img_info, s, text,
+    tool_ok,
+};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn qemu_binary() -> PathBuf {
@@ -35,25 +30,10 @@ fn qemu_binary() -> PathBuf {
     })
 }
 
-/// An empty 64 MiB qcow2 made by the reference tool.
-fn qemu_img_create(path: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg("64M")
-        .output()
-        .unwrap_or_else(|e| panic!("these tests need qemu-img (apt install qemu-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "qemu-img: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A small TCG VM whose every file lives in `dir`.
 fn spec(dir: &Path, ssh_port: u16) -> LaunchSpec {
     let disk = dir.join("disk.qcow2");
-    qemu_img_create(&disk);
+    qemu_img_create(&disk, "64M");
     LaunchSpec {
         name: "test-vm".into(),
         accel: Accel::Tcg,
@@ -94,12 +74,6 @@ impl Drop for Guard {
     }
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn assert_gone(pid: i32, handle: &VmHandle) {
     assert!(
         !process::is_our_qemu(pid, &handle.pidfile),
@@ -110,7 +84,7 @@ fn assert_gone(pid: i32, handle: &VmHandle) {
 
 #[test]
 fn start_query_and_stop_falling_back_to_quit() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let share = dir.path().join("share");
@@ -197,7 +171,7 @@ fn start_query_and_stop_falling_back_to_quit() {
 
 #[test]
 fn force_stop_skips_the_power_button() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), free_port());
@@ -214,7 +188,7 @@ fn force_stop_skips_the_power_button() {
 
 #[test]
 fn a_taken_ssh_port_fails_with_qemus_message() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -242,7 +216,7 @@ fn a_taken_ssh_port_fails_with_qemus_message() {
 
 #[test]
 fn a_missing_image_fails_with_qemus_message() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(dir.path(), free_port());
@@ -263,7 +237,7 @@ fn a_missing_image_fails_with_qemus_message() {
 
 #[test]
 fn a_missing_kernel_is_named_verbatim() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(dir.path(), free_port());
@@ -283,7 +257,7 @@ fn a_missing_kernel_is_named_verbatim() {
 
 #[test]
 fn paths_with_a_comma_and_a_space_work() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let top = tempfile::tempdir().unwrap();
     let dir = top.path().join("a,b c");
@@ -334,7 +308,7 @@ fn paths_with_a_comma_and_a_space_work() {
 
 #[test]
 fn an_unreachable_qmp_socket_ends_in_sigkill() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), free_port());
@@ -359,29 +333,16 @@ fn an_unreachable_qmp_socket_ends_in_sigkill() {
 // of a volume or of its instance disk to name any host file as backing file. QEMU must be given
 // the whole chain, so that such a header is inert.
 
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("these tests need qemu-img (apt install qemu-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Points the header of `image` at `target` as a raw backing file, as a hostile guest would.
 fn plant_backing(image: &Path, target: &Path) {
-    let (image, target) = (image.to_str().unwrap(), target.to_str().unwrap());
-    qemu_img(&["rebase", "-u", "-b", target, "-F", "raw", image]);
-    let info = Command::new("qemu-img")
-        .args(["info", "--output=json", image])
-        .output()
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    tool_ok(
+        "qemu-img",
+        &["rebase", "-u", "-b", s(target), "-F", "raw", s(image)],
+    );
+    let info = qemu_img_info(image);
     assert_eq!(
-        info["backing-filename"], target,
+        info["backing-filename"],
+        s(target),
         "the header was not changed"
     );
 }
@@ -418,7 +379,7 @@ fn node_files(qmp_socket: &Path) -> BTreeSet<PathBuf> {
 
 #[test]
 fn a_backing_file_named_in_a_header_is_never_opened() {
-    let _one = serial();
+    let _one = one_qemu_at_a_time();
     let qemu = qemu_binary();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -428,31 +389,18 @@ fn a_backing_file_named_in_a_header_is_never_opened() {
 
     // The instance disk over a raw base, a volume, and a disk over a qcow2 base: every header
     // then rewritten to name the secret.
-    qemu_img(&["create", "-q", "-f", "raw", &s("base.img"), "64M"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &s("base.img"),
-        "-F",
-        "raw",
-        &s("disk.qcow2"),
-    ]);
-    qemu_img(&["create", "-q", "-f", "qcow2", &s("vol.qcow2"), "64M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", &s("base2.qcow2"), "64M"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &s("base2.qcow2"),
-        "-F",
-        "qcow2",
-        &s("disk2.qcow2"),
-    ]);
+    tool_ok(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", &s("base.img"), "64M"],
+    );
+    qemu_img_create_with(&p("disk.qcow2"), &["-b", &s("base.img"), "-F", "raw"], None);
+    qemu_img_create(&p("vol.qcow2"), "64M");
+    qemu_img_create(&p("base2.qcow2"), "64M");
+    qemu_img_create_with(
+        &p("disk2.qcow2"),
+        &["-b", &s("base2.qcow2"), "-F", "qcow2"],
+        None,
+    );
     for image in ["disk.qcow2", "vol.qcow2", "base2.qcow2"] {
         plant_backing(&p(image), &secret);
     }
@@ -485,11 +433,7 @@ fn a_backing_file_named_in_a_header_is_never_opened() {
         .args(["-daemonize", "-pidfile", &s("control.pid")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let ProcState::Running { pid } = process::state(&control) else {
         panic!("the control QEMU does not run");
     };
@@ -576,66 +520,6 @@ fn a_backing_file_named_in_a_header_is_never_opened() {
 // The same through `up`: the engine hands QEMU only files it chose and checks the headers of
 // the qcow2 images just before QEMU starts.
 
-/// A project folder with a bootless base image; `destroy --force` when dropped.
-struct Project(tempfile::TempDir);
-
-impl Project {
-    fn new(compose: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
-        let base = dir.path().join("base.qcow2");
-        qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]);
-        Project(dir)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.path().join(rel)
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-            .args(args)
-            .current_dir(self.0.path())
-            .env_remove("QEMU_COMPOSE_FILE")
-            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
-            .env_remove("QEMU_COMPOSE_ACCEL")
-            .env("XDG_DATA_HOME", self.path("xdg"))
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "qemu-compose {args:?}: {stderr}");
-        stderr
-    }
-
-    /// Runs a command that must fail with status 1 and returns its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "qemu-compose {args:?}: {stderr}"
-        );
-        stderr
-    }
-
-    fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(private_dir(&self.path("."), "app").join("qemu.pid"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.run(&["destroy", "--force"]);
-    }
-}
-
 const WITH_VOLUME: &str = "
 volumes:
   data: {size: 64M}
@@ -648,18 +532,18 @@ vms:
 
 #[test]
 fn up_hands_qemu_no_file_that_a_tampered_header_names() {
-    let _one = serial();
-    let p = Project::new(WITH_VOLUME);
-    let secret = secret(p.0.path());
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(WITH_VOLUME, "64M");
+    let secret = secret(p.path());
     p.ok(&["up"]);
-    let disk = p.path(".qemu-compose/vms/app/disk.qcow2");
-    let pid = p.pid().expect("QEMU runs");
-    let files = node_files(&private_dir(&p.path("."), "app").join("qmp.sock"));
+    let disk = p.join(".qemu-compose/vms/app/disk.qcow2");
+    let pid = p.pid("app").expect("QEMU runs");
+    let files = node_files(&p.private_dir("app").join("qmp.sock"));
     let ours: BTreeSet<PathBuf> = [
         disk.clone(),
-        p.path("base.qcow2"),
-        p.path(".qemu-compose/volumes/data/volume.qcow2"),
-        private_dir(&p.path("."), "app").join("seed.img"),
+        p.join("base.qcow2"),
+        p.join(".qemu-compose/volumes/data/volume.qcow2"),
+        p.private_dir("app").join("seed.img"),
     ]
     .into();
     assert_eq!(files, ours);
@@ -680,34 +564,22 @@ fn up_hands_qemu_no_file_that_a_tampered_header_names() {
         "{stderr}"
     );
     assert!(stderr.contains("qemu-compose destroy app"), "{stderr}");
-    assert_eq!(p.pid(), None, "QEMU must not start");
+    assert_eq!(p.pid("app"), None, "QEMU must not start");
 }
 
 #[test]
 fn an_image_with_an_external_data_file_is_refused_before_qemu_starts() {
-    let _one = serial();
-    let p = Project::new(WITH_VOLUME);
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(WITH_VOLUME, "64M");
     p.ok(&["up", "--no-start"]);
     // The instance disk replaced by one over the same base whose data lives in another host
     // file, named in its header. QEMU would open that file (it exists, so QEMU would start).
-    let disk = p.path(".qemu-compose/vms/app/disk.qcow2");
-    let data = p.path("elsewhere.raw");
+    let disk = p.join(".qemu-compose/vms/app/disk.qcow2");
+    let data = p.join("elsewhere.raw");
     let opt = format!("data_file={}", data.display());
-    let base = p.path("base.qcow2");
+    let base = p.join("base.qcow2");
     std::fs::remove_file(&disk).unwrap();
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &opt,
-        "-b",
-        base.to_str().unwrap(),
-        "-F",
-        "qcow2",
-        disk.to_str().unwrap(),
-    ]);
+    qemu_img_create_with(&disk, &["-o", &opt, "-b", s(&base), "-F", "qcow2"], None);
     assert!(data.is_file());
     let stderr = p.fails(&["up"]);
     assert!(
@@ -717,24 +589,21 @@ fn an_image_with_an_external_data_file_is_refused_before_qemu_starts() {
         )),
         "{stderr}"
     );
-    assert_eq!(p.pid(), None, "QEMU must not start");
+    assert_eq!(p.pid("app"), None, "QEMU must not start");
 }
 
 #[test]
 fn a_local_base_image_must_stand_alone() {
-    let p = Project::new("vms:\n  app:\n    image: ./child.qcow2\n    memory: 64\n");
-    let child = p.path("child.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        p.path("base.qcow2").to_str().unwrap(),
-        "-F",
-        "qcow2",
-        child.to_str().unwrap(),
-    ]);
+    let p = Project::with_base(
+        "vms:\n  app:\n    image: ./child.qcow2\n    memory: 64\n",
+        "64M",
+    );
+    let child = p.join("child.qcow2");
+    qemu_img_create_with(
+        &child,
+        &["-b", s(&p.join("base.qcow2")), "-F", "qcow2"],
+        None,
+    );
     let stderr = p.fails(&["up", "--no-start"]);
     assert!(
         stderr.contains(&format!(
@@ -750,21 +619,12 @@ fn a_local_base_image_must_stand_alone() {
         )),
         "{stderr}"
     );
-    assert!(!p.path(".qemu-compose/vms/app/disk.qcow2").exists());
+    assert!(!p.join(".qemu-compose/vms/app/disk.qcow2").exists());
 
     std::fs::remove_file(&child).unwrap();
-    let data = p.path("child.raw");
+    let data = p.join("child.raw");
     let opt = format!("data_file={}", data.display());
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &opt,
-        child.to_str().unwrap(),
-        "64M",
-    ]);
+    qemu_img_create_with(&child, &["-o", &opt], Some("64M"));
     let stderr = p.fails(&["up", "--no-start"]);
     assert!(
         stderr.contains(&format!(
@@ -774,5 +634,5 @@ fn a_local_base_image_must_stand_alone() {
         "{stderr}"
     );
     assert!(stderr.contains("qemu-img convert -O qcow2"), "{stderr}");
-    assert!(!p.path(".qemu-compose/vms/app/disk.qcow2").exists());
+    assert!(!p.join(".qemu-compose/vms/app/disk.qcow2").exists());
 }

@@ -7,69 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// The private folder of VM `vm` of the project in `project` (outside the project; see
-/// `state::layout`): pidfile, sockets, serial log, seed, record.
-#[allow(dead_code)]
-fn private_dir(project: &Path, vm: &str) -> PathBuf {
-    let dir = project.canonicalize().unwrap();
-    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-}
+use crate::harness::{ONE_VM, Project, alive, one_qemu_at_a_time, s, text, tool, tool_ok};
 
 impl Project {
-    fn new(compose: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
-        Self { dir }
-    }
-
-    /// A project whose VMs boot from `./base.qcow2`, an empty image made by qemu-img.
-    fn with_base(compose: &str) -> Self {
-        let p = Self::new(compose);
-        tool_ok(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "qcow2",
-                s(&p.path().join("base.qcow2")),
-                "1G",
-            ],
-        );
-        p
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
-        cmd.args(args)
-            .current_dir(self.path())
-            .env_remove("QEMU_COMPOSE_FILE")
-            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
-            .env("XDG_DATA_HOME", self.path().join("xdg"));
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "qemu-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     fn registry(&self) -> BTreeMap<String, serde_json::Value> {
         let text = std::fs::read_to_string(self.path().join(".qemu-compose/volumes.json")).unwrap();
         serde_json::from_str(&text).unwrap()
@@ -79,28 +19,6 @@ impl Project {
         self.path()
             .join(format!(".qemu-compose/volumes/{name}/volume.qcow2"))
     }
-}
-
-/// Runs a reference tool; a missing tool fails the test.
-fn tool(name: &str, args: &[&str]) -> Output {
-    Command::new(name).args(args).output().unwrap_or_else(|e| {
-        panic!("{name} must be installed for this test (.ci/install-deps): {e}")
-    })
-}
-
-fn tool_ok(name: &str, args: &[&str]) -> String {
-    let out = tool(name, args);
-    assert!(
-        out.status.success(),
-        "{name} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// qemu-img check is clean, and the ext4 inside passes e2fsck -fn; returns dumpe2fs -h.
@@ -136,7 +54,8 @@ vms:
 fn volume_create_makes_a_clean_registered_volume() {
     let p = Project::new(COMPOSE);
     assert_eq!(
-        p.ok(&["volume", "create", "scratch", "--size", "3G"]),
+        p.ok(&["volume", "create", "scratch", "--size", "3G"])
+            .stdout,
         "scratch\n"
     );
     let rec = &p.registry()["scratch"];
@@ -168,20 +87,20 @@ fn volume_create_makes_a_clean_registered_volume() {
     assert_eq!(p.registry()["data"]["size"], "2G");
     let again = p.run(&["volume", "create", "data"]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("volume data already exists"));
+    assert!(text(&again.stderr).contains("volume data already exists"));
 }
 
 #[test]
 fn data_survives_destroy_and_a_new_up() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     let image = p.image("data");
     let uuid = p.registry()["data"]["uuid"].as_str().unwrap().to_string();
 
     // Write a file through a real kernel mount of the volume's raw form, then put it back.
-    let raw = p.path().join("data.raw");
+    let raw = p.join("data.raw");
     tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
-    let mnt = p.path().join("mnt");
+    let mnt = p.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     tool_ok("mount", &["-o", "loop", s(&raw), s(&mnt)]);
     std::fs::write(mnt.join("marker"), "kept\n").unwrap();
@@ -190,7 +109,7 @@ fn data_survives_destroy_and_a_new_up() {
 
     p.ok(&["destroy"]);
     assert!(image.exists(), "destroy must keep named volumes");
-    assert!(!p.path().join(".qemu-compose/vms/app").exists());
+    assert!(!p.join(".qemu-compose/vms/app").exists());
     p.ok(&["up", "--no-start"]);
     assert_eq!(p.registry()["data"]["uuid"], uuid.as_str());
     tool_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
@@ -204,16 +123,12 @@ fn data_survives_destroy_and_a_new_up() {
 
 #[test]
 fn size_change_warns_and_keeps_the_volume() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        COMPOSE.replace("size: 2G", "size: 5G"),
-    )
-    .unwrap();
+    p.write_compose(&COMPOSE.replace("size: 2G", "size: 5G"));
     let out = p.run(&["up", "--no-start"]);
     assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("volume data is 2G but the compose file now declares 5G"),
         "{stderr}"
@@ -225,10 +140,11 @@ fn size_change_warns_and_keeps_the_volume() {
 fn killed_creations_never_register_a_broken_volume() {
     let p = Project::with_base(
         "volumes:\n  big: {size: 1T}\nvms:\n  a:\n    image: ./base.qcow2\n    volumes: ['big:/big']\n",
+        "1G",
     );
     // Time one whole run, then spread the kills over that duration and count the rounds that
     // stopped the command with the volume half-made.
-    let state = p.path().join(".qemu-compose");
+    let state = p.join(".qemu-compose");
     let started = std::time::Instant::now();
     p.ok(&["up", "--no-start"]);
     let whole = started.elapsed();
@@ -279,7 +195,7 @@ fn killed_creations_never_register_a_broken_volume() {
 
 #[test]
 fn concurrent_commands_serialise_on_the_project_lock() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     let spawn = |args: &[&str]| {
         p.command(args)
             .stdout(Stdio::piped())
@@ -325,51 +241,50 @@ fn hostile_names_and_paths_are_refused() {
     ] {
         let out = p.run(&["volume", "create", "--", name]);
         assert_eq!(out.status.code(), Some(2), "{name:?} was accepted");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = text(&out.stderr);
         assert!(stderr.contains("invalid volume name"), "{name:?}: {stderr}");
     }
-    assert!(!p.path().join("x").exists() && !p.path().join(".qemu-compose/vms/x").exists());
+    assert!(!p.join("x").exists() && !p.join(".qemu-compose/vms/x").exists());
 
     // A planted symlink in place of a volume folder must not be followed.
     let outside = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(p.path().join(".qemu-compose/volumes")).unwrap();
-    std::os::unix::fs::symlink(outside.path(), p.path().join(".qemu-compose/volumes/data"))
-        .unwrap();
+    std::fs::create_dir_all(p.join(".qemu-compose/volumes")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), p.join(".qemu-compose/volumes/data")).unwrap();
     let out = p.run(&["volume", "create", "data"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert!(text(&out.stderr).contains("symbolic link"));
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
 #[test]
 fn corrupt_registry_is_reported_and_kept() {
     let p = Project::new(COMPOSE);
-    std::fs::create_dir_all(p.path().join(".qemu-compose")).unwrap();
-    let registry = p.path().join(".qemu-compose/volumes.json");
+    std::fs::create_dir_all(p.join(".qemu-compose")).unwrap();
+    let registry = p.join(".qemu-compose/volumes.json");
     std::fs::write(&registry, "{ oops").unwrap();
     let out = p.run(&["volume", "create", "data"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("volumes.json is corrupt"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&registry).unwrap(), "{ oops");
 }
 
 #[test]
 fn missing_and_unregistered_images_are_reported() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["volume", "create", "data"]);
     p.ok(&["volume", "create", "gone"]);
     std::fs::remove_file(p.image("gone")).unwrap();
     // An image that a crash left unregistered.
-    let reg_path = p.path().join(".qemu-compose/volumes.json");
+    let reg_path = p.join(".qemu-compose/volumes.json");
     let mut reg = p.registry();
     reg.remove("data");
     std::fs::write(&reg_path, serde_json::to_string(&reg).unwrap()).unwrap();
 
     let out = p.run(&["volume", "ls"]);
     assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
     assert!(
         stdout
             .lines()
@@ -386,29 +301,18 @@ fn missing_and_unregistered_images_are_reported() {
 
     // `up` adopts the verified unregistered image and names the missing one.
     let out = p.run(&["up", "--no-start"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was not recorded in volumes.json"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("was not recorded in volumes.json"));
     assert!(p.registry().contains_key("data"));
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        COMPOSE.replace("data: {size: 2G}", "data: {size: 2G}\n  gone: {}"),
-    )
-    .unwrap();
+    p.write_compose(&COMPOSE.replace("data: {size: 2G}", "data: {size: 2G}\n  gone: {}"));
     let out = p.run(&["up", "--no-start"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("volume gone is recorded in volumes.json but its image")
-    );
+    assert!(text(&out.stderr).contains("volume gone is recorded in volumes.json but its image"));
 }
 
 /// Plants the temporary files a killed command leaves behind and returns their paths.
 fn plant_temporaries(p: &Project) -> Vec<PathBuf> {
-    let state = p.path().join(".qemu-compose");
+    let state = p.join(".qemu-compose");
     let planted: Vec<PathBuf> = [
         ".tmp-volumes.json.x1",
         "app/.disk-killed.tmp",
@@ -428,7 +332,7 @@ fn plant_temporaries(p: &Project) -> Vec<PathBuf> {
 
 #[test]
 fn stale_temporaries_are_swept_by_the_next_command() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     for args in [
         &["up", "--no-start"][..],
@@ -442,7 +346,7 @@ fn stale_temporaries_are_swept_by_the_next_command() {
     }
     // What is not a temporary stays.
     assert!(p.image("data").exists() && p.image("other").exists());
-    assert!(p.path().join(".qemu-compose/vms/app/disk.qcow2").exists());
+    assert!(p.join(".qemu-compose/vms/app/disk.qcow2").exists());
 }
 
 #[test]
@@ -450,36 +354,26 @@ fn a_failed_volume_create_leaves_nothing() {
     let p = Project::new(COMPOSE);
     let out = p.run(&["volume", "create", "odd", "--size", "10000001"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!p.path().join(".qemu-compose/volumes/odd").exists());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!p.join(".qemu-compose/volumes/odd").exists());
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("volume odd: size 10000001 bytes is not a multiple of 512 bytes"),
         "{stderr}"
     );
-    let registry = p.path().join(".qemu-compose/volumes.json");
+    let registry = p.join(".qemu-compose/volumes.json");
     assert!(!registry.exists() || !p.registry().contains_key("odd"));
 }
 
-fn require_qemu() {
-    let out = Command::new("qemu-system-x86_64").arg("--version").output();
-    assert!(
-        out.is_ok_and(|o| o.status.success()),
-        "qemu-system-x86_64 must be installed for this test (.ci/install-deps)"
-    );
-}
-
-fn alive(pid: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-}
-
 /// Kills a QEMU that no compose file names any more, whatever the test did.
-struct KillOnDrop(String);
+struct KillOnDrop(i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-9", &self.0]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
         for _ in 0..100 {
-            if !alive(&self.0) {
+            if !alive(self.0) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -487,37 +381,22 @@ impl Drop for KillOnDrop {
     }
 }
 
-const RUNNING: &str = "
-volumes:
-  data: {size: 1G}
-vms:
-  app:
-    image: ./base.qcow2
-    memory: 128
-    volumes: ['data:/data']
-";
-
 #[test]
 fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
-    require_qemu();
-    let p = Project::with_base(RUNNING);
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(ONE_VM, "1G");
     p.ok(&["up"]);
-    let pid = std::fs::read_to_string(private_dir(p.path(), "app").join("qemu.pid")).unwrap();
-    let qemu = KillOnDrop(pid.trim().to_string());
-    assert!(alive(&qemu.0));
+    let qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
+    assert!(alive(qemu.0));
     // The VM leaves the compose file; its QEMU keeps running with the volume attached.
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        "volumes:\n  data: {size: 1G}\nvms:\n  other: {image: ./base.qcow2}\n",
-    )
-    .unwrap();
+    p.write_compose("volumes:\n  data: {size: 1G}\nvms:\n  other: {image: ./base.qcow2}\n");
     for args in [
         &["volume", "rm", "data"][..],
         &["volume", "rm", "--force", "data"][..],
         &["destroy", "-v"][..],
     ] {
         let out = p.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
             stderr.contains("volume data is attached to a running VM"),
@@ -526,7 +405,7 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
         assert!(p.image("data").exists(), "{args:?} removed the image");
         assert!(p.registry().contains_key("data"), "{args:?}");
     }
-    assert!(alive(&qemu.0));
+    assert!(alive(qemu.0));
     drop(qemu);
     p.ok(&["volume", "rm", "data"]);
     assert!(!p.image("data").exists());
@@ -534,12 +413,12 @@ fn volumes_held_by_a_vm_gone_from_the_file_are_not_removed() {
 
 #[test]
 fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
-    require_qemu();
+    let _one = one_qemu_at_a_time();
     let p = Project::new(COMPOSE);
     p.ok(&["volume", "create", "solo", "--size", "64M"]);
     p.ok(&["volume", "create", "spare", "--size", "64M"]);
     let image = p.image("solo");
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = tool("qemu-system-x86_64")
         .args(["-S", "-nodefaults", "-display", "none", "-drive"])
         .arg(format!(
             "file={},format=qcow2,if=none,readonly=on",
@@ -550,7 +429,7 @@ fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let qemu = KillOnDrop(child.id().to_string());
+    let qemu = KillOnDrop(child.id() as i32);
     // QEMU takes its image locks once it has opened the drive: wait for them on this inode.
     let inode = format!(
         ":{} ",
@@ -567,7 +446,7 @@ fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
     }
     // Two names: the held one stops the command before anything is removed.
     let out = p.run(&["volume", "rm", "spare", "solo"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("volume solo is attached to a running VM"),
@@ -582,12 +461,12 @@ fn volume_rm_refuses_an_image_any_qemu_holds_read_only() {
 
 #[test]
 fn destroy_v_keeps_volumes_the_file_does_not_declare() {
-    let p = Project::with_base(COMPOSE);
+    let p = Project::with_base(COMPOSE, "1G");
     p.ok(&["up", "--no-start"]);
     p.ok(&["volume", "create", "scratch"]);
     let out = p.run(&["destroy", "-v"]);
     assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("removed volume data"), "{stderr}");
     assert!(
         stderr.contains("kept volume scratch: the compose file does not declare it"),
@@ -613,7 +492,7 @@ impl Drop for RemoveOnDrop {
 #[test]
 fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     use std::os::unix::fs::MetadataExt;
-    require_qemu();
+    let _one = one_qemu_at_a_time();
     // A source on another file system than the project cannot be hard-linked (EXDEV), as a
     // file of another user cannot under protected_hardlinks (EPERM, which root never gets).
     let other_fs = RemoveOnDrop(PathBuf::from(format!(
@@ -621,28 +500,30 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         std::process::id()
     )));
     std::fs::write(&other_fs.0, "from another file system\n").unwrap();
-    let p = Project::with_base(&format!(
-        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - ./app.conf:/etc/app.conf\n      - {}:/etc/other.conf\n",
-        s(&other_fs.0)
-    ));
+    let p = Project::with_base(
+        &format!(
+            "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - ./app.conf:/etc/app.conf\n      - {}:/etc/other.conf\n",
+            s(&other_fs.0)
+        ),
+        "1G",
+    );
     assert_ne!(
         std::fs::metadata(&other_fs.0).unwrap().dev(),
         std::fs::metadata(p.path()).unwrap().dev(),
         "/dev/shm must be another file system than the test's temporary folder"
     );
-    std::fs::create_dir(p.path().join("real")).unwrap();
-    let real = p.path().join("real/app.conf.real");
+    std::fs::create_dir(p.join("real")).unwrap();
+    let real = p.join("real/app.conf.real");
     std::fs::write(&real, "the real content\n").unwrap();
-    std::os::unix::fs::symlink("real/app.conf.real", p.path().join("app.conf")).unwrap();
+    std::os::unix::fs::symlink("real/app.conf.real", p.join("app.conf")).unwrap();
 
     let out = p.run(&["up"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let pid = std::fs::read_to_string(private_dir(p.path(), "app").join("qemu.pid")).unwrap();
-    let _qemu = KillOnDrop(pid.trim().to_string());
+    let _qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
 
     // The symlink is followed: the share holds a hard link to the file it names.
-    let shares = p.path().join(".qemu-compose/vms/app/file-shares");
+    let shares = p.join(".qemu-compose/vms/app/file-shares");
     let linked = shares.join("mount0/app.conf");
     let meta = std::fs::symlink_metadata(&linked).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
@@ -671,10 +552,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         !stderr.contains("app.conf cannot be hard-linked"),
         "{stderr}"
     );
-    let record: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(private_dir(p.path(), "app").join("instance.json")).unwrap(),
-    )
-    .unwrap();
+    let record = p.record("app");
     let virtfs = |tag: &str| {
         record["argv"]
             .as_array()

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Instant;
 
 use proptest::prelude::*;
 use qemu_compose::disk::ext4::{self, Ext4Error, FormatOptions, FormatSummary};
 use qemu_compose::disk::{RawFile, SparseBuffer};
+
+use crate::harness::{all_text, pattern, run_tool, text, tool};
 
 const K: u64 = 1024;
 const M: u64 = K * K;
@@ -38,26 +39,6 @@ fn options(label: &str) -> FormatOptions {
     }
 }
 
-/// Runs a reference tool; panics with a clear message if it is not installed.
-fn run(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(tool);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {tool} ({e}): install e2fsprogs (and util-linux for mount)")
-    })
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A directory for big sparse images: tmpfs, because ext4 (our /tmp) caps files below 16 TiB.
 fn big_tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").expect("a writable /dev/shm (tmpfs) for sparse 16 TiB images")
@@ -73,21 +54,21 @@ fn format_file(path: &Path, size: u64, opts: &FormatOptions) -> FormatSummary {
 
 /// `e2fsck -fn` must exit 0 (nothing to fix) on the image.
 fn assert_fsck_clean(path: &Path) {
-    let o = run("e2fsck", &["-fn", path.to_str().unwrap()], &[]);
+    let o = run_tool("e2fsck", &["-fn", path.to_str().unwrap()]);
     assert!(
         o.status.code() == Some(0),
         "e2fsck -fn {} exited {:?}:\n{}",
         path.display(),
         o.status.code(),
-        text(&o)
+        all_text(&o)
     );
 }
 
 /// `dumpe2fs -h` as key -> value.
 fn dumpe2fs(path: &Path) -> BTreeMap<String, String> {
-    let o = run("dumpe2fs", &["-h", path.to_str().unwrap()], &[]);
-    assert!(o.status.success(), "dumpe2fs failed:\n{}", text(&o));
-    String::from_utf8_lossy(&o.stdout)
+    let o = run_tool("dumpe2fs", &["-h", path.to_str().unwrap()]);
+    assert!(o.status.success(), "dumpe2fs failed:\n{}", all_text(&o));
+    text(&o.stdout)
         .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -173,9 +154,8 @@ fn check_size(dir: &Path, size: u64) {
 
     let theirs = dir.join(format!("mkfs-{size}.img"));
     File::create(&theirs).unwrap().set_len(size).unwrap();
-    let o = run(
-        "mkfs.ext4",
-        &[
+    let o = tool("mkfs.ext4")
+        .args([
             "-F",
             "-q",
             "-b",
@@ -189,10 +169,11 @@ fn check_size(dir: &Path, size: u64) {
             "-E",
             &format!("hash_seed={HASH_SEED}"),
             theirs.to_str().unwrap(),
-        ],
-        &[("E2FSPROGS_FAKE_TIME", &TIME.to_string())],
-    );
-    assert!(o.status.success(), "mkfs.ext4 failed:\n{}", text(&o));
+        ])
+        .env("E2FSPROGS_FAKE_TIME", TIME.to_string())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mkfs.ext4 failed:\n{}", all_text(&o));
     let m = dumpe2fs(&theirs);
     fs::remove_file(&theirs).unwrap();
     eprintln!(
@@ -310,34 +291,24 @@ struct Mounted {
 impl Mounted {
     fn new(image: &Path, dir: PathBuf) -> Self {
         fs::create_dir_all(&dir).unwrap();
-        let o = run(
+        let o = run_tool(
             "mount",
             &["-o", "loop", image.to_str().unwrap(), dir.to_str().unwrap()],
-            &[],
         );
-        assert!(o.status.success(), "mount -o loop failed:\n{}", text(&o));
+        assert!(
+            o.status.success(),
+            "mount -o loop failed:\n{}",
+            all_text(&o)
+        );
         Self { dir }
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let o = run("umount", &[self.dir.to_str().unwrap()], &[]);
-        assert!(o.status.success(), "umount failed:\n{}", text(&o));
+        let o = run_tool("umount", &[self.dir.to_str().unwrap()]);
+        assert!(o.status.success(), "umount failed:\n{}", all_text(&o));
     }
-}
-
-/// Deterministic, non-repeating file contents.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -352,8 +323,8 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
     // descriptors.
     format_file(&image, 20 * G, &opts);
 
-    let listing = run("debugfs", &["-R", "ls -l /", image.to_str().unwrap()], &[]);
-    let listing = text(&listing);
+    let listing = run_tool("debugfs", &["-R", "ls -l /", image.to_str().unwrap()]);
+    let listing = all_text(&listing);
     let owner = |name: &str| -> Vec<String> {
         let line = listing
             .lines()
@@ -426,8 +397,8 @@ fn kernel_mounts_writes_and_fsck_stays_clean() {
     }
     assert_fsck_clean(&image);
     // The kernel did put directories into groups that were uninitialised.
-    let o = run("dumpe2fs", &[image.to_str().unwrap()], &[]);
-    let groups_with_dirs = String::from_utf8_lossy(&o.stdout)
+    let o = run_tool("dumpe2fs", &[image.to_str().unwrap()]);
+    let groups_with_dirs = text(&o.stdout)
         .lines()
         .filter(|l| l.contains(" directories") && !l.contains(" 0 directories"))
         .count();
@@ -457,8 +428,8 @@ fn grows_offline_without_resize_inode() {
         .set_len(40 * G)
         .unwrap();
     // -f: the read-only e2fsck above does not record a check.
-    let o = run("resize2fs", &["-f", image.to_str().unwrap()], &[]);
-    assert!(o.status.success(), "resize2fs failed:\n{}", text(&o));
+    let o = run_tool("resize2fs", &["-f", image.to_str().unwrap()]);
+    assert!(o.status.success(), "resize2fs failed:\n{}", all_text(&o));
     assert_fsck_clean(&image);
     assert_eq!(dumpe2fs(&image)["Block count"], (40 * G / 4096).to_string());
     let m = Mounted::new(&image, dir.path().join("mnt"));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,26 +13,7 @@ use qemu_compose::image::progress::{LineProgress, NoProgress};
 use qemu_compose::image::{ImageCache, ImageError, ProxyEnv, Sha256Digest};
 use sha2::{Digest, Sha256};
 
-/// The private folder of VM `vm` of the project in `project` (outside the project; see
-/// `state::layout`): pidfile, sockets, serial log, seed, record.
-#[allow(dead_code)]
-fn private_dir(project: &Path, vm: &str) -> PathBuf {
-    let dir = project.canonicalize().unwrap();
-    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
-}
-
-/// Deterministic bytes that differ per seed, several read buffers long.
-fn payload(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+use crate::harness::{Project, pattern, qemu_img_create_with, text};
 
 fn digest(bytes: &[u8]) -> Sha256Digest {
     Sha256Digest(Sha256::digest(bytes).into())
@@ -122,7 +103,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, files: &Files) -> std::io:
     };
     if path.starts_with("/a/") || path.starts_with("/proxied/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(1, LEN))?;
+        out.write_all(&pattern(1, LEN))?;
     } else if let Some(name) = path.strip_prefix("/f/")
         && let Some(bytes) = files.lock().unwrap().get(name).cloned()
     {
@@ -135,15 +116,15 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>, files: &Files) -> std::io:
         )?;
     } else if path.starts_with("/slow/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(1, LEN)[..LEN / 3])?;
+        out.write_all(&pattern(1, LEN)[..LEN / 3])?;
         out.flush()?;
         std::thread::sleep(Duration::from_secs(60));
     } else if path.starts_with("/b/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(2, LEN))?;
+        out.write_all(&pattern(2, LEN))?;
     } else if path.starts_with("/drop/") {
         out.write_all(head(LEN).as_bytes())?;
-        out.write_all(&payload(1, LEN)[..LEN / 2])?;
+        out.write_all(&pattern(1, LEN)[..LEN / 2])?;
         out.flush()?;
     } else if path == "/chunked-drop" {
         out.write_all(
@@ -185,12 +166,12 @@ fn downloads_bytes_exactly_with_a_sidecar() {
     let path = cache.pull(&url, None, false, &mut progress).unwrap();
     assert_eq!(Some(&path), cache.find(&url, None).as_ref());
     assert_eq!(path, cache.path_for(&url));
-    assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(1, LEN));
 
     let lines = String::from_utf8(progress.into_inner()).unwrap();
     let key = path.file_name().unwrap().to_str().unwrap();
     assert!(
-        key.contains(&digest(&payload(1, LEN)).hex()[..12]),
+        key.contains(&digest(&pattern(1, LEN)).hex()[..12]),
         "the name carries the content digest: {key}"
     );
     assert!(
@@ -206,7 +187,7 @@ fn downloads_bytes_exactly_with_a_sidecar() {
     let meta = listed[0].meta.as_ref().expect("sidecar");
     assert_eq!(meta.url, url);
     assert_eq!(meta.size, LEN as u64);
-    assert_eq!(meta.sha256, digest(&payload(1, LEN)).to_string());
+    assert_eq!(meta.sha256, digest(&pattern(1, LEN)).to_string());
     assert!(
         humantime::parse_rfc3339(&meta.downloaded).is_ok(),
         "{}",
@@ -242,7 +223,7 @@ fn checksum_match_and_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache(dir.path());
     let url = format!("{}/a/noble.img", server.base);
-    let good = digest(&payload(1, LEN));
+    let good = digest(&pattern(1, LEN));
     let bad = digest(b"something else");
 
     let err = cache
@@ -263,7 +244,7 @@ fn checksum_match_and_mismatch() {
     let path = cache
         .pull(&url, Some(&good), false, &mut NoProgress)
         .unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(1, LEN));
     // A cached copy that matches is reused; one that does not is fetched again (and still
     // refused, leaving the good copy in place).
     cache
@@ -276,7 +257,7 @@ fn checksum_match_and_mismatch() {
             .is_err()
     );
     assert_eq!(server.count(), 3);
-    assert_eq!(std::fs::read(&path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(1, LEN));
 }
 
 #[test]
@@ -328,8 +309,8 @@ fn same_file_name_from_two_urls_does_not_collide() {
         )
         .unwrap();
     assert_ne!(a, b);
-    assert_eq!(std::fs::read(&a).unwrap(), payload(1, LEN));
-    assert_eq!(std::fs::read(&b).unwrap(), payload(2, LEN));
+    assert_eq!(std::fs::read(&a).unwrap(), pattern(1, LEN));
+    assert_eq!(std::fs::read(&b).unwrap(), pattern(2, LEN));
     assert_eq!(cache.list().unwrap().len(), 2);
 }
 
@@ -368,7 +349,7 @@ fn the_http_proxy_variable_is_used() {
     // .invalid never resolves: this only works through the proxy.
     let url = "http://images.example.invalid/proxied/disk.img";
     let path = cache.pull(url, None, false, &mut NoProgress).unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(path).unwrap(), pattern(1, LEN));
     let seen = proxy.requests.lock().unwrap().clone();
     assert!(
         seen.iter().any(|l| l.contains("images.example.invalid")),
@@ -378,96 +359,11 @@ fn the_http_proxy_variable_is_used() {
 
 // ---- Through the real CLI -------------------------------------------------------------
 
-/// A project folder for the CLI, with its own image cache (`XDG_DATA_HOME`).
-struct Cli {
-    dir: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new(compose: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
-        Cli { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn images(&self) -> PathBuf {
-        self.path().join("xdg/qemu-compose/images")
-    }
-
-    fn command(&self, cwd: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
-        cmd.args(args)
-            .current_dir(cwd)
-            .env("XDG_DATA_HOME", self.path().join("xdg"))
-            .env("QEMU_COMPOSE_E2E", "0");
-        for var in [
-            "QEMU_COMPOSE_FILE",
-            "QEMU_COMPOSE_PROJECT_NAME",
-            "http_proxy",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd
-    }
-
-    /// Runs in another folder (`cwd`), e.g. one without a compose file.
-    fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
-        self.command(cwd, args).output().unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_in(self.path(), args)
-    }
-
-    fn ok(&self, args: &[&str]) -> (String, String) {
-        let out = self.run(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "qemu-compose {args:?} failed: {stderr}"
-        );
-        (stdout, stderr)
-    }
-
-    fn fail(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "qemu-compose {args:?} should fail: {stderr}"
-        );
-        stderr
-    }
-}
-
 /// A small qcow2 image made by qemu-img with extra `args` (e.g. `-b`), read back as bytes.
 fn qemu_img(args: &[&str], size: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("made.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .args(args)
-        .arg(&path)
-        .arg(size)
-        .output()
-        .expect("qemu-img must be installed for this test (.ci/install-deps)");
-    assert!(
-        out.status.success(),
-        "qemu-img: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    qemu_img_create_with(&path, args, Some(size));
     std::fs::read(&path).unwrap()
 }
 
@@ -480,11 +376,11 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
     let server = Server::start();
     let first = qemu_img(&[], "64M");
     let url = server.put("base.qcow2", first.clone());
-    let cli = Cli::new(&format!(
+    let cli = Project::new(&format!(
         "vms:\n  app:\n    image: {url}\n    memory: 128\n"
     ));
     cli.ok(&["up", "--no-start"]);
-    let disk = cli.path().join(".qemu-compose/vms/app/disk.qcow2");
+    let disk = cli.join(".qemu-compose/vms/app/disk.qcow2");
     let old_base = overlay_base_of(&disk);
     assert!(std::fs::read(&old_base).unwrap() == first);
 
@@ -496,7 +392,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
         std::fs::read(&old_base).unwrap() == first,
         "the base of an existing disk was changed under it"
     );
-    let listed = ImageCache::new(cli.images()).list().unwrap();
+    let listed = ImageCache::new(cli.image_cache()).list().unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
     let new_base = listed
         .iter()
@@ -506,7 +402,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
     assert!(std::fs::read(&new_base).unwrap() == second);
 
     // `up` says so and leaves the disk alone; `ps` shows it.
-    let (_, stderr) = cli.ok(&["up", "--no-start"]);
+    let stderr = cli.ok(&["up", "--no-start"]).stderr;
     assert!(
         stderr.contains(&format!(
             "VM app: its disk was made on {}, the compose file now names {}",
@@ -516,7 +412,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
         "{stderr}"
     );
     assert_eq!(overlay_base_of(&disk), old_base);
-    let (stdout, _) = cli.ok(&["ps", "--format", "json"]);
+    let stdout = cli.ok(&["ps", "--format", "json"]).stdout;
     let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         rows[0]["base_changed"]["made_on"],
@@ -530,10 +426,10 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
 
     // The old base cannot be removed while the disk uses it, even from a folder without a
     // compose file (the cache's own record of users); the new one can.
-    let elsewhere = tempfile::tempdir().unwrap();
+    let elsewhere = Project::empty();
     let old_name = old_base.file_name().unwrap().to_str().unwrap();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", old_name]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(old_name) && stderr.contains(&disk.display().to_string()),
@@ -542,25 +438,17 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
     assert!(old_base.is_file());
     let new_name = new_base.file_name().unwrap().to_str().unwrap();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", new_name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!new_base.exists());
 
     // Once the disk is gone, the base is free.
     cli.ok(&["destroy", "--force"]);
     let out = cli.run_in(elsewhere.path(), &["image", "rm", old_name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        all_files(&cli.images()).is_empty(),
+        all_files(&cli.image_cache()).is_empty(),
         "{:?}",
-        all_files(&cli.images())
+        all_files(&cli.image_cache())
     );
 }
 
@@ -568,19 +456,15 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
 fn image_rm_force_removes_a_used_base() {
     let server = Server::start();
     let url = server.put("base.qcow2", qemu_img(&[], "64M"));
-    let cli = Cli::new(&format!(
+    let cli = Project::new(&format!(
         "vms:\n  app:\n    image: {url}\n    memory: 128\n"
     ));
     cli.ok(&["up", "--no-start"]);
-    let base = overlay_base_of(&cli.path().join(".qemu-compose/vms/app/disk.qcow2"));
+    let base = overlay_base_of(&cli.join(".qemu-compose/vms/app/disk.qcow2"));
     let name = base.file_name().unwrap().to_str().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
+    let elsewhere = Project::empty();
     let out = cli.run_in(elsewhere.path(), &["image", "rm", "--force", name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!base.exists());
 }
 
@@ -600,18 +484,18 @@ fn downloaded_images_must_be_self_contained() {
         ),
     ];
     let _ = std::fs::remove_file("/tmp/qemu-compose-test-data.raw");
-    let cli = Cli::new("vms: {}\n");
+    let cli = Project::new("vms: {}\n");
     for (name, bytes, field) in hostile {
         let url = server.put(name, bytes);
-        let stderr = cli.fail(&["pull", &url]);
+        let stderr = cli.fails(&["pull", &url]);
         assert!(
             stderr.contains(&url) && stderr.contains(field),
             "{name}: {stderr}"
         );
         assert!(
-            all_files(&cli.images()).is_empty(),
+            all_files(&cli.image_cache()).is_empty(),
             "{name}: {:?}",
-            all_files(&cli.images())
+            all_files(&cli.image_cache())
         );
     }
     // A self-contained qcow2 image and a raw one are fine.
@@ -629,7 +513,7 @@ fn plain_http_redirects_still_work() {
     let path = cache(dir.path())
         .pull(&url, None, false, &mut NoProgress)
         .unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), payload(1, LEN));
+    assert_eq!(std::fs::read(path).unwrap(), pattern(1, LEN));
 }
 
 const LOCAL: &str =
@@ -640,9 +524,9 @@ fn a_local_image_is_checked_against_its_checksum() {
     let base = qemu_img(&[], "64M");
     let good = digest(&base);
     let bad = digest(b"another image");
-    let cli = Cli::new(&LOCAL.replace("CHECKSUM", &bad.to_string()));
-    std::fs::write(cli.path().join("base.qcow2"), &base).unwrap();
-    let stderr = cli.fail(&["up", "--no-start"]);
+    let cli = Project::new(&LOCAL.replace("CHECKSUM", &bad.to_string()));
+    std::fs::write(cli.join("base.qcow2"), &base).unwrap();
+    let stderr = cli.fails(&["up", "--no-start"]);
     assert!(
         stderr.contains("VM app")
             && stderr.contains("base.qcow2")
@@ -651,17 +535,13 @@ fn a_local_image_is_checked_against_its_checksum() {
         "{stderr}"
     );
     assert!(
-        !cli.path().join(".qemu-compose/vms/app").exists(),
+        !cli.join(".qemu-compose/vms/app").exists(),
         "a VM was made from an image that fails its checksum"
     );
-    let stderr = cli.fail(&["pull"]);
+    let stderr = cli.fails(&["pull"]);
     assert!(stderr.contains(&good.to_string()), "{stderr}");
 
-    std::fs::write(
-        cli.path().join("qemu-compose.yaml"),
-        LOCAL.replace("CHECKSUM", &good.to_string()),
-    )
-    .unwrap();
+    cli.write_compose(&LOCAL.replace("CHECKSUM", &good.to_string()));
     cli.ok(&["up", "--no-start"]);
     assert!(
         cli.path()
@@ -680,10 +560,10 @@ fn partials(dir: &Path) -> Vec<String> {
 #[test]
 fn ctrl_c_during_pull_leaves_no_partial_download() {
     let server = Server::start();
-    let cli = Cli::new("vms: {}\n");
+    let cli = Project::new("vms: {}\n");
     let url = format!("{}/slow/disk.img", server.base);
     let mut child = cli
-        .command(cli.path(), &["pull", &url])
+        .command(&["pull", &url])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -691,9 +571,9 @@ fn ctrl_c_during_pull_leaves_no_partial_download() {
     // Wait until part of the body is on disk.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let written = partials(&cli.images())
+        let written = partials(&cli.image_cache())
             .iter()
-            .any(|n| std::fs::metadata(cli.images().join(n)).is_ok_and(|m| m.len() > 0));
+            .any(|n| std::fs::metadata(cli.image_cache().join(n)).is_ok_and(|m| m.len() > 0));
         if written {
             break;
         }
@@ -705,9 +585,9 @@ fn ctrl_c_during_pull_leaves_no_partial_download() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status:?}");
     assert!(
-        all_files(&cli.images()).is_empty(),
+        all_files(&cli.image_cache()).is_empty(),
         "{:?}",
-        all_files(&cli.images())
+        all_files(&cli.image_cache())
     );
 }
 

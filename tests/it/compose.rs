@@ -2,20 +2,13 @@
 //! style, loaded from disk through `load` exactly as the CLI does.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use qemu_compose::compose::{
     Accel, ComposeErrors, DiscoverOptions, ImageSource, LoadOptions, MountKind, Project, Protocol,
     discover, load,
 };
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/compose")
-        .join(name)
-        .canonicalize()
-        .unwrap()
-}
+use crate::harness::fixture;
 
 fn try_load(name: &str) -> Result<Project, ComposeErrors> {
     let env = BTreeMap::new();

@@ -12,23 +12,14 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The private folder of VM `vm` of the project in `project` (outside the project; see
-/// `state::layout`): pidfile, sockets, serial log, seed, record.
-fn private_dir(project: &Path, vm: &str) -> PathBuf {
-    let dir = project.canonicalize().unwrap();
-    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
-}
-
-/// QEMU tests run one at a time: the CPUs are shared.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-const BIN: &str = env!("CARGO_BIN_EXE_qemu-compose");
+use crate::harness::{
+    BIN, Project, one_qemu_at_a_time, private_dir, qemu_img_create, qemu_img_info, text, tool,
+};
 
 /// What the boot sector prints first.
 const BANNER: &str = "QEMU-COMPOSE TEST GUEST READY";
@@ -68,103 +59,9 @@ fn boot_sector() -> Vec<u8> {
     sector
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn tool(name: &str) -> Command {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "this test needs {name} on PATH (it is a required test tool)"
-    );
-    Command::new(name)
-}
-
-/// An empty qcow2 made by the reference tool.
-fn qemu_img_create(path: &Path, size: &str) {
-    let out = tool("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg(size)
-        .output()
-        .expect("qemu-img runs");
-    assert!(out.status.success(), "qemu-img: {}", text(&out.stderr));
-}
-
-/// `qemu-img info --output json` of an image (`-U`: QEMU may hold it open).
-fn qemu_img_info(path: &Path) -> Value {
-    let out = tool("qemu-img")
-        .args(["info", "-U", "--output", "json"])
-        .arg(path)
-        .output()
-        .expect("qemu-img runs");
-    assert!(out.status.success(), "qemu-img info: {}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("qemu-img prints JSON")
-}
-
-/// A temporary project; dropping it destroys its VMs.
-struct Project {
-    dir: tempfile::TempDir,
-    data_home: PathBuf,
-}
-
 impl Project {
-    fn new(compose: &str) -> Self {
-        tool("qemu-system-x86_64");
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
-        let data_home = dir.path().join("xdg");
-        Self { dir, data_home }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(self.path())
-            .env("XDG_DATA_HOME", &self.data_home)
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("QEMU_COMPOSE_FILE")
-            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
-            .env_remove("QEMU_COMPOSE_QEMU")
-            .env_remove("QEMU_COMPOSE_ACCEL")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("qemu-compose runs")
-    }
-
-    /// Runs and requires success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "qemu-compose {args:?} failed ({}):\n{}",
-            out.status,
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).expect("JSON output")
-    }
-
-    fn record(&self, vm: &str) -> Value {
-        let path = private_dir(self.path(), vm).join("instance.json");
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    }
-
     fn serial_log(&self, vm: &str) -> PathBuf {
-        private_dir(self.path(), vm).join("serial.log")
+        self.private_dir(vm).join("serial.log")
     }
 
     /// Waits until `vm`'s serial log holds `needle`.
@@ -182,12 +79,6 @@ impl Project {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.run(&["destroy", "--force"]);
     }
 }
 
@@ -254,7 +145,7 @@ impl Drop for Background {
 
 #[test]
 fn ps_and_inspect_follow_the_lifecycle() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu_at_a_time();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -263,10 +154,10 @@ fn ps_and_inspect_follow_the_lifecycle() {
     let p = Project::new(&format!(
         "volumes:\n  data: {{size: 64M}}\nvms:\n  a:\n    image: ./base.qcow2\n    memory: 96\n    cpu: 2\n    user: tester\n    ports: [\"127.0.0.1:{port}:80\"]\n    volumes: [\"data:/srv/data\", \"./share:/mnt/share:ro\"]\n  b: {{image: ./base.qcow2, memory: 64}}\n"
     ));
-    qemu_img_create(&p.path().join("base.qcow2"), "1G");
-    std::fs::create_dir(p.path().join("share")).unwrap();
+    qemu_img_create(&p.join("base.qcow2"), "1G");
+    std::fs::create_dir(p.join("share")).unwrap();
 
-    assert_eq!(p.ok(&["ps", "-q"]), "a\nb\n");
+    assert_eq!(p.ok(&["ps", "-q"]).stdout, "a\nb\n");
     let before = p.json(&["ps", "--format", "json"]);
     for (row, name) in before.as_array().unwrap().iter().zip(["a", "b"]) {
         assert_eq!(row["name"], name);
@@ -292,12 +183,12 @@ fn ps_and_inspect_follow_the_lifecycle() {
     // No OS, so no sshd: QEMU runs but the VM never becomes ready.
     assert_eq!(a["status"], "starting");
     assert_eq!(a["ssh"], format!("127.0.0.1:{ssh_port}"));
-    let disk = p.path().join(".qemu-compose/vms/a/disk.qcow2");
+    let disk = p.join(".qemu-compose/vms/a/disk.qcow2");
     let info = qemu_img_info(&disk);
     assert_eq!(a["disk"]["virtual_size"], info["virtual-size"]);
     assert!(a["disk"]["bytes_used"].as_u64().unwrap() > 0);
     assert_eq!(running[1]["status"], "not-created");
-    let table = p.ok(&["ps", "a"]);
+    let table = p.ok(&["ps", "a"]).stdout;
     assert!(
         table.contains("NAME") && table.contains("starting"),
         "{table}"
@@ -307,7 +198,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     let i = p.json(&["inspect", "a", "--format", "json"]);
     assert_eq!(i["state"]["status"], "starting");
     assert_eq!(i["config"]["user"], "tester");
-    let base = p.path().join("base.qcow2").canonicalize().unwrap();
+    let base = p.join("base.qcow2").canonicalize().unwrap();
     assert_eq!(
         Path::new(i["disks"]["instance"]["base_image"].as_str().unwrap()),
         base
@@ -323,10 +214,9 @@ fn ps_and_inspect_follow_the_lifecycle() {
     assert_eq!(vol["device"], "vdb");
     assert_eq!(vol["mount_point"], "/srv/data");
     assert_eq!(vol["read_only"], false);
-    let registry: Value = serde_json::from_slice(
-        &std::fs::read(p.path().join(".qemu-compose/volumes.json")).unwrap(),
-    )
-    .unwrap();
+    let registry: Value =
+        serde_json::from_slice(&std::fs::read(p.join(".qemu-compose/volumes.json")).unwrap())
+            .unwrap();
     let uuid = registry["data"]["uuid"].as_str().unwrap();
     assert_eq!(vol["uuid"], uuid);
     // ... and the UUID in the volume's ext4 superblock.
@@ -337,10 +227,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     assert_eq!(i["disks"]["seed"]["device"], "vdc");
     assert_eq!(i["disks"]["seed"]["exists"], true);
     let bind = &i["bind_mounts"][0];
-    assert_eq!(
-        Path::new(bind["source"].as_str().unwrap()),
-        p.path().join("share")
-    );
+    assert_eq!(Path::new(bind["source"].as_str().unwrap()), p.join("share"));
     assert_eq!(bind["target"], "/mnt/share");
     assert_eq!(bind["tag"], "mount0");
     assert_eq!(bind["read_only"], true);
@@ -376,7 +263,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
         Path::new(i["paths"]["serial_log"].as_str().unwrap()),
         p.serial_log("a")
     );
-    let human = p.ok(&["inspect", "a"]);
+    let human = p.ok(&["inspect", "a"]).stdout;
     for needle in ["vdb", uuid, "mount0", "UUID", "/srv/data", "-nodefaults"] {
         assert!(
             human.contains(needle),
@@ -407,7 +294,7 @@ fn inspect_argv(i: &Value) -> Vec<String> {
 
 #[test]
 fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu_at_a_time();
     let fixed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -416,7 +303,7 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
     let p = Project::new(&format!(
         "volumes:\n  data: {{size: 64M}}\nvms:\n  a:\n    image: ./base.qcow2\n    memory: 64\n    volumes: [\"data:/data\"]\n  b:\n    image: ./base.qcow2\n    memory: 64\n    ssh: {{port: {fixed}}}\n  c: {{image: \"http://127.0.0.1:9/never.qcow2\", memory: 64}}\n"
     ));
-    qemu_img_create(&p.path().join("base.qcow2"), "64M");
+    qemu_img_create(&p.join("base.qcow2"), "64M");
     p.ok(&["up", "--no-start", "a", "b"]);
 
     // Created, never started: the plan, marked as such, with the port it assumes.
@@ -439,7 +326,7 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
         assert!(joined.contains(&needle), "{needle:?} not in {joined}");
     }
     assert_eq!(i["qemu_not_planned"], Value::Null);
-    let human = p.ok(&["inspect", "a"]);
+    let human = p.ok(&["inspect", "a"]).stdout;
     for needle in [
         "QEMU (planned: not running; the command line the next start would use)",
         &format!(
@@ -464,6 +351,7 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
     );
     assert!(
         p.ok(&["inspect", "b"])
+            .stdout
             .contains(&format!("ssh port {fixed} (fixed by the compose file)"))
     );
 
@@ -477,7 +365,11 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
             .contains("not downloaded yet"),
         "{c}"
     );
-    assert!(p.ok(&["inspect", "c"]).contains("no command line planned"));
+    assert!(
+        p.ok(&["inspect", "c"])
+            .stdout
+            .contains("no command line planned")
+    );
 
     // Started: the plan was the real command line (up to the port, allocated afresh).
     p.ok(&["up", "a"]);
@@ -497,7 +389,7 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
         with_port(&planned, planned_port),
         with_port(&started, ssh_port)
     );
-    assert!(p.ok(&["inspect", "a"]).contains("QEMU (started "));
+    assert!(p.ok(&["inspect", "a"]).stdout.contains("QEMU (started "));
 
     // Stopped again: planned, keeping the last port.
     p.ok(&["stop", "--force", "a"]);
@@ -510,11 +402,11 @@ fn inspect_shows_the_planned_argv_of_a_vm_that_is_not_running() {
 
 #[test]
 fn logs_and_a_piped_console_relay_the_serial_port() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu_at_a_time();
     let p = Project::new(
         "vms:\n  a: {image: ./guest.img, memory: 64}\n  bb: {image: ./guest.img, memory: 64}\n",
     );
-    std::fs::write(p.path().join("guest.img"), boot_sector()).unwrap();
+    std::fs::write(p.join("guest.img"), boot_sector()).unwrap();
     let no_log = p.run(&["logs"]);
     assert!(no_log.status.success());
     assert_eq!(text(&no_log.stdout), "");
@@ -533,9 +425,9 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     p.wait_for_log("a", BANNER);
     p.wait_for_log("bb", BANNER);
     followed.wait_for(BANNER, 0);
-    assert_eq!(p.ok(&["logs", "a"]), format!("{BANNER}\r\n"));
+    assert_eq!(p.ok(&["logs", "a"]).stdout, format!("{BANNER}\r\n"));
     assert_eq!(
-        p.ok(&["logs"]),
+        p.ok(&["logs"]).stdout,
         format!("a  | {BANNER}\r\nbb | {BANNER}\r\n")
     );
 
@@ -577,9 +469,9 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     followed.wait_for("HELLO", 0);
     drop(follow);
 
-    assert_eq!(p.ok(&["logs", "a", "--tail", "1"]), "HELLO\x1d\n");
+    assert_eq!(p.ok(&["logs", "a", "--tail", "1"]).stdout, "HELLO\x1d\n");
     assert_eq!(
-        p.ok(&["logs", "a", "--tail", "2"]),
+        p.ok(&["logs", "a", "--tail", "2"]).stdout,
         format!("{BANNER}\r\nHELLO\x1d\n")
     );
 
@@ -610,9 +502,9 @@ fn stty_lines(transcript: &str) -> Vec<&str> {
 
 #[test]
 fn console_through_a_terminal_detaches_and_restores_it() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu_at_a_time();
     let p = Project::new("vms:\n  db: {image: ./guest.img, memory: 64}\n");
-    std::fs::write(p.path().join("guest.img"), boot_sector()).unwrap();
+    std::fs::write(p.join("guest.img"), boot_sector()).unwrap();
 
     let stopped = p.run(&["console", "db"]);
     assert_eq!(stopped.status.code(), Some(1));
@@ -622,11 +514,11 @@ fn console_through_a_terminal_detaches_and_restores_it() {
     p.wait_for_log("db", BANNER);
     // `script` gives the shell a pseudo-terminal; the settings are printed before and after.
     let shell = format!("stty -g; {BIN} console db; echo \"rc=$?\"; stty -g");
-    let mut child = tool("script")
+    let mut script = tool("script");
+    let mut child = p
+        .env(&mut script)
         .args(["-q", "-e", "-c", &shell, "/dev/null"])
         .current_dir(p.path())
-        .env("XDG_DATA_HOME", &p.data_home)
-        .env_remove("XDG_RUNTIME_DIR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -668,11 +560,11 @@ fn console_through_a_terminal_detaches_and_restores_it() {
     let shell = format!(
         "stty -g; (sleep 1; pkill -TERM -x -P $$ qemu-compose) & {BIN} console db; echo \"rc=$?\"; stty -g"
     );
-    let out = tool("script")
+    let mut script = tool("script");
+    let out = p
+        .env(&mut script)
         .args(["-q", "-e", "-c", &shell, "/dev/null"])
         .current_dir(p.path())
-        .env("XDG_DATA_HOME", &p.data_home)
-        .env_remove("XDG_RUNTIME_DIR")
         .stdin(Stdio::piped())
         .output()
         .unwrap();
@@ -689,12 +581,12 @@ fn console_through_a_terminal_detaches_and_restores_it() {
 
 #[test]
 fn ssh_execs_the_system_client_and_passes_its_status_through() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu_at_a_time();
     let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64, user: alice}\n");
-    qemu_img_create(&p.path().join("base.qcow2"), "64M");
-    let stub = p.path().join("stub");
+    qemu_img_create(&p.join("base.qcow2"), "64M");
+    let stub = p.join("stub");
     std::fs::create_dir(&stub).unwrap();
-    let recorded = p.path().join("ssh-args");
+    let recorded = p.join("ssh-args");
     std::fs::write(
         stub.join("ssh"),
         format!(
@@ -905,9 +797,9 @@ fn ssh_as_printed(printed: &[String], login: Option<&str>) -> Output {
 
 #[test]
 fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu_at_a_time();
     let p = Project::new("vms:\n  web: {image: ./base.qcow2, memory: 64}\n");
-    qemu_img_create(&p.path().join("base.qcow2"), "64M");
+    qemu_img_create(&p.join("base.qcow2"), "64M");
     p.ok(&["up"]);
     let private = private_dir(p.path(), "web");
     let host_key = private.join("ssh_host_ed25519_key");
@@ -949,7 +841,7 @@ fn ssh_only_talks_to_the_host_key_the_instance_was_given() {
     p.ok(&["stop", "--force", "web"]);
 
     // Another program takes the port, with a host key of its own.
-    let other = p.path().join("other_key");
+    let other = p.join("other_key");
     let made = tool("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&other)
@@ -1035,12 +927,12 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
     let p = Project::new(&format!(
         "vms:\n  a: {{image: \"{url}\", memory: 64}}\n  local: {{image: ./local.img}}\n"
     ));
-    std::fs::write(p.path().join("local.img"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(p.join("local.img"), vec![0u8; 1 << 20]).unwrap();
 
-    let pulled = p.ok(&["pull"]);
+    let pulled = p.ok(&["pull"]).stdout;
     assert!(pulled.contains("local: local image"), "{pulled}");
     assert!(pulled.contains("nothing to pull"), "{pulled}");
-    let cache = p.data_home.join("qemu-compose/images");
+    let cache = p.image_cache();
     let cached: Vec<PathBuf> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -1057,17 +949,17 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
         pulled.contains(&format!("a: {url} -> {}", cached.display())),
         "{pulled}"
     );
-    let ls = p.ok(&["image", "ls"]);
+    let ls = p.ok(&["image", "ls"]).stdout;
     assert!(ls.contains(&name) && ls.contains(&url), "{ls}");
     assert!(ls.contains("a (not created)"), "{ls}");
 
     p.ok(&["up", "--no-start", "a"]);
-    let overlay = p.path().join(".qemu-compose/vms/a/disk.qcow2");
+    let overlay = p.join(".qemu-compose/vms/a/disk.qcow2");
     assert_eq!(
         qemu_img_info(&overlay)["full-backing-filename"],
         cached.to_str().unwrap()
     );
-    let ls = p.ok(&["image", "ls"]);
+    let ls = p.ok(&["image", "ls"]).stdout;
     assert!(
         ls.lines()
             .any(|l| l.contains(&name) && l.trim_end().ends_with(" a")),
@@ -1083,24 +975,18 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
     assert!(cached.exists());
 
     // Without a compose file nothing is known about users.
-    let elsewhere = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let out = Command::new(BIN)
-        .args(["image", "ls"])
-        .current_dir(elsewhere.path())
-        .env("XDG_DATA_HOME", &p.data_home)
-        .env_remove("QEMU_COMPOSE_FILE")
-        .output()
-        .unwrap();
+    let elsewhere = Project::empty();
+    let out = p.run_in(elsewhere.path(), &["image", "ls"]);
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("unknown (no compose file)"));
 
     p.ok(&["destroy"]);
-    assert_eq!(p.ok(&["image", "rm", &name]), format!("{name}\n"));
+    assert_eq!(p.ok(&["image", "rm", &name]).stdout, format!("{name}\n"));
     assert!(!cached.exists());
     let missing = p.run(&["image", "rm", &name]);
     assert_eq!(missing.status.code(), Some(1));
 
-    let one = p.ok(&["pull", &url]);
+    let one = p.ok(&["pull", &url]).stdout;
     assert_eq!(one, format!("{url}: {}\n", cached.display()));
     assert!(cached.exists());
     // --force with an image in use.
@@ -1181,13 +1067,8 @@ fn doctor_reports_this_host() {
     );
 
     // Without a compose file the project lines are skipped.
-    let elsewhere = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let out = Command::new(BIN)
-        .arg("doctor")
-        .current_dir(elsewhere.path())
-        .env_remove("QEMU_COMPOSE_FILE")
-        .output()
-        .unwrap();
+    let elsewhere = Project::empty();
+    let out = elsewhere.run(&["doctor"]);
     assert_eq!(out.status.code(), Some(0));
     let report = text(&out.stdout);
     assert!(report.contains("no compose file here"), "{report}");

@@ -1,28 +1,13 @@
 //! The real binary, run on fixture projects: exact exit codes, stdout and stderr.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-/// Runs `qemu-compose ARGS` in `dir` with a clean environment (no QEMU_COMPOSE_* leaking in).
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::harness::{Project, assert_golden, fixture, text};
 
 #[test]
 fn version_prints_the_crate_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_in(dir.path(), &["version"]);
+    let p = Project::empty();
+    let out = p.run(&["version"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         text(&out.stdout),
@@ -33,9 +18,9 @@ fn version_prints_the_crate_version() {
 
 #[test]
 fn completion_scripts_name_every_command() {
-    let dir = tempfile::tempdir().unwrap();
+    let p = Project::empty();
     for shell in ["bash", "zsh", "fish"] {
-        let out = run_in(dir.path(), &["completion", shell]);
+        let out = p.run(&["completion", shell]);
         assert_eq!(out.status.code(), Some(0), "{shell}");
         let script = text(&out.stdout);
         for cmd in ["up", "destroy", "volume", "config", "doctor"] {
@@ -46,8 +31,8 @@ fn completion_scripts_name_every_command() {
 
 #[test]
 fn help_lists_every_command_of_the_design() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_in(dir.path(), &["--help"]);
+    let p = Project::empty();
+    let out = p.run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
     for cmd in [
@@ -77,45 +62,26 @@ fn help_lists_every_command_of_the_design() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_in(dir.path(), &["frobnicate"]);
+    let p = Project::empty();
+    let out = p.run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unrecognized subcommand 'frobnicate'"));
-    let out = run_in(dir.path(), &["stop", "--timeout", "soon"]);
+    let out = p.run(&["stop", "--timeout", "soon"]);
     assert_eq!(out.status.code(), Some(2));
-}
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/compose")
-        .join(name)
-        .canonicalize()
-        .unwrap()
 }
 
 /// Compares `actual` with `tests/golden/config/NAME`, with the fixture folder written as
-/// `$DIR`; `UPDATE_GOLDEN=1` rewrites the file instead.
-fn assert_golden(name: &str, dir: &Path, actual: &str) {
-    let actual = actual.replace(dir.to_str().unwrap(), "$DIR");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/config")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (UPDATE_GOLDEN=1 to accept)",
-        path.display()
+/// `$DIR`.
+fn assert_config_golden(name: &str, dir: &Path, actual: &str) {
+    assert_golden(
+        &format!("config/{name}"),
+        actual.replace(dir.to_str().unwrap(), "$DIR"),
     );
 }
 
 #[test]
 fn config_accepts_every_example_of_the_design() {
+    let p = Project::empty();
     for name in [
         "design-example",
         "go-style",
@@ -123,16 +89,16 @@ fn config_accepts_every_example_of_the_design() {
         "seed-short-form",
     ] {
         let dir = fixture(name);
-        let out = run_in(&dir, &["config", "-q"]);
+        let out = p.run_in(&dir, &["config", "-q"]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "", "{name}");
         assert_eq!(text(&out.stderr), "", "{name}");
 
-        let out = run_in(&dir, &["config"]);
+        let out = p.run_in(&dir, &["config"]);
         assert_eq!(out.status.code(), Some(0));
-        assert_golden(&format!("{name}.yaml"), &dir, &text(&out.stdout));
+        assert_config_golden(&format!("{name}.yaml"), &dir, &text(&out.stdout));
 
-        let out = run_in(&dir, &["config", "--format", "json"]);
+        let out = p.run_in(&dir, &["config", "--format", "json"]);
         assert_eq!(out.status.code(), Some(0));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["dir"], dir.to_str().unwrap());
@@ -142,21 +108,23 @@ fn config_accepts_every_example_of_the_design() {
 
 #[test]
 fn config_reports_every_error_located_and_exits_2() {
+    let p = Project::empty();
     let dir = fixture("invalid-many");
-    let out = run_in(&dir, &["config"]);
+    let out = p.run_in(&dir, &["config"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(text(&out.stdout), "");
-    assert_golden("invalid-many.stderr", &dir, &text(&out.stderr));
+    assert_config_golden("invalid-many.stderr", &dir, &text(&out.stderr));
     // -q validates the same way.
-    let quiet = run_in(&dir, &["config", "-q"]);
+    let quiet = p.run_in(&dir, &["config", "-q"]);
     assert_eq!(quiet.status.code(), Some(2));
     assert_eq!(quiet.stderr, out.stderr);
 }
 
 #[test]
 fn project_name_and_file_options() {
+    let p = Project::empty();
     let dir = fixture("seed-short-form");
-    let out = run_in(&dir, &["-p", "Bad Name", "config", "-q"]);
+    let out = p.run_in(&dir, &["-p", "Bad Name", "config", "-q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("Bad Name"),
@@ -164,17 +132,14 @@ fn project_name_and_file_options() {
         text(&out.stderr)
     );
 
-    let out = run_in(&dir, &["-p", "other", "config", "--format", "json"]);
+    let out = p.run_in(&dir, &["-p", "other", "config", "--format", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["name"], "other");
 
-    // -f from anywhere; the project directory is the file's directory.
-    let elsewhere = tempfile::tempdir().unwrap();
+    // -f from anywhere (here, the empty folder of `p`); the project directory is the file's
+    // directory.
     let file = dir.join("qemu-compose.yaml");
-    let out = run_in(
-        elsewhere.path(),
-        &["-f", file.to_str().unwrap(), "config", "--format", "json"],
-    );
+    let out = p.run(&["-f", file.to_str().unwrap(), "config", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["dir"], dir.to_str().unwrap());
@@ -182,9 +147,10 @@ fn project_name_and_file_options() {
 
 #[test]
 fn a_missing_compose_file_is_explained() {
-    // Under the target folder: no stray qemu-compose.yaml in /tmp can be found from here.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let out = run_in(dir.path(), &["config"]);
+    // Under the target folder (see `Project`): no stray qemu-compose.yaml in /tmp can be found
+    // from here.
+    let p = Project::empty();
+    let out = p.run(&["config"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("no qemu-compose.yaml or qemu-compose.yml in"),

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use proptest::prelude::*;
 use qemu_compose::disk::qcow2::{
@@ -14,45 +13,25 @@ use qemu_compose::disk::{BlockSink, RawFile, SparseBuffer};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::harness::{
+    all_text, qemu_img_create, qemu_img_create_with, qemu_img_info, run_tool, s, text, tool_ok,
+};
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 
-/// Runs a QEMU tool, failing the test with a clear message if it is not installed.
-fn run(tool: &str, args: &[&str]) -> Output {
-    match Command::new(tool).args(args).output() {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run {tool} ({e}); install qemu-utils to run these tests"),
-    }
-}
-
-/// Runs a QEMU tool that must succeed and returns its stdout.
-fn run_ok(tool: &str, args: &[&str]) -> String {
-    let out = run(tool, args);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// `qemu-img check` must find no errors, corruptions or leaks.
 fn assert_check_clean(path: &Path) {
-    let out = run("qemu-img", &["check", "--output=json", s(path)]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = run_tool("qemu-img", &["check", "--output=json", s(path)]);
+    let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
         "qemu-img check {} exited with {}: {stdout}{}",
         path.display(),
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        text(&out.stderr)
     );
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["check-errors"], 0, "{stdout}");
@@ -62,10 +41,6 @@ fn assert_check_clean(path: &Path) {
             "{key} in {stdout}"
         );
     }
-}
-
-fn info(path: &Path) -> Value {
-    serde_json::from_str(&run_ok("qemu-img", &["info", "--output=json", s(path)])).unwrap()
 }
 
 /// The qcow2 fields every image we write must have.
@@ -106,22 +81,17 @@ fn write_pair(dir: &Path, size: u64, contents: &SparseBuffer) -> (PathBuf, PathB
 }
 
 fn assert_same_as_raw(qcow2: &Path, raw: &Path) {
-    let out = run(
+    let out = run_tool(
         "qemu-img",
         &["compare", "-f", "qcow2", "-F", "raw", s(qcow2), s(raw)],
     );
-    assert!(
-        out.status.success(),
-        "qemu-img compare: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "qemu-img compare: {}", all_text(&out));
 }
 
 /// Converts `image` to raw with qemu-img and returns its bytes (for small images only).
 fn qemu_raw_bytes(image: &Path) -> Vec<u8> {
     let out = image.with_extension("converted.raw");
-    run_ok("qemu-img", &["convert", "-O", "raw", s(image), s(&out)]);
+    tool_ok("qemu-img", &["convert", "-O", "raw", s(image), s(&out)]);
     fs::read(out).unwrap()
 }
 
@@ -153,7 +123,7 @@ fn empty_images_from_64k_to_64t_are_clean() {
             summary.file_size
         );
         assert_check_clean(&path);
-        let info = info(&path);
+        let info = qemu_img_info(&path);
         assert_our_format(&info, size);
         assert!(info["backing-filename"].is_null());
 
@@ -189,7 +159,7 @@ fn data_image_holds_exactly_its_non_zero_clusters() {
     let (qcow2, raw) = write_pair(dir.path(), size, &contents);
 
     assert_check_clean(&qcow2);
-    assert_our_format(&info(&qcow2), size);
+    assert_our_format(&qemu_img_info(&qcow2), size);
     assert_same_as_raw(&qcow2, &raw);
 
     let image = Qcow2Image::open(&qcow2).unwrap();
@@ -198,7 +168,7 @@ fn data_image_holds_exactly_its_non_zero_clusters() {
 
     // qemu-img check ignores refcounts past the end of the file; a write that makes QEMU
     // allocate a cluster there would expose them.
-    run_ok("qemu-io", &["-c", "write -P 0x42 2G 128k", s(&qcow2)]);
+    tool_ok("qemu-io", &["-c", "write -P 0x42 2G 128k", s(&qcow2)]);
     assert_check_clean(&qcow2);
     contents.write_at(2 * GIB, &[0x42; 128 * 1024]).unwrap();
     let image = Qcow2Image::open(&qcow2).unwrap();
@@ -244,11 +214,8 @@ fn overlays_over_raw_and_qcow2_bases() {
 
     // A qcow2 base written by qemu-img and qemu-io.
     let qemu_base = d.join("qemu-base.qcow2");
-    run_ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", s(&qemu_base), "4M"],
-    );
-    run_ok("qemu-io", &["-c", "write -P 0xab 1M 64k", s(&qemu_base)]);
+    qemu_img_create(&qemu_base, "4M");
+    tool_ok("qemu-io", &["-c", "write -P 0xab 1M 64k", s(&qemu_base)]);
 
     let abs_qemu_base = qemu_base.to_str().unwrap().to_owned();
     let cases = [
@@ -272,7 +239,7 @@ fn overlays_over_raw_and_qcow2_bases() {
         write_overlay(&create(&overlay), size, &backing).unwrap();
 
         assert_check_clean(&overlay);
-        let info = info(&overlay);
+        let info = qemu_img_info(&overlay);
         assert_our_format(&info, size);
         assert_eq!(info["backing-filename"], backing_name.as_str());
         assert_eq!(info["backing-filename-format"], format);
@@ -284,7 +251,7 @@ fn overlays_over_raw_and_qcow2_bases() {
         assert_reader_matches_qemu(&overlay);
 
         // QEMU can write into the overlay, and the result still checks clean.
-        run_ok("qemu-io", &["-c", "write -P 0x5a 1536k 8k", s(&overlay)]);
+        tool_ok("qemu-io", &["-c", "write -P 0x5a 1536k 8k", s(&overlay)]);
         assert_check_clean(&overlay);
         assert_reader_matches_qemu(&overlay);
     }
@@ -395,13 +362,10 @@ fn reader_reads_images_written_by_qemu() {
         ("refcount-bits-1.qcow2", "refcount_bits=1"),
     ] {
         let path = d.join(name);
-        run_ok(
-            "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-o", options, s(&path), "5M"],
-        );
+        qemu_img_create_with(&path, &["-o", options], Some("5M"));
         let mut args = commands.clone();
         args.push(s(&path));
-        run_ok("qemu-io", &args);
+        tool_ok("qemu-io", &args);
         assert_reader_matches_qemu(&path);
         let image = Qcow2Image::open(&path).unwrap();
         let expected_version = if name == "v2.qcow2" { 2 } else { 3 };
@@ -411,46 +375,18 @@ fn reader_reads_images_written_by_qemu() {
 
     // A chain: raw base <- qcow2 (smaller than the next) <- qcow2 overlay.
     let raw = d.join("chain-base.raw");
-    run_ok("qemu-img", &["create", "-q", "-f", "raw", s(&raw), "2M"]);
-    run_ok(
+    tool_ok("qemu-img", &["create", "-q", "-f", "raw", s(&raw), "2M"]);
+    tool_ok(
         "qemu-io",
         &["-f", "raw", "-c", "write -P 0x77 0 1M", s(&raw)],
     );
     let mid = d.join("chain-mid.qcow2");
     let top = d.join("chain-top.qcow2");
     let raw_abs = s(&raw).to_owned();
-    run_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &raw_abs,
-            "-F",
-            "raw",
-            s(&mid),
-            "3M",
-        ],
-    );
-    run_ok("qemu-io", &["-c", "write -P 0x88 512k 64k", s(&mid)]);
-    run_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "chain-mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-            "6M",
-        ],
-    );
-    run_ok(
+    qemu_img_create_with(&mid, &["-b", &raw_abs, "-F", "raw"], Some("3M"));
+    tool_ok("qemu-io", &["-c", "write -P 0x88 512k 64k", s(&mid)]);
+    qemu_img_create_with(&top, &["-b", "chain-mid.qcow2", "-F", "qcow2"], Some("6M"));
+    tool_ok(
         "qemu-io",
         &[
             "-c",
@@ -469,7 +405,7 @@ fn reader_reads_images_written_by_qemu() {
     // Compressed clusters and extended L2 entries are refused, not misread.
     let compressed = d.join("compressed.qcow2");
     let source = d.join("v3.qcow2");
-    run_ok(
+    tool_ok(
         "qemu-img",
         &["convert", "-c", "-O", "qcow2", s(&source), s(&compressed)],
     );
@@ -477,19 +413,7 @@ fn reader_reads_images_written_by_qemu() {
     let err = image.read_at(MIB, &mut [0; 16]).unwrap_err();
     assert!(matches!(err, Qcow2Error::Unsupported(_)), "{err}");
     let extended = d.join("extended.qcow2");
-    run_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            s(&extended),
-            "1M",
-        ],
-    );
+    qemu_img_create_with(&extended, &["-o", "extended_l2=on"], Some("1M"));
     let err = Qcow2Image::open(&extended).unwrap_err();
     assert!(matches!(err, Qcow2Error::Unsupported(_)), "{err}");
 }

@@ -1,115 +1,29 @@
 //! `up`, `stop` and `destroy` through the real CLI with the real qemu-system-x86_64 and a
 //! bootless image (QEMU runs fine without an OS to boot).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use qemu_compose::qemu::qmp::Qmp;
 
-/// The private folder of VM `vm` of the project in `project` (outside the project; see
-/// `state::layout`): pidfile, sockets, serial log, seed, record.
-#[allow(dead_code)]
-fn private_dir(project: &Path, vm: &str) -> PathBuf {
-    let dir = project.canonicalize().unwrap();
-    qemu_compose::state::StateDir::new(&dir).vm_private_dir(vm)
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-}
+use crate::harness::{ONE_VM, Project, alive, one_qemu_at_a_time, text, tool};
 
 impl Project {
-    fn new(compose: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
-        let base = dir.path().join("base.qcow2");
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"])
-            .output()
-            .expect("qemu-img must be installed for this test (.ci/install-deps)");
-        assert!(out.status.success());
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-            .args(args)
-            .current_dir(self.path())
-            .env_remove("QEMU_COMPOSE_FILE")
-            .env_remove("QEMU_COMPOSE_PROJECT_NAME")
-            .env_remove("QEMU_COMPOSE_ACCEL")
-            .env("XDG_DATA_HOME", self.path().join("xdg"))
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "qemu-compose {args:?} failed: {stderr}"
-        );
-        stderr
-    }
-
-    /// The VM's private folder: pidfile, sockets, record.
-    fn vm_dir(&self, vm: &str) -> PathBuf {
-        private_dir(self.path(), vm)
-    }
-
-    fn pid(&self, vm: &str) -> Option<i32> {
-        std::fs::read_to_string(self.vm_dir(vm).join("qemu.pid"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    }
-
     fn qmp_status(&self, vm: &str) -> String {
-        let mut qmp = Qmp::connect(&self.vm_dir(vm).join("qmp.sock"), Duration::from_secs(5))
-            .expect("QMP answers");
+        let mut qmp = Qmp::connect(
+            &self.private_dir(vm).join("qmp.sock"),
+            Duration::from_secs(5),
+        )
+        .expect("QMP answers");
         qmp.query_status().unwrap()
     }
 }
 
-/// Never leaves a QEMU behind, whatever the test did.
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.run(&["destroy", "--force"]);
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-}
-
-fn require_qemu() {
-    let out = Command::new("qemu-system-x86_64").arg("--version").output();
-    assert!(
-        out.is_ok_and(|o| o.status.success()),
-        "qemu-system-x86_64 must be installed for this test (.ci/install-deps)"
-    );
-}
-
-const ONE_VM: &str = "
-volumes:
-  data: {size: 1G}
-vms:
-  app:
-    image: ./base.qcow2
-    memory: 128
-    volumes: ['data:/data']
-";
-
 #[test]
 fn up_stop_destroy_with_a_real_qemu() {
-    require_qemu();
-    let p = Project::new(ONE_VM);
-    let stderr = p.ok(&["up"]);
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(ONE_VM, "64M");
+    let stderr = p.ok(&["up"]).stderr;
     assert!(
         stderr.contains("started VM app (ssh: 127.0.0.1:"),
         "{stderr}"
@@ -122,7 +36,7 @@ fn up_stop_destroy_with_a_real_qemu() {
     assert!(alive(pid));
     assert_eq!(p.qmp_status("app"), "running");
     let record: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.vm_dir("app").join("instance.json")).unwrap(),
+        &std::fs::read_to_string(p.private_dir("app").join("instance.json")).unwrap(),
     )
     .unwrap();
     let argv: Vec<&str> = record["argv"]
@@ -134,14 +48,14 @@ fn up_stop_destroy_with_a_real_qemu() {
     assert!(argv.contains(&"-nodefaults") && argv.contains(&"-daemonize"));
 
     // A second `up` leaves the running VM alone.
-    let stderr = p.ok(&["up"]);
+    let stderr = p.ok(&["up"]).stderr;
     assert!(stderr.contains("VM app is already running"), "{stderr}");
     assert_eq!(p.pid("app"), Some(pid));
 
     // `--wait` also waits for a VM that was already running; a bootless one never answers.
     let out = p.run(&["up", "--wait", "--wait-timeout", "2"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("VM app: did not answer SSH within 2 s"),
         "{stderr}"
@@ -149,20 +63,20 @@ fn up_stop_destroy_with_a_real_qemu() {
     assert_eq!(p.pid("app"), Some(pid));
 
     // A bootless guest ignores the power button: stop falls back to quitting QEMU.
-    let stderr = p.ok(&["stop", "-t", "1"]);
+    let stderr = p.ok(&["stop", "-t", "1"]).stderr;
     assert!(
         stderr.contains("did not power off within 1 s; QEMU was told to quit"),
         "{stderr}"
     );
     assert!(!alive(pid));
     assert_eq!(p.pid("app"), None);
-    assert!(p.ok(&["stop"]).contains("VM app is not running"));
+    assert!(p.ok(&["stop"]).stderr.contains("VM app is not running"));
 
     // destroy removes the instance, never the named volume.
     p.ok(&["up"]);
-    let stderr = p.ok(&["destroy", "--force"]);
+    let stderr = p.ok(&["destroy", "--force"]).stderr;
     assert!(stderr.contains("removed VM app"), "{stderr}");
-    assert!(!p.vm_dir("app").exists() && !p.path().join(".qemu-compose/vms/app").exists());
+    assert!(!p.private_dir("app").exists() && !p.join(".qemu-compose/vms/app").exists());
     assert!(
         p.path()
             .join(".qemu-compose/volumes/data/volume.qcow2")
@@ -172,22 +86,18 @@ fn up_stop_destroy_with_a_real_qemu() {
 
 #[test]
 fn a_changed_configuration_is_reported_and_applied_on_request() {
-    require_qemu();
-    let p = Project::new(ONE_VM);
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up"]);
     let pid = p.pid("app").unwrap();
-    std::fs::write(
-        p.path().join("qemu-compose.yaml"),
-        ONE_VM.replace("memory: 128", "memory: 160"),
-    )
-    .unwrap();
-    let stderr = p.ok(&["up"]);
+    p.write_compose(&ONE_VM.replace("memory: 128", "memory: 160"));
+    let stderr = p.ok(&["up"]).stderr;
     assert!(
         stderr.contains("VM app runs with an older configuration"),
         "{stderr}"
     );
     assert_eq!(p.pid("app"), Some(pid));
-    let stderr = p.ok(&["up", "--force-recreate", "-t", "1"]);
+    let stderr = p.ok(&["up", "--force-recreate", "-t", "1"]).stderr;
     assert!(
         stderr.contains("stopping VM app to apply its new configuration"),
         "{stderr}"
@@ -200,16 +110,19 @@ fn a_changed_configuration_is_reported_and_applied_on_request() {
 
 #[test]
 fn qemu_failures_are_reported_with_qemus_words() {
-    require_qemu();
+    let _one = one_qemu_at_a_time();
     // A fixed SSH port that another program holds.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
-    let p = Project::new(&format!(
-        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    ssh: {{port: {port}}}\n"
-    ));
+    let p = Project::with_base(
+        &format!(
+            "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    ssh: {{port: {port}}}\n"
+        ),
+        "64M",
+    );
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!(
             "Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:22'"
@@ -222,21 +135,21 @@ fn qemu_failures_are_reported_with_qemus_words() {
     let p = Project::new("vms:\n  app:\n    image: ./nope.qcow2\n");
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("VM app: image") && stderr.contains("nope.qcow2 does not exist"),
         "{stderr}"
     );
-    assert!(!p.vm_dir("app").exists() && !p.path().join(".qemu-compose/vms/app").exists());
+    assert!(!p.private_dir("app").exists() && !p.join(".qemu-compose/vms/app").exists());
 
     // A corrupt base image is refused by our own reader.
     let p = Project::new("vms:\n  app:\n    image: ./bad.qcow2\n");
     let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     bytes.resize(512, 0xff);
-    std::fs::write(p.path().join("bad.qcow2"), bytes).unwrap();
+    std::fs::write(p.join("bad.qcow2"), bytes).unwrap();
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("VM app:"));
+    assert!(text(&out.stderr).contains("VM app:"));
 }
 
 /// `qemu-img info` of the instance disk of `vm`.
@@ -413,38 +326,32 @@ fn files_that_are_not_disk_images_are_refused_with_what_they_are() {
 
 #[test]
 fn networks_are_refused_before_anything_starts() {
-    let p = Project::new(
+    let p = Project::with_base(
         "networks:\n  back: {}\nvms:\n  app:\n    image: ./base.qcow2\n    networks: [back]\n",
+        "64M",
     );
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("VM-to-VM networking is not implemented yet"),
         "{stderr}"
     );
-    assert!(
-        !p.path().join(".qemu-compose").exists(),
-        "nothing may be created"
-    );
+    assert!(!p.join(".qemu-compose").exists(), "nothing may be created");
 }
 
 #[test]
 fn the_project_key_is_a_valid_openssh_key() {
-    let p = Project::new(ONE_VM);
+    let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up", "--no-start"]);
     let ssh = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_dir();
-    let out = Command::new("ssh-keygen")
+    let out = tool("ssh-keygen")
         .arg("-y")
         .arg("-f")
         .arg(ssh.join("id_ed25519"))
         .output()
-        .expect("ssh-keygen (openssh-client) must be installed for this test (.ci/install-deps)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let derived = String::from_utf8(out.stdout).unwrap();
     let public = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
     assert!(derived.starts_with("ssh-ed25519 "), "{derived}");
@@ -457,52 +364,29 @@ fn the_project_key_is_a_valid_openssh_key() {
     assert_eq!(mode("id_ed25519"), 0o600);
 }
 
-/// Runs the CLI in `dir` with the image cache and state home of `p`, plus `envs`.
-fn run_in(p: &Project, dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("QEMU_COMPOSE_FILE")
-        .env_remove("QEMU_COMPOSE_PROJECT_NAME")
-        .env("XDG_DATA_HOME", p.path().join("xdg"));
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn ok_in(p: &Project, dir: &Path, args: &[&str]) -> String {
-    let out = run_in(p, dir, args, &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "qemu-compose {args:?} failed: {stderr}"
-    );
-    stderr
-}
-
 #[test]
 fn vms_named_like_state_folders_cannot_touch_volumes_or_the_key() {
-    let p = Project::new(
+    let p = Project::with_base(
         "volumes:\n  data: {size: 64M}\nvms:\n  volumes:\n    image: ./base.qcow2\n    volumes: [data:/data]\n  ssh: {image: ./base.qcow2}\n",
+        "64M",
     );
     p.ok(&["up", "--no-start"]);
-    let volume = p.path().join(".qemu-compose/volumes/data/volume.qcow2");
+    let volume = p.join(".qemu-compose/volumes/data/volume.qcow2");
     let key = qemu_compose::state::StateDir::new(&p.path().canonicalize().unwrap()).ssh_key();
     assert!(volume.is_file() && key.is_file());
     p.ok(&["destroy", "volumes"]);
     p.ok(&["destroy", "ssh"]);
     assert!(volume.is_file(), "destroy of VM `volumes` removed a volume");
     assert!(key.is_file(), "destroy of VM `ssh` removed the project key");
-    assert!(!p.path().join(".qemu-compose/vms/volumes").exists());
+    assert!(!p.join(".qemu-compose/vms/volumes").exists());
 }
 
 #[test]
 fn secrets_and_control_files_stay_out_of_the_project_folder() {
-    let p = Project::new(ONE_VM);
+    let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up", "--no-start"]);
     let mut found = Vec::new();
-    let mut stack = vec![p.path().join(".qemu-compose")];
+    let mut stack = vec![p.join(".qemu-compose")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -535,15 +419,15 @@ fn secrets_and_control_files_stay_out_of_the_project_folder() {
 
 #[test]
 fn a_planted_symlink_in_the_state_folder_is_never_followed() {
-    let p = Project::new(ONE_VM);
+    let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up", "--no-start"]);
-    let secret = p.path().join("secret.txt");
+    let secret = p.join("secret.txt");
     std::fs::write(&secret, "host secret\n").unwrap();
-    let registry = p.path().join(".qemu-compose/volumes.json");
+    let registry = p.join(".qemu-compose/volumes.json");
     std::fs::remove_file(&registry).unwrap();
     std::os::unix::fs::symlink(&secret, &registry).unwrap();
     let out = p.run(&["up", "--no-start"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret\n");
@@ -551,14 +435,14 @@ fn a_planted_symlink_in_the_state_folder_is_never_followed() {
 
 #[test]
 fn a_copied_project_uses_its_own_volumes() {
-    let p = Project::new(ONE_VM);
-    let original = p.path().join("orig");
+    let p = Project::with_base(ONE_VM, "64M");
+    let original = p.join("orig");
     std::fs::create_dir(&original).unwrap();
     for f in ["qemu-compose.yaml", "base.qcow2"] {
-        std::fs::rename(p.path().join(f), original.join(f)).unwrap();
+        std::fs::rename(p.join(f), original.join(f)).unwrap();
     }
-    ok_in(&p, &original, &["up", "--no-start"]);
-    let copy = p.path().join("copy");
+    p.ok_in(&original, &["up", "--no-start"]);
+    let copy = p.join("copy");
     let status = Command::new("cp")
         .arg("-a")
         .arg(&original)
@@ -566,7 +450,7 @@ fn a_copied_project_uses_its_own_volumes() {
         .status()
         .unwrap();
     assert!(status.success());
-    ok_in(&p, &copy, &["destroy", "-v"]);
+    p.ok_in(&copy, &["destroy", "-v"]);
     assert!(!copy.join(".qemu-compose/volumes/data").exists());
     assert!(
         original
@@ -574,56 +458,56 @@ fn a_copied_project_uses_its_own_volumes() {
             .is_file(),
         "destroy -v in the copy removed the original's volume"
     );
-    ok_in(&p, &original, &["destroy", "-v"]);
+    p.ok_in(&original, &["destroy", "-v"]);
 }
 
 #[test]
 fn projects_sharing_a_symlinked_compose_file_keep_their_own_state() {
-    let p = Project::new(ONE_VM);
-    let (a, b) = (p.path().join("a"), p.path().join("b"));
+    let p = Project::with_base(ONE_VM, "64M");
+    let (a, b) = (p.join("a"), p.join("b"));
     for dir in [&a, &b] {
         std::fs::create_dir(dir).unwrap();
-        std::os::unix::fs::symlink(
-            p.path().join("qemu-compose.yaml"),
-            dir.join("qemu-compose.yaml"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink(p.path().join("base.qcow2"), dir.join("base.qcow2")).unwrap();
+        std::os::unix::fs::symlink(p.join("qemu-compose.yaml"), dir.join("qemu-compose.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink(p.join("base.qcow2"), dir.join("base.qcow2")).unwrap();
     }
-    ok_in(&p, &a, &["up", "--no-start"]);
+    p.ok_in(&a, &["up", "--no-start"]);
     assert!(a.join(".qemu-compose/volumes/data/volume.qcow2").is_file());
     assert!(
-        !p.path().join(".qemu-compose").exists(),
+        !p.join(".qemu-compose").exists(),
         "state went to the link's target"
     );
-    ok_in(&p, &b, &["destroy", "-v"]);
+    p.ok_in(&b, &["destroy", "-v"]);
     assert!(
         a.join(".qemu-compose/volumes/data/volume.qcow2").is_file(),
         "destroy -v in b removed a's volume"
     );
-    ok_in(&p, &a, &["destroy", "-v"]);
+    p.ok_in(&a, &["destroy", "-v"]);
 }
 
 #[test]
 fn a_socket_folder_planted_by_someone_else_is_refused() {
-    let p = Project::new(ONE_VM);
+    let p = Project::with_base(ONE_VM, "64M");
     // A state home so deep that the sockets move to the runtime folder.
-    let deep = p.path().join("state").join("d".repeat(90));
-    let runtime = p.path().join("run");
-    let victim = p.path().join("victim");
+    let deep = p.join("state").join("d".repeat(90));
+    let runtime = p.join("run");
+    let victim = p.join("victim");
     std::fs::create_dir_all(&runtime).unwrap();
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::write(victim.join("keep"), "x").unwrap();
     std::os::unix::fs::symlink(&victim, runtime.join("qemu-compose")).unwrap();
-    let envs = [
-        ("XDG_STATE_HOME", deep.as_path()),
-        ("XDG_RUNTIME_DIR", runtime.as_path()),
-    ];
-    let out = run_in(&p, p.path(), &["up", "--no-start"], &envs);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run = |args: &[&str]| {
+        p.command(args)
+            .env("XDG_STATE_HOME", &deep)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["up", "--no-start"]);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is a symbolic link"), "{stderr}");
-    let out = run_in(&p, p.path(), &["destroy"], &envs);
+    let out = run(&["destroy"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         std::fs::read_dir(&victim).unwrap().count(),
@@ -632,12 +516,8 @@ fn a_socket_folder_planted_by_someone_else_is_refused() {
     );
     // Ours, made by us, works.
     std::fs::remove_file(runtime.join("qemu-compose")).unwrap();
-    let out = run_in(&p, p.path(), &["up", "--no-start"], &envs);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run_in(&p, p.path(), &["destroy"], &envs);
+    let out = run(&["up", "--no-start"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["destroy"]);
     assert!(out.status.success());
 }

@@ -2,11 +2,10 @@
 //! cloud-init's own YAML parser and shell quoting, `cloud-init schema`, and the CIDATA image
 //! checked with fsck.fat, blkid and mtools.
 //!
-//! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --test seed`.
+//! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --test it seed::`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::LazyLock;
 
 use proptest::prelude::*;
@@ -18,6 +17,8 @@ use qemu_compose::cloudinit::{
 use qemu_compose::disk::fat::{CIDATA_LABEL, build_fat_image};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::harness::{assert_golden, run_tool, text, tool};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0d1ZpR3Jvb3Qtbm90LWEtcmVhbC1rZXktanVzdC1ieXRlcw qemu-compose-demo";
 /// A host key made for these tests with `ssh-keygen -t ed25519 -N '' -C ''`; it guards
@@ -34,13 +35,6 @@ const HOST_KEY_PUBLIC: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIADikp+/3OP1mBx/GpHUA/uuwIO2GEzm77JUH3JQ3eE";
 /// The Python that cloud-init runs under; its PyYAML is the parser that reads user-data.
 const CLOUD_INIT_PYTHON: &str = "/usr/bin/python3";
-
-/// Runs a reference tool; a missing tool fails the test with a message saying what to install.
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run {program} ({e}); install it (cloud-init, dosfstools, mtools, util-linux)")
-    })
-}
 
 /// Hashed once: 5000 rounds of SHA-512 are slow in a debug build.
 static PASSWORD_HASH: LazyLock<String> =
@@ -177,18 +171,10 @@ fn cases() -> Vec<(&'static str, SeedInput)> {
     cases
 }
 
-fn golden_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/seed")
-        .join(case)
-}
-
 #[test]
 fn documents_match_golden_files() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for (case, input) in cases() {
         let seed = build_seed(&input).unwrap();
-        let dir = golden_dir(case);
         // The image is pinned by its SHA-256: any change in fatfs or in our geometry shows.
         let image = build_fat_image(CIDATA_LABEL, &seed.files()).unwrap();
         let image_hash: String = Sha256::digest(&image)
@@ -199,18 +185,7 @@ fn documents_match_golden_files() {
         let mut documents = seed.files().to_vec();
         documents.push(("seed.img.sha256", image_line.as_bytes()));
         for (name, content) in documents {
-            let path = dir.join(name);
-            if update {
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(&path, content).unwrap();
-            }
-            let expected = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
-            assert_eq!(
-                String::from_utf8_lossy(content),
-                String::from_utf8_lossy(&expected),
-                "{case}/{name} differs from the golden file"
-            );
+            assert_golden(&format!("seed/{case}/{name}"), content);
         }
     }
 }
@@ -225,7 +200,7 @@ fn assert_schema_valid(docs: &[(String, String)]) {
             .map(|(i, (label, doc))| {
                 let path = dir.path().join(format!("user-data-{i}"));
                 std::fs::write(&path, doc).unwrap();
-                let child = Command::new("cloud-init")
+                let child = tool("cloud-init")
                     .args(["schema", "--config-file"])
                     .arg(&path)
                     .output();
@@ -239,8 +214,8 @@ fn assert_schema_valid(docs: &[(String, String)]) {
             assert!(
                 output.status.success(),
                 "{label}: cloud-init schema failed:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
+                text(&output.stdout),
+                text(&output.stderr)
             );
         }
     }
@@ -262,7 +237,7 @@ fn cloud_init_schema_rejects_a_broken_document() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("user-data");
     std::fs::write(&path, broken).unwrap();
-    let out = run(
+    let out = run_tool(
         "cloud-init",
         &["schema", "--config-file", path.to_str().unwrap()],
     );
@@ -474,7 +449,7 @@ for doc, meta in json.load(sys.stdin):
     out.append([cfg, argvs, yaml.safe_load(meta)])
 json.dump(out, sys.stdout)
 "#;
-    let mut child = Command::new(CLOUD_INIT_PYTHON)
+    let mut child = tool(CLOUD_INIT_PYTHON)
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -486,7 +461,7 @@ json.dump(out, sys.stdout)
     assert!(
         out.status.success(),
         "cloud-init's python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        text(&out.stderr)
     );
     let parsed: Vec<(Value, Value, Value)> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(parsed.len(), docs.len());
@@ -672,7 +647,7 @@ fn password_hash_matches_openssl() {
         ("correct-horse", "qcsalt0123456789"),
         ("p@ss w'rd", "./Az09"),
     ] {
-        let out = run("openssl", &["passwd", "-6", "-salt", salt, password]);
+        let out = run_tool("openssl", &["passwd", "-6", "-salt", salt, password]);
         assert!(out.status.success(), "openssl passwd failed");
         assert_eq!(
             String::from_utf8(out.stdout).unwrap().trim_end(),
@@ -689,7 +664,7 @@ fn write_image(dir: &Path, seed: &Seed) -> PathBuf {
 }
 
 fn blkid(path: &Path) -> String {
-    let out = run("blkid", &["-p", path.to_str().unwrap()]);
+    let out = run_tool("blkid", &["-p", path.to_str().unwrap()]);
     assert!(out.status.success(), "blkid -p found nothing");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -702,8 +677,8 @@ fn seed_image_passes_fsck_blkid_and_mtools() {
         let path = write_image(dir.path(), &seed);
         let img = path.to_str().unwrap();
 
-        let fsck = run("fsck.fat", &["-n", img]);
-        let fsck_text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+        let fsck = run_tool("fsck.fat", &["-n", img]);
+        let fsck_text = text(&fsck.stdout);
         assert!(fsck.status.success(), "{case}: fsck.fat -n:\n{fsck_text}");
         assert!(
             fsck_text.contains(" 3 files") || fsck_text.contains(" 4 files"),
@@ -714,8 +689,8 @@ fn seed_image_passes_fsck_blkid_and_mtools() {
         assert!(id.contains(r#"TYPE="vfat""#), "{case}: {id}");
         assert!(id.contains(r#"LABEL="CIDATA""#), "{case}: {id}");
 
-        let listing = run("mdir", &["-i", img, "::"]);
-        let listing = String::from_utf8_lossy(&listing.stdout);
+        let listing = run_tool("mdir", &["-i", img, "::"]);
+        let listing = text(&listing.stdout);
         for (name, content) in seed.files() {
             assert!(
                 listing.contains(name),
@@ -724,7 +699,7 @@ fn seed_image_passes_fsck_blkid_and_mtools() {
             let line = listing.lines().find(|l| l.ends_with(name)).unwrap();
             // Every timestamp is pinned to the DOS epoch.
             assert!(line.contains("1980-01-01   0:00"), "{case}: {line}");
-            let out = run("mtype", &["-i", img, &format!("::{name}")]);
+            let out = run_tool("mtype", &["-i", img, &format!("::{name}")]);
             assert!(out.status.success(), "{case}: mtype {name} failed");
             assert_eq!(out.stdout, content, "{case}: {name} read back differs");
         }
@@ -765,13 +740,9 @@ fn large_content_still_makes_a_valid_image() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_image(dir.path(), &seed);
     let img = path.to_str().unwrap();
-    let fsck = run("fsck.fat", &["-n", img]);
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let out = run("mtype", &["-i", img, "::user-data"]);
+    let fsck = run_tool("fsck.fat", &["-n", img]);
+    assert!(fsck.status.success(), "{}", text(&fsck.stdout));
+    let out = run_tool("mtype", &["-i", img, "::user-data"]);
     assert_eq!(out.stdout, seed.user_data.as_bytes());
 }
 
@@ -880,14 +851,14 @@ fn network_config_renders_with_cloud_init() {
                 "-D",
                 distro,
             ];
-            let out = run(
+            let out = run_tool(
                 "cloud-init",
                 &[&args[..], &["-O", kind, "-d", out]].concat(),
             );
             assert!(
                 out.status.success(),
                 "net-convert {kind}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                text(&out.stderr)
             );
             out_dir
         };

@@ -1,0 +1,21 @@
+//! The integration tests, in one binary: the real `qemu-compose` binary, the library against
+//! the reference tools (qemu-img, qemu-system-x86_64, e2fsprogs, dosfstools, mtools,
+//! cloud-init, OpenSSH), and what they share in [`harness`].
+//!
+//! One binary links once, and its tests share one process: one environment policy for every
+//! command they start, and one lock that keeps QEMU guests one at a time. Run a part with a
+//! filter on the module: `cargo test --test it seed::`. The real-guest test stays in
+//! `tests/e2e.rs`.
+
+mod harness;
+
+mod cli;
+mod compose;
+mod ext4;
+mod image;
+mod interact;
+mod lifecycle;
+mod qcow2;
+mod qemu;
+mod seed;
+mod volumes;
