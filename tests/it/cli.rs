@@ -161,17 +161,10 @@ fn a_missing_compose_file_is_explained() {
 
 #[test]
 fn each_cause_of_an_error_is_printed_once() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    std::fs::write(
-        dir.path().join("qemu-compose.yaml"),
-        "vms:\n  a: {image: ./base.img}\n",
-    )
-    .unwrap();
+    let p = Project::new("vms:\n  a: {image: ./base.img}\n");
     // A file where the state folder should be.
-    std::fs::write(dir.path().join(".qemu-compose"), "").unwrap();
-    let out = run_in(dir.path(), &["volume", "create", "v", "--size", "8M"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    std::fs::write(p.join(".qemu-compose"), "").unwrap();
+    let stderr = p.fails(&["volume", "create", "v", "--size", "8M"]);
     assert_eq!(stderr.matches("File exists").count(), 1, "{stderr}");
     assert!(stderr.contains(".qemu-compose: File exists"), "{stderr}");
 }

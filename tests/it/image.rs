@@ -408,7 +408,7 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
             "VM app: its disk was made on {}, the compose file now names {}",
             old_base.display(),
             new_base.display()
-        )) && stderr.contains("`qemu-compose destroy app` then `up`"),
+        )) && stderr.contains("`qemu-compose up --force-recreate app` makes a new disk"),
         "{stderr}"
     );
     assert_eq!(overlay_base_of(&disk), old_base);

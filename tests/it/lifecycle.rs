@@ -179,14 +179,14 @@ fn disk_changes_are_applied_or_said() {
     let compose = |image: &str, size: &str| {
         format!("vms:\n  app: {{image: ./{image}, disk: {{size: {size}}}}}\n")
     };
-    let p = Project::new(&compose("base.qcow2", "1G"));
+    let p = Project::with_base(&compose("base.qcow2", "1G"), "64M");
     let write = |text: String| std::fs::write(p.path().join("qemu-compose.yaml"), text).unwrap();
     p.ok(&["up", "--no-start"]);
     assert_eq!(disk_info(&p, "app")["virtual-size"], 1u64 << 30);
 
     // Larger: grown in place, on the same base.
     write(compose("base.qcow2", "2G"));
-    let said = p.ok(&["up", "--no-start"]);
+    let said = p.ok(&["up", "--no-start"]).stderr;
     assert!(said.contains("VM app: disk grown from 1G to 2G"), "{said}");
     let info = disk_info(&p, "app");
     assert_eq!(info["virtual-size"], 2u64 << 30);
@@ -199,13 +199,13 @@ fn disk_changes_are_applied_or_said() {
 
     // Smaller: kept, and said.
     write(compose("base.qcow2", "512M"));
-    let said = p.ok(&["up", "--no-start"]);
+    let said = p.ok(&["up", "--no-start"]).stderr;
     assert!(said.contains("disks never shrink, it stays 2G"), "{said}");
     assert_eq!(disk_info(&p, "app")["virtual-size"], 2u64 << 30);
 
     // Below the image's size: the image's size, and said.
     write(compose("base.qcow2", "32M"));
-    let said = p.ok(&["up", "--no-start"]);
+    let said = p.ok(&["up", "--no-start"]).stderr;
     assert!(
         said.contains("disk size 32M is smaller than its image (64M)"),
         "{said}"
@@ -221,14 +221,14 @@ fn disk_changes_are_applied_or_said() {
         .unwrap();
     assert!(made.success());
     write(compose("other.qcow2", "1G"));
-    let said = p.ok(&["up", "--no-start"]);
+    let said = p.ok(&["up", "--no-start"]).stderr;
     assert!(
         said.contains("`qemu-compose up --force-recreate app` makes a new disk"),
         "{said}"
     );
     let backing = |p: &Project| disk_info(p, "app")["full-backing-filename"].clone();
     assert!(backing(&p).as_str().unwrap().ends_with("/base.qcow2"));
-    let said = p.ok(&["up", "--no-start", "--force-recreate"]);
+    let said = p.ok(&["up", "--no-start", "--force-recreate"]).stderr;
     assert!(
         said.contains("its disk was made again on the new image"),
         "{said}"
@@ -239,9 +239,10 @@ fn disk_changes_are_applied_or_said() {
 
 #[test]
 fn vms_removed_from_the_file_are_found_and_removed_on_request() {
-    require_qemu();
-    let p = Project::new(
+    let _qemu = one_qemu_at_a_time();
+    let p = Project::with_base(
         "vms:\n  a: {image: ./base.qcow2, memory: 64}\n  b: {image: ./base.qcow2, memory: 64}\n  c: {image: ./base.qcow2, memory: 64}\n",
+        "64M",
     );
     p.ok(&["up", "--no-start", "a", "c"]);
     p.ok(&["up", "b"]);
@@ -259,20 +260,22 @@ fn vms_removed_from_the_file_are_found_and_removed_on_request() {
         said.contains("Found orphan VMs (b (running), c) for this project"),
         "{said}"
     );
-    let said = p.ok(&["up", "--no-start"]);
+    let said = p.ok(&["up", "--no-start"]).stderr;
     assert!(
         said.contains("run `qemu-compose up --remove-orphans`"),
         "{said}"
     );
     assert!(alive(pid), "a warning stops nothing");
 
-    let said = p.ok(&["destroy", "--force", "--remove-orphans", "a"]);
+    let said = p
+        .ok(&["destroy", "--force", "--remove-orphans", "a"])
+        .stderr;
     assert!(said.contains("removed VM b"), "{said}");
     assert!(said.contains("removed VM c"), "{said}");
     assert!(!alive(pid), "the orphan's QEMU was stopped");
     for vm in ["a", "b", "c"] {
         assert!(!p.path().join(format!(".qemu-compose/vms/{vm}")).exists());
-        assert!(!p.vm_dir(vm).exists());
+        assert!(!p.private_dir(vm).exists());
     }
     let out = p.run(&["ps"]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("orphan"));
@@ -289,9 +292,9 @@ fn vms_removed_from_the_file_are_found_and_removed_on_request() {
         "vms:\n  a: {image: ./base.qcow2, memory: 64}\n",
     )
     .unwrap();
-    let said = p.ok(&["up", "--no-start", "--remove-orphans"]);
+    let said = p.ok(&["up", "--no-start", "--remove-orphans"]).stderr;
     assert!(said.contains("removed VM d"), "{said}");
-    assert!(!p.vm_dir("d").exists());
+    assert!(!p.private_dir("d").exists());
 }
 
 #[test]

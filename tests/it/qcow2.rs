@@ -261,8 +261,8 @@ fn overlays_over_raw_and_qcow2_bases() {
 fn grown_overlays_keep_their_data_and_check_clean() {
     let dir = TempDir::new().unwrap();
     let base = dir.path().join("base.raw");
-    run_ok("qemu-img", &["create", "-q", "-f", "raw", s(&base), "64M"]);
-    run_ok(
+    tool_ok("qemu-img", &["create", "-q", "-f", "raw", s(&base), "64M"]);
+    tool_ok(
         "qemu-io",
         &["-f", "raw", "-c", "write -P 0x11 0 64k", s(&base)],
     );
@@ -273,7 +273,7 @@ fn grown_overlays_keep_their_data_and_check_clean() {
     };
     write_overlay(&create(&overlay), 1 << 30, &backing).unwrap();
     // The guest wrote near the end of the old disk.
-    run_ok("qemu-io", &["-c", "write -P 0x22 1023M 64k", s(&overlay)]);
+    tool_ok("qemu-io", &["-c", "write -P 0x22 1023M 64k", s(&overlay)]);
 
     let file = File::options()
         .read(true)
@@ -284,7 +284,7 @@ fn grown_overlays_keep_their_data_and_check_clean() {
     drop(file);
 
     assert_check_clean(&overlay);
-    let info = info(&overlay);
+    let info = qemu_img_info(&overlay);
     assert_eq!(info["virtual-size"], 5u64 << 30);
     assert_eq!(info["full-backing-filename"], s(&base));
     for (pattern, at) in [
@@ -293,14 +293,14 @@ fn grown_overlays_keep_their_data_and_check_clean() {
         ("0", "1G"),
         ("0", "5119M"),
     ] {
-        run_ok(
+        tool_ok(
             "qemu-io",
             &["-c", &format!("read -P {pattern} {at} 64k"), s(&overlay)],
         );
     }
     // QEMU writes into the new part, and the image still checks clean.
-    run_ok("qemu-io", &["-c", "write -P 0x33 4G 64k", s(&overlay)]);
-    run_ok("qemu-io", &["-c", "read -P 0x33 4G 64k", s(&overlay)]);
+    tool_ok("qemu-io", &["-c", "write -P 0x33 4G 64k", s(&overlay)]);
+    tool_ok("qemu-io", &["-c", "read -P 0x33 4G 64k", s(&overlay)]);
     assert_check_clean(&overlay);
 }
 
