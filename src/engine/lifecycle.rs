@@ -427,7 +427,8 @@ fn stop_one(
     Ok(outcome)
 }
 
-/// Stops running VMs, in reverse start order.
+/// Stops running VMs: those nothing else depends on first, each wave in parallel, so a
+/// project waits for its slowest guest rather than for the sum of them.
 pub fn stop(
     project: &Project,
     host: &HostEnv,
@@ -437,25 +438,79 @@ pub fn stop(
     let state = StateDir::new(&project.dir);
     let selected = select(project, &opts.vms, false)?;
     let _guard = lock(&state, reporter)?;
-    for vm in selected.into_iter().rev() {
-        let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-        paths.check_socket_dir()?;
-        let handle = status::handle(&paths);
-        match process::state(&handle) {
-            ProcState::NotRunning => reporter.info(&format!("VM {} is not running", vm.name)),
-            ProcState::Stale { reason, .. } => {
-                reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
-                stop_one(&vm.name, &handle, Duration::ZERO, true, reporter)?;
-            }
-            ProcState::Running { .. } => {
-                if !opts.force {
-                    reporter.info(&format!("stopping VM {}", vm.name));
+    for wave in stop_waves(&selected) {
+        let mut running = Vec::new();
+        for vm in wave {
+            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            paths.check_socket_dir()?;
+            let handle = status::handle(&paths);
+            match process::state(&handle) {
+                ProcState::NotRunning => {
+                    reporter.info(&format!("VM {} is not running", vm.name));
                 }
-                stop_one(&vm.name, &handle, opts.timeout, opts.force, reporter)?;
+                ProcState::Stale { reason, .. } => {
+                    reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
+                    stop_one(&vm.name, &handle, Duration::ZERO, true, reporter)?;
+                }
+                ProcState::Running { .. } => running.push((vm, handle)),
             }
         }
+        if running.is_empty() {
+            continue;
+        }
+        if !opts.force {
+            let names: Vec<&str> = running.iter().map(|(vm, _)| vm.name.as_str()).collect();
+            reporter.info(&format!(
+                "stopping VM {} (waiting up to {} s for the guest{} to power off)",
+                names.join(", "),
+                opts.timeout.as_secs(),
+                if names.len() > 1 { "s" } else { "" }
+            ));
+        }
+        std::thread::scope(|scope| {
+            let stops: Vec<_> = running
+                .iter()
+                .map(|(vm, handle)| {
+                    scope.spawn(move || {
+                        stop_one(&vm.name, handle, opts.timeout, opts.force, reporter)
+                    })
+                })
+                .collect();
+            stops.into_iter().try_for_each(|stop| {
+                stop.join()
+                    .unwrap_or_else(|_| Err(EngineError::vm("?", "the stop thread panicked")))
+                    .map(drop)
+            })
+        })?;
     }
     Ok(())
+}
+
+/// `vms` (in start order) in the waves `stop` takes: first every VM no other selected VM
+/// depends on, then those only they depended on, and so on; the VMs of one wave do not
+/// depend on each other.
+fn stop_waves<'p>(vms: &[&'p Vm]) -> Vec<Vec<&'p Vm>> {
+    // A VM's height: the longest chain of selected VMs that depend on it. In start order
+    // what depends on a VM comes after it, so going backwards the heights it needs are known.
+    let mut height = vec![0usize; vms.len()];
+    for i in (0..vms.len()).rev() {
+        height[i] = (i + 1..vms.len())
+            .filter(|&j| vms[j].depends_on.contains(&vms[i].name))
+            .map(|j| height[j] + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    let highest = height.iter().copied().max().unwrap_or(0);
+    (0..=highest)
+        .map(|level| {
+            vms.iter()
+                .zip(&height)
+                .filter(|(_, h)| **h == level)
+                .map(|(vm, _)| *vm)
+                .collect::<Vec<_>>()
+        })
+        .filter(|wave| !wave.is_empty())
+        .collect()
 }
 
 /// Stops VMs and removes their instance folders; with `volumes`, the named volumes too.

@@ -21,8 +21,8 @@ pub use lifecycle::running_vms;
 pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
 pub use status::VmStatus;
 
-/// Where the engine tells the user what it does.
-pub trait Reporter {
+/// Where the engine tells the user what it does. `Sync`: VMs are stopped in parallel.
+pub trait Reporter: Sync {
     /// A step being taken ("creating volume data (10G)").
     fn info(&self, message: &str);
     /// Something the user should know but that does not stop the command.

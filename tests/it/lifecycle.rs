@@ -524,3 +524,36 @@ fn a_socket_folder_planted_by_someone_else_is_refused() {
     let out = run(&["destroy"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn stop_takes_independent_vms_together_and_dependencies_last() {
+    let _qemu = one_qemu_at_a_time();
+    let p = Project::with_base(
+        "vms:\n  a: {image: ./base.qcow2, memory: 64}\n  b: {image: ./base.qcow2, memory: 64, depends_on: [a]}\n  c: {image: ./base.qcow2, memory: 64}\n",
+        "64M",
+    );
+    p.ok(&["up"]);
+    let pids: Vec<i32> = ["a", "b", "c"]
+        .iter()
+        .map(|vm| p.pid(vm).unwrap())
+        .collect();
+    // No OS answers the power button: each VM is quit after the timeout.
+    let said = p.ok(&["stop", "-t", "1"]).stderr;
+    let lines: Vec<&str> = said.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| *l == "stopping VM b, c (waiting up to 1 s for the guests to power off)")
+        .unwrap_or_else(|| panic!("{said}"));
+    let last = lines
+        .iter()
+        .position(|l| *l == "stopping VM a (waiting up to 1 s for the guest to power off)")
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(first < last, "{said}");
+    for vm in ["a", "b", "c"] {
+        assert!(
+            said.contains(&format!("VM {vm} did not power off within 1 s")),
+            "a final line for {vm}: {said}"
+        );
+    }
+    assert!(pids.iter().all(|pid| !alive(*pid)));
+}
