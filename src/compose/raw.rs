@@ -308,6 +308,14 @@ impl Reader<'_, '_> {
 
     /// `disk: {size: …}`
     fn disk_size(&mut self, node: &Node, here: &Here) -> Option<At<SizeValue>> {
+        if let Some(written) = scalar_spelling(node) {
+            self.errors.push(
+                node.pos,
+                here,
+                format!("expected a mapping; write the size as `disk: {{size: {written}}}`"),
+            );
+            return None;
+        }
         let mut size = None;
         for (key, node, here) in self.mapping(node, here, false).unwrap_or_default() {
             match key {
@@ -319,6 +327,14 @@ impl Reader<'_, '_> {
 
     /// `ssh: {port: …}`
     fn ssh_port(&mut self, node: &Node, here: &Here) -> Option<At<i128>> {
+        if let Some(written) = scalar_spelling(node) {
+            self.errors.push(
+                node.pos,
+                here,
+                format!("expected a mapping; write the port as `ssh: {{port: {written}}}`"),
+            );
+            return None;
+        }
         let mut port = None;
         for (key, node, here) in self.mapping(node, here, false).unwrap_or_default() {
             match key {
@@ -676,6 +692,16 @@ impl Reader<'_, '_> {
             here,
             format!("expected {expected}, found {}", node.value.kind()),
         );
+    }
+}
+
+/// A number or string as the user wrote it, for hints; `None` for anything else.
+fn scalar_spelling(node: &Node) -> Option<String> {
+    match &node.value {
+        Value::Int(i) => Some(node.spelling.clone().unwrap_or_else(|| i.to_string())),
+        Value::Float(f) => Some(node.spelling.clone().unwrap_or_else(|| f.to_string())),
+        Value::Str(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

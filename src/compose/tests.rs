@@ -386,9 +386,20 @@ fn sizes_are_checked() {
     assert!(vol("\"16777217\"").contains("multiple of 512"));
     assert!(vol("[1]").contains("expected a size such as 10G"));
     for (mem, want) in [
-        ("32", "out of range"),
+        (
+            "32",
+            "memory 32 MiB is too small: it must be at least 64 MiB",
+        ),
+        (
+            "\"32\"",
+            "memory 32 MiB is too small: it must be at least 64 MiB",
+        ),
+        (
+            "1024K",
+            "memory 1 MiB is too small: it must be at least 64 MiB",
+        ),
         ("\"1536K\"", "whole number of MiB"),
-        ("\"5T\"", "out of range"),
+        ("\"5T\"", "too large: it must be at most 4194304 MiB (4T)"),
         ("0", "positive"),
         ("\"lots\"", "not a whole number"),
     ] {
@@ -398,6 +409,27 @@ fn sizes_are_checked() {
             "{mem}: {e}"
         );
     }
+    // Interpolation gives text: numbers in strings are numbers, in the unit a bare number has.
+    let vm = |text: &str| ok(&one_vm("", text)).vms[0].clone();
+    assert_eq!(vm("memory: \"512\"").memory_mib, 512);
+    assert_eq!(vm("memory: \" 2048 \"").memory_mib, 2048);
+    assert_eq!(vm("cpu: \"4\"").cpu, 4);
+    assert_eq!(vm("ssh: {port: \"2300\"}").ssh_port, Some(2300));
+    assert_eq!(
+        vm("disk: {size: \"21474836480\"}").disk_size_bytes,
+        20 << 30
+    );
+    // The short forms people try get the long form in the message.
+    let e = error(&one_vm("", "disk: 20G"));
+    assert!(
+        e.contains("vms.a.disk: expected a mapping; write the size as `disk: {size: 20G}`"),
+        "{e}"
+    );
+    let e = error(&one_vm("", "ssh: 2300"));
+    assert!(
+        e.contains("vms.a.ssh: expected a mapping; write the port as `ssh: {port: 2300}`"),
+        "{e}"
+    );
     let e = error(&one_vm("", "disk: {size: 10240}"));
     assert!(
         e.contains("vms.a.disk.size: size 10K is out of range"),

@@ -168,3 +168,24 @@ fn each_cause_of_an_error_is_printed_once() {
     assert_eq!(stderr.matches("File exists").count(), 1, "{stderr}");
     assert!(stderr.contains(".qemu-compose: File exists"), "{stderr}");
 }
+
+#[test]
+fn interpolated_numbers_are_numbers() {
+    let p = Project::new(
+        "vms:\n  a: {image: ./x.img, memory: \"${MEM:-2048}\", cpu: \"${CPUS:-2}\"}\n",
+    );
+    let config = p.ok(&["config"]).stdout;
+    assert!(config.contains("memory_mib: 2048"), "{config}");
+    let out = p
+        .command(&["config"])
+        .env("MEM", "768")
+        .env("CPUS", "3")
+        .output()
+        .unwrap();
+    let config = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        config.contains("memory_mib: 768") && config.contains("cpu: 3"),
+        "{config}"
+    );
+}

@@ -60,6 +60,11 @@ pub(super) fn memory_mib(m: Option<&At<SizeValue>>, here: &Here, errors: &mut Er
     let mib = match &m.value {
         SizeValue::Int(i) if *i <= 0 => Err(format!("memory {i} must be a positive number of MiB")),
         SizeValue::Int(i) => u64::try_from(*i).map_err(|_| format!("memory {i} is too large")),
+        // Interpolation gives text: `memory: ${MEM:-2048}` is 2048 MiB, as `memory: 2048`.
+        SizeValue::Text(t) if is_whole_number(t) => t
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("memory {t:?} is too large")),
         SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()).and_then(|b| {
             if b % (1 << 20) == 0 {
                 Ok(b >> 20)
@@ -69,17 +74,27 @@ pub(super) fn memory_mib(m: Option<&At<SizeValue>>, here: &Here, errors: &mut Er
         }),
     };
     let checked = mib.and_then(|mib| {
-        if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
-            Ok(mib)
-        } else {
+        if mib < MIN_MEMORY_MIB {
             Err(format!(
-                "memory {mib} MiB is out of range: it must be between {MIN_MEMORY_MIB} MiB and {} MiB",
-                MAX_MEMORY_MIB
+                "memory {mib} MiB is too small: it must be at least {MIN_MEMORY_MIB} MiB"
             ))
+        } else if mib > MAX_MEMORY_MIB {
+            Err(format!(
+                "memory {mib} MiB is too large: it must be at most {MAX_MEMORY_MIB} MiB ({})",
+                format_size(MAX_MEMORY_MIB << 20)
+            ))
+        } else {
+            Ok(mib)
         }
     });
     checked.unwrap_or_else(|why| {
         errors.push(m.pos, here, why);
         DEFAULT_MEMORY_MIB
     })
+}
+
+/// Digits only (around them, spaces): a number that arrived as text.
+fn is_whole_number(text: &str) -> bool {
+    let t = text.trim();
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())
 }
