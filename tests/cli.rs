@@ -192,3 +192,24 @@ fn a_missing_compose_file_is_explained() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn destroy_volumes_with_vm_names_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // clap names the arguments in the order they were given.
+    for (args, message) in [
+        (
+            &["destroy", "-v", "web"][..],
+            "error: the argument '--volumes' cannot be used with '[VMS]...'",
+        ),
+        (
+            &["destroy", "web", "--volumes"][..],
+            "error: the argument '[VMS]...' cannot be used with '--volumes'",
+        ),
+    ] {
+        let out = run_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with(message), "{args:?}: {stderr}");
+    }
+}

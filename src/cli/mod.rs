@@ -133,8 +133,9 @@ struct DestroyArgs {
     /// Seconds to wait for each guest to power off
     #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
-    /// Also remove the project's named volumes
-    #[arg(short = 'v', long)]
+    /// Also remove the named volumes the compose file declares (not with VM names: `volume rm`
+    /// removes single volumes)
+    #[arg(short = 'v', long, conflicts_with = "vms")]
     volumes: bool,
 }
 
