@@ -5,14 +5,18 @@ use std::process::{Command, Output};
 
 /// Runs `qemu-compose ARGS` in `dir` with a clean environment (no QEMU_COMPOSE_* leaking in).
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-        .args(args)
+    command_in(dir, args).output().expect("the binary runs")
+}
+
+/// `qemu-compose ARGS` in `dir` with a clean environment, `dir` as its home.
+fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
+    cmd.args(args)
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .output()
-        .expect("the binary runs")
+        .env("HOME", dir);
+    cmd
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -212,4 +216,123 @@ fn destroy_volumes_with_vm_names_is_a_usage_error() {
         let stderr = text(&out.stderr);
         assert!(stderr.starts_with(message), "{args:?}: {stderr}");
     }
+}
+
+/// A project of `count` VMs, each mounting its own named volume.
+fn many_vms(count: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut compose = String::from("volumes:\n");
+    for i in 0..count {
+        compose += &format!("  data{i}: {{}}\n");
+    }
+    compose += "vms:\n";
+    for i in 0..count {
+        compose += &format!(
+            "  vm{i}:\n    image: https://example.com/debian.qcow2\n    volumes: [\"data{i}:/data\"]\n"
+        );
+    }
+    std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
+    dir
+}
+
+/// Runs each command with stdout on a pipe whose reader is gone before anything is written;
+/// each must end with status 0 and say nothing.
+fn assert_quiet_into_closed_pipe(dir: &Path, commands: &[&[&str]]) {
+    let mut failures = Vec::new();
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = command_in(dir, args)
+            .stdout(writer)
+            .output()
+            .expect("the binary runs");
+        if out.status.code() != Some(0) || !out.stderr.is_empty() {
+            failures.push(format!(
+                "{args:?}: {:?}, {}",
+                out.status.code(),
+                text(&out.stderr)
+                    .lines()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn config_stops_quietly_when_the_reader_leaves_early() {
+    // `qemu-compose config | head -1`: the reader takes one line and closes the pipe while
+    // far more than a pipe buffer is still to come.
+    use std::io::BufRead;
+    let dir = many_vms(3000);
+    let mut child = command_in(dir.path(), &["config"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("name: "), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn printing_commands_stop_quietly_when_stdout_is_closed() {
+    let dir = many_vms(3);
+    assert_quiet_into_closed_pipe(
+        dir.path(),
+        &[
+            &["config"],
+            &["config", "--format", "json"],
+            &["ps"],
+            &["ps", "--format", "json"],
+            &["ps", "-q"],
+            &["volume", "ls"],
+            &["volume", "ls", "--format", "json"],
+            &["inspect", "vm1"],
+            &["inspect", "vm1", "--format", "json"],
+            &["version"],
+            &["completion", "bash"],
+            &["doctor"],
+        ],
+    );
+}
+
+#[test]
+fn logs_stop_quietly_when_stdout_is_closed() {
+    let dir = many_vms(2);
+    let inspect = run_in(dir.path(), &["inspect", "vm0", "--format", "json"]);
+    assert_eq!(inspect.status.code(), Some(0), "{}", text(&inspect.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let log = Path::new(info["paths"]["serial_log"].as_str().unwrap());
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(log, "a line of the serial console\n".repeat(40_000)).unwrap();
+    assert_quiet_into_closed_pipe(
+        dir.path(),
+        &[&["logs", "vm0"], &["logs"], &["logs", "--tail", "5"]],
+    );
+}
+
+#[test]
+fn a_full_stdout_is_an_error() {
+    let dir = many_vms(1);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = command_in(dir.path(), &["config"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot write to standard output: No space left on device (os error 28)\n"
+    );
 }

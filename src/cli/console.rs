@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use qemu_compose::qemu::console::{self, ConsoleEnd};
 
 use super::project::{self, RunningVm};
-use super::{GlobalArgs, VmArg};
+use super::{GlobalArgs, VmArg, output};
 
 pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
     let RunningVm { vm, paths, .. } = project::running_vm(global, &args.vm)?;
     let name = vm.name.clone();
-    let end = console::attach(&paths.serial_socket, || {
+    let end = console::attach(&paths.serial_socket, output::stdout(), || {
         eprintln!("Connected to {name}'s console; Ctrl+] detaches");
     })?;
     match end {

@@ -5,6 +5,7 @@
 //! accelerator the project demands but the host lacks, a socket path that cannot be made
 //! short enough. Slow TCG, a missing ssh client and low disk space are warnings.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -14,7 +15,7 @@ use qemu_compose::qemu::accel::{self, Accel, AccelError, AccelMode};
 use qemu_compose::state::instance::MAX_SOCKET_PATH;
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, human_bytes};
+use super::{GlobalArgs, human_bytes, output};
 
 /// Below this much free space a warning is printed: a cloud image plus a few overlays.
 const LOW_SPACE: u64 = 5 << 30;
@@ -48,16 +49,17 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let host = HostEnv::from_process()?;
     let project = super::project::optional(global)?;
     let checks = checks(&host, project.as_ref());
+    let mut out = output::stdout();
     for c in &checks {
         let word = match c.level {
             Level::Ok => "ok  ",
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        println!("{word}  {:<13} {}", c.topic, c.text);
+        writeln!(out, "{word}  {:<13} {}", c.topic, c.text)?;
     }
     if project.is_none() {
-        println!("(no compose file here: project checks skipped)");
+        writeln!(out, "(no compose file here: project checks skipped)")?;
     }
     Ok(if checks.iter().any(|c| c.level == Level::Fail) {
         ExitCode::from(1)

@@ -6,6 +6,7 @@
 //! before the cache kept that record.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +17,7 @@ use qemu_compose::engine::HostEnv;
 use qemu_compose::image::{Sha256Digest, overlay_base};
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, ImageCommand, human_bytes, project};
+use super::{GlobalArgs, ImageCommand, human_bytes, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
     let host = HostEnv::from_process()?;
@@ -114,7 +115,7 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
     if rows.is_empty() {
         eprintln!("no images in {}", host.images.dir().display());
     } else {
-        println!("{}", table.trim_fmt());
+        writeln!(output::stdout(), "{}", table.trim_fmt())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,6 +127,7 @@ fn rm(
     force: bool,
 ) -> anyhow::Result<ExitCode> {
     let users = project.map(|p| overlay_users(p, host)).unwrap_or_default();
+    let mut out = output::stdout();
     for name in names {
         let path = host.images.dir().join(name);
         let canonical = path.canonicalize().unwrap_or(path.clone());
@@ -139,7 +141,7 @@ fn rm(
             );
         }
         host.images.remove(name, force)?;
-        println!("{name}");
+        writeln!(out, "{name}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

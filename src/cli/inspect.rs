@@ -1,13 +1,14 @@
 //! `inspect VM`: everything about one VM, as text or JSON.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use qemu_compose::compose::format_size;
 use qemu_compose::engine::inspect::{self, Inspection};
 use qemu_compose::engine::{HostEnv, VmStatus};
 
-use super::{GlobalArgs, InspectArgs, TextFormat, human_bytes, project};
+use super::{GlobalArgs, InspectArgs, TextFormat, human_bytes, output, project};
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
@@ -18,9 +19,10 @@ pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> 
     let host = HostEnv::from_process()?;
     let status = inspect::probe_status(&project, &host, vm);
     let info = inspect::inspect(&project, &host, vm, status)?;
+    let mut out = output::stdout();
     match args.format {
-        TextFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        TextFormat::Text => print!("{}", text(&info)),
+        TextFormat::Json => output::json(&mut out, &info)?,
+        TextFormat::Text => out.write_all(text(&info).as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
 }

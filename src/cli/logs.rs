@@ -13,7 +13,7 @@ use std::time::Duration;
 use qemu_compose::engine::HostEnv;
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, LogsArgs, project};
+use super::{GlobalArgs, LogsArgs, output, project};
 
 /// How often `-f` looks for new output.
 const POLL: Duration = Duration::from_millis(200);
@@ -38,8 +38,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
             Log::new(&prefix, paths.serial_log)
         })
         .collect();
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    let mut out = output::stdout();
     for (log, vm) in logs.iter_mut().zip(&vms) {
         if !args.follow && !log.path.exists() {
             eprintln!(

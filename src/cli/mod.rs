@@ -1,8 +1,10 @@
-//! The command line: argument definitions, dispatch, and the one place errors are printed.
+//! The command line: argument definitions, dispatch, output, and the one place errors are
+//! printed.
 //!
 //! Exit status: 0 on success, 2 for usage errors and invalid compose files, 1 for anything
 //! else (DESIGN.md section 5).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +18,7 @@ mod image;
 mod inspect;
 mod lifecycle;
 mod logs;
+pub mod output;
 mod project;
 mod ps;
 mod pull;
@@ -26,7 +29,7 @@ mod volume;
 #[derive(Debug, Parser)]
 #[command(name = "qemu-compose", version, propagate_version = true)]
 #[command(about = "Run QEMU virtual machines from a compose file, rootless")]
-struct Cli {
+pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
@@ -290,17 +293,21 @@ impl qemu_compose::engine::Reporter for StderrReporter {
     }
 }
 
-/// Parses the arguments, runs the command and maps its outcome to an exit status.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let debug = cli.global.debug;
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => report(&err, debug),
+impl Cli {
+    /// Parses the process's arguments; invalid usage ends the process with clap's message
+    /// and status 2.
+    pub fn from_process() -> Self {
+        Self::parse()
+    }
+
+    /// Whether `--debug` (or `QEMU_COMPOSE_DEBUG`) asks for the full error chain.
+    pub fn debug(&self) -> bool {
+        self.global.debug
     }
 }
 
-fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
+/// Prints `err` on stderr and returns the exit status it means.
+pub fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
     // An invalid compose file is a usage error: every problem, one per line, then exit 2.
     if let Some(errors) = err.downcast_ref::<ComposeErrors>() {
         for e in &errors.0 {
@@ -338,15 +345,29 @@ fn is_usage_error(err: &anyhow::Error) -> bool {
 #[error("{0}")]
 struct UsageError(String);
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the command. What it prints goes through [`output::stdout`], flushed before this
+/// returns, so a failed write comes back as an error ([`output::reader_gone`] tells a closed
+/// pipe).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let code = dispatch(cli)?;
+    output::stdout().flush()?;
+    Ok(code)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Version => {
-            println!("qemu-compose {}", env!("CARGO_PKG_VERSION"));
+            writeln!(
+                output::stdout(),
+                "qemu-compose {}",
+                env!("CARGO_PKG_VERSION")
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completion(args) => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(args.shell, &mut cmd, "qemu-compose", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "qemu-compose", &mut script);
+            output::stdout().write_all(&script)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => lifecycle::up(&cli.global, &args),

@@ -1,5 +1,6 @@
 //! `ps`: the project's VMs, their status and resources, in compose order.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -8,14 +9,15 @@ use qemu_compose::engine::instance::{self, BaseChange};
 use qemu_compose::engine::{HostEnv, inspect};
 use serde::Serialize;
 
-use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, project};
+use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.vms)?;
+    let mut out = output::stdout();
     if args.quiet {
         for vm in &vms {
-            println!("{}", vm.name);
+            writeln!(out, "{}", vm.name)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -47,7 +49,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     base_changed,
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&lines)?);
+            output::json(&mut out, &lines)?;
         }
         TableFormat::Table => {
             let mut table = Table::new();
@@ -83,7 +85,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     disk,
                 ]);
             }
-            println!("{}", table.trim_fmt());
+            writeln!(out, "{}", table.trim_fmt())?;
         }
     }
     for (vm, change) in vms.iter().zip(&changes) {

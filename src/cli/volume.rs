@@ -1,6 +1,7 @@
 //! `volume ls|create|inspect|rm`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -10,7 +11,7 @@ use qemu_compose::engine::{self, HostEnv, volumes};
 use qemu_compose::state::{ProjectLock, StateDir, VolumeRegistry};
 use serde::Serialize;
 
-use super::{GlobalArgs, StderrReporter, TableFormat, VolumeCommand, project};
+use super::{GlobalArgs, StderrReporter, TableFormat, VolumeCommand, output, project};
 use qemu_compose::engine::Reporter;
 
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
@@ -105,8 +106,9 @@ fn rows(project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
 
 fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Result<ExitCode> {
     let rows = rows(project, state)?;
+    let mut out = output::stdout();
     match format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        TableFormat::Json => output::json(&mut out, &rows)?,
         TableFormat::Table => {
             let mut table = Table::new();
             table.load_preset(NOTHING).set_header([
@@ -141,7 +143,7 @@ fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Resul
                     r.status.to_string(),
                 ]);
             }
-            println!("{}", table.trim_fmt());
+            writeln!(out, "{}", table.trim_fmt())?;
         }
     }
     for r in rows
@@ -190,7 +192,7 @@ fn create(
     let record = volumes::create(state, name, size)?;
     registry.volumes.insert(name.to_string(), record);
     registry.save(&state.volumes_json())?;
-    println!("{name}");
+    writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,7 +249,7 @@ fn inspect(project: &Project, state: &StateDir, name: &str) -> anyhow::Result<Ex
         },
         in_use_by: users.get(name).cloned().unwrap_or_default(),
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    output::json(&mut output::stdout(), &out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -280,9 +282,10 @@ fn rm(
             );
         }
     }
+    let mut out = output::stdout();
     for name in names {
         volumes::remove(state, &mut registry, name)?;
-        println!("{name}");
+        writeln!(out, "{name}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
