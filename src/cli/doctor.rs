@@ -122,7 +122,9 @@ fn checks(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
     );
     if let Some(p) = project {
         for vm in &p.vms {
-            if let Err(e) = accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe) {
+            if let Err(e) =
+                accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
+            {
                 out.push(Check::new(
                     Level::Fail,
                     "accelerator",

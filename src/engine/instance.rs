@@ -310,7 +310,7 @@ pub fn prepare(
     })
     .map_err(|e| EngineError::vm(&vm.name, e))?;
 
-    let accel = accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe)
+    let accel = accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
         .map_err(|e| EngineError::vm(&vm.name, e))?;
 
     let mut hash = Sha256::new();
@@ -578,7 +578,7 @@ pub fn launch_spec_from(
         .ports
         .iter()
         .map(|p| PortForward {
-            protocol: p.protocol,
+            protocol: p.protocol.into(),
             host_ip: match p.host_ip {
                 Some(IpAddr::V4(ip)) => Some(ip),
                 // check() refuses IPv6 addresses.

@@ -26,7 +26,13 @@ impl Accel {
 }
 
 /// What the user asked for: the per-VM `accel:` key or `$QEMU_COMPOSE_ACCEL`.
-pub use crate::compose::Accel as AccelMode;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelMode {
+    /// KVM when the host can really run it, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
 
 impl FromStr for AccelMode {
     type Err = AccelError;

@@ -33,7 +33,6 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::accel::Accel;
-pub use crate::compose::{Protocol, SecurityModel};
 
 /// The kernel's limit for a unix socket path (`sun_path`), including the trailing NUL.
 pub const UNIX_PATH_MAX: usize = 108;
@@ -130,6 +129,45 @@ pub struct NetSpec {
     pub mac: MacAddress,
     pub ssh_port: u16,
     pub ports: Vec<PortForward>,
+}
+
+/// The protocol of a `hostfwd` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The spelling in a `hostfwd` rule.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// How a 9p share maps guest file ownership and modes onto the host (`-virtfs
+/// security_model=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityModel {
+    Passthrough,
+    MappedXattr,
+    MappedFile,
+    None,
+}
+
+impl SecurityModel {
+    /// The spelling QEMU takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityModel::Passthrough => "passthrough",
+            SecurityModel::MappedXattr => "mapped-xattr",
+            SecurityModel::MappedFile => "mapped-file",
+            SecurityModel::None => "none",
+        }
+    }
 }
 
 /// A `hostfwd` rule. QEMU's user-mode network binds only IPv4 host addresses.
