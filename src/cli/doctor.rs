@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode, Stdio};
 use qemu_compose::compose::{MountKind, Project};
 use qemu_compose::engine::HostEnv;
 use qemu_compose::qemu::accel::{self, Accel, AccelError, AccelMode};
-use qemu_compose::state::instance::MAX_SOCKET_PATH;
+use qemu_compose::qemu::argv::MAX_SOCKET_PATH;
 use qemu_compose::state::{InstancePaths, StateDir};
 
 use super::{GlobalArgs, human_bytes, output};
