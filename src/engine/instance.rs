@@ -318,7 +318,7 @@ pub fn prepare(
     hash.update(seed.instance_id.as_bytes());
     hash.update(base.as_os_str().as_encoded_bytes());
     hash.update(accel.accel.as_str());
-    let config_hash = hex(&hash.finalize()[..16]);
+    let config_hash = base16ct::lower::encode_string(&hash.finalize()[..16]);
 
     Ok(PreparedVm {
         name: vm.name.clone(),
@@ -439,10 +439,6 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
 /// The NIC address of `vm`: stable per project and VM, so its DHCP lease survives restarts.
 pub fn mac_for(project: &Project, vm: &Vm) -> MacAddress {
     MacAddress::derived_from(&format!("{}/{}", project.name, vm.name))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes the instance folder: the disk if missing, the file shares, the seed.

@@ -331,7 +331,7 @@ fn drive_serial(volume: &str) -> String {
     }
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(volume.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = base16ct::lower::encode_string(&digest[..4]);
     format!("{}-{hash}", &volume[..11])
 }
 

@@ -143,7 +143,7 @@ fn socket_dir(
         return (private_dir.to_path_buf(), None);
     }
     let digest = Sha256::digest(state.root().as_os_str().as_encoded_bytes());
-    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let tag = base16ct::lower::encode_string(&digest[..6]);
     let base = match runtime_dir {
         Some(dir) => dir.join("qemu-compose"),
         None => PathBuf::from(format!(
