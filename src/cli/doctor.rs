@@ -9,13 +9,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use indicatif::HumanBytes;
 use qemu_compose::compose::{MountKind, Project};
 use qemu_compose::engine::HostEnv;
 use qemu_compose::qemu::accel::{self, Accel, AccelError, AccelMode};
 use qemu_compose::qemu::argv::MAX_SOCKET_PATH;
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, human_bytes, output};
+use super::{GlobalArgs, output};
 
 /// Below this much free space a warning is printed: a cloud image plus a few overlays.
 const LOW_SPACE: u64 = 5 << 30;
@@ -203,7 +204,7 @@ fn space_check(what: &str, path: &Path) -> Check {
             Check::new(
                 level,
                 "disk space",
-                format!("{what} {}: {} free", path.display(), human_bytes(free)),
+                format!("{what} {}: {} free", path.display(), HumanBytes(free)),
             )
         }
         Err(e) => Check::new(

@@ -12,12 +12,13 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
+use indicatif::HumanBytes;
 use qemu_compose::compose::{ImageSource, Project};
 use qemu_compose::engine::HostEnv;
 use qemu_compose::image::{Sha256Digest, overlay_base};
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, ImageCommand, human_bytes, output, project};
+use super::{GlobalArgs, ImageCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
     let host = HostEnv::from_process()?;
@@ -107,7 +108,7 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
         };
         table.add_row([
             r.name.clone(),
-            human_bytes(r.size),
+            HumanBytes(r.size).to_string(),
             r.url.clone().unwrap_or_else(|| "-".to_string()),
             used,
         ]);

@@ -4,11 +4,12 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use indicatif::HumanBytes;
 use qemu_compose::compose::format_size;
 use qemu_compose::engine::inspect::{self, Inspection};
 use qemu_compose::engine::{HostEnv, VmStatus};
 
-use super::{GlobalArgs, InspectArgs, TextFormat, human_bytes, output, project};
+use super::{GlobalArgs, InspectArgs, TextFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
@@ -66,8 +67,8 @@ fn text(i: &Inspection) -> String {
         |u| {
             format!(
                 "{}, {} used",
-                human_bytes(u.virtual_size),
-                human_bytes(u.bytes_used)
+                HumanBytes(u.virtual_size),
+                HumanBytes(u.bytes_used)
             )
         },
     );

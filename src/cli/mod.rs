@@ -386,22 +386,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A byte count for people: `6.1M`, `512K`, `3.2G` (binary units, one decimal).
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,14 +393,5 @@ mod tests {
     #[test]
     fn argument_definitions_are_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn byte_counts_read_well() {
-        assert_eq!(human_bytes(0), "0B");
-        assert_eq!(human_bytes(1023), "1023B");
-        assert_eq!(human_bytes(1536), "1.5K");
-        assert_eq!(human_bytes(6 << 20), "6.0M");
-        assert_eq!(human_bytes(10 << 30), "10.0G");
     }
 }

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use comfy_table::{Table, presets::NOTHING};
+use indicatif::HumanBytes;
 use qemu_compose::engine::instance::{self, BaseChange};
 use qemu_compose::engine::{HostEnv, inspect};
 use serde::Serialize;
 
-use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, output, project};
+use super::{GlobalArgs, PsArgs, TableFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
@@ -66,8 +67,8 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     |d| {
                         format!(
                             "{} ({} used)",
-                            human_bytes(d.virtual_size),
-                            human_bytes(d.bytes_used)
+                            HumanBytes(d.virtual_size),
+                            HumanBytes(d.bytes_used)
                         )
                     },
                 );
@@ -81,7 +82,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                         r.ports.join(", ")
                     },
                     r.cpu.to_string(),
-                    human_bytes(r.memory_mib.saturating_mul(1 << 20)),
+                    HumanBytes(r.memory_mib.saturating_mul(1 << 20)).to_string(),
                     disk,
                 ]);
             }

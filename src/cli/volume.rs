@@ -136,7 +136,7 @@ fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Resul
                     r.name.clone(),
                     r.size.clone().unwrap_or_else(|| "-".into()),
                     r.disk_bytes
-                        .map(super::human_bytes)
+                        .map(|bytes| indicatif::HumanBytes(bytes).to_string())
                         .unwrap_or_else(|| "-".into()),
                     if users.is_empty() { "-".into() } else { users },
                     r.created.clone().unwrap_or_else(|| "-".into()),
