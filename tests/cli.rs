@@ -336,3 +336,96 @@ fn a_full_stdout_is_an_error() {
         "error: cannot write to standard output: No space left on device (os error 28)\n"
     );
 }
+
+/// The `QEMU_COMPOSE_*` names the program's source mentions.
+fn variables_in_source() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            for (i, _) in source.match_indices("QEMU_COMPOSE_") {
+                let name: String = source[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                names.insert(name.trim_end_matches('_').to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn help_lists_every_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = text(&run_in(dir.path(), &["--help"]).stdout);
+    // clap wraps long lines, even inside `[env: …]`.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let names = variables_in_source();
+    assert!(names.contains("QEMU_COMPOSE_ACCEL"), "{names:?}");
+    for name in names {
+        assert!(help.contains(&format!("[env: {name}")), "{name}:\n{help}");
+    }
+}
+
+#[test]
+fn environment_variables_work_as_before_and_empty_ones_count_as_unset() {
+    let dir = fixture("seed-short-form");
+    let config = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = command_in(&dir, args);
+        cmd.envs(vars.iter().copied());
+        let out = cmd.args(["config", "--format", "json"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{vars:?}: {}",
+            text(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (json["name"].clone(), json["file"].clone())
+    };
+    let here = config(&[], &[]);
+    assert_eq!(here.0, "seed-short-form");
+    let empty = [
+        ("QEMU_COMPOSE_FILE", ""),
+        ("QEMU_COMPOSE_PROJECT_NAME", ""),
+        ("QEMU_COMPOSE_QEMU", ""),
+        ("QEMU_COMPOSE_ACCEL", ""),
+    ];
+    assert_eq!(config(&empty, &[]), here);
+    assert_eq!(
+        config(&[("QEMU_COMPOSE_PROJECT_NAME", "from-env")], &[]).0,
+        "from-env"
+    );
+    assert_eq!(
+        config(
+            &[("QEMU_COMPOSE_PROJECT_NAME", "from-env")],
+            &["-p", "flag"]
+        )
+        .0,
+        "flag"
+    );
+
+    // The file named by the variable, relative to the current directory.
+    let other = fixture("seed-long-form");
+    let file = other.join("qemu-compose.yaml");
+    let (name, found) = config(&[("QEMU_COMPOSE_FILE", file.to_str().unwrap())], &[]);
+    assert_eq!(
+        (name, found),
+        ("seed-long-form".into(), file.to_str().into())
+    );
+
+    // The accelerator override reaches the decision, and says where it came from.
+    let mut cmd = command_in(&dir, &["inspect", "named", "--format", "json"]);
+    let out = cmd.env("QEMU_COMPOSE_ACCEL", "tcg").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = json["accel"]["reason"].as_str().unwrap();
+    assert!(reason.contains("QEMU_COMPOSE_ACCEL"), "{reason}");
+}

@@ -47,7 +47,7 @@ impl Check {
 }
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = super::project::host(global)?;
     let project = super::project::optional(global)?;
     let checks = checks(&host, project.as_ref());
     let mut out = output::stdout();

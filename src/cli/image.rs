@@ -21,7 +21,7 @@ use qemu_compose::state::{InstancePaths, StateDir};
 use super::{GlobalArgs, ImageCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let project = project::optional(global)?;
     match cmd {
         ImageCommand::Ls => ls(&host, project.as_ref()),

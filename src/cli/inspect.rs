@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 use qemu_compose::compose::format_size;
+use qemu_compose::engine::VmStatus;
 use qemu_compose::engine::inspect::{self, Inspection};
-use qemu_compose::engine::{HostEnv, VmStatus};
 
 use super::{GlobalArgs, InspectArgs, TextFormat, output, project};
 
@@ -17,7 +17,7 @@ pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> 
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("no VM named {:?}", args.vm))?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let status = inspect::probe_status(&project, &host, vm);
     let info = inspect::inspect(&project, &host, vm, status)?;
     let mut out = output::stdout();

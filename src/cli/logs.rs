@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qemu_compose::engine::HostEnv;
 use qemu_compose::state::{InstancePaths, StateDir};
 
 use super::{GlobalArgs, LogsArgs, output, project};
@@ -23,7 +22,7 @@ const TAIL_BLOCK: u64 = 64 * 1024;
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.vms)?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let state = StateDir::new(&project.dir);
     let width = vms.iter().map(|vm| vm.name.len()).max().unwrap_or(0);
     let mut logs: Vec<Log> = vms

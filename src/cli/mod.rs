@@ -4,11 +4,12 @@
 //! Exit status: 0 on success, 2 for usage errors and invalid compose files, 1 for anything
 //! else (DESIGN.md section 5).
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use qemu_compose::compose::ComposeErrors;
 
 mod config;
@@ -37,16 +38,35 @@ pub struct Cli {
 }
 
 /// Options given before the command, as with docker compose (`-f` after `logs` means follow).
+///
+/// Every `QEMU_COMPOSE_*` variable qemu-compose reads is the `env` of one of these, so
+/// `--help` lists it; an empty variable counts as unset ([`Cli::from_process`]).
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// The compose file [default: $QEMU_COMPOSE_FILE, else qemu-compose.yaml or
-    /// qemu-compose.yml in this directory or the nearest parent]
-    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    /// The compose file [default: qemu-compose.yaml or qemu-compose.yml in this directory or
+    /// the nearest parent]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "PATH",
+        env = "QEMU_COMPOSE_FILE"
+    )]
     file: Option<PathBuf>,
-    /// The project name [default: $QEMU_COMPOSE_PROJECT_NAME, else `name:` in the compose
-    /// file, else the project directory's name]
-    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    /// The project name [default: `name:` in the compose file, else the project directory's
+    /// name]
+    #[arg(
+        short = 'p',
+        long = "project-name",
+        value_name = "NAME",
+        env = "QEMU_COMPOSE_PROJECT_NAME"
+    )]
     project_name: Option<String>,
+    /// The QEMU binary: a path, or a name looked up on PATH [default: qemu-system-x86_64]
+    #[arg(long, value_name = "PROGRAM", env = "QEMU_COMPOSE_QEMU")]
+    qemu: Option<OsString>,
+    /// The accelerator of every VM, over their `accel:` keys: auto, kvm or tcg
+    #[arg(long, value_name = "MODE", env = "QEMU_COMPOSE_ACCEL")]
+    accel: Option<String>,
     /// Print the full error chain and what qemu-compose does
     #[arg(
         long,
@@ -294,10 +314,27 @@ impl qemu_compose::engine::Reporter for StderrReporter {
 }
 
 impl Cli {
-    /// Parses the process's arguments; invalid usage ends the process with clap's message
-    /// and status 2.
+    /// Parses the process's arguments and `QEMU_COMPOSE_*` variables; invalid usage ends the
+    /// process with clap's message and status 2. A variable set to the empty string counts
+    /// as unset (clap would take the empty value), as it did when the program read them
+    /// itself: `QEMU_COMPOSE_FILE= qemu-compose ps` searches for the compose file.
     pub fn from_process() -> Self {
-        Self::parse()
+        let mut cmd = Self::command();
+        let empty: Vec<clap::Id> = cmd
+            .get_arguments()
+            .filter(|arg| arg.get_action().takes_values())
+            .filter(|arg| {
+                arg.get_env()
+                    .and_then(std::env::var_os)
+                    .is_some_and(|value| value.is_empty())
+            })
+            .map(|arg| arg.get_id().clone())
+            .collect();
+        for id in empty {
+            cmd = cmd.mut_arg(id, |arg| arg.env(None::<&'static str>));
+        }
+        Self::from_arg_matches(&cmd.get_matches())
+            .unwrap_or_else(|err| err.format(&mut Self::command()).exit())
     }
 
     /// Whether `--debug` (or `QEMU_COMPOSE_DEBUG`) asks for the full error chain.

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use comfy_table::{Table, presets::NOTHING};
 use indicatif::HumanBytes;
+use qemu_compose::engine::inspect;
 use qemu_compose::engine::instance::{self, BaseChange};
-use qemu_compose::engine::{HostEnv, inspect};
 use serde::Serialize;
 
 use super::{GlobalArgs, PsArgs, TableFormat, output, project};
@@ -22,7 +22,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let started = Instant::now();
     let rows = inspect::summaries(&project, &host, &vms);
     if global.debug {

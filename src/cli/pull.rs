@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use qemu_compose::compose::ImageSource;
-use qemu_compose::engine::{HostEnv, instance};
+use qemu_compose::engine::instance;
 use qemu_compose::image;
 
 use super::{GlobalArgs, PullArgs, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let mut progress = image::for_stderr();
     let mut out = output::stdout();
     if let [target] = args.targets.as_slice()

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
 use qemu_compose::compose::{self, MountKind, Project};
-use qemu_compose::engine::{self, HostEnv, volumes};
+use qemu_compose::engine::{self, volumes};
 use qemu_compose::state::{ProjectLock, StateDir, VolumeRegistry};
 use serde::Serialize;
 
@@ -18,10 +18,10 @@ pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode>
     let project = project::load(global)?;
     let state = StateDir::new(&project.dir);
     match cmd {
-        VolumeCommand::Ls { format } => ls(&project, &state, *format),
+        VolumeCommand::Ls { format } => ls(global, &project, &state, *format),
         VolumeCommand::Create { name, size } => create(&project, &state, name, size.as_deref()),
         VolumeCommand::Inspect { name } => inspect(&project, &state, name),
-        VolumeCommand::Rm { names, force } => rm(&project, &state, names, *force),
+        VolumeCommand::Rm { names, force } => rm(global, &project, &state, names, *force),
     }
 }
 
@@ -50,9 +50,9 @@ struct Row {
     created: Option<String>,
 }
 
-fn rows(project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
+fn rows(global: &GlobalArgs, project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
     let registry = VolumeRegistry::load(&state.volumes_json())?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let running = engine::running_vms(project, &host);
     let users = users(project);
     let mut names: BTreeSet<String> = registry.volumes.keys().cloned().collect();
@@ -104,8 +104,13 @@ fn rows(project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Result<ExitCode> {
-    let rows = rows(project, state)?;
+fn ls(
+    global: &GlobalArgs,
+    project: &Project,
+    state: &StateDir,
+    format: TableFormat,
+) -> anyhow::Result<ExitCode> {
+    let rows = rows(global, project, state)?;
     let mut out = output::stdout();
     match format {
         TableFormat::Json => output::json(&mut out, &rows)?,
@@ -254,12 +259,13 @@ fn inspect(project: &Project, state: &StateDir, name: &str) -> anyhow::Result<Ex
 }
 
 fn rm(
+    global: &GlobalArgs,
     project: &Project,
     state: &StateDir,
     names: &[String],
     force: bool,
 ) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let users = users(project);
     let _guard = lock(state)?;
     let running = engine::running_vms(project, &host);
