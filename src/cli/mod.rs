@@ -2,7 +2,7 @@
 //! printed.
 //!
 //! Exit status: 0 on success, 2 for usage errors and invalid compose files, 1 for anything
-//! else (DESIGN.md section 5).
+//! else (docs/architecture.md, "Command line and exit status").
 
 use std::ffi::OsString;
 use std::io::Write;
