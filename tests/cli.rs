@@ -429,3 +429,37 @@ fn environment_variables_work_as_before_and_empty_ones_count_as_unset() {
     let reason = json["accel"]["reason"].as_str().unwrap();
     assert!(reason.contains("QEMU_COMPOSE_ACCEL"), "{reason}");
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_a_command() {
+    let dir = many_vms(2);
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    // Progress first, on stderr, then the table on stdout.
+    let out = command_in(dir.path(), &["--debug", "ps"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("vm1"), "{}", text(&out.stdout));
+    // An error nobody can read still gives its status.
+    let out = command_in(dir.path(), &["inspect", "nosuchvm"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // clap's own messages and help.
+    let out = command_in(dir.path(), &["frobnicate"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = command_in(dir.path(), &["--help"])
+        .stdout(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use qemu_compose::qemu::console::{self, ConsoleEnd};
 
+use super::output::note;
 use super::project::{self, RunningVm};
 use super::{GlobalArgs, VmArg, output};
 
@@ -11,14 +12,14 @@ pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
     let RunningVm { vm, paths, .. } = project::running_vm(global, &args.vm)?;
     let name = vm.name.clone();
     let end = console::attach(&paths.serial_socket, output::stdout(), || {
-        eprintln!("Connected to {name}'s console; Ctrl+] detaches");
+        note!("Connected to {name}'s console; Ctrl+] detaches");
     })?;
     match end {
-        ConsoleEnd::Detached => eprintln!("\r\nDetached from {}'s console", vm.name),
-        ConsoleEnd::VmClosed => eprintln!("\r\nVM {} closed its console (it stopped)", vm.name),
+        ConsoleEnd::Detached => note!("\r\nDetached from {}'s console", vm.name),
+        ConsoleEnd::VmClosed => note!("\r\nVM {} closed its console (it stopped)", vm.name),
         ConsoleEnd::InputClosed => {}
         ConsoleEnd::Signalled(sig) => {
-            eprintln!("\r\nLeft {}'s console on signal {sig}", vm.name);
+            note!("\r\nLeft {}'s console on signal {sig}", vm.name);
             return Ok(ExitCode::from(128 + sig as u8));
         }
     }

@@ -18,6 +18,7 @@ use qemu_compose::engine::HostEnv;
 use qemu_compose::image::{Sha256Digest, overlay_base};
 use qemu_compose::state::{InstancePaths, StateDir};
 
+use super::output::note;
 use super::{GlobalArgs, ImageCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
@@ -114,7 +115,7 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
         ]);
     }
     if rows.is_empty() {
-        eprintln!("no images in {}", host.images.dir().display());
+        note!("no images in {}", host.images.dir().display());
     } else {
         writeln!(output::stdout(), "{}", table.trim_fmt())?;
     }

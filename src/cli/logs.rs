@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use qemu_compose::state::{InstancePaths, StateDir};
 
+use super::output::note;
 use super::{GlobalArgs, LogsArgs, output, project};
 
 /// How often `-f` looks for new output.
@@ -40,7 +41,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let mut out = output::stdout();
     for (log, vm) in logs.iter_mut().zip(&vms) {
         if !args.follow && !log.path.exists() {
-            eprintln!(
+            note!(
                 "VM {} has no console log yet (it has not been started)",
                 vm.name
             );

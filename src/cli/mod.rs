@@ -305,11 +305,11 @@ struct StderrReporter;
 
 impl qemu_compose::engine::Reporter for StderrReporter {
     fn info(&self, message: &str) {
-        eprintln!("{message}");
+        output::note!("{message}");
     }
 
     fn warn(&self, message: &str) {
-        eprintln!("warning: {message}");
+        output::note!("warning: {message}");
     }
 }
 
@@ -348,15 +348,15 @@ pub fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
     // An invalid compose file is a usage error: every problem, one per line, then exit 2.
     if let Some(errors) = err.downcast_ref::<ComposeErrors>() {
         for e in &errors.0 {
-            eprintln!("error: {e}");
+            output::note!("error: {e}");
         }
         return ExitCode::from(2);
     }
     let code = if is_usage_error(err) { 2 } else { 1 };
     if debug {
-        eprintln!("error: {err:?}");
+        output::note!("error: {err:?}");
     } else {
-        eprintln!("error: {err:#}");
+        output::note!("error: {err:#}");
     }
     ExitCode::from(code)
 }

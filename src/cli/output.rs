@@ -5,7 +5,11 @@
 //! instead, marked as a write to standard output, so it travels up like any other error and
 //! `main` can tell the reader going away ([`reader_gone`]: end quietly with status 0, as
 //! ripgrep does) from a real failure (`> /dev/full`: reported, status 1). A broken pipe
-//! anywhere else (a QMP socket, ssh) stays an error. Progress and warnings go to stderr.
+//! anywhere else (a QMP socket, ssh) stays an error.
+//!
+//! Progress, warnings and errors go to stderr through [`note!`], which never fails: with
+//! stderr closed (`qemu-compose up 2>&1 | head -1`) they are lost, but the command goes on
+//! instead of panicking halfway, as `eprintln!` would.
 
 use std::io::{self, Write};
 
@@ -43,6 +47,15 @@ pub struct StdoutError(io::Error);
 fn mark(err: io::Error) -> io::Error {
     io::Error::new(err.kind(), StdoutError(err))
 }
+
+/// `eprintln!` that ignores a closed or failing stderr.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;
 
 /// Prints `value` as indented JSON and a newline.
 pub fn json(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {

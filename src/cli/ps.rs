@@ -10,6 +10,7 @@ use qemu_compose::engine::inspect;
 use qemu_compose::engine::instance::{self, BaseChange};
 use serde::Serialize;
 
+use super::output::note;
 use super::{GlobalArgs, PsArgs, TableFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
@@ -26,7 +27,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let rows = inspect::summaries(&project, &host, &vms);
     if global.debug {
-        eprintln!("status probes took {} ms", started.elapsed().as_millis());
+        note!("status probes took {} ms", started.elapsed().as_millis());
     }
     let changes: Vec<Option<BaseChange>> = vms
         .iter()
@@ -91,7 +92,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     }
     for (vm, change) in vms.iter().zip(&changes) {
         if let Some(change) = change {
-            eprintln!("warning: {}", change.warning(&vm.name));
+            note!("warning: {}", change.warning(&vm.name));
         }
     }
     Ok(ExitCode::SUCCESS)

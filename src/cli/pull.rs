@@ -9,6 +9,7 @@ use qemu_compose::compose::ImageSource;
 use qemu_compose::engine::instance;
 use qemu_compose::image;
 
+use super::output::note;
 use super::{GlobalArgs, PullArgs, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
@@ -42,7 +43,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                     path.display()
                 )?;
                 if !path.is_file() {
-                    eprintln!(
+                    note!(
                         "warning: VM {}: {} does not exist; `up` will fail",
                         vm.name,
                         path.display()
