@@ -12,7 +12,7 @@
 //! through `QEMU_COMPOSE_E2E_BUILD_GUEST`, else `../shared/e2e/build-guest.sh` beside the crate,
 //! else `/work/shared/e2e/build-guest.sh`.
 //!
-//! The host user is root here (CI and the dev machines run as root): by DESIGN.md the guest user
+//! The host user is root here (CI and the dev machines run as root): as docs/compose.md says, the guest user
 //! then keeps the image's default UID (never 0) and 9p runs with `security_model=passthrough`,
 //! so the guest user's files appear on the host with that UID. The host folders the guest user
 //! writes to are therefore made world-writable by the test, as a shared folder would be.

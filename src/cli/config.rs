@@ -1,18 +1,19 @@
 //! `config`: validate the compose file and print the resolved model.
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use super::{ConfigArgs, GlobalArgs, ModelFormat, project};
+use super::{ConfigArgs, GlobalArgs, ModelFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     if args.quiet {
         return Ok(ExitCode::SUCCESS);
     }
-    let text = match args.format {
-        ModelFormat::Yaml => serde_saphyr::to_string(&project)?,
-        ModelFormat::Json => serde_json::to_string_pretty(&project)? + "\n",
-    };
-    print!("{text}");
+    let mut out = output::stdout();
+    match args.format {
+        ModelFormat::Yaml => out.write_all(serde_saphyr::to_string(&project)?.as_bytes())?,
+        ModelFormat::Json => output::json(&mut out, &project)?,
+    }
     Ok(ExitCode::SUCCESS)
 }

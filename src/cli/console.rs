@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use qemu_compose::qemu::console::{self, ConsoleEnd};
 
+use super::output::note;
 use super::project::{self, RunningVm};
-use super::{GlobalArgs, VmArg};
+use super::{GlobalArgs, VmArg, output};
 
 pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
     let RunningVm { vm, state, paths } = project::running_vm(global, &args.vm)?;
@@ -15,15 +16,15 @@ pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
         vm.user,
         state.console_password().display()
     );
-    let end = console::attach(&paths.serial_socket, || {
-        eprintln!("Connected to {name}'s console ({login}); Ctrl+] detaches");
+    let end = console::attach(&paths.serial_socket, output::stdout(), || {
+        note!("Connected to {name}'s console ({login}); Ctrl+] detaches");
     })?;
     match end {
-        ConsoleEnd::Detached => eprintln!("\r\nDetached from {}'s console", vm.name),
-        ConsoleEnd::VmClosed => eprintln!("\r\nVM {} closed its console (it stopped)", vm.name),
+        ConsoleEnd::Detached => note!("\r\nDetached from {}'s console", vm.name),
+        ConsoleEnd::VmClosed => note!("\r\nVM {} closed its console (it stopped)", vm.name),
         ConsoleEnd::InputClosed => {}
         ConsoleEnd::Signalled(sig) => {
-            eprintln!("\r\nLeft {}'s console on signal {sig}", vm.name);
+            note!("\r\nLeft {}'s console on signal {sig}", vm.name);
             return Ok(ExitCode::from(128 + sig as u8));
         }
     }

@@ -5,16 +5,18 @@
 //! accelerator the project demands but the host lacks, a socket path that cannot be made
 //! short enough. Slow TCG, a missing ssh client and low disk space are warnings.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use indicatif::HumanBytes;
 use qemu_compose::compose::{MountKind, Project};
 use qemu_compose::engine::HostEnv;
 use qemu_compose::qemu::accel::{self, Accel, AccelError, AccelMode};
-use qemu_compose::state::instance::MAX_SOCKET_PATH;
+use qemu_compose::qemu::argv::MAX_SOCKET_PATH;
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, human_bytes};
+use super::{GlobalArgs, output};
 
 /// Below this much free space a warning is printed: a cloud image plus a few overlays.
 const LOW_SPACE: u64 = 5 << 30;
@@ -45,19 +47,20 @@ impl Check {
 }
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = super::project::host(global)?;
     let project = super::project::optional(global)?;
     let checks = checks(&host, project.as_ref());
+    let mut out = output::stdout();
     for c in &checks {
         let word = match c.level {
             Level::Ok => "ok  ",
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        println!("{word}  {:<13} {}", c.topic, c.text);
+        writeln!(out, "{word}  {:<13} {}", c.topic, c.text)?;
     }
     if project.is_none() {
-        println!("(no compose file here: project checks skipped)");
+        writeln!(out, "(no compose file here: project checks skipped)")?;
     }
     Ok(if checks.iter().any(|c| c.level == Level::Fail) {
         ExitCode::from(1)
@@ -120,7 +123,9 @@ fn checks(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
     );
     if let Some(p) = project {
         for vm in &p.vms {
-            if let Err(e) = accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe) {
+            if let Err(e) =
+                accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
+            {
                 out.push(Check::new(
                     Level::Fail,
                     "accelerator",
@@ -199,7 +204,7 @@ fn space_check(what: &str, path: &Path) -> Check {
             Check::new(
                 level,
                 "disk space",
-                format!("{what} {}: {} free", path.display(), human_bytes(free)),
+                format!("{what} {}: {} free", path.display(), HumanBytes(free)),
             )
         }
         Err(e) => Check::new(

@@ -6,20 +6,23 @@
 //! before the cache kept that record.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
+use indicatif::HumanBytes;
 use qemu_compose::compose::{ImageSource, Project};
 use qemu_compose::engine::HostEnv;
 use qemu_compose::image::{Sha256Digest, overlay_base};
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, ImageCommand, human_bytes, project};
+use super::output::note;
+use super::{GlobalArgs, ImageCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let project = project::optional(global)?;
     match cmd {
         ImageCommand::Ls => ls(&host, project.as_ref()),
@@ -106,15 +109,15 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
         };
         table.add_row([
             r.name.clone(),
-            human_bytes(r.size),
+            HumanBytes(r.size).to_string(),
             r.url.clone().unwrap_or_else(|| "-".to_string()),
             used,
         ]);
     }
     if rows.is_empty() {
-        eprintln!("no images in {}", host.images.dir().display());
+        note!("no images in {}", host.images.dir().display());
     } else {
-        println!("{}", table.trim_fmt());
+        writeln!(output::stdout(), "{}", table.trim_fmt())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,6 +129,7 @@ fn rm(
     force: bool,
 ) -> anyhow::Result<ExitCode> {
     let users = project.map(|p| overlay_users(p, host)).unwrap_or_default();
+    let mut out = output::stdout();
     for name in names {
         let path = host.images.dir().join(name);
         let canonical = path.canonicalize().unwrap_or(path.clone());
@@ -139,7 +143,7 @@ fn rm(
             );
         }
         host.images.remove(name, force)?;
-        println!("{name}");
+        writeln!(out, "{name}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

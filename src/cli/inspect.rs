@@ -1,13 +1,15 @@
 //! `inspect VM`: everything about one VM, as text or JSON.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
+use indicatif::HumanBytes;
 use qemu_compose::compose::format_size;
+use qemu_compose::engine::VmStatus;
 use qemu_compose::engine::inspect::{self, Inspection};
-use qemu_compose::engine::{HostEnv, VmStatus};
 
-use super::{GlobalArgs, InspectArgs, TextFormat, human_bytes, project};
+use super::{GlobalArgs, InspectArgs, TextFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
@@ -15,12 +17,13 @@ pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> 
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("no VM named {:?}", args.vm))?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let status = inspect::probe_status(&project, &host, vm);
     let info = inspect::inspect(&project, &host, vm, status)?;
+    let mut out = output::stdout();
     match args.format {
-        TextFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        TextFormat::Text => print!("{}", text(&info)),
+        TextFormat::Json => output::json(&mut out, &info)?,
+        TextFormat::Text => out.write_all(text(&info).as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -64,8 +67,8 @@ fn text(i: &Inspection) -> String {
         |u| {
             format!(
                 "{}, {} used",
-                human_bytes(u.virtual_size),
-                human_bytes(u.bytes_used)
+                HumanBytes(u.virtual_size),
+                HumanBytes(u.bytes_used)
             )
         },
     );

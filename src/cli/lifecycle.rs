@@ -3,14 +3,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qemu_compose::engine::{self, DestroyOptions, HostEnv, StopOptions, UpOptions};
+use qemu_compose::engine::{self, DestroyOptions, StopOptions, UpOptions};
 use qemu_compose::image;
 
 use super::{DestroyArgs, GlobalArgs, StderrReporter, StopArgs, UpArgs, project};
 
 pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let opts = UpOptions {
         vms: args.vms.clone(),
         no_start: args.no_start,
@@ -26,7 +26,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
 
 pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let opts = StopOptions {
         vms: args.vms.clone(),
         force: args.force,
@@ -38,7 +38,7 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
 
 pub fn destroy(global: &GlobalArgs, args: &DestroyArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let opts = DestroyOptions {
         vms: args.vms.clone(),
         force: args.force,

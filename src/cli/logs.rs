@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qemu_compose::engine::HostEnv;
 use qemu_compose::state::{InstancePaths, StateDir};
 
-use super::{GlobalArgs, LogsArgs, project};
+use super::output::note;
+use super::{GlobalArgs, LogsArgs, output, project};
 
 /// How often `-f` looks for new output.
 const POLL: Duration = Duration::from_millis(200);
@@ -23,7 +23,7 @@ const TAIL_BLOCK: u64 = 64 * 1024;
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.vms)?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let state = StateDir::new(&project.dir);
     let width = vms.iter().map(|vm| vm.name.len()).max().unwrap_or(0);
     let mut logs: Vec<Log> = vms
@@ -38,11 +38,10 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
             Log::new(&prefix, paths.serial_log)
         })
         .collect();
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    let mut out = output::stdout();
     for (log, vm) in logs.iter_mut().zip(&vms) {
         if !args.follow && !log.path.exists() {
-            eprintln!(
+            note!(
                 "VM {} has no console log yet (it has not been started)",
                 vm.name
             );

@@ -1,12 +1,15 @@
-//! The command line: argument definitions, dispatch, and the one place errors are printed.
+//! The command line: argument definitions, dispatch, output, and the one place errors are
+//! printed.
 //!
 //! Exit status: 0 on success, 2 for usage errors and invalid compose files, 1 for anything
-//! else (DESIGN.md section 5).
+//! else (docs/architecture.md, "Command line and exit status").
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use qemu_compose::compose::ComposeErrors;
 
 mod config;
@@ -16,6 +19,7 @@ mod image;
 mod inspect;
 mod lifecycle;
 mod logs;
+pub mod output;
 mod project;
 mod ps;
 mod pull;
@@ -26,7 +30,7 @@ mod volume;
 #[derive(Debug, Parser)]
 #[command(name = "qemu-compose", version, propagate_version = true)]
 #[command(about = "Run QEMU virtual machines from a compose file, rootless")]
-struct Cli {
+pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
@@ -34,16 +38,35 @@ struct Cli {
 }
 
 /// Options given before the command, as with docker compose (`-f` after `logs` means follow).
+///
+/// Every `QEMU_COMPOSE_*` variable qemu-compose reads is the `env` of one of these, so
+/// `--help` lists it; an empty variable counts as unset ([`Cli::from_process`]).
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// The compose file [default: $QEMU_COMPOSE_FILE, else qemu-compose.yaml or
-    /// qemu-compose.yml in this directory or the nearest parent]
-    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    /// The compose file [default: qemu-compose.yaml or qemu-compose.yml in this directory or
+    /// the nearest parent]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "PATH",
+        env = "QEMU_COMPOSE_FILE"
+    )]
     file: Option<PathBuf>,
-    /// The project name [default: $QEMU_COMPOSE_PROJECT_NAME, else `name:` in the compose
-    /// file, else the project directory's name]
-    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    /// The project name [default: `name:` in the compose file, else the project directory's
+    /// name]
+    #[arg(
+        short = 'p',
+        long = "project-name",
+        value_name = "NAME",
+        env = "QEMU_COMPOSE_PROJECT_NAME"
+    )]
     project_name: Option<String>,
+    /// The QEMU binary: a path, or a name looked up on PATH [default: qemu-system-x86_64]
+    #[arg(long, value_name = "PROGRAM", env = "QEMU_COMPOSE_QEMU")]
+    qemu: Option<OsString>,
+    /// The accelerator of every VM, over their `accel:` keys: auto, kvm or tcg
+    #[arg(long, value_name = "MODE", env = "QEMU_COMPOSE_ACCEL")]
+    accel: Option<String>,
     /// Print the full error chain and what qemu-compose does
     #[arg(
         long,
@@ -136,8 +159,9 @@ struct DestroyArgs {
     /// Seconds to wait for each guest to power off
     #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
-    /// Also remove the project's named volumes
-    #[arg(short = 'v', long)]
+    /// Also remove the named volumes the compose file declares (not with VM names: `volume rm`
+    /// removes single volumes)
+    #[arg(short = 'v', long, conflicts_with = "vms")]
     volumes: bool,
     /// Also stop and remove the VMs of this project that the compose file no longer has
     #[arg(long)]
@@ -294,37 +318,58 @@ struct StderrReporter;
 
 impl qemu_compose::engine::Reporter for StderrReporter {
     fn info(&self, message: &str) {
-        eprintln!("{message}");
+        output::note!("{message}");
     }
 
     fn warn(&self, message: &str) {
-        eprintln!("warning: {message}");
+        output::note!("warning: {message}");
     }
 }
 
-/// Parses the arguments, runs the command and maps its outcome to an exit status.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let debug = cli.global.debug;
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => report(&err, debug),
+impl Cli {
+    /// Parses the process's arguments and `QEMU_COMPOSE_*` variables; invalid usage ends the
+    /// process with clap's message and status 2. A variable set to the empty string counts
+    /// as unset (clap would take the empty value), as it did when the program read them
+    /// itself: `QEMU_COMPOSE_FILE= qemu-compose ps` searches for the compose file.
+    pub fn from_process() -> Self {
+        let mut cmd = Self::command();
+        let empty: Vec<clap::Id> = cmd
+            .get_arguments()
+            .filter(|arg| arg.get_action().takes_values())
+            .filter(|arg| {
+                arg.get_env()
+                    .and_then(std::env::var_os)
+                    .is_some_and(|value| value.is_empty())
+            })
+            .map(|arg| arg.get_id().clone())
+            .collect();
+        for id in empty {
+            cmd = cmd.mut_arg(id, |arg| arg.env(None::<&'static str>));
+        }
+        Self::from_arg_matches(&cmd.get_matches())
+            .unwrap_or_else(|err| err.format(&mut Self::command()).exit())
+    }
+
+    /// Whether `--debug` (or `QEMU_COMPOSE_DEBUG`) asks for the full error chain.
+    pub fn debug(&self) -> bool {
+        self.global.debug
     }
 }
 
-fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
+/// Prints `err` on stderr and returns the exit status it means.
+pub fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
     // An invalid compose file is a usage error: every problem, one per line, then exit 2.
     if let Some(errors) = err.downcast_ref::<ComposeErrors>() {
         for e in &errors.0 {
-            eprintln!("error: {e}");
+            output::note!("error: {e}");
         }
         return ExitCode::from(2);
     }
     let code = exit_code(err);
     if debug {
-        eprintln!("error: {err:?}");
+        output::note!("error: {err:?}");
     } else {
-        eprintln!("error: {}", chain_text(err));
+        output::note!("error: {}", chain_text(err));
     }
     ExitCode::from(code)
 }
@@ -368,15 +413,29 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 #[error("{0}")]
 struct UsageError(String);
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the command. What it prints goes through [`output::stdout`], flushed before this
+/// returns, so a failed write comes back as an error ([`output::reader_gone`] tells a closed
+/// pipe).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let code = dispatch(cli)?;
+    output::stdout().flush()?;
+    Ok(code)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Version => {
-            println!("qemu-compose {}", env!("CARGO_PKG_VERSION"));
+            writeln!(
+                output::stdout(),
+                "qemu-compose {}",
+                env!("CARGO_PKG_VERSION")
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completion(args) => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(args.shell, &mut cmd, "qemu-compose", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "qemu-compose", &mut script);
+            output::stdout().write_all(&script)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => lifecycle::up(&cli.global, &args),
@@ -392,22 +451,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor => doctor::run(&cli.global),
-    }
-}
-
-/// A byte count for people: `6.1M`, `512K`, `3.2G` (binary units, one decimal).
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
     }
 }
 
@@ -453,14 +496,5 @@ mod tests {
             known: "web".into(),
         };
         assert_eq!(exit_code(&anyhow::Error::new(unknown).context("ps")), 2);
-    }
-
-    #[test]
-    fn byte_counts_read_well() {
-        assert_eq!(human_bytes(0), "0B");
-        assert_eq!(human_bytes(1023), "1023B");
-        assert_eq!(human_bytes(1536), "1.5K");
-        assert_eq!(human_bytes(6 << 20), "6.0M");
-        assert_eq!(human_bytes(10 << 30), "10.0G");
     }
 }

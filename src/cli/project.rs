@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use qemu_compose::compose::{
     self, DiscoverError, DiscoverOptions, LoadOptions, ProcessEnv, Project, Vm,
 };
-use qemu_compose::engine::{HostEnv, lifecycle, status};
+use qemu_compose::engine::{EngineError, HostEnv, lifecycle, status};
 use qemu_compose::qemu::process::{self, ProcState};
 use qemu_compose::state::{InstancePaths, StateDir};
 
@@ -28,6 +28,11 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
     Ok(project)
 }
 
+/// The host as the engine sees it, with the user's `--qemu` and `--accel`.
+pub fn host(global: &GlobalArgs) -> Result<HostEnv, EngineError> {
+    HostEnv::from_process(global.qemu.clone(), global.accel.clone())
+}
+
 /// A VM whose QEMU runs, for the commands that talk to it (`console`, `ssh`).
 #[derive(Debug)]
 pub struct RunningVm {
@@ -44,7 +49,7 @@ pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> 
         .next()
         .context("no VM selected")?
         .clone();
-    let host = HostEnv::from_process()?;
+    let host = host(global)?;
     let state = StateDir::new(&project.dir);
     let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
     paths.check_socket_dir()?;

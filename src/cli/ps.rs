@@ -1,33 +1,37 @@
 //! `ps`: the project's VMs, their status and resources, in compose order.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use comfy_table::{Table, presets::NOTHING};
+use indicatif::HumanBytes;
 use qemu_compose::engine::instance::{self, BaseChange};
-use qemu_compose::engine::{HostEnv, inspect, lifecycle};
+use qemu_compose::engine::{inspect, lifecycle};
 use serde::Serialize;
 
-use super::{GlobalArgs, PsArgs, TableFormat, human_bytes, project};
+use super::output::note;
+use super::{GlobalArgs, PsArgs, TableFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.vms)?;
+    let mut out = output::stdout();
     if args.quiet {
         for vm in &vms {
-            println!("{}", vm.name);
+            writeln!(out, "{}", vm.name)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let orphans = lifecycle::orphans(&project, &host)?;
     if !orphans.is_empty() {
-        eprintln!("warning: {}", lifecycle::orphan_warning(&orphans));
+        note!("warning: {}", lifecycle::orphan_warning(&orphans));
     }
     let started = Instant::now();
     let rows = inspect::summaries(&project, &host, &vms);
     if global.debug {
-        eprintln!("status probes took {} ms", started.elapsed().as_millis());
+        note!("status probes took {} ms", started.elapsed().as_millis());
     }
     let changes: Vec<Option<BaseChange>> = vms
         .iter()
@@ -51,7 +55,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     base_changed,
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&lines)?);
+            output::json(&mut out, &lines)?;
         }
         TableFormat::Table => {
             let mut table = Table::new();
@@ -68,8 +72,8 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     |d| {
                         format!(
                             "{} ({} used)",
-                            human_bytes(d.virtual_size),
-                            human_bytes(d.bytes_used)
+                            HumanBytes(d.virtual_size),
+                            HumanBytes(d.bytes_used)
                         )
                     },
                 );
@@ -83,16 +87,16 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                         r.ports.join(", ")
                     },
                     r.cpu.to_string(),
-                    human_bytes(r.memory_mib.saturating_mul(1 << 20)),
+                    HumanBytes(r.memory_mib.saturating_mul(1 << 20)).to_string(),
                     disk,
                 ]);
             }
-            println!("{}", table.trim_fmt());
+            writeln!(out, "{}", table.trim_fmt())?;
         }
     }
     for (vm, change) in vms.iter().zip(&changes) {
         if let Some(change) = change {
-            eprintln!("warning: {}", change.warning(&vm.name));
+            note!("warning: {}", change.warning(&vm.name));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,25 +1,28 @@
 //! `pull [VM…] [--force]` and `pull URL`: fill the image cache ahead of `up`.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use qemu_compose::compose::ImageSource;
-use qemu_compose::engine::{HostEnv, instance};
+use qemu_compose::engine::instance;
 use qemu_compose::image;
 
-use super::{GlobalArgs, PullArgs, project};
+use super::output::note;
+use super::{GlobalArgs, PullArgs, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let mut progress = image::for_stderr();
+    let mut out = output::stdout();
     if let [target] = args.targets.as_slice()
         && is_url(target)
     {
         let path = host
             .images
             .pull(target, None, args.force, progress.as_mut())?;
-        println!("{target}: {}", path.display());
+        writeln!(out, "{target}: {}", path.display())?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(url) = args.targets.iter().find(|t| is_url(t)) {
@@ -33,13 +36,14 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     for vm in vms {
         match &vm.image {
             ImageSource::Path(path) => {
-                println!(
+                writeln!(
+                    out,
                     "{}: local image {}, nothing to pull",
                     vm.name,
                     path.display()
-                );
+                )?;
                 if !path.is_file() {
-                    eprintln!(
+                    note!(
                         "warning: VM {}: {} does not exist; `up` will fail",
                         vm.name,
                         path.display()
@@ -60,7 +64,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                         path
                     }
                 };
-                println!("{}: {url} -> {}", vm.name, path.display());
+                writeln!(out, "{}: {url} -> {}", vm.name, path.display())?;
             }
         }
     }

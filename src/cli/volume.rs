@@ -1,26 +1,27 @@
 //! `volume ls|create|inspect|rm`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
 use qemu_compose::compose::{self, MountKind, Project};
-use qemu_compose::engine::{self, HostEnv, volumes};
+use qemu_compose::engine::{self, volumes};
 use qemu_compose::state::{ProjectLock, StateDir, VolumeRegistry};
 use serde::Serialize;
 
-use super::{GlobalArgs, StderrReporter, TableFormat, VolumeCommand, project};
+use super::{GlobalArgs, StderrReporter, TableFormat, VolumeCommand, output, project};
 use qemu_compose::engine::Reporter;
 
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     let state = StateDir::new(&project.dir);
     match cmd {
-        VolumeCommand::Ls { format } => ls(&project, &state, *format),
+        VolumeCommand::Ls { format } => ls(global, &project, &state, *format),
         VolumeCommand::Create { name, size } => create(&project, &state, name, size.as_deref()),
         VolumeCommand::Inspect { name } => inspect(&project, &state, name),
-        VolumeCommand::Rm { names, force } => rm(&project, &state, names, *force),
+        VolumeCommand::Rm { names, force } => rm(global, &project, &state, names, *force),
     }
 }
 
@@ -49,9 +50,9 @@ struct Row {
     created: Option<String>,
 }
 
-fn rows(project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
+fn rows(global: &GlobalArgs, project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
     let registry = VolumeRegistry::load(&state.volumes_json())?;
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let running = engine::running_vms(project, &host);
     let users = users(project);
     let mut names: BTreeSet<String> = registry.volumes.keys().cloned().collect();
@@ -103,10 +104,16 @@ fn rows(project: &Project, state: &StateDir) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Result<ExitCode> {
-    let rows = rows(project, state)?;
+fn ls(
+    global: &GlobalArgs,
+    project: &Project,
+    state: &StateDir,
+    format: TableFormat,
+) -> anyhow::Result<ExitCode> {
+    let rows = rows(global, project, state)?;
+    let mut out = output::stdout();
     match format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        TableFormat::Json => output::json(&mut out, &rows)?,
         TableFormat::Table => {
             let mut table = Table::new();
             table.load_preset(NOTHING).set_header([
@@ -134,14 +141,14 @@ fn ls(project: &Project, state: &StateDir, format: TableFormat) -> anyhow::Resul
                     r.name.clone(),
                     r.size.clone().unwrap_or_else(|| "-".into()),
                     r.disk_bytes
-                        .map(super::human_bytes)
+                        .map(|bytes| indicatif::HumanBytes(bytes).to_string())
                         .unwrap_or_else(|| "-".into()),
                     if users.is_empty() { "-".into() } else { users },
                     r.created.clone().unwrap_or_else(|| "-".into()),
                     r.status.to_string(),
                 ]);
             }
-            println!("{}", table.trim_fmt());
+            writeln!(out, "{}", table.trim_fmt())?;
         }
     }
     for r in rows
@@ -190,7 +197,7 @@ fn create(
     let record = volumes::create(state, name, size)?;
     registry.volumes.insert(name.to_string(), record);
     registry.save(&state.volumes_json())?;
-    println!("{name}");
+    writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,17 +254,18 @@ fn inspect(project: &Project, state: &StateDir, name: &str) -> anyhow::Result<Ex
         },
         in_use_by: users.get(name).cloned().unwrap_or_default(),
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    output::json(&mut output::stdout(), &out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn rm(
+    global: &GlobalArgs,
     project: &Project,
     state: &StateDir,
     names: &[String],
     force: bool,
 ) -> anyhow::Result<ExitCode> {
-    let host = HostEnv::from_process()?;
+    let host = project::host(global)?;
     let users = users(project);
     let _guard = lock(state)?;
     let running = engine::running_vms(project, &host);
@@ -280,9 +288,10 @@ fn rm(
             );
         }
     }
+    let mut out = output::stdout();
     for name in names {
         volumes::remove(state, &mut registry, name)?;
-        println!("{name}");
+        writeln!(out, "{name}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,11 +24,10 @@ pub(super) fn instance_id(user_data: &str, network_config: &str, hostname: &str)
         hash.update((part.len() as u64).to_le_bytes());
         hash.update(part.as_bytes());
     }
-    let hex: String = hash.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("iid-{hex}")
+    format!(
+        "iid-{}",
+        base16ct::lower::encode_string(&hash.finalize()[..8])
+    )
 }
 
 /// Checks that `hostname` is one RFC 1123 label: 1 to 63 letters, digits and hyphens, not
@@ -91,13 +90,7 @@ mod tests {
             bytes.extend_from_slice(part.as_bytes());
         }
         let digest = Sha256::digest(&bytes);
-        assert_eq!(
-            id[4..],
-            digest[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        assert_eq!(id[4..], base16ct::lower::encode_string(&digest[..8]));
     }
 
     #[test]

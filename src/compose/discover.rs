@@ -1,4 +1,5 @@
-//! Finding the compose file and naming the project (DESIGN.md section 1).
+//! Finding the compose file and naming the project (docs/compose.md, "Finding the file and
+//! naming the project").
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! Facts about the host and the user's environment that shape what `up` does, gathered once
 //! per command so the rest of the engine stays free of global lookups.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::image::ImageCache;
@@ -12,12 +13,12 @@ use super::EngineError;
 /// The host as the engine sees it.
 #[derive(Debug, Clone)]
 pub struct HostEnv {
-    /// The QEMU binary (`$QEMU_COMPOSE_QEMU` or `qemu-system-x86_64` on `$PATH`), found lazily
-    /// because only starting VMs needs it.
-    pub qemu_override: Option<std::ffi::OsString>,
+    /// The QEMU binary the user named (`--qemu`, `$QEMU_COMPOSE_QEMU`), else
+    /// `qemu-system-x86_64` on `$PATH`; found lazily because only starting VMs needs it.
+    pub qemu_override: Option<OsString>,
     /// `$PATH`.
-    pub path: Option<std::ffi::OsString>,
-    /// `$QEMU_COMPOSE_ACCEL`.
+    pub path: Option<OsString>,
+    /// The accelerator the user asked for every VM (`--accel`, `$QEMU_COMPOSE_ACCEL`).
     pub accel_override: Option<String>,
     /// `$XDG_RUNTIME_DIR`, where sockets go when the project path is too long.
     pub runtime_dir: Option<PathBuf>,
@@ -30,13 +31,18 @@ pub struct HostEnv {
 }
 
 impl HostEnv {
-    /// Reads the process environment and the host.
-    pub fn from_process() -> Result<Self, EngineError> {
+    /// Reads the host and the process environment (`$PATH`, the XDG folders). The user's
+    /// settings `qemu_override` and `accel_override` come from the command line, which also
+    /// reads their `QEMU_COMPOSE_*` variables.
+    pub fn from_process(
+        qemu_override: Option<OsString>,
+        accel_override: Option<String>,
+    ) -> Result<Self, EngineError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Ok(Self {
-            qemu_override: std::env::var_os("QEMU_COMPOSE_QEMU"),
+            qemu_override,
             path: std::env::var_os("PATH"),
-            accel_override: var("QEMU_COMPOSE_ACCEL"),
+            accel_override,
             runtime_dir: var("XDG_RUNTIME_DIR")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),

@@ -452,7 +452,7 @@ pub fn inspect<'a>(
         .ok()
         .map(|f| f.backing_format().as_str().to_string());
 
-    let accel_choice = accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe);
+    let accel_choice = accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe);
     let accel = match &accel_choice {
         Ok(choice) => AccelInfo {
             accel: Some(choice.accel.as_str()),

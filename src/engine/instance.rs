@@ -326,7 +326,7 @@ pub fn prepare(
     })
     .map_err(|e| EngineError::vm(&vm.name, e))?;
 
-    let accel = accel::decide(vm.accel, host.accel_override.as_deref(), &host.probe)
+    let accel = accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
         .map_err(|e| EngineError::vm(&vm.name, e))?;
 
     let mut hash = Sha256::new();
@@ -334,7 +334,7 @@ pub fn prepare(
     hash.update(seed.instance_id.as_bytes());
     hash.update(base.as_os_str().as_encoded_bytes());
     hash.update(accel.accel.as_str());
-    let config_hash = hex(&hash.finalize()[..16]);
+    let config_hash = base16ct::lower::encode_string(&hash.finalize()[..16]);
 
     Ok(PreparedVm {
         name: vm.name.clone(),
@@ -484,10 +484,6 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
 /// The NIC address of `vm`: stable per project and VM, so its DHCP lease survives restarts.
 pub fn mac_for(project: &Project, vm: &Vm) -> MacAddress {
     MacAddress::derived_from(&format!("{}/{}", project.name, vm.name))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What [`materialise`] did to the instance disk.
@@ -686,7 +682,7 @@ pub fn launch_spec_from(
         .ports
         .iter()
         .map(|p| PortForward {
-            protocol: p.protocol,
+            protocol: p.protocol.into(),
             host_ip: match p.host_ip {
                 Some(IpAddr::V4(ip)) => Some(ip),
                 // check() refuses IPv6 addresses.

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod mounts;
 pub mod ssh;
 pub mod status;
+mod to_qemu;
 pub mod volumes;
 
 use std::path::PathBuf;

@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cloudinit::{GuestMount, TargetKind};
-use crate::compose::{MountKind, MountOption, SecurityModel, Vm};
-use crate::qemu::argv::{DriveFormat, DriveSpec, ShareSpec};
+use crate::compose::{MountKind, MountOption, Vm};
+use crate::qemu::argv::{DriveFormat, DriveSpec, SecurityModel, ShareSpec};
 use crate::state::VolumeRegistry;
 
 /// The guest folder under which single-file shares are mounted.
@@ -224,11 +224,14 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                         resolved: source.clone(),
                         reason: "was not checked before planning".to_string(),
                     })?;
-                let security_model = security_model.unwrap_or(if facts.host_is_root {
-                    SecurityModel::Passthrough
-                } else {
-                    SecurityModel::None
-                });
+                let security_model = security_model.map_or(
+                    if facts.host_is_root {
+                        SecurityModel::Passthrough
+                    } else {
+                        SecurityModel::None
+                    },
+                    SecurityModel::from,
+                );
                 // A copy is read-only whatever the compose file says.
                 let read_only = mount.read_only || kind == SourceKind::FileCopy;
                 let shared_path = match kind {
@@ -328,7 +331,7 @@ fn drive_serial(volume: &str) -> String {
     }
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(volume.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = base16ct::lower::encode_string(&digest[..4]);
     format!("{}-{hash}", &volume[..11])
 }
 

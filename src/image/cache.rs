@@ -565,10 +565,7 @@ pub fn check_self_contained(path: &Path) -> Result<(), String> {
 
 /// The first 16 hex digits of SHA-256 of the URL.
 fn url_key(url: &str) -> String {
-    Sha256::digest(url.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    base16ct::lower::encode_string(&Sha256::digest(url.as_bytes())[..8])
 }
 
 /// The URL's last path segment, sanitised.

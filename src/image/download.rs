@@ -17,7 +17,7 @@ pub struct Sha256Digest(pub [u8; 32]);
 
 impl Sha256Digest {
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        base16ct::lower::encode_string(&self.0)
     }
 }
 
@@ -42,16 +42,12 @@ impl FromStr for Sha256Digest {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || BadDigest(s.to_owned());
-        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?.as_bytes();
-        if hex.len() != 64 {
-            return Err(bad());
-        }
+        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
         let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
-            *byte = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        match base16ct::mixed::decode(hex, &mut out) {
+            Ok(bytes) if bytes.len() == 32 => Ok(Sha256Digest(out)),
+            _ => Err(bad()),
         }
-        Ok(Sha256Digest(out))
     }
 }
 
@@ -272,6 +268,8 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "sha256:e3b0",
             "sha256:+3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85",
+            "sha256:+3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855ff",
             "sha256:zzb0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "sha256:é3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b8",
             "md5:d41d8cd98f00b204e9800998ecf8427e",

@@ -25,8 +25,14 @@ impl Accel {
     }
 }
 
-/// What the user asked for: the per-VM `accel:` key or `$QEMU_COMPOSE_ACCEL`.
-pub use crate::compose::Accel as AccelMode;
+/// What the user asked for: the per-VM `accel:` key, or `--accel` (`$QEMU_COMPOSE_ACCEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelMode {
+    /// KVM when the host can really run it, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
 
 impl FromStr for AccelMode {
     type Err = AccelError;
@@ -93,15 +99,15 @@ pub fn virt_flag(cpuinfo: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Decides the accelerator. `override_mode` (the caller passes `$QEMU_COMPOSE_ACCEL`; empty
-/// means unset) wins over `requested` (the VM's `accel:` key), which wins over the guess.
+/// Decides the accelerator. `override_mode` (the user's `--accel` or `$QEMU_COMPOSE_ACCEL`;
+/// empty means unset) wins over `requested` (the VM's `accel:` key), which wins over the guess.
 pub fn decide(
     requested: AccelMode,
     override_mode: Option<&str>,
     probe: &HostProbe,
 ) -> Result<AccelChoice, AccelError> {
     let (mode, requested_by) = match override_mode.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(text) => (text.parse()?, "QEMU_COMPOSE_ACCEL"),
+        Some(text) => (text.parse()?, "--accel/QEMU_COMPOSE_ACCEL"),
         None => (requested, "the VM's accel key"),
     };
     let kvm_problem = kvm_problem(probe);

@@ -33,10 +33,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::accel::Accel;
-pub use crate::compose::{Protocol, SecurityModel};
 
-/// The kernel's limit for a unix socket path (`sun_path`), including the trailing NUL.
-pub const UNIX_PATH_MAX: usize = 108;
+/// The longest unix socket path QEMU can bind and we can connect to: the kernel's `sun_path`
+/// is 108 bytes including the terminating NUL, so 107 usable bytes.
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Everything QEMU needs to start one VM. All paths must be absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +132,45 @@ pub struct NetSpec {
     pub ports: Vec<PortForward>,
 }
 
+/// The protocol of a `hostfwd` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The spelling in a `hostfwd` rule.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// How a 9p share maps guest file ownership and modes onto the host (`-virtfs
+/// security_model=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityModel {
+    Passthrough,
+    MappedXattr,
+    MappedFile,
+    None,
+}
+
+impl SecurityModel {
+    /// The spelling QEMU takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityModel::Passthrough => "passthrough",
+            SecurityModel::MappedXattr => "mapped-xattr",
+            SecurityModel::MappedFile => "mapped-file",
+            SecurityModel::None => "none",
+        }
+    }
+}
+
 /// A `hostfwd` rule. QEMU's user-mode network binds only IPv4 host addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortForward {
@@ -183,8 +222,7 @@ pub enum ArgvError {
     #[error("{what} path {path:?} must be absolute")]
     Relative { what: &'static str, path: PathBuf },
     #[error(
-        "{what} path {path:?} is {len} bytes, longer than the {max} bytes a unix socket path may have",
-        max = UNIX_PATH_MAX - 1
+        "{what} path {path:?} is {len} bytes, longer than the {MAX_SOCKET_PATH} bytes a unix socket path may have"
     )]
     SocketPathTooLong {
         what: &'static str,
@@ -388,7 +426,7 @@ fn path<'a>(what: &'static str, path: &'a Path) -> Result<&'a str, ArgvError> {
 /// `$XDG_RUNTIME_DIR`) before QEMU would fail with a less helpful message.
 fn socket<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, ArgvError> {
     let s = path(what, p)?;
-    if s.len() >= UNIX_PATH_MAX {
+    if s.len() > MAX_SOCKET_PATH {
         return Err(ArgvError::SocketPathTooLong {
             what,
             path: p.to_owned(),

@@ -87,11 +87,15 @@ pub fn is_terminal(fd: impl AsFd) -> bool {
     termios::isatty(fd)
 }
 
-/// Connects to the serial socket at `socket` and relays `stdin` to it and it to `stdout` until
-/// the user detaches, the VM closes the socket, or (without a terminal) stdin ends. `on_ready`
-/// runs once connected, before raw mode, to print the hint line. The terminal is restored
-/// before this returns.
-pub fn attach(socket: &Path, on_ready: impl FnOnce()) -> Result<ConsoleEnd, ConsoleError> {
+/// Connects to the serial socket at `socket` and relays stdin to it and it to `output` (the
+/// caller's stdout) until the user detaches, the VM closes the socket, or (without a terminal)
+/// stdin ends. `on_ready` runs once connected, before raw mode, to print the hint line. The
+/// terminal is restored before this returns.
+pub fn attach(
+    socket: &Path,
+    output: impl Write + Send + 'static,
+    on_ready: impl FnOnce(),
+) -> Result<ConsoleEnd, ConsoleError> {
     let stream = UnixStream::connect(socket).map_err(|source| ConsoleError::Connect {
         path: socket.to_path_buf(),
         source,
@@ -104,7 +108,7 @@ pub fn attach(socket: &Path, on_ready: impl FnOnce()) -> Result<ConsoleEnd, Cons
     } else {
         None
     };
-    relay(stream, io::stdin(), io::stdout(), terminal)
+    relay(stream, io::stdin(), output, terminal)
 }
 
 /// Message of a relay thread to the one that waits.
@@ -280,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_a_clear_error() {
-        let err = attach(Path::new("/nonexistent/serial.sock"), || {}).unwrap_err();
+        let err = attach(Path::new("/nonexistent/serial.sock"), io::sink(), || {}).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/serial.sock"));
     }
 }

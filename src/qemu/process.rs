@@ -49,14 +49,14 @@ impl From<&LaunchSpec> for VmHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum FindError {
     #[error(
-        "{name} not found on PATH; install QEMU (Debian: apt install qemu-system-x86) or set QEMU_COMPOSE_QEMU"
+        "{name} not found on PATH; install QEMU (Debian: apt install qemu-system-x86) or name it with --qemu or QEMU_COMPOSE_QEMU"
     )]
     NotOnPath { name: String },
-    #[error("QEMU binary {path:?} (from QEMU_COMPOSE_QEMU) is not an executable file")]
+    #[error("QEMU binary {path:?} (from --qemu or QEMU_COMPOSE_QEMU) is not an executable file")]
     NotExecutable { path: PathBuf },
 }
 
-/// The QEMU binary: `override_bin` (the caller passes `$QEMU_COMPOSE_QEMU`) if set, as a path
+/// The QEMU binary: `override_bin` (the user's `--qemu` or `$QEMU_COMPOSE_QEMU`) if set, as a path
 /// when it contains `/` and otherwise as a name looked up on `path_env` (`$PATH`).
 pub fn find_qemu(
     override_bin: Option<&OsStr>,

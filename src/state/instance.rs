@@ -3,7 +3,7 @@
 //! started.
 //!
 //! Unix socket paths are limited to 107 bytes by the kernel (`sun_path` is 108 bytes with the
-//! NUL). When a socket path would be too long the sockets move to a short per-project folder
+//! NUL; [`MAX_SOCKET_PATH`]). When a socket path would be too long the sockets move to a short per-project folder
 //! under `$XDG_RUNTIME_DIR/qemu-compose/` (or `/tmp/qemu-compose-<uid>/`), named by a hash of
 //! the state folder. The `/tmp` name is predictable, so another local user may have made it
 //! first: [`InstancePaths::ensure_socket_dir`] creates it with mode 0700 and
@@ -19,9 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{StateDir, StateError, write_atomic};
-
-/// The longest socket path the kernel accepts (`sizeof(sun_path) - 1`).
-pub const MAX_SOCKET_PATH: usize = 107;
+use crate::qemu::argv::MAX_SOCKET_PATH;
 
 /// The files of one VM instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -149,7 +147,7 @@ fn socket_dir(
         return (private_dir.to_path_buf(), None);
     }
     let digest = Sha256::digest(state.root().as_os_str().as_encoded_bytes());
-    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let tag = base16ct::lower::encode_string(&digest[..6]);
     let base = match runtime_dir {
         Some(dir) => dir.join("qemu-compose"),
         None => PathBuf::from(format!(

@@ -57,7 +57,7 @@ impl StateDir {
     /// As [`StateDir::new`], with private folders under `home` (`<home>/projects/…`).
     pub fn with_private_home(project_dir: &Path, home: &Path) -> Self {
         let digest = Sha256::digest(project_dir.as_os_str().as_encoded_bytes());
-        let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = base16ct::lower::encode_string(&digest[..8]);
         let base = project_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

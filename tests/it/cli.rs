@@ -1,8 +1,22 @@
 //! The real binary, run on fixture projects: exact exit codes, stdout and stderr.
 
 use std::path::Path;
+use std::process::{Command, Output};
 
-use crate::harness::{Project, assert_golden, fixture, text};
+use crate::harness::{BIN, Project, apply_env, assert_golden, fixture, text};
+
+/// `qemu-compose ARGS` in `dir`, a folder that is not a [`Project`] (with the one
+/// environment policy, and the image cache in `dir/xdg`).
+fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(dir);
+    apply_env(&mut cmd, &dir.join("xdg"));
+    cmd
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    command_in(dir, args).output().expect("the binary runs")
+}
 
 #[test]
 fn version_prints_the_crate_version() {
@@ -188,4 +202,271 @@ fn interpolated_numbers_are_numbers() {
         config.contains("memory_mib: 768") && config.contains("cpu: 3"),
         "{config}"
     );
+}
+
+#[test]
+fn destroy_volumes_with_vm_names_is_a_usage_error() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // clap names the arguments in the order they were given.
+    for (args, message) in [
+        (
+            &["destroy", "-v", "web"][..],
+            "error: the argument '--volumes' cannot be used with '[VMS]...'",
+        ),
+        (
+            &["destroy", "web", "--volumes"][..],
+            "error: the argument '[VMS]...' cannot be used with '--volumes'",
+        ),
+    ] {
+        let out = run_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with(message), "{args:?}: {stderr}");
+    }
+}
+
+/// A project of `count` VMs, each mounting its own named volume.
+fn many_vms(count: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut compose = String::from("volumes:\n");
+    for i in 0..count {
+        compose += &format!("  data{i}: {{}}\n");
+    }
+    compose += "vms:\n";
+    for i in 0..count {
+        compose += &format!(
+            "  vm{i}:\n    image: https://example.com/debian.qcow2\n    volumes: [\"data{i}:/data\"]\n"
+        );
+    }
+    std::fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
+    dir
+}
+
+/// Runs each command with stdout on a pipe whose reader is gone before anything is written;
+/// each must end with status 0 and say nothing.
+fn assert_quiet_into_closed_pipe(dir: &Path, commands: &[&[&str]]) {
+    let mut failures = Vec::new();
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = command_in(dir, args)
+            .stdout(writer)
+            .output()
+            .expect("the binary runs");
+        if out.status.code() != Some(0) || !out.stderr.is_empty() {
+            failures.push(format!(
+                "{args:?}: {:?}, {}",
+                out.status.code(),
+                text(&out.stderr)
+                    .lines()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn config_stops_quietly_when_the_reader_leaves_early() {
+    // `qemu-compose config | head -1`: the reader takes one line and closes the pipe while
+    // far more than a pipe buffer is still to come.
+    use std::io::BufRead;
+    let dir = many_vms(3000);
+    let mut child = command_in(dir.path(), &["config"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("name: "), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn printing_commands_stop_quietly_when_stdout_is_closed() {
+    let dir = many_vms(3);
+    assert_quiet_into_closed_pipe(
+        dir.path(),
+        &[
+            &["config"],
+            &["config", "--format", "json"],
+            &["ps"],
+            &["ps", "--format", "json"],
+            &["ps", "-q"],
+            &["volume", "ls"],
+            &["volume", "ls", "--format", "json"],
+            &["inspect", "vm1"],
+            &["inspect", "vm1", "--format", "json"],
+            &["version"],
+            &["completion", "bash"],
+            &["doctor"],
+        ],
+    );
+}
+
+#[test]
+fn logs_stop_quietly_when_stdout_is_closed() {
+    let dir = many_vms(2);
+    let inspect = run_in(dir.path(), &["inspect", "vm0", "--format", "json"]);
+    assert_eq!(inspect.status.code(), Some(0), "{}", text(&inspect.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let log = Path::new(info["paths"]["serial_log"].as_str().unwrap());
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(log, "a line of the serial console\n".repeat(40_000)).unwrap();
+    assert_quiet_into_closed_pipe(
+        dir.path(),
+        &[&["logs", "vm0"], &["logs"], &["logs", "--tail", "5"]],
+    );
+}
+
+#[test]
+fn a_full_stdout_is_an_error() {
+    let dir = many_vms(1);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = command_in(dir.path(), &["config"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot write to standard output: No space left on device (os error 28)\n"
+    );
+}
+
+/// The `QEMU_COMPOSE_*` names the program's source mentions.
+fn variables_in_source() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            for (i, _) in source.match_indices("QEMU_COMPOSE_") {
+                let name: String = source[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                names.insert(name.trim_end_matches('_').to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn help_lists_every_environment_variable() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let help = text(&run_in(dir.path(), &["--help"]).stdout);
+    // clap wraps long lines, even inside `[env: …]`.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let names = variables_in_source();
+    assert!(names.contains("QEMU_COMPOSE_ACCEL"), "{names:?}");
+    for name in names {
+        assert!(help.contains(&format!("[env: {name}")), "{name}:\n{help}");
+    }
+}
+
+#[test]
+fn environment_variables_work_as_before_and_empty_ones_count_as_unset() {
+    let dir = fixture("seed-short-form");
+    let config = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = command_in(&dir, args);
+        cmd.envs(vars.iter().copied());
+        let out = cmd.args(["config", "--format", "json"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{vars:?}: {}",
+            text(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (json["name"].clone(), json["file"].clone())
+    };
+    let here = config(&[], &[]);
+    assert_eq!(here.0, "seed-short-form");
+    let empty = [
+        ("QEMU_COMPOSE_FILE", ""),
+        ("QEMU_COMPOSE_PROJECT_NAME", ""),
+        ("QEMU_COMPOSE_QEMU", ""),
+        ("QEMU_COMPOSE_ACCEL", ""),
+    ];
+    assert_eq!(config(&empty, &[]), here);
+    assert_eq!(
+        config(&[("QEMU_COMPOSE_PROJECT_NAME", "from-env")], &[]).0,
+        "from-env"
+    );
+    assert_eq!(
+        config(
+            &[("QEMU_COMPOSE_PROJECT_NAME", "from-env")],
+            &["-p", "flag"]
+        )
+        .0,
+        "flag"
+    );
+
+    // The file named by the variable, relative to the current directory.
+    let other = fixture("seed-long-form");
+    let file = other.join("qemu-compose.yaml");
+    let (name, found) = config(&[("QEMU_COMPOSE_FILE", file.to_str().unwrap())], &[]);
+    assert_eq!(
+        (name, found),
+        ("seed-long-form".into(), file.to_str().into())
+    );
+
+    // The accelerator override reaches the decision, and says where it came from.
+    let mut cmd = command_in(&dir, &["inspect", "named", "--format", "json"]);
+    let out = cmd.env("QEMU_COMPOSE_ACCEL", "tcg").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = json["accel"]["reason"].as_str().unwrap();
+    assert!(reason.contains("QEMU_COMPOSE_ACCEL"), "{reason}");
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_a_command() {
+    let dir = many_vms(2);
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    // Progress first, on stderr, then the table on stdout.
+    let out = command_in(dir.path(), &["--debug", "ps"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("vm1"), "{}", text(&out.stdout));
+    // An error nobody can read still gives its status.
+    let out = command_in(dir.path(), &["inspect", "nosuchvm"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // clap's own messages and help.
+    let out = command_in(dir.path(), &["frobnicate"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = command_in(dir.path(), &["--help"])
+        .stdout(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
 }

@@ -1,4 +1,5 @@
-//! The compose examples of DESIGN.md and seed-volumes.md, and a file in the earlier Go tool's
+//! The compose examples of the reference (docs/compose.md) and of the volume and bind-mount
+//! design, and a file in the earlier Go tool's
 //! style, loaded from disk through `load` exactly as the CLI does.
 
 use std::collections::BTreeMap;

@@ -88,7 +88,7 @@ fn share(tag: usize, target: &str, options: &str) -> GuestMount {
 
 const NINEP: &str = "trans=virtio,version=9p2000.L,nofail";
 
-/// The golden cases: DESIGN.md's examples and the seed document's.
+/// The golden cases: the compose reference's examples and the volume and bind-mount ones.
 fn cases() -> Vec<(&'static str, SeedInput)> {
     let mut cases = Vec::new();
 

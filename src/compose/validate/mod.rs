@@ -1,5 +1,5 @@
-//! Phase 2: raw types -> the validated model, applying defaults and every rule of DESIGN.md
-//! sections 1 and 2 that needs no disk access. All problems are collected.
+//! Phase 2: raw types -> the validated model, applying the defaults and every rule of
+//! docs/compose.md that needs no disk access. All problems are collected.
 //!
 //! Errors are sorted by position in the end; those at one position (the source and target of
 //! a short volume entry, say) stay in the order the checks ran, so that order is kept here.
