@@ -67,12 +67,14 @@ struct GlobalArgs {
     /// The accelerator of every VM, over their `accel:` keys: auto, kvm or tcg
     #[arg(long, value_name = "MODE", env = "QEMU_COMPOSE_ACCEL")]
     accel: Option<String>,
-    /// Print the full error chain and what qemu-compose does
+    /// Print the full error chain and what qemu-compose does (the variable takes 1/0,
+    /// true/false, yes/no, on/off; empty is off)
     #[arg(
         long,
         global = true,
         env = "QEMU_COMPOSE_DEBUG",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
     debug: bool,
 }
@@ -330,12 +332,12 @@ impl Cli {
     /// Parses the process's arguments and `QEMU_COMPOSE_*` variables; invalid usage ends the
     /// process with clap's message and status 2. A variable set to the empty string counts
     /// as unset (clap would take the empty value), as it did when the program read them
-    /// itself: `QEMU_COMPOSE_FILE= qemu-compose ps` searches for the compose file.
+    /// itself: `QEMU_COMPOSE_FILE= qemu-compose ps` searches for the compose file, and
+    /// `QEMU_COMPOSE_DEBUG=` is off.
     pub fn from_process() -> Self {
         let mut cmd = Self::command();
         let empty: Vec<clap::Id> = cmd
             .get_arguments()
-            .filter(|arg| arg.get_action().takes_values())
             .filter(|arg| {
                 arg.get_env()
                     .and_then(std::env::var_os)

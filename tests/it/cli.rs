@@ -470,3 +470,38 @@ fn a_closed_stderr_does_not_stop_a_command() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    let p = Project::new("vms:\n  a: {image: ./x.img}\n");
+    for (value, on) in [
+        ("1", true),
+        ("true", true),
+        ("yes", true),
+        ("on", true),
+        ("0", false),
+        ("false", false),
+        ("no", false),
+        ("off", false),
+        ("", false),
+    ] {
+        let out = p
+            .command(&["ps"])
+            .env("QEMU_COMPOSE_DEBUG", value)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{value:?}: {stderr}");
+        assert_eq!(
+            stderr.contains("status probes took"),
+            on,
+            "{value:?}: {stderr}"
+        );
+    }
+    let out = p
+        .command(&["ps"])
+        .env("QEMU_COMPOSE_DEBUG", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
