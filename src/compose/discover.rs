@@ -29,6 +29,9 @@ pub struct Located {
     /// Canonical directory the compose file was found in: relative paths, `.env` and
     /// `.qemu-compose/` live here.
     pub dir: PathBuf,
+    /// `qemu-compose.yml` beside the `qemu-compose.yaml` that was chosen: ignored, which the
+    /// user should hear about.
+    pub ignored: Option<PathBuf>,
 }
 
 /// Why no compose file could be used.
@@ -58,11 +61,14 @@ pub fn discover(opts: &DiscoverOptions, env: &dyn Env) -> Result<Located, Discov
         return locate(&opts.cwd.join(file));
     }
     for dir in opts.cwd.ancestors() {
-        for name in FILE_NAMES {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return locate(&candidate);
-            }
+        let mut found = FILE_NAMES
+            .iter()
+            .map(|n| dir.join(n))
+            .filter(|p| p.is_file());
+        if let Some(chosen) = found.next() {
+            let mut located = locate(&chosen)?;
+            located.ignored = found.next();
+            return Ok(located);
         }
     }
     Err(DiscoverError::NotFound {
@@ -79,7 +85,11 @@ fn locate(path: &Path) -> Result<Located, DiscoverError> {
     if !file.is_file() {
         return Err(unusable(std::io::Error::other("not a regular file")));
     }
-    Ok(Located { file, dir })
+    Ok(Located {
+        file,
+        dir,
+        ignored: None,
+    })
 }
 
 /// The compose file `path` and its project directory: the directory the path names, made
@@ -143,6 +153,7 @@ mod tests {
         };
         let found = discover(&opts, &no_env()).unwrap();
         assert_eq!(found.file, root.join("a/qemu-compose.yaml"));
+        assert_eq!(found.ignored, Some(root.join("a/qemu-compose.yml")));
         assert_eq!(found.dir, root.join("a"));
 
         // -f wins over the environment, which wins over the search.

@@ -113,18 +113,30 @@ impl Here {
 pub struct Errors<'a> {
     pub file: &'a Path,
     pub list: Vec<ComposeError>,
+    /// What is worth saying but loads anyway (an unset variable), in the same shape.
+    pub warnings: Vec<ComposeError>,
 }
 
 impl Errors<'_> {
     pub fn push(&mut self, pos: Pos, here: &Here, message: impl Into<String>) {
-        self.list.push(ComposeError {
+        let e = self.located(pos, here, message.into());
+        self.list.push(e);
+    }
+
+    pub fn warn(&mut self, pos: Pos, here: &Here, message: impl Into<String>) {
+        let w = self.located(pos, here, message.into());
+        self.warnings.push(w);
+    }
+
+    fn located(&self, pos: Pos, here: &Here, message: String) -> ComposeError {
+        ComposeError {
             file: self.file.to_owned(),
             line: pos.line,
             column: pos.column,
             vm: here.vm.clone(),
             field: (!here.path.is_empty()).then(|| here.path.clone()),
-            message: message.into(),
-        });
+            message,
+        }
     }
 }
 

@@ -42,15 +42,21 @@ impl Env for Layered<'_> {
 
 /// Expands `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`,
 /// `${VAR?message}`, `${VAR:+replacement}` and `${VAR+replacement}`. Defaults and messages may
-/// themselves contain references. An unset `${VAR}` becomes the empty string, as in docker.
-pub fn interpolate(text: &str, env: &dyn Env) -> Result<String, String> {
-    interpolate_nested(text, env, 0)
+/// themselves contain references. An unset `${VAR}` becomes the empty string, as in docker,
+/// and its name is added to `unset` so the caller can warn about it.
+pub fn interpolate(text: &str, env: &dyn Env, unset: &mut Vec<String>) -> Result<String, String> {
+    interpolate_nested(text, env, 0, unset)
 }
 
 /// How deeply defaults may nest references (`${A:-${B:-${C}}}`); bounds the recursion.
 const MAX_NESTING: usize = 16;
 
-fn interpolate_nested(text: &str, env: &dyn Env, depth: usize) -> Result<String, String> {
+fn interpolate_nested(
+    text: &str,
+    env: &dyn Env,
+    depth: usize,
+    unset: &mut Vec<String>,
+) -> Result<String, String> {
     if depth > MAX_NESTING {
         return Err(format!("references nested more than {MAX_NESTING} deep"));
     }
@@ -66,7 +72,7 @@ fn interpolate_nested(text: &str, env: &dyn Env, depth: usize) -> Result<String,
             let end = closing_brace(body_and_tail).ok_or_else(|| {
                 format!("\"${{\" without a closing \"}}\" in {text:?} (write $$ for a literal $)")
             })?;
-            out.push_str(&expand_braced(&body_and_tail[..end], env, depth)?);
+            out.push_str(&expand_braced(&body_and_tail[..end], env, depth, unset)?);
             rest = &body_and_tail[end + 1..];
         } else {
             let len = name_len(after);
@@ -75,7 +81,11 @@ fn interpolate_nested(text: &str, env: &dyn Env, depth: usize) -> Result<String,
                     "a \"$\" that starts no variable in {text:?} (write $$ for a literal $)"
                 ));
             }
-            out.push_str(&env.var(&after[..len]).unwrap_or_default());
+            let name = &after[..len];
+            match env.var(name) {
+                Some(value) => out.push_str(&value),
+                None => unset.push(name.to_owned()),
+            }
             rest = &after[len..];
         }
     }
@@ -116,7 +126,12 @@ fn closing_brace(s: &str) -> Option<usize> {
     None
 }
 
-fn expand_braced(body: &str, env: &dyn Env, depth: usize) -> Result<String, String> {
+fn expand_braced(
+    body: &str,
+    env: &dyn Env,
+    depth: usize,
+    unset: &mut Vec<String>,
+) -> Result<String, String> {
     let len = name_len(body);
     if len == 0 {
         return Err(format!(
@@ -138,19 +153,22 @@ fn expand_braced(body: &str, env: &dyn Env, depth: usize) -> Result<String, Stri
     };
     let mut chars = op.chars();
     match (chars.next(), chars.as_str()) {
-        (None, _) if !test_empty => Ok(value.unwrap_or_default()),
+        (None, _) if !test_empty => Ok(value.unwrap_or_else(|| {
+            unset.push(name.to_owned());
+            String::new()
+        })),
         (Some('-'), default) => {
             if is_set {
                 Ok(value.unwrap_or_default())
             } else {
-                interpolate_nested(default, env, depth + 1)
+                interpolate_nested(default, env, depth + 1, unset)
             }
         }
         (Some('?'), message) => {
             if is_set {
                 Ok(value.unwrap_or_default())
             } else {
-                let message = interpolate_nested(message, env, depth + 1)?;
+                let message = interpolate_nested(message, env, depth + 1, unset)?;
                 let why = if message.is_empty() {
                     "is required".to_owned()
                 } else {
@@ -161,7 +179,7 @@ fn expand_braced(body: &str, env: &dyn Env, depth: usize) -> Result<String, Stri
         }
         (Some('+'), replacement) => {
             if is_set {
-                interpolate_nested(replacement, env, depth + 1)
+                interpolate_nested(replacement, env, depth + 1, unset)
             } else {
                 Ok(String::new())
             }
@@ -178,6 +196,8 @@ fn expand_braced(body: &str, env: &dyn Env, depth: usize) -> Result<String, Stri
 /// Errors carry the 1-based line number.
 pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>, (u64, String)> {
     let mut vars = BTreeMap::new();
+    // A byte-order mark, as some Windows editors write, is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw_line) in text.lines().enumerate() {
         let line_no = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
         let line = raw_line.trim();
@@ -254,7 +274,19 @@ mod tests {
     }
 
     fn i(s: &str) -> Result<String, String> {
-        interpolate(s, &env())
+        interpolate(s, &env(), &mut Vec::new())
+    }
+
+    #[test]
+    fn plain_references_to_unset_variables_are_noted() {
+        let mut unset = Vec::new();
+        let out = interpolate(
+            "$NOPE-${ALSO}-${DEF:-x}-${EMPTY}-${Q:+y}",
+            &env(),
+            &mut unset,
+        );
+        assert_eq!(out.unwrap(), "--x--");
+        assert_eq!(unset, ["NOPE", "ALSO"]);
     }
 
     #[test]
@@ -297,6 +329,12 @@ mod tests {
         assert!(i("${}").is_err());
         let deep = format!("{}x{}", "${M:-".repeat(40), "}".repeat(40));
         assert!(i(&deep).unwrap_err().contains("nested"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_join_the_first_key() {
+        let vars = parse_dotenv("\u{feff}MEM=2048\nCPUS=2\n").unwrap();
+        assert_eq!(vars.get("MEM").map(String::as_str), Some("2048"));
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub fn parse_str(
     let mut errors = error::Errors {
         file,
         list: Vec::new(),
+        warnings: Vec::new(),
     };
     let root = tree::parse(text).map_err(|e| ComposeError {
         file: file.to_owned(),
@@ -134,8 +135,9 @@ pub fn parse_str(
         project_name: opts.project_name,
         env: opts.env,
     };
-    let project = validate::validate(raw, &cx, &mut errors);
+    let mut project = validate::validate(raw, &cx, &mut errors);
     if errors.list.is_empty() {
+        project.warnings = errors.warnings;
         Ok(project)
     } else {
         let mut list = errors.list;

@@ -21,6 +21,10 @@ pub struct Project {
     /// Top-level named volumes, in compose order.
     pub volumes: Vec<VolumeDecl>,
     pub networks: Vec<Network>,
+    /// What loading found worth saying that is no error (an unset `${VAR}`); the CLI prints
+    /// them. Not part of the model `config` shows.
+    #[serde(skip)]
+    pub warnings: Vec<super::ComposeError>,
 }
 
 impl Project {

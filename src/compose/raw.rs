@@ -591,7 +591,24 @@ impl Reader<'_, '_> {
     }
 
     fn interpolated(&mut self, s: &str, pos: Pos, here: &Here) -> Option<At<String>> {
-        match interpolate(s, self.env) {
+        let mut unset = Vec::new();
+        let expanded = interpolate(s, self.env, &mut unset);
+        for name in unset {
+            // Once per variable, as docker compose does.
+            if !self
+                .errors
+                .warnings
+                .iter()
+                .any(|w| w.message.contains(&format!("\"{name}\"")))
+            {
+                self.errors.warn(
+                    pos,
+                    here,
+                    format!("the \"{name}\" variable is not set; using an empty string"),
+                );
+            }
+        }
+        match expanded {
             Ok(value) => Some(At { pos, value }),
             Err(why) => {
                 self.errors.push(pos, here, why);

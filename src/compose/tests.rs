@@ -970,3 +970,19 @@ fn serializes_for_config() {
     let yaml = serde_saphyr::to_string(&p).unwrap();
     assert!(yaml.contains("memory_mib: 1024"), "{yaml}");
 }
+
+#[test]
+fn unset_variables_are_warnings_once_each() {
+    let p = ok(&one_vm(
+        "",
+        "user: u${NOPE}\nenvironment: {A: \"${NOPE} ${ALSO} ${EMPTY} ${DEF:-d}\"}",
+    ));
+    let warnings: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("vms.a.user: the \"NOPE\" variable is not set; using an empty string"),
+        "{warnings:#?}"
+    );
+    assert!(warnings[1].contains("\"ALSO\""), "{warnings:#?}");
+    assert!(ok(&one_vm("", "user: ${TAG}")).warnings.is_empty());
+}

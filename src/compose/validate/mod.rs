@@ -60,6 +60,7 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
         vms,
         volumes,
         networks,
+        warnings: Vec::new(),
     }
 }
 
