@@ -1,7 +1,7 @@
 //! The whole path in a real guest (issue 9): our binary boots Debian with the real cloud-init,
 //! which mounts our ext4 volumes and our 9p shares; `stop` powers it off through QMP.
 //!
-//! Opt-in, because one run boots a TCG guest three times (about 3-4 minutes on 2 cores):
+//! Opt-in, because one run boots a TCG guest three times (about 4-6 minutes on 2 cores):
 //! - `QEMU_COMPOSE_E2E` unset or empty: the test prints a note and passes without doing anything;
 //! - `QEMU_COMPOSE_E2E=1` (CI): everything must be there and work, or the test fails loudly.
 //!
