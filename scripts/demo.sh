@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
-# The main job, from a fresh machine: build qemu-compose, build a small Debian guest with the
-# real cloud-init (../shared/e2e/build-guest.sh, Debian packages only), then bring it up with a
-# named volume, a bind-mounted folder and a bind-mounted file, look around in it over SSH, stop
-# it through ACPI, and remove everything.
+# The main job, from a fresh machine (as root): build qemu-compose, build a small Debian guest
+# with the real cloud-init (scripts/build-guest.sh, Debian packages only), then bring it up with a
+# named volume, a bind-mounted folder and a bind-mounted file, look around in it over SSH, stop it
+# through ACPI, and remove everything.
+#
+# One line per preparation step; what those steps print goes to a log that is named (and its end
+# shown) when one fails.
+#   QEMU_COMPOSE_GUEST   where the guest is built and kept (default /var/tmp/qemu-compose-guest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+guest=${QEMU_COMPOSE_GUEST:-/var/tmp/qemu-compose-guest}
+log=/var/tmp/qemu-compose-demo.log
+: >"$log"
 
-bash .ci/install-deps
-cargo build --release
+# step TEXT COMMAND...: runs COMMAND with its output in the log.
+step() {
+  local text=$1 t=$SECONDS
+  shift
+  printf '== %s ... ' "$text"
+  if "$@" >>"$log" 2>&1; then
+    echo "ok ($((SECONDS - t)) s)"
+  else
+    echo "FAILED; the end of $log:"
+    tail -n 20 "$log"
+    exit 1
+  fi
+}
+
+step "installing host tools" bash .ci/install-deps
+step "building qemu-compose" cargo build --release
+step "building the Debian guest in $guest" bash scripts/build-guest.sh "$guest"
 bin=$repo/target/release/qemu-compose
-
-shared=${QEMU_COMPOSE_SHARED:-$repo/../shared}
-guest=${QEMU_COMPOSE_GUEST:-/var/tmp/e2e-guest-sudo}
-E2E_EXTRA_PKGS=openssh-server,sudo "$shared/e2e/build-guest.sh" "$guest" >&2
+append=$(sed -n 's/^KERNEL_APPEND="\(.*\)"$/\1/p' "$guest/guest.env")
 
 demo=$(mktemp -d /var/tmp/qemu-compose-demo.XXXXXX)
 qc() { "$bin" -f "$demo/qemu-compose.yaml" "$@"; }
@@ -31,7 +50,7 @@ vms:
     image: $guest/rootfs.img
     kernel: $guest/vmlinuz
     initrd: $guest/initrd.img
-    cmdline: "root=LABEL=rootfs rw console=ttyS0 net.ifnames=0"
+    cmdline: "$append"
     cpu: 2
     memory: 1G
     user: demo
