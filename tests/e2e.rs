@@ -575,7 +575,12 @@ sync"#,
     /// Step 5b: a new bind mount in the compose file reaches the running VM with
     /// `up --force-recreate`; the instance disk stays.
     fn recreate_with_new_mount(&self) {
-        let compose = format!("{}      - ./late:/mnt/late\n", self.guest_compose);
+        // A new mount, and a larger disk (10G by default): `up` grows the qcow2, the guest's
+        // cloud-init grows its root file system at boot.
+        let compose = format!(
+            "{}      - ./late:/mnt/late\n    disk: {{size: 12G}}\n",
+            self.guest_compose
+        );
         fs::write(self.path("qemu-compose.yaml"), compose).unwrap();
         let (stderr, took) = self.qc_ok(&[
             "up",
@@ -591,6 +596,9 @@ sync"#,
         self.check(stderr.contains("powered off"), || {
             format!("up --force-recreate did not power the old guest off cleanly:\n{stderr}")
         });
+        self.check(stderr.contains("disk grown from 10G to 12G"), || {
+            format!("up did not grow the disk:\n{stderr}")
+        });
         let r = self.guest(
             "recreated instance",
             &format!(
@@ -598,7 +606,8 @@ sync"#,
 echo "mnt|/mnt/late|$(findmnt -P -n -o FSTYPE,OPTIONS,UUID,SOURCE -M /mnt/late | head -n 1)"
 echo "read|/mnt/late/which|$(cat /mnt/late/which 2>&1)"
 echo "instance|$(cat ~/instance-marker 2>&1)"
-echo "volume|$(cat /data/marker 2>&1)""#
+echo "volume|$(cat /data/marker 2>&1)"
+echo "rootsize|$(df -B1 --output=size / | tail -n 1 | tr -d ' ')""#
             ),
         );
         self.check_cloud_init(&r);
@@ -632,6 +641,11 @@ echo "volume|$(cat /data/marker 2>&1)""#
                 "volume marker after --force-recreate: {:?}",
                 r.one("volume")
             )
+        });
+        // ext4's own metadata takes a little of the 12 GiB.
+        let root = r.one("rootsize").parse::<u64>().unwrap_or(0);
+        self.check(root > 11 << 30, || {
+            format!("the root file system did not grow with the disk: {root} bytes")
         });
     }
 
