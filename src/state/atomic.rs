@@ -44,7 +44,44 @@ fn parent_dir(path: &Path) -> &Path {
 pub fn create_private_dir(dir: &Path, mode: u32) -> Result<(), StateError> {
     fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
     super::layout::refuse_symlink(dir)?;
+    refuse_foreign(dir)?;
     fs::set_permissions(dir, Permissions::from_mode(mode)).map_err(|e| StateError::io(dir, e))
+}
+
+/// Refuses a state folder another user owns, naming them: their VMs are theirs, and what
+/// the system would say ("Operation not permitted") does not tell whose it is. Root may
+/// work in any user's project.
+pub fn refuse_foreign(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid();
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    if me.is_root() || meta.uid() == me.as_raw() {
+        return Ok(());
+    }
+    Err(StateError::Unsafe {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "belongs to {}, not to you; each user's VMs are their own: run the command as that user, or work on your own copy of the project",
+            user_name(meta.uid())
+        ),
+    })
+}
+
+/// `user NAME (uid N)` from /etc/passwd, or `uid N` when it is not there.
+fn user_name(uid: u32) -> String {
+    let name = fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
+        })
+    });
+    match name {
+        Some(name) => format!("user {name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
 }
 
 /// Opens `path` for reading without following a symlink in its last component: a state file
