@@ -115,7 +115,7 @@ pub fn select<'p>(
 }
 
 /// Takes the project lock, then removes the temporary files an interrupted command left.
-fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
+pub(super) fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
     let lock = ProjectLock::acquire(state, || {
         reporter.info("waiting for another qemu-compose command on this project to finish")
     })?;
