@@ -14,6 +14,7 @@ pub mod ssh;
 pub mod status;
 mod to_qemu;
 pub mod volumes;
+pub mod workspace;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,12 @@ pub use host::HostEnv;
 pub use lifecycle::running_vms;
 pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
 pub use status::VmStatus;
+pub use workspace::{RunningVm, SshTarget, Workspace};
+
+/// How a console session ended ([`RunningVm::attach_console`]).
+pub use crate::qemu::console::ConsoleEnd;
+/// A state file problem, the cause of [`EngineError::State`].
+pub use crate::state::StateError;
 
 /// Where the engine tells the user what it does. `Sync`: VMs are stopped in parallel.
 pub trait Reporter: Sync {
@@ -59,6 +66,9 @@ pub enum EngineError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A request that cannot be carried out as things are, with what to do about it.
+    #[error("{0}")]
+    Refused(String),
     /// A step of a VM failed; the cause is kept for `--debug`'s chain.
     #[error("VM {vm}")]
     Vm {
@@ -76,7 +86,7 @@ pub enum EngineError {
     Volume(#[from] volumes::VolumeError),
     /// A state file problem.
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] StateError),
     /// The image cache failed.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
