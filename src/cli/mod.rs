@@ -20,6 +20,7 @@ mod inspect;
 mod lifecycle;
 mod logs;
 pub mod output;
+mod progress;
 mod project;
 mod ps;
 mod pull;

@@ -6,22 +6,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use qemu_compose::compose::ImageSource;
-use qemu_compose::engine::instance;
-use qemu_compose::image;
+use qemu_compose::engine::{images, instance};
 
 use super::output::note;
-use super::{GlobalArgs, PullArgs, output, project};
+use super::{GlobalArgs, PullArgs, output, progress, project};
 
 pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     let host = project::host(global)?;
-    let mut progress = image::for_stderr();
+    let mut progress = progress::for_stderr();
     let mut out = output::stdout();
     if let [target] = args.targets.as_slice()
         && is_url(target)
     {
-        let path = host
-            .images
-            .pull(target, None, args.force, progress.as_mut())?;
+        let path = images::pull_url(&host, target, args.force, progress.as_mut())?;
         writeln!(out, "{target}: {}", path.display())?;
         return Ok(ExitCode::SUCCESS);
     }

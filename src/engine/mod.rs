@@ -6,6 +6,7 @@
 //! here prints: progress and warnings go through a [`Reporter`] the CLI provides.
 
 pub mod host;
+pub mod images;
 pub mod inspect;
 pub mod instance;
 pub mod lifecycle;
@@ -24,6 +25,8 @@ pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
 pub use status::VmStatus;
 pub use workspace::{RunningVm, SshTarget, Workspace};
 
+/// How a download (`up`, `pull`) reports its progress, and a plain-lines reporter.
+pub use crate::image::progress::{LineProgress, Progress as ImageProgress};
 /// How a console session ended ([`RunningVm::attach_console`]).
 pub use crate::qemu::console::ConsoleEnd;
 /// A state file problem, the cause of [`EngineError::State`].
@@ -69,6 +72,18 @@ pub enum EngineError {
     /// A request that cannot be carried out as things are, with what to do about it.
     #[error("{0}")]
     Refused(String),
+    /// An image of the cache is the base of instance disks, and removing it was not forced.
+    #[error(
+        "image {name} is the base of the instance disk of VM(s) {}; `qemu-compose destroy {}` first, or use --force (those VMs will not start again)",
+        .vms.join(", "),
+        .vms.join(" ")
+    )]
+    ImageInUse {
+        /// The image.
+        name: String,
+        /// The VMs.
+        vms: Vec<String>,
+    },
     /// A step of a VM failed; the cause is kept for `--debug`'s chain.
     #[error("VM {vm}")]
     Vm {
