@@ -5,6 +5,7 @@
 //! downloads, volumes, instance disks, seeds), then start QEMU in dependency order. Nothing
 //! here prints: progress and warnings go through a [`Reporter`] the CLI provides.
 
+pub mod doctor;
 pub mod host;
 pub mod images;
 pub mod inspect;
