@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::compose::{ImageSource, Project};
+use crate::compose::{ImageSource, Project, Vm};
 use crate::image::{Progress, Sha256Digest, overlay_base};
 
-use super::{EngineError, HostEnv, Workspace};
+use super::{EngineError, HostEnv, Workspace, instance};
 
 /// For each base image (canonical path), the project's VMs whose instance overlay is based
 /// on it.
@@ -120,4 +120,69 @@ pub fn pull_url(
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, EngineError> {
     Ok(host.images.pull(url, None, force, progress)?)
+}
+
+/// What `pull` did for one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pulled {
+    /// The VM's image is a local file: nothing to pull. Its checksum, when it exists, is
+    /// [`instance::check_local_checksum`]'s to check.
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// Whether it exists.
+        exists: bool,
+    },
+    /// The VM's image URL is in the cache.
+    Url {
+        /// The URL.
+        url: String,
+        /// Where it is cached.
+        path: PathBuf,
+    },
+}
+
+/// `pull [VM…]`: fills the cache for one VM after another, downloading an image that two VMs
+/// share once (and with `force`, again only once).
+#[derive(Debug)]
+pub struct Puller<'a> {
+    host: &'a HostEnv,
+    force: bool,
+    done: BTreeMap<(String, Option<String>), PathBuf>,
+}
+
+impl<'a> Puller<'a> {
+    /// A puller for `host`'s cache; `force` downloads again what is cached.
+    pub fn new(host: &'a HostEnv, force: bool) -> Self {
+        Self {
+            host,
+            force,
+            done: BTreeMap::new(),
+        }
+    }
+
+    /// Pulls the image of `vm`, unless it is a local file or was pulled for another VM.
+    pub fn pull(&mut self, vm: &Vm, progress: &mut dyn Progress) -> Result<Pulled, EngineError> {
+        match &vm.image {
+            ImageSource::Path(path) => Ok(Pulled::Local {
+                path: path.clone(),
+                exists: path.is_file(),
+            }),
+            ImageSource::Url(url) => {
+                let key = (url.clone(), vm.image_checksum.clone());
+                let path = match self.done.get(&key) {
+                    Some(path) => path.clone(),
+                    None => {
+                        let path = instance::resolve_image(vm, self.host, self.force, progress)?;
+                        self.done.insert(key, path.clone());
+                        path
+                    }
+                };
+                Ok(Pulled::Url {
+                    url: url.clone(),
+                    path,
+                })
+            }
+        }
+    }
 }
