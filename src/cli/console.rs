@@ -2,21 +2,22 @@
 
 use std::process::ExitCode;
 
-use qemu_compose::qemu::console::{self, ConsoleEnd};
+use qemu_compose::engine::ConsoleEnd;
 
 use super::output::note;
-use super::project::{self, RunningVm};
+use super::project;
 use super::{GlobalArgs, VmArg, output};
 
 pub fn run(global: &GlobalArgs, args: &VmArg) -> anyhow::Result<ExitCode> {
-    let RunningVm { vm, state, paths } = project::running_vm(global, &args.vm)?;
+    let running = project::running_vm(global, &args.vm)?;
+    let vm = &running.vm;
     let name = vm.name.clone();
     let login = format!(
         "log in as {} with the password on the first line of {}",
         vm.user,
-        state.console_password().display()
+        running.console_password().display()
     );
-    let end = console::attach(&paths.serial_socket, output::stdout(), || {
+    let end = running.attach_console(output::stdout(), || {
         note!("Connected to {name}'s console ({login}); Ctrl+] detaches");
     })?;
     match end {

@@ -1,55 +1,19 @@
 //! `doctor`: what this host can and cannot do for qemu-compose, and why.
 //!
-//! Each check prints one line, `ok`, `warn` or `FAIL`. Only what makes `up` fail is a
-//! `FAIL` (and exit 1): no QEMU, a QEMU without 9p while the project has bind mounts, an
-//! accelerator the project demands but the host lacks, a socket path that cannot be made
-//! short enough. Slow TCG, a missing ssh client and low disk space are warnings.
+//! Each check prints one line, `ok`, `warn` or `FAIL`; a `FAIL` (what makes `up` fail) ends
+//! with exit 1. The checks themselves are `engine::doctor`'s.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
-use indicatif::HumanBytes;
-use qemu_compose::compose::{MountKind, Project};
-use qemu_compose::engine::HostEnv;
-use qemu_compose::qemu::accel::{self, Accel, AccelError, AccelMode};
-use qemu_compose::qemu::argv::MAX_SOCKET_PATH;
-use qemu_compose::state::{InstancePaths, StateDir};
+use qemu_compose::engine::doctor::{self, Level};
 
 use super::{GlobalArgs, output};
-
-/// Below this much free space a warning is printed: a cloud image plus a few overlays.
-const LOW_SPACE: u64 = 5 << 30;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-/// One line of the report.
-#[derive(Debug)]
-struct Check {
-    level: Level,
-    topic: &'static str,
-    text: String,
-}
-
-impl Check {
-    fn new(level: Level, topic: &'static str, text: impl Into<String>) -> Self {
-        Self {
-            level,
-            topic,
-            text: text.into(),
-        }
-    }
-}
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let host = super::project::host(global)?;
     let project = super::project::optional(global)?;
-    let checks = checks(&host, project.as_ref());
+    let checks = doctor::report(&host, project.as_ref());
     let mut out = output::stdout();
     for c in &checks {
         let word = match c.level {
@@ -67,182 +31,4 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn checks(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
-    let mut out = Vec::new();
-    let uses_9p = project.is_some_and(|p| {
-        p.vms.iter().any(|vm| {
-            vm.volumes
-                .iter()
-                .any(|m| matches!(m.kind, MountKind::Bind { .. }))
-        })
-    });
-
-    match host.qemu() {
-        Err(e) => out.push(Check::new(Level::Fail, "qemu", e.to_string())),
-        Ok(qemu) => {
-            let version = first_line(&qemu, &["--version"]).unwrap_or_else(|e| e);
-            out.push(Check::new(
-                Level::Ok,
-                "qemu",
-                format!("{} ({version})", qemu.display()),
-            ));
-            out.push(match output(&qemu, &["-device", "help"]) {
-                Ok(text) if text.contains("\"virtio-9p-pci\"") => {
-                    Check::new(Level::Ok, "9p", "virtio-9p-pci available (bind mounts work)")
-                }
-                Ok(_) => Check::new(
-                    if uses_9p { Level::Fail } else { Level::Warn },
-                    "9p",
-                    "this QEMU has no virtio-9p-pci, so bind mounts cannot work (Debian: the qemu-system-x86 package has it)",
-                ),
-                Err(e) => Check::new(Level::Warn, "9p", format!("cannot ask QEMU: {e}")),
-            });
-        }
-    }
-
-    out.push(match &host.probe.kvm_device {
-        Err(why) => Check::new(Level::Warn, "kvm", format!("not usable: {why}")),
-        Ok(()) => match accel::decide(AccelMode::Kvm, None, &host.probe) {
-            Ok(_) => Check::new(Level::Ok, "kvm", "usable"),
-            Err(AccelError::KvmUnusable { why, .. }) => {
-                Check::new(Level::Warn, "kvm", format!("not usable: {why}"))
-            }
-            Err(e) => Check::new(Level::Warn, "kvm", e.to_string()),
-        },
-    });
-    out.push(
-        match accel::decide(AccelMode::Auto, host.accel_override.as_deref(), &host.probe) {
-            Ok(choice) if choice.accel == Accel::Kvm => {
-                Check::new(Level::Ok, "accelerator", choice.reason)
-            }
-            Ok(choice) => Check::new(Level::Warn, "accelerator", choice.reason),
-            Err(e) => Check::new(Level::Fail, "accelerator", e.to_string()),
-        },
-    );
-    if let Some(p) = project {
-        for vm in &p.vms {
-            if let Err(e) =
-                accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
-            {
-                out.push(Check::new(
-                    Level::Fail,
-                    "accelerator",
-                    format!("VM {}: {e}", vm.name),
-                ));
-            }
-        }
-    }
-
-    out.push(match first_line(Path::new("ssh"), &["-V"]) {
-        Ok(version) => Check::new(Level::Ok, "ssh", version),
-        Err(e) => Check::new(
-            Level::Warn,
-            "ssh",
-            format!(
-                "no ssh client ({e}); `qemu-compose ssh` and `up --wait` need it (Debian: apt install openssh-client)"
-            ),
-        ),
-    });
-
-    if let Some(p) = project {
-        let state = StateDir::new(&p.dir);
-        for vm in &p.vms {
-            out.push(socket_check(&InstancePaths::new(
-                &state,
-                &vm.name,
-                host.runtime_dir.as_deref(),
-            )));
-        }
-        out.push(space_check("state folder", state.root()));
-    }
-    out.push(space_check("image cache", host.images.dir()));
-    out
-}
-
-fn socket_check(paths: &InstancePaths) -> Check {
-    let socket = &paths.serial_socket;
-    let len = socket.as_os_str().len();
-    let vm = paths
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let text = format!(
-        "VM {vm}: {} is {len} bytes (limit {MAX_SOCKET_PATH}){}",
-        socket.display(),
-        if paths.sockets_relocated() {
-            ", moved out of the deep project folder"
-        } else {
-            ""
-        }
-    );
-    let level = if len > MAX_SOCKET_PATH {
-        Level::Fail
-    } else {
-        Level::Ok
-    };
-    Check::new(level, "socket path", text)
-}
-
-/// Free space for `path`, measured on its nearest existing ancestor (it may not exist yet).
-fn space_check(what: &str, path: &Path) -> Check {
-    let existing: PathBuf = path
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
-    match rustix::fs::statvfs(&existing) {
-        Ok(st) => {
-            let free = st.f_bavail.saturating_mul(st.f_frsize);
-            let level = if free < LOW_SPACE {
-                Level::Warn
-            } else {
-                Level::Ok
-            };
-            Check::new(
-                level,
-                "disk space",
-                format!("{what} {}: {} free", path.display(), HumanBytes(free)),
-            )
-        }
-        Err(e) => Check::new(
-            Level::Warn,
-            "disk space",
-            format!("{what} {}: cannot measure: {e}", path.display()),
-        ),
-    }
-}
-
-/// Runs `program args` and returns its stdout and stderr together.
-fn output(program: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "{} {} failed: {}",
-            program.display(),
-            args.join(" "),
-            text.trim()
-        ))
-    }
-}
-
-/// The first non-empty line of what `program args` prints (ssh -V writes to stderr).
-fn first_line(program: &Path, args: &[&str]) -> Result<String, String> {
-    let text = output(program, args)?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_string())
 }

@@ -4,9 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use qemu_compose::engine::{self, DestroyOptions, StopOptions, UpOptions};
-use qemu_compose::image;
 
-use super::{DestroyArgs, GlobalArgs, StderrReporter, StopArgs, UpArgs, project};
+use super::{DestroyArgs, GlobalArgs, StderrReporter, StopArgs, UpArgs, progress, project};
 
 pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
@@ -19,7 +18,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         wait: args.wait.then(|| Duration::from_secs(args.wait_timeout)),
         remove_orphans: args.remove_orphans,
     };
-    let mut progress = image::for_stderr();
+    let mut progress = progress::for_stderr();
     engine::up(&project, &host, &opts, &StderrReporter, progress.as_mut())?;
     Ok(ExitCode::SUCCESS)
 }

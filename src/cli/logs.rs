@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qemu_compose::state::{InstancePaths, StateDir};
+use qemu_compose::engine::Workspace;
 
 use super::output::note;
 use super::{GlobalArgs, LogsArgs, output, project};
@@ -24,7 +24,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.vms)?;
     let host = project::host(global)?;
-    let state = StateDir::new(&project.dir);
+    let workspace = Workspace::new(&project, &host);
     let width = vms.iter().map(|vm| vm.name.len()).max().unwrap_or(0);
     let mut logs: Vec<Log> = vms
         .iter()
@@ -34,8 +34,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             };
-            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-            Log::new(&prefix, paths.serial_log)
+            Log::new(&prefix, workspace.serial_log(&vm.name))
         })
         .collect();
     let mut out = output::stdout();

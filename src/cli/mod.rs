@@ -20,6 +20,7 @@ mod inspect;
 mod lifecycle;
 mod logs;
 pub mod output;
+mod progress;
 mod project;
 mod ps;
 mod pull;
@@ -467,8 +468,7 @@ mod tests {
 
     #[test]
     fn each_cause_is_printed_once() {
-        use qemu_compose::engine::EngineError;
-        use qemu_compose::state::StateError;
+        use qemu_compose::engine::{EngineError, StateError};
         // A cause the message already shows (`{path}: {source}`) is not repeated.
         let io = std::io::Error::from_raw_os_error(17);
         let state = StateError::Io {

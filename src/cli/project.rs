@@ -1,12 +1,10 @@
 //! Finding and loading the project the command works on.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use qemu_compose::compose::{
     self, DiscoverError, DiscoverOptions, LoadOptions, ProcessEnv, Project, Vm,
 };
-use qemu_compose::engine::{EngineError, HostEnv, lifecycle, status};
-use qemu_compose::qemu::process::{self, ProcState};
-use qemu_compose::state::{InstancePaths, StateDir};
+use qemu_compose::engine::{EngineError, HostEnv, RunningVm, Workspace, lifecycle};
 
 use super::GlobalArgs;
 
@@ -33,39 +31,11 @@ pub fn host(global: &GlobalArgs) -> Result<HostEnv, EngineError> {
     HostEnv::from_process(global.qemu.clone(), global.accel.clone())
 }
 
-/// A VM whose QEMU runs, for the commands that talk to it (`console`, `ssh`).
-#[derive(Debug)]
-pub struct RunningVm {
-    pub vm: Vm,
-    pub state: StateDir,
-    pub paths: InstancePaths,
-}
-
 /// Loads the project and finds the running VM `name`, or says why it cannot be used.
 pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> {
     let project = load(global)?;
-    let vm = selected(&project, &[name.to_string()])?
-        .into_iter()
-        .next()
-        .context("no VM selected")?
-        .clone();
     let host = host(global)?;
-    let state = StateDir::new(&project.dir);
-    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
-    paths.check_socket_dir()?;
-    match process::state(&status::handle(&paths)) {
-        ProcState::Running { .. } => Ok(RunningVm { vm, state, paths }),
-        ProcState::NotRunning => bail!(
-            "VM {} is not running; start it with `qemu-compose up {}`",
-            vm.name,
-            vm.name
-        ),
-        ProcState::Stale { reason, .. } => bail!(
-            "VM {} is not running ({reason}); `qemu-compose up {}` cleans up and starts it",
-            vm.name,
-            vm.name
-        ),
-    }
+    Ok(Workspace::new(&project, &host).running_vm(name)?)
 }
 
 /// The project of this directory, or `None` when no compose file is found (an explicit

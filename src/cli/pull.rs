@@ -1,27 +1,22 @@
 //! `pull [VM…] [--force]` and `pull URL`: fill the image cache ahead of `up`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use qemu_compose::compose::ImageSource;
+use qemu_compose::engine::images::{self, Pulled};
 use qemu_compose::engine::instance;
-use qemu_compose::image;
 
 use super::output::note;
-use super::{GlobalArgs, PullArgs, output, project};
+use super::{GlobalArgs, PullArgs, output, progress, project};
 
 pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     let host = project::host(global)?;
-    let mut progress = image::for_stderr();
+    let mut progress = progress::for_stderr();
     let mut out = output::stdout();
     if let [target] = args.targets.as_slice()
         && is_url(target)
     {
-        let path = host
-            .images
-            .pull(target, None, args.force, progress.as_mut())?;
+        let path = images::pull_url(&host, target, args.force, progress.as_mut())?;
         writeln!(out, "{target}: {}", path.display())?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -32,17 +27,17 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     }
     let project = project::load(global)?;
     let vms = project::selected(&project, &args.targets)?;
-    let mut done = BTreeMap::new();
+    let mut puller = images::Puller::new(&host, args.force);
     for vm in vms {
-        match &vm.image {
-            ImageSource::Path(path) => {
+        match puller.pull(vm, progress.as_mut())? {
+            Pulled::Local { path, exists } => {
                 writeln!(
                     out,
                     "{}: local image {}, nothing to pull",
                     vm.name,
                     path.display()
                 )?;
-                if !path.is_file() {
+                if !exists {
                     note!(
                         "warning: VM {}: {} does not exist; `up` will fail",
                         vm.name,
@@ -52,18 +47,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                     instance::check_local_checksum(vm)?;
                 }
             }
-            ImageSource::Url(url) => {
-                // Two VMs on one image: one download (and with --force, only one).
-                let key = (url.clone(), vm.image_checksum.clone());
-                let path = match done.get(&key) {
-                    Some(path) => PathBuf::clone(path),
-                    None => {
-                        let path =
-                            instance::resolve_image(vm, &host, args.force, progress.as_mut())?;
-                        done.insert(key, path.clone());
-                        path
-                    }
-                };
+            Pulled::Url { url, path } => {
                 writeln!(out, "{}: {url} -> {}", vm.name, path.display())?;
             }
         }

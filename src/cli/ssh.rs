@@ -8,46 +8,20 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use qemu_compose::engine::{ssh, status};
-use qemu_compose::state::{InstancePaths, InstanceRecord};
+use qemu_compose::engine::{SshTarget, ssh};
 
-use super::project::{self, RunningVm};
+use super::project;
 use super::{GlobalArgs, SshArgs};
 
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> anyhow::Result<ExitCode> {
-    let RunningVm { vm, state, paths } = project::running_vm(global, &args.vm)?;
-    let record = InstanceRecord::load(&paths.record)?.with_context(|| {
-        format!(
-            "VM {} runs but has no instance record ({}); restart it with `qemu-compose up --force-recreate {}`",
-            vm.name,
-            paths.record.display(),
-            vm.name
-        )
-    })?;
-    let key = state.ssh_key();
-    if !key.is_file() {
-        bail!("the project's SSH key {} is missing", key.display());
-    }
-    if !paths.known_hosts.is_file() {
-        bail!(
-            "VM {} was started before qemu-compose pinned SSH host keys, so its key cannot be checked; restart it with `qemu-compose up --force-recreate {}`",
-            vm.name,
-            vm.name
-        );
-    }
-    let login = ssh::Login {
-        key: &key,
-        user: &vm.user,
-        port: record.ssh_port,
-        vm: &vm.name,
-        known_hosts: &paths.known_hosts,
-    };
+    let running = project::running_vm(global, &args.vm)?;
+    let target = running.ssh_target()?;
     let (options, command) =
         ssh::split_words(&args.words, &args.command).map_err(super::UsageError)?;
     let wait = Duration::from_secs(args.wait_timeout);
-    wait_for_sshd(&vm.name, &paths, &record, wait)?;
+    wait_for_sshd(&running.vm.name, &target, wait)?;
     let err = Command::new("ssh")
-        .args(ssh::args(&login, &options, &command))
+        .args(ssh::args(&target.login(), &options, &command))
         .exec();
     Err(err).context(
         "cannot run ssh (is the OpenSSH client installed? Debian: apt install openssh-client)",
@@ -56,15 +30,8 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> anyhow::Result<ExitCode> {
 
 /// Returns once the VM's sshd answers, saying so while it waits: a guest that boots holds
 /// the connection, and ssh would wait in silence.
-fn wait_for_sshd(
-    vm: &str,
-    paths: &InstancePaths,
-    record: &InstanceRecord,
-    limit: Duration,
-) -> anyhow::Result<()> {
-    if status::known_ready(paths, record)
-        || ssh::banner_seen(record.ssh_port, Duration::from_millis(300))
-    {
+fn wait_for_sshd(vm: &str, target: &SshTarget, limit: Duration) -> anyhow::Result<()> {
+    if target.known_ready() || ssh::banner_seen(target.port(), Duration::from_millis(300)) {
         return Ok(());
     }
     eprintln!(
@@ -73,7 +40,7 @@ fn wait_for_sshd(
     );
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if ssh::banner_seen(record.ssh_port, Duration::from_secs(1)) {
+        if ssh::banner_seen(target.port(), Duration::from_secs(1)) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(500));

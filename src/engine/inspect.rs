@@ -22,6 +22,7 @@ use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRecord, Volume
 
 use super::mounts::{self, PlanFacts, SourceKind};
 use super::status::{self, VmStatus};
+use super::workspace::instance_paths;
 use super::{EngineError, HostEnv, instance, lifecycle, ssh};
 
 /// How long the SSH readiness probe of `ps` and `inspect` may take, once a banner came.
@@ -51,7 +52,7 @@ pub fn probe_statuses(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmS
 /// The status of one VM: QMP first, then an SSH login with the project key.
 pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
     let state = StateDir::new(&project.dir);
-    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+    let paths = instance_paths(&state, host, &vm.name);
     let key = state.ssh_key();
     status::status(&paths, || {
         let Some(record) = InstanceRecord::load(&paths.record).ok().flatten() else {
@@ -126,7 +127,7 @@ pub fn summaries(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmSummar
     vms.iter()
         .zip(statuses)
         .map(|(vm, st)| {
-            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let paths = instance_paths(&state, host, &vm.name);
             let record = InstanceRecord::load(&paths.record).ok().flatten();
             VmSummary {
                 name: vm.name.clone(),
@@ -342,7 +343,7 @@ pub fn inspect<'a>(
     state_now: VmStatus,
 ) -> Result<Inspection<'a>, EngineError> {
     let state = StateDir::new(&project.dir);
-    let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+    let paths = instance_paths(&state, host, &vm.name);
     let record = InstanceRecord::load(&paths.record)?;
     let registry = VolumeRegistry::load(&state.volumes_json())?;
 

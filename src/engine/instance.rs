@@ -27,6 +27,7 @@ use crate::state::secrets::InstanceHostKey;
 use crate::state::{InstancePaths, ProjectSecrets, StateDir, StateError, VolumeRegistry, atomic};
 
 use super::mounts::{self, MountPlan, PlanFacts, SourceKind};
+use super::workspace::instance_paths;
 use super::{EngineError, HostEnv, ssh};
 
 /// The result of looking at the host for one VM.
@@ -168,11 +169,7 @@ pub fn base_change(disk: &Path, base: &Path) -> Option<BaseChange> {
 /// [`base_change`] for `vm` without downloading anything, for `ps` and `inspect`: the base is
 /// the local image, or the cached download of the URL (matching `image_checksum`).
 pub fn current_base_change(project: &Project, host: &HostEnv, vm: &Vm) -> Option<BaseChange> {
-    let paths = InstancePaths::new(
-        &StateDir::new(&project.dir),
-        &vm.name,
-        host.runtime_dir.as_deref(),
-    );
+    let paths = instance_paths(&StateDir::new(&project.dir), host, &vm.name);
     let checksum = vm
         .image_checksum
         .as_deref()
@@ -271,7 +268,7 @@ pub fn prepare(
         secrets,
         rebuild_changed_disks,
     } = *cx;
-    let paths = InstancePaths::new(state, &vm.name, host.runtime_dir.as_deref());
+    let paths = instance_paths(state, host, &vm.name);
     let rebuild_disk = rebuild_changed_disks && base_change(&paths.disk, &base).is_some();
     let base = if rebuild_disk {
         base

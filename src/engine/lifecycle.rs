@@ -11,12 +11,12 @@ use crate::image::Progress;
 use crate::qemu::ports;
 use crate::qemu::process::{self, ProcState, StartError, StopOutcome};
 use crate::state::{
-    InstancePaths, InstanceRecord, ProjectLock, ProjectSecrets, StateDir, StateError,
-    VolumeRegistry,
+    InstanceRecord, ProjectLock, ProjectSecrets, StateDir, StateError, VolumeRegistry,
 };
 
 use super::instance::{self, DiskChange, PreparedVm};
 use super::status;
+use super::workspace::instance_paths;
 use super::{EngineError, HostEnv, Reporter, ssh, volumes};
 
 /// The first port tried for SSH forwarding.
@@ -115,7 +115,7 @@ pub fn select<'p>(
 }
 
 /// Takes the project lock, then removes the temporary files an interrupted command left.
-fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
+pub(super) fn lock(state: &StateDir, reporter: &dyn Reporter) -> Result<ProjectLock, StateError> {
     let lock = ProjectLock::acquire(state, || {
         reporter.info("waiting for another qemu-compose command on this project to finish")
     })?;
@@ -286,7 +286,7 @@ pub fn up(
         let deadline = Instant::now() + limit;
         for (vm, port) in running {
             reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
-            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let paths = instance_paths(&state, host, &vm.name);
             let login = ssh::Login {
                 key: &secrets.private_key_path,
                 user: &vm.user,
@@ -395,7 +395,7 @@ pub(super) fn ports_of_other_vms(
             continue;
         }
         taken.extend(other.ssh_port);
-        let paths = InstancePaths::new(state, &other.name, host.runtime_dir.as_deref());
+        let paths = instance_paths(state, host, &other.name);
         if let Some(rec) = InstanceRecord::load(&paths.record)? {
             taken.insert(rec.ssh_port);
         }
@@ -441,7 +441,7 @@ pub fn stop(
     for wave in stop_waves(&selected) {
         let mut running = Vec::new();
         for vm in wave {
-            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let paths = instance_paths(&state, host, &vm.name);
             paths.check_socket_dir()?;
             let handle = status::handle(&paths);
             match process::state(&handle) {
@@ -582,7 +582,7 @@ fn remove_instance(
     force: bool,
     reporter: &dyn Reporter,
 ) -> Result<(), EngineError> {
-    let paths = InstancePaths::new(state, name, host.runtime_dir.as_deref());
+    let paths = instance_paths(state, host, name);
     paths.check_socket_dir()?;
     let handle = status::handle(&paths);
     if !matches!(process::state(&handle), ProcState::NotRunning) {
@@ -621,7 +621,7 @@ pub fn orphans(project: &Project, host: &HostEnv) -> Result<Vec<Orphan>, EngineE
         .into_iter()
         .filter(|name| !project.vms.iter().any(|vm| &vm.name == name))
         .map(|name| {
-            let paths = InstancePaths::new(&state, &name, host.runtime_dir.as_deref());
+            let paths = instance_paths(&state, host, &name);
             let running = matches!(
                 process::state(&status::handle(&paths)),
                 ProcState::Running { .. }
@@ -665,7 +665,7 @@ pub fn running_vms(project: &Project, host: &HostEnv) -> BTreeSet<String> {
         .vms
         .iter()
         .filter(|vm| {
-            let paths = InstancePaths::new(&state, &vm.name, host.runtime_dir.as_deref());
+            let paths = instance_paths(&state, host, &vm.name);
             matches!(
                 process::state(&status::handle(&paths)),
                 ProcState::Running { .. }

@@ -5,7 +5,9 @@
 //! downloads, volumes, instance disks, seeds), then start QEMU in dependency order. Nothing
 //! here prints: progress and warnings go through a [`Reporter`] the CLI provides.
 
+pub mod doctor;
 pub mod host;
+pub mod images;
 pub mod inspect;
 pub mod instance;
 pub mod lifecycle;
@@ -14,6 +16,7 @@ pub mod ssh;
 pub mod status;
 mod to_qemu;
 pub mod volumes;
+pub mod workspace;
 
 use std::path::PathBuf;
 
@@ -21,6 +24,14 @@ pub use host::HostEnv;
 pub use lifecycle::running_vms;
 pub use lifecycle::{DestroyOptions, StopOptions, UpOptions, destroy, stop, up};
 pub use status::VmStatus;
+pub use workspace::{RunningVm, SshTarget, Workspace};
+
+/// How a download (`up`, `pull`) reports its progress, and a plain-lines reporter.
+pub use crate::image::progress::{LineProgress, Progress as ImageProgress};
+/// How a console session ended ([`RunningVm::attach_console`]).
+pub use crate::qemu::console::ConsoleEnd;
+/// A state file problem, the cause of [`EngineError::State`].
+pub use crate::state::StateError;
 
 /// Where the engine tells the user what it does. `Sync`: VMs are stopped in parallel.
 pub trait Reporter: Sync {
@@ -59,6 +70,21 @@ pub enum EngineError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A request that cannot be carried out as things are, with what to do about it.
+    #[error("{0}")]
+    Refused(String),
+    /// An image of the cache is the base of instance disks, and removing it was not forced.
+    #[error(
+        "image {name} is the base of the instance disk of VM(s) {}; `qemu-compose destroy {}` first, or use --force (those VMs will not start again)",
+        .vms.join(", "),
+        .vms.join(" ")
+    )]
+    ImageInUse {
+        /// The image.
+        name: String,
+        /// The VMs.
+        vms: Vec<String>,
+    },
     /// A step of a VM failed; the cause is kept for `--debug`'s chain.
     #[error("VM {vm}")]
     Vm {
@@ -76,7 +102,7 @@ pub enum EngineError {
     Volume(#[from] volumes::VolumeError),
     /// A state file problem.
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] StateError),
     /// The image cache failed.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),

@@ -6,17 +6,20 @@
 //! the next creation), or a complete image not yet recorded, which [`inspect_image`] verifies
 //! before [`ensure_volumes`] adopts it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::compose::{self, Project, format_size};
+use serde::Serialize;
+
+use crate::compose::{self, MountKind, Project, format_size};
 use crate::disk::ext4::{self, FormatOptions, SuperblockInfo};
 use crate::disk::qcow2::{self, Qcow2Image};
 use crate::disk::sink::SparseBuffer;
-use crate::state::{StateDir, StateError, VolumeRecord, VolumeRegistry, atomic};
+use crate::state::{ProjectLock, StateDir, StateError, VolumeRecord, VolumeRegistry, atomic};
 
-use super::Reporter;
+use super::{EngineError, HostEnv, Reporter};
 
 /// Prefix of the temporary files volumes are built in.
 const TEMP_PREFIX: &str = ".volume-";
@@ -63,6 +66,28 @@ pub enum VolumeError {
     /// The volume is already there.
     #[error("volume {0} already exists")]
     Exists(String),
+    /// No volume of that name is recorded or on disk.
+    #[error("no volume named {0:?}")]
+    Unknown(String),
+    /// A running VM of the compose file mounts the volume.
+    #[error("volume {name} is in use by the running VM {vm}; stop it first")]
+    RunningVm {
+        /// The volume.
+        name: String,
+        /// The VM.
+        vm: String,
+    },
+    /// VMs of the compose file mount the volume, and removing it was not forced.
+    #[error(
+        "volume {name} is mounted by VM(s) {} of the compose file; the next `up` would create it empty. Use --force to remove it anyway",
+        .vms.join(", ")
+    )]
+    Mounted {
+        /// The volume.
+        name: String,
+        /// The VMs.
+        vms: Vec<String>,
+    },
     /// A volume named in volumes.json has no image any more.
     #[error(
         "volume {name} is recorded in volumes.json but its image {} is missing; remove it with `qemu-compose volume rm {name}` to start afresh",
@@ -408,6 +433,257 @@ pub fn remove(
         registry.save(&state.volumes_json())?;
     }
     Ok(())
+}
+
+/// The VMs of the compose file that mount each volume.
+fn users(project: &Project) -> BTreeMap<&str, Vec<&str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for vm in &project.vms {
+        for mount in &vm.volumes {
+            if let MountKind::Named { volume } = &mount.kind {
+                out.entry(volume).or_default().push(&vm.name);
+            }
+        }
+    }
+    out
+}
+
+/// One line of `volume ls`.
+#[derive(Debug, Serialize)]
+pub struct VolumeRow {
+    /// The volume.
+    pub name: String,
+    /// `ok`, `not created`, `image missing` or `not registered`.
+    pub status: &'static str,
+    /// The virtual size (from the image, else from the record).
+    pub size: Option<String>,
+    /// The bytes the image takes on disk.
+    pub disk_bytes: Option<u64>,
+    /// The VMs of the compose file that mount it.
+    pub in_use_by: Vec<String>,
+    /// Those of them that run.
+    pub running_in: Vec<String>,
+    /// When it was created, RFC 3339.
+    pub created: Option<String>,
+}
+
+/// Every volume of the project: recorded, declared in the compose file, or on disk.
+pub fn list(project: &Project, host: &HostEnv) -> Result<Vec<VolumeRow>, EngineError> {
+    let state = StateDir::new(&project.dir);
+    let registry = VolumeRegistry::load(&state.volumes_json())?;
+    let running = super::running_vms(project, host);
+    let users = users(project);
+    let mut names: BTreeSet<String> = registry.volumes.keys().cloned().collect();
+    names.extend(project.volumes.iter().map(|v| v.name.clone()));
+    if let Ok(entries) = fs::read_dir(state.volumes_dir()) {
+        names.extend(
+            entries
+                .flatten()
+                .filter(|e| e.path().join("volume.qcow2").exists())
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| compose::is_valid_name(n)),
+        );
+    }
+    let mut rows = Vec::new();
+    for name in names {
+        let image = state.volume_image(&name);
+        let record = registry.volumes.get(&name);
+        let facts = image
+            .exists()
+            .then(|| inspect_image(&name, &image).ok())
+            .flatten();
+        let status = match (record, image.exists()) {
+            (Some(_), true) => "ok",
+            (Some(_), false) => "image missing",
+            (None, true) => "not registered",
+            (None, false) => "not created",
+        };
+        let vm_users: Vec<String> = users
+            .get(name.as_str())
+            .map(|v| v.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
+        rows.push(VolumeRow {
+            status,
+            size: facts
+                .as_ref()
+                .map(|f| format_size(f.virtual_size))
+                .or_else(|| record.map(|r| r.size.clone())),
+            disk_bytes: facts.as_ref().map(|f| f.disk_bytes),
+            running_in: vm_users
+                .iter()
+                .filter(|vm| running.contains(*vm))
+                .cloned()
+                .collect(),
+            in_use_by: vm_users,
+            created: record.map(|r| r.created.clone()),
+            name,
+        });
+    }
+    Ok(rows)
+}
+
+/// `volume create`: makes volume `name` of `size` bytes (the compose file's size, else the
+/// default, when `None`) and records it, under the project lock.
+pub fn create_recorded(
+    project: &Project,
+    name: &str,
+    size: Option<u64>,
+    reporter: &dyn Reporter,
+) -> Result<(), EngineError> {
+    let state = StateDir::new(&project.dir);
+    let size = size.unwrap_or_else(|| {
+        project
+            .volumes
+            .iter()
+            .find(|v| v.name == name)
+            .map_or(compose::DEFAULT_SIZE, |d| d.size_bytes)
+    });
+    let _guard = super::lifecycle::lock(&state, reporter)?;
+    let mut registry = VolumeRegistry::load(&state.volumes_json())?;
+    if registry.volumes.contains_key(name) {
+        return Err(VolumeError::Exists(name.to_string()).into());
+    }
+    let record = create(&state, name, size)?;
+    registry.volumes.insert(name.to_string(), record);
+    registry.save(&state.volumes_json())?;
+    Ok(())
+}
+
+/// What `volume inspect` shows.
+#[derive(Debug, Serialize)]
+pub struct VolumeInspection {
+    /// The record in `volumes.json`, when there is one.
+    pub record: Option<VolumeRecord>,
+    /// The image.
+    pub image: String,
+    /// Its virtual size.
+    pub virtual_size: u64,
+    /// The bytes it takes on disk.
+    pub disk_bytes: u64,
+    /// The filesystem inside.
+    pub filesystem: Filesystem,
+    /// The VMs of the compose file that mount it.
+    pub in_use_by: Vec<String>,
+}
+
+/// The ext4 filesystem of a volume, as `volume inspect` shows it.
+#[derive(Debug, Serialize)]
+pub struct Filesystem {
+    /// The label.
+    pub label: String,
+    /// The UUID, hyphenated.
+    pub uuid: String,
+    /// The block size in bytes.
+    pub block_size: u64,
+    /// The blocks.
+    pub blocks: u64,
+    /// The free blocks.
+    pub free_blocks: u64,
+    /// The inodes.
+    pub inodes: u32,
+    /// The free inodes.
+    pub free_inodes: u32,
+    /// The feature names.
+    pub features: Vec<String>,
+    /// The state (clean or not).
+    pub state: String,
+    /// Whether the superblock checksum is right.
+    pub checksum_valid: bool,
+}
+
+/// `volume inspect`: the record and the image of volume `name`, read with our own readers.
+pub fn inspect(project: &Project, name: &str) -> Result<VolumeInspection, EngineError> {
+    let state = StateDir::new(&project.dir);
+    let registry = VolumeRegistry::load(&state.volumes_json())?;
+    let image = state.volume_image(name);
+    let record = registry.volumes.get(name);
+    if record.is_none() && !image.exists() {
+        return Err(VolumeError::Unknown(name.to_string()).into());
+    }
+    let facts = inspect_image(name, &image)?;
+    let sb = facts.superblock;
+    let users = users(project);
+    Ok(VolumeInspection {
+        record: record.cloned(),
+        image: image.display().to_string(),
+        virtual_size: facts.virtual_size,
+        disk_bytes: facts.disk_bytes,
+        filesystem: Filesystem {
+            label: sb.label,
+            uuid: uuid::Uuid::from_bytes(sb.uuid).hyphenated().to_string(),
+            block_size: sb.block_size,
+            blocks: sb.blocks,
+            free_blocks: sb.free_blocks,
+            inodes: sb.inodes,
+            free_inodes: sb.free_inodes,
+            features: sb.features,
+            state: sb.state,
+            checksum_valid: sb.checksum_valid,
+        },
+        in_use_by: users
+            .get(name)
+            .map(|v| v.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// `volume rm`: volumes checked for removal, removed one at a time by [`Removal::remove`]
+/// under the project lock this holds.
+#[derive(Debug)]
+pub struct Removal {
+    state: StateDir,
+    registry: VolumeRegistry,
+    _guard: ProjectLock,
+}
+
+impl Removal {
+    /// Takes the project lock and checks every name before anything is removed: it exists,
+    /// no QEMU has it open, and (unless `force`) no VM of the compose file mounts it.
+    pub fn begin(
+        project: &Project,
+        host: &HostEnv,
+        names: &[String],
+        force: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<Self, EngineError> {
+        let state = StateDir::new(&project.dir);
+        let users = users(project);
+        let guard = super::lifecycle::lock(&state, reporter)?;
+        let running = super::running_vms(project, host);
+        let registry = VolumeRegistry::load(&state.volumes_json())?;
+        for name in names {
+            let vm_users = users.get(name.as_str()).cloned().unwrap_or_default();
+            if let Some(vm) = vm_users.iter().find(|vm| running.contains(**vm)) {
+                return Err(VolumeError::RunningVm {
+                    name: name.clone(),
+                    vm: vm.to_string(),
+                }
+                .into());
+            }
+            if !registry.volumes.contains_key(name) && !state.volume_image(name).exists() {
+                return Err(VolumeError::Unknown(name.clone()).into());
+            }
+            // Any QEMU, whether or not the compose file still names its VM.
+            check_not_in_use(&state, name)?;
+            if !vm_users.is_empty() && !force {
+                return Err(VolumeError::Mounted {
+                    name: name.clone(),
+                    vms: vm_users.iter().map(|s| s.to_string()).collect(),
+                }
+                .into());
+            }
+        }
+        Ok(Self {
+            state,
+            registry,
+            _guard: guard,
+        })
+    }
+
+    /// Removes volume `name` (see [`remove`]).
+    pub fn remove(&mut self, name: &str) -> Result<(), EngineError> {
+        Ok(remove(&self.state, &mut self.registry, name)?)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub use cache::{
     record_overlay,
 };
 pub use download::{ProxyEnv, Sha256Digest};
-pub use progress::{Progress, for_stderr};
+pub use progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -1,8 +1,9 @@
-//! Download progress: a bar on a terminal, plain lines in logs and CI.
+//! Download progress: the interface downloads report through, and plain lines for logs and
+//! CI (the bar on a terminal is the CLI's, `cli::progress`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::HumanBytes;
 
 /// Receives the progress of one download.
 pub trait Progress {
@@ -14,15 +15,6 @@ pub trait Progress {
     fn finish(&mut self, ok: bool);
 }
 
-/// The right reporter for stderr: a bar when it is a terminal, lines otherwise.
-pub fn for_stderr() -> Box<dyn Progress> {
-    if std::io::stderr().is_terminal() {
-        Box::new(BarProgress::default())
-    } else {
-        Box::new(LineProgress::new(std::io::stderr()))
-    }
-}
-
 /// Reports nothing.
 #[derive(Debug, Default)]
 pub struct NoProgress;
@@ -31,46 +23,6 @@ impl Progress for NoProgress {
     fn start(&mut self, _: &str, _: Option<u64>) {}
     fn advance(&mut self, _: u64) {}
     fn finish(&mut self, _: bool) {}
-}
-
-/// An `indicatif` bar on stderr.
-#[derive(Debug, Default)]
-pub struct BarProgress(Option<ProgressBar>);
-
-impl Progress for BarProgress {
-    fn start(&mut self, what: &str, total: Option<u64>) {
-        let bar = match total {
-            Some(total) => ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            ),
-            None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            ),
-        };
-        bar.set_message(format!("pulling {what}"));
-        self.0 = Some(bar);
-    }
-
-    fn advance(&mut self, done: u64) {
-        if let Some(bar) = &self.0 {
-            bar.set_position(done);
-        }
-    }
-
-    fn finish(&mut self, ok: bool) {
-        if let Some(bar) = self.0.take() {
-            if ok {
-                bar.finish();
-            } else {
-                bar.abandon();
-            }
-        }
-    }
 }
 
 /// One line per tenth of the download (or per 100 MiB when the size is unknown).
