@@ -7,6 +7,7 @@ use qemu_compose::compose::{
 use qemu_compose::engine::{EngineError, HostEnv, RunningVm, Workspace, lifecycle};
 
 use super::GlobalArgs;
+use super::output::note;
 
 /// Discovers the compose file and loads the validated project.
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
@@ -16,6 +17,14 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
         cwd,
     };
     let located = compose::discover(&opts, &ProcessEnv)?;
+    if let Some(ignored) = &located.ignored {
+        note!(
+            "warning: found {} and {}; using {}",
+            located.file.display(),
+            ignored.display(),
+            located.file.display()
+        );
+    }
     let project = compose::load(
         &located.file,
         &LoadOptions {
@@ -23,6 +32,9 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
             env: &ProcessEnv,
         },
     )?;
+    for warning in &project.warnings {
+        note!("warning: {warning}");
+    }
     Ok(project)
 }
 

@@ -28,8 +28,8 @@ use super::{EngineError, HostEnv, instance, lifecycle, ssh};
 /// How long the SSH readiness probe of `ps` and `inspect` may take, once a banner came.
 const SSH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `ps` and `inspect` wait for the SSH banner of a VM not known ready: a guest whose
-/// sshd runs sends it at once.
-const BANNER_BUDGET: Duration = Duration::from_millis(80);
+/// sshd runs sends it at once; a slower one stays `starting` until a later look sees it.
+const BANNER_BUDGET: Duration = Duration::from_millis(50);
 
 /// The status of each of `vms`, in the same order, probed in parallel.
 pub fn probe_statuses(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmStatus> {

@@ -265,6 +265,16 @@ pub fn up(
             )),
             DiskChange::Created | DiskChange::Unchanged => {}
         }
+        if let Some(total) = host_memory()
+            && vm.memory_mib << 20 > total
+        {
+            reporter.warn(&format!(
+                "VM {}: memory {} MiB is more than this host has ({} MiB); QEMU may fail to start, or the host swap",
+                vm.name,
+                vm.memory_mib,
+                total >> 20
+            ));
+        }
         let Some(qemu) = &qemu else {
             reporter.info(&format!("created VM {} (not started)", vm.name));
             continue;
@@ -570,6 +580,14 @@ pub fn destroy(
         }
     }
     Ok(())
+}
+
+/// The host's memory (`MemTotal` of /proc/meminfo), in bytes.
+fn host_memory() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
 }
 
 /// Stops the QEMU of VM `name` if it runs, and removes its instance: disk, private folder,

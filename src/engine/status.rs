@@ -5,6 +5,7 @@
 //! time of a key exchange, and a booting guest makes the client wait for its timeout); a VM
 //! not known ready is `starting` as long as no SSH banner arrives within a few milliseconds.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -60,6 +61,11 @@ pub fn handle(paths: &InstancePaths) -> VmHandle {
 
 /// Looks at a VM. `ssh_ready` is asked only when QEMU runs and answers QMP.
 pub fn status(paths: &InstancePaths, ssh_ready: impl FnOnce() -> bool) -> VmStatus {
+    // `.qemu-compose/`, above `vms/<vm>/`: another user's folder cannot even be looked into.
+    let state_root = paths.dir.parent().and_then(Path::parent);
+    if let Some(Err(e)) = state_root.map(atomic::refuse_foreign) {
+        return VmStatus::Broken(e.to_string());
+    }
     if !paths.disk.exists() {
         return VmStatus::NotCreated;
     }

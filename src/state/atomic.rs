@@ -52,12 +52,16 @@ pub fn create_private_dir(dir: &Path, mode: u32) -> Result<(), StateError> {
 /// the system would say ("Operation not permitted") does not tell whose it is. Root may
 /// work in any user's project.
 pub fn refuse_foreign(dir: &Path) -> Result<(), StateError> {
+    refuse_foreign_to(dir, rustix::process::geteuid().as_raw())
+}
+
+/// [`refuse_foreign`] for the user `me`.
+fn refuse_foreign_to(dir: &Path, me: u32) -> Result<(), StateError> {
     use std::os::unix::fs::MetadataExt;
-    let me = rustix::process::geteuid();
     let Ok(meta) = fs::symlink_metadata(dir) else {
         return Ok(());
     };
-    if me.is_root() || meta.uid() == me.as_raw() {
+    if me == 0 || meta.uid() == me {
         return Ok(());
     }
     Err(StateError::Unsafe {
@@ -244,6 +248,27 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn another_users_folder_is_refused_with_their_name() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let owner = fs::metadata(dir.path()).unwrap().uid();
+        let stranger = owner + 4242;
+        let err = refuse_foreign_to(dir.path(), stranger)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("(uid {owner}), not to you")), "{err}");
+        assert!(err.contains(&*dir.path().to_string_lossy()), "{err}");
+        if owner == 0 {
+            assert!(err.contains("belongs to user root (uid 0)"), "{err}");
+        }
+        assert!(refuse_foreign_to(dir.path(), owner).is_ok());
+        assert!(
+            refuse_foreign_to(dir.path(), 0).is_ok(),
+            "root may work anywhere"
+        );
     }
 
     #[test]

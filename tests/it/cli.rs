@@ -505,3 +505,22 @@ fn boolean_variables_take_the_usual_spellings() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn loading_warns_about_unset_variables_and_an_ignored_yml() {
+    let p = Project::new("vms:\n  a: {image: \"./${IMAGE_DIR}x.img\", user: \"${NO_USER}u\"}\n");
+    std::fs::write(
+        p.join("qemu-compose.yml"),
+        "vms:\n  other: {image: ./y.img}\n",
+    )
+    .unwrap();
+    let said = p.ok(&["config"]).stderr;
+    assert!(
+        said.contains(
+            "qemu-compose.yaml:2:14: vms.a.image: the \"IMAGE_DIR\" variable is not set; using an empty string"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("\"NO_USER\" variable is not set"), "{said}");
+    assert!(said.contains("qemu-compose.yml; using "), "{said}");
+}

@@ -557,3 +557,13 @@ fn stop_takes_independent_vms_together_and_dependencies_last() {
     }
     assert!(pids.iter().all(|pid| !alive(*pid)));
 }
+
+#[test]
+fn more_memory_than_the_host_has_is_a_warning() {
+    let p = Project::with_base("vms:\n  big: {image: ./base.qcow2, memory: 4T}\n", "64M");
+    let said = p.ok(&["up", "--no-start"]).stderr;
+    assert!(
+        said.contains("VM big: memory 4194304 MiB is more than this host has ("),
+        "{said}"
+    );
+}
