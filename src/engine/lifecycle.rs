@@ -193,6 +193,7 @@ pub fn up(
     };
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
     let mut running = Vec::new();
+    let mut tcg_said = false;
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
         let resolved = base.clone();
         let prepared = instance::prepare(&cx, vm, checked, base)?;
@@ -245,7 +246,8 @@ pub fn up(
             }
             ProcState::NotRunning => {}
         }
-        match instance::materialise(&state, &prepared)? {
+        let change = instance::materialise(&state, &prepared)?;
+        match change {
             DiskChange::Rebuilt => reporter.warn(&format!(
                 "VM {}: its disk was made again on the new image; what the guest had written to its root disk is gone (volumes are kept)",
                 vm.name
@@ -276,11 +278,22 @@ pub fn up(
             ));
         }
         let Some(qemu) = &qemu else {
-            reporter.info(&format!("created VM {} (not started)", vm.name));
+            if change == DiskChange::Created {
+                reporter.info(&format!("created VM {} (not started)", vm.name));
+            } else {
+                reporter.info(&format!("VM {} is up to date (not started)", vm.name));
+            }
             continue;
         };
         if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
-            reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
+            // The host's reason is the same for every VM: said once per `up`.
+            let host_wide = prepared.accel.reason.starts_with("TCG (slow)");
+            if !host_wide {
+                reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
+            } else if !tcg_said {
+                reporter.warn(&prepared.accel.reason);
+                tcg_said = true;
+            }
         }
         instance::check_images_before_start(&prepared)?;
         let port = start_with_port(&cx, vm, &prepared, qemu, record.as_ref(), reporter)?;

@@ -532,7 +532,9 @@ fn stop_takes_independent_vms_together_and_dependencies_last() {
         "vms:\n  a: {image: ./base.qcow2, memory: 64}\n  b: {image: ./base.qcow2, memory: 64, depends_on: [a]}\n  c: {image: ./base.qcow2, memory: 64}\n",
         "64M",
     );
-    p.ok(&["up"]);
+    let said = p.ok(&["up"]).stderr;
+    // Without KVM every VM runs under TCG for the same reason: said once, not per VM.
+    assert!(said.matches("TCG (slow)").count() <= 1, "{said}");
     let pids: Vec<i32> = ["a", "b", "c"]
         .iter()
         .map(|vm| p.pid(vm).unwrap())
@@ -565,5 +567,17 @@ fn more_memory_than_the_host_has_is_a_warning() {
     assert!(
         said.contains("VM big: memory 4194304 MiB is more than this host has ("),
         "{said}"
+    );
+}
+
+#[test]
+fn a_second_up_no_start_says_up_to_date() {
+    let p = Project::with_base("vms:\n  a: {image: ./base.qcow2}\n", "64M");
+    let first = p.ok(&["up", "--no-start"]).stderr;
+    assert!(first.contains("created VM a (not started)"), "{first}");
+    let again = p.ok(&["up", "--no-start"]).stderr;
+    assert!(
+        again.contains("VM a is up to date (not started)"),
+        "{again}"
     );
 }
