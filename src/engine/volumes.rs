@@ -69,6 +69,11 @@ pub enum VolumeError {
     /// No volume of that name is recorded or on disk.
     #[error("no volume named {0:?}")]
     Unknown(String),
+    /// The compose file declares the volume, but nothing made it yet.
+    #[error(
+        "volume {0} is declared in the compose file but not created yet; `qemu-compose up` or `qemu-compose volume create {0}` creates it"
+    )]
+    NotCreated(String),
     /// A running VM of the compose file mounts the volume.
     #[error("volume {name} is in use by the running VM {vm}; stop it first")]
     RunningVm {
@@ -256,7 +261,10 @@ pub fn inspect_image(name: &str, path: &Path) -> Result<ImageFacts, VolumeError>
         path: path.to_path_buf(),
         reason,
     };
-    let image = Qcow2Image::open(path).map_err(|e| bad(e.to_string()))?;
+    // The header only: a volume's image is ours and has no backing file; one that names a
+    // host file (a tampered image) is refused without opening that file.
+    let file = fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let image = Qcow2Image::from_source(file).map_err(|e| bad(e.to_string()))?;
     if image.backing_file().is_some() {
         return Err(bad("it has a backing file".to_string()));
     }
@@ -598,6 +606,9 @@ pub fn inspect(project: &Project, name: &str) -> Result<VolumeInspection, Engine
     let image = state.volume_image(name);
     let record = registry.volumes.get(name);
     if record.is_none() && !image.exists() {
+        if project.volumes.iter().any(|v| v.name == name) {
+            return Err(VolumeError::NotCreated(name.to_string()).into());
+        }
         return Err(VolumeError::Unknown(name.to_string()).into());
     }
     let facts = inspect_image(name, &image)?;

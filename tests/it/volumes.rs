@@ -577,3 +577,60 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     );
     p.ok(&["destroy", "--force"]);
 }
+
+#[test]
+fn a_declared_volume_not_yet_made_is_said_so() {
+    let p = Project::new(COMPOSE);
+    let said = p.fails(&["volume", "inspect", "data"]);
+    assert!(
+        said.contains("volume data is declared in the compose file but not created yet"),
+        "{said}"
+    );
+    let said = p.fails(&["volume", "inspect", "nope"]);
+    assert!(said.contains("no volume named \"nope\""), "{said}");
+}
+
+#[test]
+fn a_tampered_volume_is_refused_without_opening_the_file_it_names() {
+    let p = Project::new(COMPOSE);
+    p.ok(&["volume", "create", "data"]);
+    // A FIFO blocks whoever opens it for reading: inspecting must not open it.
+    let fifo = p.join("trap");
+    assert!(tool("mkfifo").arg(&fifo).status().unwrap().success());
+    let image = p.join(".qemu-compose/volumes/data/volume.qcow2");
+    tool_ok(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&fifo),
+            "-F",
+            "raw",
+            s(&image),
+        ],
+    );
+    let mut child = p
+        .command(&["volume", "inspect", "data"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("volume inspect opened the backing file it names and hung");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("it has a backing file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
