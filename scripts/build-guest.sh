@@ -9,6 +9,10 @@
 #   initrd.img   a small initramfs: just enough to find an ext4 root on virtio-blk
 #   rootfs.img   the root file system: raw ext4 labelled "rootfs", written by `mkfs.ext4 -d`
 #                from a directory tree (no loop device, no mount)
+#   disk.img     the same root file system as a whole disk, shaped like Debian's genericcloud
+#                image: GPT, a BIOS boot partition (14) holding GRUB's core image, the root
+#                partition (1) last, GRUB on the serial console; boots with `image:` alone, and
+#                cloud-init's growpart (cloud-guest-utils) grows the root to the disk's size
 #   guest.env    the kernel command line (KERNEL_APPEND), the build key and a few facts
 #   build.log    everything debootstrap, apt and the chroot tools printed
 #   cache/       the downloaded .debs, kept for the next debootstrap
@@ -43,6 +47,8 @@ die() {
 
 suite=${QEMU_COMPOSE_GUEST_SUITE:-bookworm}
 append="root=LABEL=rootfs rw console=ttyS0 panic=-1 net.ifnames=0"
+# GRUB's command line in disk.img: as in Debian's cloud images, consoles on tty0 and ttyS0.
+disk_append="root=LABEL=rootfs rw console=tty0 console=ttyS0,115200 panic=-1 net.ifnames=0"
 
 # Debian packages of the guest, besides minbase. python3-cffi-backend is named because
 # debootstrap does not resolve the virtual package python3-cryptography depends on.
@@ -52,6 +58,7 @@ packages=(
   e2fsprogs util-linux mount ifupdown
   openssh-server sudo
   acpid acpi-support-base
+  grub-pc-bin cloud-guest-utils
 )
 
 # Modules the guest must be able to load; the build fails if trimming broke one of them.
@@ -93,7 +100,7 @@ build_key=$({
 } | hash16)
 
 up_to_date() {
-  [[ -s $out/vmlinuz && -s $out/initrd.img && -s $out/rootfs.img ]] &&
+  [[ -s $out/vmlinuz && -s $out/initrd.img && -s $out/rootfs.img && -s $out/disk.img ]] &&
     grep -qx "BUILD_KEY=$build_key" "$out/guest.env" 2>/dev/null
 }
 if up_to_date; then
@@ -143,6 +150,7 @@ install_host_tools() {
   local need=()
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+  command -v sfdisk >/dev/null || need+=(fdisk)
   ((${#need[@]})) || return 0
   say "installing ${need[*]} on the host"
   export DEBIAN_FRONTEND=noninteractive
@@ -171,6 +179,36 @@ bootstrap() {
   rm -f "$base"/var/cache/apt/archives/*.deb # the same files are in cache/
   echo "$base_key" >"$work/base.key"
   say "debootstrap took $((SECONDS - t)) s"
+}
+
+# put_le FILE OFFSET BYTES VALUE: writes VALUE little-endian into FILE at OFFSET.
+put_le() {
+  local hex="" i
+  for ((i = 0; i < $3; i++)); do hex+=$(printf '\\x%02x' $((($4 >> (8 * i)) & 255))); done
+  printf '%b' "$hex" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+
+# disk.img from rootfs.img.tmp: GPT with the BIOS boot partition 14 at 1 MiB and the root
+# partition 1 from 4 MiB to the end. GRUB's boot sector and core image are patched the way
+# grub-bios-setup does it, so no loop device is needed: the boot sector learns where the core
+# image starts (at 0x5c), the core image's first sector where the rest of it lies (at 0x1f4).
+make_disk() {
+  local disk=$out/disk.img.tmp root_mb=$1 core_sectors
+  rm -f "$disk"
+  truncate -s "$((root_mb + 5))M" "$disk"
+  sfdisk -q "$disk" >>"$log" 2>&1 <<PARTS || fail "sfdisk failed"
+label: gpt
+${disk}14 : start=2048, size=6144, type=21686148-6449-6E6F-744E-656564454649, name=bios
+${disk}1 : start=8192, size=$((root_mb * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=rootfs
+PARTS
+  dd if="$out/rootfs.img.tmp" of="$disk" bs=1M seek=4 conv=notrunc,sparse status=none
+  core_sectors=$((($(stat -c %s "$work/core.img") + 511) / 512))
+  ((core_sectors <= 6144)) || fail "GRUB's core image does not fit the BIOS boot partition"
+  put_le "$work/boot.img" $((0x5c)) 8 2048
+  put_le "$work/core.img" $((0x1f4)) 8 2049
+  put_le "$work/core.img" $((0x1fc)) 2 $((core_sectors - 1))
+  dd if="$work/core.img" of="$disk" bs=512 seek=2048 conv=notrunc status=none
+  dd if="$work/boot.img" of="$disk" bs=440 count=1 conv=notrunc status=none
 }
 
 # Only what a virtio guest uses stays: file systems, crypto and library code, virtio, block and
@@ -234,6 +272,26 @@ EOF
   sed -i 's/^MODULES=.*/MODULES=list/' "$r/etc/initramfs-tools/initramfs.conf"
   printf '%s\n' virtio_pci virtio_blk ext4 >"$r/etc/initramfs-tools/modules"
   chroot "$r" update-initramfs -u -k "$kver" >>"$log" 2>&1 || fail "update-initramfs failed"
+
+  # GRUB for disk.img: its modules and configuration in /boot/grub of the root file system, its
+  # core image (which looks for that folder on the first GPT partition) kept for make_disk.
+  mkdir -p "$r/boot/grub/i386-pc"
+  cp "$r"/usr/lib/grub/i386-pc/*.mod "$r"/usr/lib/grub/i386-pc/*.lst "$r/boot/grub/i386-pc/"
+  cat >"$r/boot/grub/grub.cfg" <<GRUB
+# Written by qemu-compose's scripts/build-guest.sh.
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=1
+menuentry 'Debian GNU/Linux ($kver)' {
+  linux /boot/vmlinuz-$kver $disk_append
+  initrd /boot/initrd.img-$kver
+}
+GRUB
+  chroot "$r" grub-mkimage -O i386-pc -o /tmp/core.img -p '(hd0,gpt1)/boot/grub' \
+    biosdisk part_gpt ext2 >>"$log" 2>&1 || fail "grub-mkimage failed"
+  mv "$r/tmp/core.img" "$work/core.img"
+  cp "$r/usr/lib/grub/i386-pc/boot.img" "$work/boot.img"
   kernel_version=$kver
 }
 
@@ -245,9 +303,10 @@ make_outputs() {
   rm -f "$out/rootfs.img.tmp"
   mkfs.ext4 -q -F -L rootfs -d "$r" "$out/rootfs.img.tmp" "${image_mb}M" >>"$log" 2>&1 ||
     fail "mkfs.ext4 -d failed"
+  make_disk "$image_mb"
   cp "$r/boot/vmlinuz-$kernel_version" "$out/vmlinuz.tmp"
   cp "$r/boot/initrd.img-$kernel_version" "$out/initrd.img.tmp"
-  for f in rootfs.img vmlinuz initrd.img; do mv -f "$out/$f.tmp" "$out/$f"; done
+  for f in rootfs.img disk.img vmlinuz initrd.img; do mv -f "$out/$f.tmp" "$out/$f"; done
   # shellcheck disable=SC2016 # ${Version} is dpkg-query's field, not a shell variable
   cloud_init_version=$(chroot "$r" dpkg-query -W -f='${Version}' cloud-init)
   cat >"$out/guest.env.tmp" <<EOF
@@ -260,6 +319,7 @@ CLOUD_INIT_VERSION=$cloud_init_version
 ROOTFS_TREE_MB=$tree_mb
 ROOTFS_IMAGE_MB=$image_mb
 KERNEL_APPEND="$append"
+DISK_KERNEL_APPEND="$disk_append"
 EOF
   mv -f "$out/guest.env.tmp" "$out/guest.env"
   remove_tree "$stage"
