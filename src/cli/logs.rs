@@ -1,8 +1,13 @@
 //! `logs [VM…] [-f] [--tail N]`: the serial console logs QEMU appends to.
 //!
-//! With several VMs each line gets a `name | ` prefix; `-f` keeps polling the files (a log
-//! that does not exist yet is picked up when QEMU creates it, one that shrinks — the instance
-//! was destroyed and made again — is read from its start).
+//! With several VMs each line gets a `name | ` prefix; `-f` keeps polling the files while a
+//! VM runs (a log that does not exist yet is picked up when QEMU creates it, one that shrinks
+//! — the instance was destroyed and made again — is read from its start) and ends when none
+//! does, as `docker compose logs -f` does.
+//!
+//! The log is what the guest wrote, and a guest can write escape sequences that set the
+//! terminal's title, colours or clipboard. Control characters are therefore shown as `^[`,
+//! `^M`… (as `cat -v` does) unless `--raw`; the guest's CR LF line ends become LF.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -34,16 +39,26 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             };
-            Log::new(&prefix, workspace.serial_log(&vm.name))
+            let mut log = Log::new(&prefix, workspace.serial_log(&vm.name));
+            log.raw = args.raw;
+            log
         })
         .collect();
     let mut out = output::stdout();
     for (log, vm) in logs.iter_mut().zip(&vms) {
-        if !args.follow && !log.path.exists() {
+        if !log.path.exists() && !workspace.is_created(&vm.name) {
+            note!(
+                "VM {} has no console log: it was never created (`qemu-compose up {}`)",
+                vm.name,
+                vm.name
+            );
+        } else if !log.path.exists() {
             note!(
                 "VM {} has no console log yet (it has not been started)",
                 vm.name
             );
+        } else if !args.follow && log.path.metadata().is_ok_and(|m| m.len() == 0) {
+            note!("VM {}'s console log is empty", vm.name);
         }
         if let Some(n) = args.tail
             && let Ok(mut file) = File::open(&log.path)
@@ -59,7 +74,9 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    loop {
+    let running =
+        |vms: &[&qemu_compose::compose::Vm]| vms.iter().any(|vm| workspace.is_running(&vm.name));
+    while running(&vms) {
         std::thread::sleep(POLL);
         for log in &mut logs {
             if !log.pump(&mut out)? {
@@ -68,6 +85,13 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
         }
         out.flush()?;
     }
+    // What the VMs wrote while they stopped.
+    for log in &mut logs {
+        log.pump(&mut out)?;
+        log.finish(&mut out)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One VM's log and how far it has been printed.
@@ -79,6 +103,10 @@ struct Log {
     partial: Vec<u8>,
     /// Whether the output (without a prefix) ends at the start of a line.
     at_line_start: bool,
+    /// Pass control characters through (`--raw`).
+    raw: bool,
+    /// A CR that ended the last chunk: the start of a CR LF, or a CR of its own.
+    pending_cr: bool,
 }
 
 impl Log {
@@ -90,6 +118,8 @@ impl Log {
             offset: 0,
             partial: Vec::new(),
             at_line_start: true,
+            raw: false,
+            pending_cr: false,
         }
     }
 
@@ -119,6 +149,13 @@ impl Log {
     }
 
     fn write(&mut self, out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+        let visible;
+        let bytes = if self.raw {
+            bytes
+        } else {
+            visible = self.visible(bytes);
+            &visible
+        };
         if self.prefix.is_empty() {
             if let Some(last) = bytes.last() {
                 self.at_line_start = *last == b'\n';
@@ -134,6 +171,25 @@ impl Log {
             }
         }
         Ok(())
+    }
+
+    /// `bytes` with CR LF as LF and every other control character but TAB shown as `^X`
+    /// (DEL as `^?`), so nothing the guest wrote acts on the terminal.
+    fn visible(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        for &b in bytes {
+            if std::mem::take(&mut self.pending_cr) && b != b'\n' {
+                out.extend_from_slice(b"^M");
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' | b'\t' => out.push(b),
+                0..=0x1f => out.extend_from_slice(&[b'^', b + 0x40]),
+                0x7f => out.extend_from_slice(b"^?"),
+                _ => out.push(b),
+            }
+        }
+        out
     }
 
     /// With a prefix, shows a line the VM has stopped writing for now (a `login: ` prompt)
@@ -224,6 +280,21 @@ mod tests {
         log.write(&mut out, b"o\nthr").unwrap();
         log.finish(&mut out).unwrap();
         assert_eq!(out, b"db | one\ndb | two\ndb | thr\n");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_acted_on() {
+        let mut log = Log::new("", PathBuf::new());
+        let mut out = Vec::new();
+        log.write(&mut out, b"\x1b[0;32mOK\x1b[0m\r").unwrap();
+        log.write(&mut out, b"\nbell\x07\tx\rover\x7f\r\n\xc3\xa9\n")
+            .unwrap();
+        assert_eq!(out, b"^[[0;32mOK^[[0m\nbell^G\tx^Mover^?\n\xc3\xa9\n");
+        let mut raw = Log::new("", PathBuf::new());
+        raw.raw = true;
+        let mut out = Vec::new();
+        raw.write(&mut out, b"\x1b]0;title\x07\r\n").unwrap();
+        assert_eq!(out, b"\x1b]0;title\x07\r\n");
     }
 
     #[test]

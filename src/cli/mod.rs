@@ -242,6 +242,10 @@ struct LogsArgs {
     /// Show only the last N lines
     #[arg(long, value_name = "N")]
     tail: Option<usize>,
+    /// Pass the guest's control characters (colours, cursor moves) to the terminal as they
+    /// are; by default they are shown as ^[ and the like
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,19 @@ impl<'a> Workspace<'a> {
         self.paths(vm).serial_log
     }
 
+    /// Whether `up` made VM `vm`'s instance (its disk exists).
+    pub fn is_created(&self, vm: &str) -> bool {
+        self.paths(vm).disk.exists()
+    }
+
+    /// Whether VM `vm`'s QEMU runs (by pidfile and process; nothing is asked of QEMU).
+    pub fn is_running(&self, vm: &str) -> bool {
+        matches!(
+            process::state(&status::handle(&self.paths(vm))),
+            ProcState::Running { .. }
+        )
+    }
+
     /// The VM `name` of the compose file whose QEMU runs, or why it cannot be used.
     pub fn running_vm(&self, name: &str) -> Result<RunningVm, EngineError> {
         let vm = lifecycle::select(self.project, &[name.to_string()], false)?

@@ -410,9 +410,18 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
     let no_log = p.run(&["logs"]);
     assert!(no_log.status.success());
     assert_eq!(text(&no_log.stdout), "");
-    assert!(text(&no_log.stderr).contains("VM bb has no console log yet"));
+    assert!(
+        text(&no_log.stderr).contains("VM bb has no console log: it was never created"),
+        "{}",
+        text(&no_log.stderr)
+    );
+    // Following a VM that was never created says so and ends, as there is nothing to wait for.
+    let never = p.run(&["logs", "-f", "a"]);
+    assert!(never.status.success());
+    assert!(text(&never.stderr).contains("VM a has no console log: it was never created"));
 
-    // Follow a's log before it exists: QEMU creates it at `up`.
+    p.ok(&["up"]);
+    // Follow a's log while it runs.
     let mut follow = Background(
         p.command(&["logs", "-f", "a"])
             .stdout(Stdio::piped())
@@ -420,15 +429,18 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
             .unwrap(),
     );
     let mut followed = Reader::new(follow.0.stdout.take().unwrap());
-
-    p.ok(&["up"]);
     p.wait_for_log("a", BANNER);
     p.wait_for_log("bb", BANNER);
     followed.wait_for(BANNER, 0);
-    assert_eq!(p.ok(&["logs", "a"]).stdout, format!("{BANNER}\r\n"));
+    // The guest's CR LF is a line end; its control characters are shown, not sent.
+    assert_eq!(p.ok(&["logs", "a"]).stdout, format!("{BANNER}\n"));
+    assert_eq!(
+        p.ok(&["logs", "--raw", "a"]).stdout,
+        format!("{BANNER}\r\n")
+    );
     assert_eq!(
         p.ok(&["logs"]).stdout,
-        format!("a  | {BANNER}\r\nbb | {BANNER}\r\n")
+        format!("a  | {BANNER}\nbb | {BANNER}\n")
     );
 
     // Type into a's console from a pipe: the guest's echo reaches the console's stdout, the
@@ -467,13 +479,23 @@ fn logs_and_a_piped_console_relay_the_serial_port() {
         password
     );
     followed.wait_for("HELLO", 0);
-    drop(follow);
 
-    assert_eq!(p.ok(&["logs", "a", "--tail", "1"]).stdout, "HELLO\x1d\n");
+    assert_eq!(p.ok(&["logs", "a", "--tail", "1"]).stdout, "HELLO^]\n");
     assert_eq!(
         p.ok(&["logs", "a", "--tail", "2"]).stdout,
-        format!("{BANNER}\r\nHELLO\x1d\n")
+        format!("{BANNER}\nHELLO^]\n")
     );
+    // `logs -f` ends when its VM stops.
+    p.ok(&["stop", "--force", "a"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while follow.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "logs -f went on after the VM stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(follow.0.wait().unwrap().success());
 
     // A console whose VM stops ends by itself, stdin still open.
     let mut attached = Background(

@@ -581,3 +581,20 @@ fn a_second_up_no_start_says_up_to_date() {
         "{again}"
     );
 }
+
+#[test]
+fn logs_say_why_there_is_nothing_to_show() {
+    let p = Project::with_base("vms:\n  a: {image: ./base.qcow2}\n", "64M");
+    p.ok(&["up", "--no-start"]);
+    let said = p.ok(&["logs", "a"]).stderr;
+    assert!(
+        said.contains("VM a has no console log yet (it has not been started)"),
+        "{said}"
+    );
+    std::fs::write(p.private_dir("a").join("serial.log"), "").unwrap();
+    let said = p.ok(&["logs", "a"]).stderr;
+    assert!(said.contains("VM a's console log is empty"), "{said}");
+    // Not running: `-f` shows what there is and ends.
+    let said = p.ok(&["logs", "-f", "a"]);
+    assert_eq!(said.stdout, "");
+}
