@@ -59,7 +59,8 @@ struct GlobalArgs {
         short = 'p',
         long = "project-name",
         value_name = "NAME",
-        env = "QEMU_COMPOSE_PROJECT_NAME"
+        env = "QEMU_COMPOSE_PROJECT_NAME",
+        value_parser = project_name
     )]
     project_name: Option<String>,
     /// The QEMU binary: a path, or a name looked up on PATH [default: qemu-system-x86_64]
@@ -330,6 +331,16 @@ impl qemu_compose::engine::Reporter for StderrReporter {
 
     fn warn(&self, message: &str) {
         output::note!("warning: {message}");
+    }
+}
+
+/// A project name given on the command line or in the environment: refused there, as a
+/// usage error, rather than blamed on the compose file.
+fn project_name(text: &str) -> Result<String, String> {
+    if qemu_compose::compose::is_valid_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a project name must match [a-z0-9][a-z0-9_-]*".to_owned())
     }
 }
 
