@@ -8,29 +8,41 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::NOTHING};
 use indicatif::HumanBytes;
 use qemu_compose::compose::Project;
 use qemu_compose::engine::{HostEnv, images};
 
 use super::output::note;
-use super::{GlobalArgs, ImageCommand, output, project};
+use super::{GlobalArgs, ImageCommand, TableFormat, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
     let host = project::host(global)?;
     let project = project::optional(global)?;
     match cmd {
-        ImageCommand::Ls => ls(&host, project.as_ref()),
+        ImageCommand::Ls { quiet, format } => ls(&host, project.as_ref(), *quiet, *format),
         ImageCommand::Rm { images, force } => rm(&host, project.as_ref(), images, *force),
     }
 }
 
-fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
+fn ls(
+    host: &HostEnv,
+    project: Option<&Project>,
+    quiet: bool,
+    format: TableFormat,
+) -> anyhow::Result<ExitCode> {
     let rows = images::list(host, project)?;
-    let mut table = Table::new();
-    table
-        .load_preset(NOTHING)
-        .set_header(["NAME", "SIZE", "SOURCE", "USED BY"]);
+    let mut out = output::stdout();
+    if quiet {
+        for r in &rows {
+            writeln!(out, "{}", r.name)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if matches!(format, TableFormat::Json) {
+        output::json(&mut out, &rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = output::table(["NAME", "SIZE", "SOURCE", "USED BY"]);
     for r in &rows {
         let used = match (&r.used_by, &r.configured_for) {
             (Some(used), Some(configured)) => {
@@ -39,7 +51,7 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
                     configured
                         .iter()
                         .filter(|vm| !used.contains(vm))
-                        .map(|vm| format!("{vm} (not created)")),
+                        .map(|vm| format!("{vm} (not-created)")),
                 );
                 if words.is_empty() {
                     "-".to_string()
@@ -59,7 +71,7 @@ fn ls(host: &HostEnv, project: Option<&Project>) -> anyhow::Result<ExitCode> {
     if rows.is_empty() {
         note!("no images in {}", images::cache_dir(host).display());
     } else {
-        writeln!(output::stdout(), "{}", table.trim_fmt())?;
+        writeln!(out, "{}", table.trim_fmt())?;
     }
     Ok(ExitCode::SUCCESS)
 }

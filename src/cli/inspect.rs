@@ -63,7 +63,7 @@ fn text(i: &Inspection) -> String {
     let d = &i.disks;
     let _ = writeln!(o, "Disks ({})", d.device_note);
     let usage = d.instance.usage.map_or_else(
-        || "not created".to_string(),
+        || "not-created".to_string(),
         |u| {
             format!(
                 "{}, {} used",
@@ -96,7 +96,7 @@ fn text(i: &Inspection) -> String {
             v.volume,
             v.mount_point,
             if v.read_only { "ro" } else { "rw" },
-            v.uuid.as_deref().unwrap_or("(not created)"),
+            v.uuid.as_deref().unwrap_or("(not-created)"),
             v.serial,
             v.image.display()
         );

@@ -261,7 +261,14 @@ struct PullArgs {
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
     /// List cached images
-    Ls,
+    Ls {
+        /// Only the file names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
     /// Remove cached images
     Rm {
         /// Image file names as `image ls` shows them
@@ -277,6 +284,9 @@ enum ImageCommand {
 enum VolumeCommand {
     /// List the project's named volumes
     Ls {
+        /// Only the volume names
+        #[arg(short, long)]
+        quiet: bool,
         /// Output format
         #[arg(long, value_enum, default_value_t = TableFormat::Table)]
         format: TableFormat,

@@ -57,6 +57,19 @@ macro_rules! note {
 }
 pub(crate) use note;
 
+/// A table as docker prints them: no borders, columns three spaces apart, the first one at
+/// the left margin (print it with `trim_fmt`, which drops trailing blanks).
+pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 3));
+    }
+    table
+}
+
 /// Prints `value` as indented JSON and a newline.
 pub fn json(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;

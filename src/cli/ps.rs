@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use comfy_table::{Table, presets::NOTHING};
 use indicatif::HumanBytes;
 use qemu_compose::engine::instance::{self, BaseChange};
 use qemu_compose::engine::{inspect, lifecycle};
@@ -58,10 +57,8 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
             output::json(&mut out, &lines)?;
         }
         TableFormat::Table => {
-            let mut table = Table::new();
-            table
-                .load_preset(NOTHING)
-                .set_header(["NAME", "STATUS", "SSH", "PORTS", "CPU", "MEMORY", "DISK"]);
+            let mut table =
+                output::table(["NAME", "STATUS", "SSH", "PORTS", "CPU", "MEMORY", "DISK"]);
             for r in &rows {
                 let status = match &r.reason {
                     Some(reason) => format!("{} ({reason})", r.status),

@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::NOTHING};
 use qemu_compose::compose::{self, Project};
 use qemu_compose::engine::{Reporter, volumes};
 
@@ -12,29 +11,33 @@ use super::{GlobalArgs, StderrReporter, TableFormat, VolumeCommand, output, proj
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     match cmd {
-        VolumeCommand::Ls { format } => ls(global, &project, *format),
+        VolumeCommand::Ls { format, quiet } => ls(global, &project, *format, *quiet),
         VolumeCommand::Create { name, size } => create(&project, name, size.as_deref()),
         VolumeCommand::Inspect { name } => inspect(&project, name),
         VolumeCommand::Rm { names, force } => rm(global, &project, names, *force),
     }
 }
 
-fn ls(global: &GlobalArgs, project: &Project, format: TableFormat) -> anyhow::Result<ExitCode> {
+fn ls(
+    global: &GlobalArgs,
+    project: &Project,
+    format: TableFormat,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let host = project::host(global)?;
     let rows = volumes::list(project, &host)?;
     let mut out = output::stdout();
+    if quiet {
+        for r in &rows {
+            writeln!(out, "{}", r.name)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     match format {
         TableFormat::Json => output::json(&mut out, &rows)?,
         TableFormat::Table => {
-            let mut table = Table::new();
-            table.load_preset(NOTHING).set_header([
-                "NAME",
-                "SIZE",
-                "ON DISK",
-                "IN USE BY",
-                "CREATED",
-                "STATUS",
-            ]);
+            let mut table =
+                output::table(["NAME", "SIZE", "ON DISK", "IN USE BY", "CREATED", "STATUS"]);
             for r in &rows {
                 let users = r
                     .in_use_by
@@ -64,12 +67,12 @@ fn ls(global: &GlobalArgs, project: &Project, format: TableFormat) -> anyhow::Re
     }
     for r in rows
         .iter()
-        .filter(|r| r.status == "image missing" || r.status == "not registered")
+        .filter(|r| r.status == "image-missing" || r.status == "not-registered")
     {
         StderrReporter.warn(&format!(
             "volume {}: {}",
             r.name,
-            if r.status == "image missing" {
+            if r.status == "image-missing" {
                 "recorded in volumes.json but its image is missing"
             } else {
                 "its image exists but is not recorded in volumes.json (the next `up` verifies and records it)"

@@ -24,7 +24,7 @@ fn overlay_users(project: &Project, host: &HostEnv) -> BTreeMap<PathBuf, Vec<Str
 }
 
 /// One image of the cache, for `image ls`.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct ImageRow {
     /// The file name in the cache.
     pub name: String,

@@ -461,7 +461,7 @@ fn users(project: &Project) -> BTreeMap<&str, Vec<&str>> {
 pub struct VolumeRow {
     /// The volume.
     pub name: String,
-    /// `ok`, `not created`, `image missing` or `not registered`.
+    /// `ok`, `not-created`, `image-missing` or `not-registered`.
     pub status: &'static str,
     /// The virtual size (from the image, else from the record).
     pub size: Option<String>,
@@ -502,9 +502,9 @@ pub fn list(project: &Project, host: &HostEnv) -> Result<Vec<VolumeRow>, EngineE
             .flatten();
         let status = match (record, image.exists()) {
             (Some(_), true) => "ok",
-            (Some(_), false) => "image missing",
-            (None, true) => "not registered",
-            (None, false) => "not created",
+            (Some(_), false) => "image-missing",
+            (None, true) => "not-registered",
+            (None, false) => "not-created",
         };
         let vm_users: Vec<String> = users
             .get(name.as_str())

@@ -973,7 +973,7 @@ fn pull_and_image_rm_protect_the_base_of_an_instance() {
     );
     let ls = p.ok(&["image", "ls"]).stdout;
     assert!(ls.contains(&name) && ls.contains(&url), "{ls}");
-    assert!(ls.contains("a (not created)"), "{ls}");
+    assert!(ls.contains("a (not-created)"), "{ls}");
 
     p.ok(&["up", "--no-start", "a"]);
     let overlay = p.join(".qemu-compose/vms/a/disk.qcow2");

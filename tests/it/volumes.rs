@@ -288,13 +288,13 @@ fn missing_and_unregistered_images_are_reported() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.contains("gone") && l.contains("image missing")),
+            .any(|l| l.contains("gone") && l.contains("image-missing")),
         "{stdout}"
     );
     assert!(
         stdout
             .lines()
-            .any(|l| l.contains("data") && l.contains("not registered")),
+            .any(|l| l.contains("data") && l.contains("not-registered")),
         "{stdout}"
     );
     assert!(stderr.contains("volume gone: recorded in volumes.json but its image is missing"));
@@ -633,4 +633,20 @@ fn a_tampered_volume_is_refused_without_opening_the_file_it_names() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn listings_have_quiet_and_json_forms_and_tables_start_at_the_margin() {
+    let p = Project::new(COMPOSE);
+    assert_eq!(p.ok(&["volume", "ls", "-q"]).stdout, "data\n");
+    let table = p.ok(&["volume", "ls"]).stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME   SIZE"), "{table}");
+    assert!(lines[1].starts_with("data   "), "{table}");
+    assert!(lines[1].ends_with("not-created"), "{table}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&p.ok(&["volume", "ls", "--format", "json"]).stdout).unwrap();
+    assert_eq!(rows[0]["status"], "not-created");
+    assert_eq!(p.ok(&["image", "ls", "-q"]).stdout, "");
+    assert_eq!(p.ok(&["image", "ls", "--format", "json"]).stdout, "[]\n");
 }
