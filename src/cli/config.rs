@@ -11,6 +11,18 @@ pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = output::stdout();
+    if args.services {
+        for vm in &project.vms {
+            writeln!(out, "{}", vm.name)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.volumes {
+        for volume in &project.volumes {
+            writeln!(out, "{}", volume.name)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     match args.format {
         ModelFormat::Yaml => out.write_all(serde_saphyr::to_string(&project)?.as_bytes())?,
         ModelFormat::Json => output::json(&mut out, &project)?,

@@ -320,6 +320,12 @@ struct ConfigArgs {
     /// Only validate; print nothing when the file is valid
     #[arg(short, long)]
     quiet: bool,
+    /// Print the VM names, one per line, in compose order (docker's `--services`)
+    #[arg(long, visible_alias = "vms", conflicts_with_all = ["quiet", "volumes"])]
+    services: bool,
+    /// Print the named volumes, one per line
+    #[arg(long, conflicts_with = "quiet")]
+    volumes: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = ModelFormat::Yaml)]
     format: ModelFormat,

@@ -526,3 +526,13 @@ fn loading_warns_about_unset_variables_and_an_ignored_yml() {
     assert!(said.contains("\"NO_USER\" variable is not set"), "{said}");
     assert!(said.contains("qemu-compose.yml; using "), "{said}");
 }
+
+#[test]
+fn config_lists_vms_and_volumes() {
+    let p = Project::new(
+        "volumes:\n  b: {}\n  a: {}\nvms:\n  web: {image: ./x.img, depends_on: [db]}\n  db: {image: ./x.img}\n",
+    );
+    assert_eq!(p.ok(&["config", "--services"]).stdout, "web\ndb\n");
+    assert_eq!(p.ok(&["config", "--vms"]).stdout, "web\ndb\n");
+    assert_eq!(p.ok(&["config", "--volumes"]).stdout, "b\na\n");
+}
