@@ -8,13 +8,22 @@ use std::process::ExitCode;
 
 use qemu_compose::engine::doctor::{self, Level};
 
-use super::{GlobalArgs, output};
+use super::{DoctorArgs, GlobalArgs, TableFormat, output};
 
-pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let host = super::project::host(global)?;
     let project = super::project::optional(global)?;
     let checks = doctor::report(&host, project.as_ref());
+    let failed = checks.iter().any(|c| c.level == Level::Fail);
     let mut out = output::stdout();
+    if matches!(args.format, TableFormat::Json) {
+        output::json(&mut out, &checks)?;
+        return Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     for c in &checks {
         let word = match c.level {
             Level::Ok => "ok  ",
@@ -26,7 +35,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if project.is_none() {
         writeln!(out, "(no compose file here: project checks skipped)")?;
     }
-    Ok(if checks.iter().any(|c| c.level == Level::Fail) {
+    Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

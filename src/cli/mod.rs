@@ -110,7 +110,7 @@ enum Command {
     /// Validate the compose file and print the resolved model
     Config(ConfigArgs),
     /// Check this host: QEMU, acceleration, 9p, ssh, socket paths, disk space
-    Doctor,
+    Doctor(DoctorArgs),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -332,6 +332,13 @@ struct ConfigArgs {
 }
 
 #[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    format: TableFormat,
+}
+
+#[derive(Debug, Args)]
 struct CompletionArgs {
     /// The shell
     shell: clap_complete::Shell,
@@ -484,7 +491,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(&cli.global, &cmd),
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
-        Command::Doctor => doctor::run(&cli.global),
+        Command::Doctor(args) => doctor::run(&cli.global, &args),
     }
 }
 

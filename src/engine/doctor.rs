@@ -22,7 +22,8 @@ use super::workspace::instance_paths;
 const LOW_SPACE: u64 = 5 << 30;
 
 /// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Fine.
     Ok,
@@ -33,7 +34,7 @@ pub enum Level {
 }
 
 /// One line of the report.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Check {
     /// How it came out.
     pub level: Level,

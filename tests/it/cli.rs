@@ -536,3 +536,14 @@ fn config_lists_vms_and_volumes() {
     assert_eq!(p.ok(&["config", "--vms"]).stdout, "web\ndb\n");
     assert_eq!(p.ok(&["config", "--volumes"]).stdout, "b\na\n");
 }
+
+#[test]
+fn doctor_speaks_json_too() {
+    let p = Project::empty();
+    let out = p.run(&["doctor", "--format", "json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = checks.as_array().unwrap();
+    assert!(checks.iter().any(|c| c["topic"] == "qemu"), "{checks:?}");
+    let failed = checks.iter().any(|c| c["level"] == "fail");
+    assert_eq!(out.status.code(), Some(if failed { 1 } else { 0 }));
+}
