@@ -205,6 +205,11 @@ pub fn up(
         {
             reporter.warn(&change.warning(&vm.name));
         }
+        if host.is_root() {
+            for share in unwritable_shares(&prepared, state.root()) {
+                reporter.warn(&format!("VM {}: {share}", vm.name));
+            }
+        }
         if vm.disk_size_bytes < prepared.base_size {
             reporter.warn(&format!(
                 "VM {}: disk size {} is smaller than its image ({}); the disk gets the image's size",
@@ -593,6 +598,35 @@ pub fn destroy(
         }
     }
     Ok(())
+}
+
+/// The guest user's UID in the usual cloud image (the first user `useradd` makes). As root,
+/// qemu-compose gives the guest user no UID, so it keeps the image's.
+const USUAL_GUEST_UID: u32 = 1000;
+
+/// What to tell a root user about each read-write share the guest user cannot write: as
+/// root, shares use 9p `passthrough`, so the guest sees the host's owners and modes, and a
+/// folder root made with mode 755 is read-only to the guest's ordinary user.
+fn unwritable_shares(prepared: &PreparedVm, state_root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    prepared
+        .mounts
+        .shares
+        .iter()
+        .filter(|share| !share.read_only && !share.path.starts_with(state_root))
+        .filter_map(|share| {
+            let meta = fs::metadata(&share.path).ok()?;
+            let mode = meta.mode() & 0o7777;
+            let writable = mode & 0o002 != 0 || (meta.uid() == USUAL_GUEST_UID && mode & 0o200 != 0);
+            (!writable && meta.is_dir()).then(|| {
+                format!(
+                    "the guest user (uid {USUAL_GUEST_UID} in most images) cannot write the shared folder {} (owner uid {}, mode {mode:o}): as root, shares keep the host's owners; `chmod o+w` or `chown {USUAL_GUEST_UID}` on it lets the guest write",
+                    share.path.display(),
+                    meta.uid()
+                )
+            })
+        })
+        .collect()
 }
 
 /// The host's memory (`MemTotal` of /proc/meminfo), in bytes.

@@ -598,3 +598,32 @@ fn logs_say_why_there_is_nothing_to_show() {
     let said = p.ok(&["logs", "-f", "a"]);
     assert_eq!(said.stdout, "");
 }
+
+#[test]
+fn a_share_the_guest_user_cannot_write_is_named_when_running_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::with_base(
+        "vms:\n  a:\n    image: ./base.qcow2\n    volumes: [\"./closed:/c\", \"./open:/o\", \"./ro:/r:ro\"]\n",
+        "64M",
+    );
+    for (dir, mode) in [("closed", 0o755), ("open", 0o777), ("ro", 0o755)] {
+        std::fs::create_dir(p.join(dir)).unwrap();
+        std::fs::set_permissions(p.join(dir), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let said = p.ok(&["up", "--no-start"]).stderr;
+    let root = rustix::process::geteuid().is_root();
+    // As an ordinary user the guest user gets the host user's UID, and the share is theirs.
+    assert_eq!(
+        said.contains("cannot write the shared folder"),
+        root,
+        "{said}"
+    );
+    if root {
+        assert!(said.contains("closed (owner uid 0, mode 755)"), "{said}");
+        assert_eq!(
+            said.matches("cannot write the shared folder").count(),
+            1,
+            "{said}"
+        );
+    }
+}
