@@ -14,7 +14,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         vms: args.vms.clone(),
         no_start: args.no_start,
         force_recreate: args.force_recreate,
-        stop_timeout: Duration::from_secs(args.timeout),
+        stop_timeout: args.timeout.map(Duration::from_secs),
         wait: args.wait.then(|| Duration::from_secs(args.wait_timeout)),
         remove_orphans: args.remove_orphans,
     };
@@ -29,7 +29,7 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
     let opts = StopOptions {
         vms: args.vms.clone(),
         force: args.force,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: args.timeout.map(Duration::from_secs),
     };
     engine::stop(&project, &host, &opts, &StderrReporter)?;
     Ok(ExitCode::SUCCESS)
@@ -41,7 +41,7 @@ pub fn destroy(global: &GlobalArgs, args: &DestroyArgs) -> anyhow::Result<ExitCo
     let opts = DestroyOptions {
         vms: args.vms.clone(),
         force: args.force,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: args.timeout.map(Duration::from_secs),
         volumes: args.volumes,
         remove_orphans: args.remove_orphans,
     };

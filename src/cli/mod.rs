@@ -133,9 +133,9 @@ struct UpArgs {
     /// Restart VMs whose configuration changed
     #[arg(long)]
     force_recreate: bool,
-    /// Seconds a VM being recreated gets to power off
-    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
-    timeout: u64,
+    /// Seconds a VM being recreated gets to power off [default: its stop_grace_period, else 60]
+    #[arg(short = 't', long, value_name = "SECONDS")]
+    timeout: Option<u64>,
     /// Stop and remove the VMs of this project that the compose file no longer has
     #[arg(long)]
     remove_orphans: bool,
@@ -148,9 +148,10 @@ struct StopArgs {
     /// Do not ask the guest to power off; end QEMU at once
     #[arg(long)]
     force: bool,
-    /// Seconds to wait for the guest to power off
-    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
-    timeout: u64,
+    /// Seconds to wait for the guest to power off [default: the VM's stop_grace_period, else
+    /// 60]
+    #[arg(short = 't', long, value_name = "SECONDS")]
+    timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -160,9 +161,10 @@ struct DestroyArgs {
     /// Do not ask the guests to power off first
     #[arg(long)]
     force: bool,
-    /// Seconds to wait for each guest to power off
-    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60)]
-    timeout: u64,
+    /// Seconds to wait for each guest to power off [default: the VM's stop_grace_period, else
+    /// 60]
+    #[arg(short = 't', long, value_name = "SECONDS")]
+    timeout: Option<u64>,
     /// Also remove the named volumes the compose file declares (not with VM names: `volume rm`
     /// removes single volumes)
     #[arg(short = 'v', long, conflicts_with = "vms")]

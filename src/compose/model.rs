@@ -105,6 +105,10 @@ pub struct Vm {
     /// Fixed host port for SSH; `None`: allocated from 2222 upward at `up`.
     pub ssh_port: Option<u16>,
     pub accel: Accel,
+    /// How long `stop` waits for the guest to power off (docker's `stop_grace_period`);
+    /// `None`: the command's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_secs: Option<u64>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,

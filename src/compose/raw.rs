@@ -48,6 +48,7 @@ pub struct RawVm {
     pub ports: Vec<At<String>>,
     pub ssh_port: Option<At<i128>>,
     pub accel: Option<At<String>>,
+    pub stop_grace_period: Option<At<String>>,
     pub kernel: Option<At<String>>,
     pub initrd: Option<At<String>>,
     pub cmdline: Option<At<String>>,
@@ -145,6 +146,7 @@ keys! {
         Provision = "provision",
         Networks = "networks",
         Volumes = "volumes",
+        StopGracePeriod = "stop_grace_period",
     }
     /// `vms.<name>.disk`
     DiskKey {
@@ -293,6 +295,7 @@ impl Reader<'_, '_> {
                 VmKey::Ports => vm.ports = self.string_list(node, &here, true),
                 VmKey::Ssh => vm.ssh_port = self.ssh_port(node, &here),
                 VmKey::Accel => vm.accel = self.string(node, &here),
+                VmKey::StopGracePeriod => vm.stop_grace_period = self.scalar_text(node, &here),
                 VmKey::Kernel => vm.kernel = self.string(node, &here),
                 VmKey::Initrd => vm.initrd = self.string(node, &here),
                 VmKey::Cmdline => vm.cmdline = self.string(node, &here),

@@ -986,3 +986,27 @@ fn unset_variables_are_warnings_once_each() {
     assert!(warnings[1].contains("\"ALSO\""), "{warnings:#?}");
     assert!(ok(&one_vm("", "user: ${TAG}")).warnings.is_empty());
 }
+
+#[test]
+fn stop_grace_period_reads_like_docker() {
+    let grace = |text: &str| {
+        ok(&one_vm("", &format!("stop_grace_period: {text}"))).vms[0].stop_grace_period_secs
+    };
+    assert_eq!(grace("10s"), Some(10));
+    assert_eq!(grace("1m30s"), Some(90));
+    assert_eq!(grace("2h"), Some(7200));
+    assert_eq!(grace("500ms"), Some(1));
+    assert_eq!(grace("45"), Some(45));
+    assert_eq!(
+        ok(&one_vm("", "cpu: 1")).vms[0].stop_grace_period_secs,
+        None
+    );
+    for bad in ["soon", "10x", "1.5s", "\"\""] {
+        let e = error(&one_vm("", &format!("stop_grace_period: {bad}")));
+        assert!(
+            e.contains("vms.a.stop_grace_period: stop_grace_period"),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("is not a duration such as 10s"), "{bad}: {e}");
+    }
+}

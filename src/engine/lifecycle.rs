@@ -35,12 +35,28 @@ pub struct UpOptions {
     pub no_start: bool,
     /// Restart VMs whose configuration changed.
     pub force_recreate: bool,
-    /// How long a VM being recreated gets to power off.
-    pub stop_timeout: Duration,
+    /// How long a VM being recreated gets to power off; `None`: its `stop_grace_period`, else
+    /// [`DEFAULT_STOP_TIMEOUT`].
+    pub stop_timeout: Option<Duration>,
     /// Wait this long for every started VM to answer SSH.
     pub wait: Option<Duration>,
     /// Stop and remove the instances of VMs the compose file no longer has.
     pub remove_orphans: bool,
+}
+
+/// How long a guest gets to power off when neither the command nor the VM's
+/// `stop_grace_period` says: a TCG guest needs 5-25 s on a busy machine, and cutting it short
+/// risks its data.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The power-off time VM `vm` gets: the command's `-t`, else its `stop_grace_period`.
+fn grace(given: Option<Duration>, vm: Option<&Vm>) -> Duration {
+    given
+        .or_else(|| {
+            vm.and_then(|vm| vm.stop_grace_period_secs)
+                .map(Duration::from_secs)
+        })
+        .unwrap_or(DEFAULT_STOP_TIMEOUT)
 }
 
 /// What `stop` was asked to do.
@@ -50,8 +66,9 @@ pub struct StopOptions {
     pub vms: Vec<String>,
     /// Skip the guest power-off.
     pub force: bool,
-    /// How long the guest gets to power off.
-    pub timeout: Duration,
+    /// How long the guest gets to power off; `None`: each VM's `stop_grace_period`, else
+    /// [`DEFAULT_STOP_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
 
 /// What `destroy` was asked to do.
@@ -61,8 +78,8 @@ pub struct DestroyOptions {
     pub vms: Vec<String>,
     /// Skip the guest power-off.
     pub force: bool,
-    /// How long the guest gets to power off.
-    pub timeout: Duration,
+    /// How long the guest gets to power off; as [`StopOptions::timeout`].
+    pub timeout: Option<Duration>,
     /// Also remove the named volumes the compose file declares.
     pub volumes: bool,
     /// Also stop and remove the instances of VMs the compose file no longer has.
@@ -156,7 +173,7 @@ pub fn up(
                 &state,
                 host,
                 &orphan.name,
-                opts.stop_timeout,
+                grace(opts.stop_timeout, None),
                 false,
                 reporter,
             )?;
@@ -243,7 +260,13 @@ pub fn up(
                     "stopping VM {} to apply its new configuration",
                     vm.name
                 ));
-                stop_one(&vm.name, &handle, opts.stop_timeout, false, reporter)?;
+                stop_one(
+                    &vm.name,
+                    &handle,
+                    grace(opts.stop_timeout, Some(vm)),
+                    false,
+                    reporter,
+                )?;
             }
             ProcState::Stale { reason, .. } => {
                 reporter.warn(&format!("VM {}: {reason}; cleaning up", vm.name));
@@ -491,7 +514,11 @@ pub fn stop(
             reporter.info(&format!(
                 "stopping VM {} (waiting up to {} s for the guest{} to power off)",
                 names.join(", "),
-                opts.timeout.as_secs(),
+                running
+                    .iter()
+                    .map(|(vm, _)| grace(opts.timeout, Some(vm)).as_secs())
+                    .max()
+                    .unwrap_or(0),
                 if names.len() > 1 { "s" } else { "" }
             ));
         }
@@ -500,7 +527,8 @@ pub fn stop(
                 .iter()
                 .map(|(vm, handle)| {
                     scope.spawn(move || {
-                        stop_one(&vm.name, handle, opts.timeout, opts.force, reporter)
+                        let timeout = grace(opts.timeout, Some(vm));
+                        stop_one(&vm.name, handle, timeout, opts.force, reporter)
                     })
                 })
                 .collect();
@@ -562,7 +590,8 @@ pub fn destroy(
     }
     let _guard = lock(&state, reporter)?;
     for vm in selected.into_iter().rev() {
-        remove_instance(&state, host, &vm.name, opts.timeout, opts.force, reporter)?;
+        let timeout = grace(opts.timeout, Some(vm));
+        remove_instance(&state, host, &vm.name, timeout, opts.force, reporter)?;
     }
     if opts.remove_orphans {
         for orphan in orphans(project, host)? {
@@ -570,7 +599,7 @@ pub fn destroy(
                 &state,
                 host,
                 &orphan.name,
-                opts.timeout,
+                grace(opts.timeout, None),
                 opts.force,
                 reporter,
             )?;

@@ -529,7 +529,7 @@ fn a_socket_folder_planted_by_someone_else_is_refused() {
 fn stop_takes_independent_vms_together_and_dependencies_last() {
     let _qemu = one_qemu_at_a_time();
     let p = Project::with_base(
-        "vms:\n  a: {image: ./base.qcow2, memory: 64}\n  b: {image: ./base.qcow2, memory: 64, depends_on: [a]}\n  c: {image: ./base.qcow2, memory: 64}\n",
+        "x-vm: &vm {image: ./base.qcow2, memory: 64, stop_grace_period: 1s}\nvms:\n  a: *vm\n  b: {<<: *vm, depends_on: [a]}\n  c: *vm\n",
         "64M",
     );
     let said = p.ok(&["up"]).stderr;
@@ -539,8 +539,8 @@ fn stop_takes_independent_vms_together_and_dependencies_last() {
         .iter()
         .map(|vm| p.pid(vm).unwrap())
         .collect();
-    // No OS answers the power button: each VM is quit after the timeout.
-    let said = p.ok(&["stop", "-t", "1"]).stderr;
+    // No OS answers the power button: each VM is quit after its stop_grace_period.
+    let said = p.ok(&["stop"]).stderr;
     let lines: Vec<&str> = said.lines().collect();
     let first = lines
         .iter()

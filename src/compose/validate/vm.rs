@@ -41,6 +41,10 @@ pub(super) fn vm(
     let ports = forwards(&raw.ports, &field("ports"), errors);
     let ssh_port = ssh_port(raw.ssh_port.as_ref(), &field("ssh").field("port"), errors);
     let accel = accel(raw.accel.as_ref(), &field("accel"), errors);
+    let stop_grace_period_secs = raw
+        .stop_grace_period
+        .as_ref()
+        .and_then(|g| grace_period(g, &field("stop_grace_period"), errors));
     let (kernel, initrd, cmdline) = direct_boot(raw, here, cx, errors);
     let depends_on = referenced_names(
         &raw.depends_on,
@@ -73,6 +77,7 @@ pub(super) fn vm(
         ports,
         ssh_port,
         accel,
+        stop_grace_period_secs,
         kernel,
         initrd,
         cmdline,
@@ -340,4 +345,53 @@ fn provision(commands: &[At<String>], here: &Here, errors: &mut Errors) -> Vec<S
             p.value.clone()
         })
         .collect()
+}
+
+/// `stop_grace_period` as docker compose writes it (`10s`, `1m30s`, `2m`, `500ms`), in whole
+/// seconds (rounded up); a bare number is seconds.
+fn grace_period(text: &At<String>, here: &Here, errors: &mut Errors) -> Option<u64> {
+    match parse_duration_secs(text.value.trim()) {
+        Ok(secs) => Some(secs),
+        Err(why) => {
+            errors.push(
+                text.pos,
+                here,
+                format!("stop_grace_period {:?} {why}", text.value),
+            );
+            None
+        }
+    }
+}
+
+fn parse_duration_secs(text: &str) -> Result<u64, &'static str> {
+    const INVALID: &str = "is not a duration such as 10s, 1m30s or 500ms";
+    if text.is_empty() {
+        return Err(INVALID);
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| "is too long");
+    }
+    let mut millis: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let units = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        let number: u64 = rest[..digits].parse().map_err(|_| INVALID)?;
+        let scale = match &rest[digits..digits + units] {
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            _ => return Err(INVALID),
+        };
+        millis = number
+            .checked_mul(scale)
+            .and_then(|m| millis.checked_add(m))
+            .ok_or("is too long")?;
+        rest = &rest[digits + units..];
+    }
+    Ok(millis.div_ceil(1000))
 }
