@@ -187,7 +187,7 @@ pub enum MountKind {
         /// Absolute and lexically normalised; existence is checked at `up`, not here.
         source: PathBuf,
         automount: bool,
-        /// Added to the defaults `trans=virtio,version=9p2000.L`.
+        /// Added to the defaults `trans=virtio,version=9p2000.L,msize=512000`.
         mount_options: Vec<MountOption>,
         /// `None`: chosen at `up` (passthrough as root, none otherwise).
         security_model: Option<SecurityModel>,

@@ -29,7 +29,17 @@ use crate::state::VolumeRegistry;
 pub const FILE_SHARE_ROOT: &str = "/run/qemu-compose";
 
 /// 9p options every share is mounted with; a user option with the same key replaces one.
-const DEFAULT_9P_OPTIONS: [(&str, &str); 2] = [("trans", "virtio"), ("version", "9p2000.L")];
+///
+/// `msize=512000` (the most the virtio transport takes; the kernel default is 128 KiB) made
+/// reads 1.4-2.3x and writes 1.3x faster in the real guest (scripts/bench-guest.sh), and a
+/// host edit is still seen at once. The page cache modes that make tree walks 3-6x faster
+/// (`cache=loose`, `cache=fscache`) left host edits unseen in the guest, so they stay the
+/// user's choice (`mount_options`).
+const DEFAULT_9P_OPTIONS: [(&str, &str); 3] = [
+    ("trans", "virtio"),
+    ("version", "9p2000.L"),
+    ("msize", "512000"),
+];
 
 /// What a bind mount's source turned out to be when `up` looked at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,7 +474,7 @@ vms:
                     "mount1",
                     "/srv/src",
                     "9p",
-                    "trans=virtio,version=9p2000.L,nofail"
+                    "trans=virtio,version=9p2000.L,msize=512000,nofail"
                 ),
                 (
                     "UUID=66666666-7777-8888-9999-000000000000",
@@ -482,7 +492,7 @@ vms:
                     "mount3",
                     "/run/qemu-compose/mount3",
                     "9p",
-                    "trans=virtio,version=9p2000.L,ro,nofail"
+                    "trans=virtio,version=9p2000.L,msize=512000,ro,nofail"
                 ),
                 (
                     "/run/qemu-compose/mount3/nginx.conf",
