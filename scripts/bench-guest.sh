@@ -318,6 +318,9 @@ watch_once() { # watch_once CASE HOW: prints seen/stale and microseconds
 }
 
 for r in $(seq "$reps"); do
+  # The machine may be shared: note its load and the other QEMUs running at each round.
+  others=$(pgrep -f qemu-system | grep -vxF "$(pgrep -f "qemu-system.*$proj" || echo none)" | wc -l)
+  record "load $r $(cut -d' ' -f1 /proc/loadavg) $others"
   for c in "${cases[@]}"; do
     read -r name kind _ <<<"$c"
     say "round $r/$reps: $name"
@@ -355,8 +358,12 @@ results, ready, mb, blk_mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys
 cases = [c.split(" ", 2) for c in sys.argv[5:]]
 vals = defaultdict(list)
 edits = defaultdict(list)
+loads = []
 for line in open(results):
     p = line.split()
+    if p[0] == "load":
+        loads.append((p[2], p[3]))
+        continue
     if len(p) > 2 and p[2] == "error":
         print("error:", " ".join(p[1:]))
         continue
@@ -384,6 +391,9 @@ for line in open(ready):
         print(f"guest {p[0]}: {p[1]}")
 
 up, stop = med(("lifecycle", "up")), med(("lifecycle", "stop"))
+if loads:
+    print("host load average (1 min) at each round: " + ", ".join(l for l, _ in loads)
+          + "; other QEMUs running: " + ", ".join(o for _, o in loads))
 print(f"\nup --wait to ready: {up / 1e6:.1f} s; stop to powered off: {stop / 1e6:.1f} s (one boot, one sample each)\n")
 
 print(f"9p shares, median of {len(vals.get(('share', cases[0][0], 'read'), []))} "
