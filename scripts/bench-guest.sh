@@ -319,7 +319,8 @@ watch_once() { # watch_once CASE HOW: prints seen/stale and microseconds
 
 for r in $(seq "$reps"); do
   # The machine may be shared: note its load and the other QEMUs running at each round.
-  others=$(pgrep -f qemu-system | grep -vxF "$(pgrep -f "qemu-system.*$proj" || echo none)" | wc -l)
+  mine=" $(pgrep -f "^[^ ]*qemu-system.*$proj" | tr '\n' ' ' || true) "
+  others=$({ pgrep -f "^[^ ]*qemu-system" || true; } | awk -v m="$mine" 'index(m, " " $1 " ") == 0' | wc -l)
   record "load $r $(cut -d' ' -f1 /proc/loadavg) $others"
   for c in "${cases[@]}"; do
     read -r name kind _ <<<"$c"
