@@ -166,6 +166,7 @@ pub fn up(
     };
 
     let guard = lock(&state, reporter)?;
+    note_project_name(&state, project, reporter)?;
     let orphans = orphans(project, host)?;
     if opts.remove_orphans {
         for orphan in &orphans {
@@ -656,6 +657,27 @@ fn unwritable_shares(prepared: &PreparedVm, state_root: &Path) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// Records the name the folder's VMs are made under, and says when `-p` (or the file's
+/// `name:`) now differs: docker would make a second set of containers, qemu-compose keeps
+/// state per folder and works on the same VMs.
+fn note_project_name(
+    state: &StateDir,
+    project: &Project,
+    reporter: &dyn Reporter,
+) -> Result<(), EngineError> {
+    let path = state.name_file();
+    match crate::state::atomic::read_optional(&path)? {
+        Some(made) if made.trim() != project.name => reporter.warn(&format!(
+            "this folder's VMs were made under the project name {:?}; as {:?} they are the same VMs (qemu-compose keeps state per folder, not per name: a second set needs a copy of the folder)",
+            made.trim(),
+            project.name
+        )),
+        Some(_) => {}
+        None => crate::state::write_atomic(&path, format!("{}\n", project.name).as_bytes(), 0o600)?,
+    }
+    Ok(())
 }
 
 /// The host's memory (`MemTotal` of /proc/meminfo), in bytes.

@@ -106,6 +106,11 @@ impl StateDir {
         Ok(())
     }
 
+    /// The project name the folder's VMs were first made under (`up` writes it).
+    pub fn name_file(&self) -> PathBuf {
+        self.private.join("name")
+    }
+
     /// The lock file.
     pub fn lock_file(&self) -> PathBuf {
         self.private.join("lock")

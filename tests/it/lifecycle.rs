@@ -627,3 +627,18 @@ fn a_share_the_guest_user_cannot_write_is_named_when_running_as_root() {
         );
     }
 }
+
+#[test]
+fn another_project_name_in_the_same_folder_is_said_to_be_the_same_vms() {
+    let p = Project::with_base("vms:\n  a: {image: ./base.qcow2}\n", "64M");
+    let first = p.ok(&["up", "--no-start"]).stderr;
+    assert!(!first.contains("project name"), "{first}");
+    let again = p.ok(&["up", "--no-start"]).stderr;
+    assert!(!again.contains("project name"), "{again}");
+    let other = p.ok(&["-p", "other", "up", "--no-start"]).stderr;
+    assert!(
+        other.contains("were made under the project name")
+            && other.contains("as \"other\" they are the same VMs"),
+        "{other}"
+    );
+}
