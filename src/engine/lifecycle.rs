@@ -715,6 +715,11 @@ fn remove_instance(
     }
     if paths.sockets_relocated() {
         remove_tree(paths.socket_dir())?;
+        // The project's folder under the runtime folder goes with its last VM (`remove_dir`
+        // only removes an empty folder; the shared parent stays).
+        if let Some(project_sockets) = paths.socket_dir().parent() {
+            let _ = fs::remove_dir(project_sockets);
+        }
     }
     Ok(())
 }

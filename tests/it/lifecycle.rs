@@ -517,12 +517,24 @@ fn a_socket_folder_planted_by_someone_else_is_refused() {
         1,
         "the victim folder changed"
     );
-    // Ours, made by us, works.
+    // Ours, made by us, works; `destroy` leaves nothing of the project there.
     std::fs::remove_file(runtime.join("qemu-compose")).unwrap();
     let out = run(&["up", "--no-start"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_dir(runtime.join("qemu-compose"))
+            .unwrap()
+            .count(),
+        1
+    );
     let out = run(&["destroy"]);
     assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_dir(runtime.join("qemu-compose"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
