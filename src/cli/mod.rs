@@ -346,8 +346,12 @@ struct CompletionArgs {
     shell: clap_complete::Shell,
 }
 
-/// Prints the engine's progress and warnings on stderr, leaving stdout to command output.
+/// Prints the engine's progress and warnings on stderr, leaving stdout to command output;
+/// with `--debug`, also the details (QEMU's command line, timings).
 struct StderrReporter;
+
+/// `--debug`, set once by [`run`] for the reporter.
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl qemu_compose::engine::Reporter for StderrReporter {
     fn info(&self, message: &str) {
@@ -356,6 +360,12 @@ impl qemu_compose::engine::Reporter for StderrReporter {
 
     fn warn(&self, message: &str) {
         output::note!("warning: {message}");
+    }
+
+    fn detail(&self, message: &str) {
+        if DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+            output::note!("debug: {message}");
+        }
     }
 }
 
@@ -460,6 +470,7 @@ struct UsageError(String);
 /// returns, so a failed write comes back as an error ([`output::reader_gone`] tells a closed
 /// pipe).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    DEBUG.store(cli.debug(), std::sync::atomic::Ordering::Relaxed);
     let code = dispatch(cli)?;
     output::stdout().flush()?;
     Ok(code)

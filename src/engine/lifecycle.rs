@@ -397,8 +397,27 @@ fn start_with_port(
     };
     for attempt in 0..=PORT_RETRIES {
         let spec = instance::launch_spec(cx.project, vm, prepared, port);
+        let clock = Instant::now();
         match process::start(qemu, &spec, START_TIMEOUT) {
             Ok(started) => {
+                let words: Vec<String> = started
+                    .argv
+                    .iter()
+                    .map(|w| {
+                        if w.contains(|c: char| c.is_whitespace() || c == '\'') {
+                            format!("{w:?}")
+                        } else {
+                            w.clone()
+                        }
+                    })
+                    .collect();
+                reporter.detail(&format!(
+                    "VM {}: {} {} (QEMU up and answering QMP in {} ms)",
+                    vm.name,
+                    qemu.display(),
+                    words.join(" "),
+                    clock.elapsed().as_millis()
+                ));
                 if !started.stderr.is_empty() {
                     reporter.warn(&format!("VM {}: QEMU said: {}", vm.name, started.stderr));
                 }

@@ -39,6 +39,8 @@ pub trait Reporter: Sync {
     fn info(&self, message: &str);
     /// Something the user should know but that does not stop the command.
     fn warn(&self, message: &str);
+    /// What `--debug` adds: the commands run and how long steps took.
+    fn detail(&self, _message: &str) {}
 }
 
 /// Why a command could not do what it was asked.

@@ -654,3 +654,20 @@ fn another_project_name_in_the_same_folder_is_said_to_be_the_same_vms() {
         "{other}"
     );
 }
+
+#[test]
+fn debug_up_shows_the_qemu_command_line_and_its_time() {
+    let _qemu = one_qemu_at_a_time();
+    let p = Project::with_base("vms:\n  a: {image: ./base.qcow2, memory: 64}\n", "64M");
+    let said = p.ok(&["--debug", "up"]).stderr;
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("debug: VM a: "))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains("qemu-system-x86_64 -name guest="), "{line}");
+    assert!(line.contains("QEMU up and answering QMP in "), "{line}");
+    p.ok(&["stop", "--force"]);
+    let quiet = p.ok(&["up"]).stderr;
+    assert!(quiet.contains("started VM a"), "{quiet}");
+    assert!(!quiet.contains("debug:"), "{quiet}");
+}
