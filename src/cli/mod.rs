@@ -305,6 +305,9 @@ enum VolumeCommand {
     Inspect {
         /// The volume name
         name: String,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = TextFormat::Text)]
+        format: TextFormat,
     },
     /// Remove named volumes and their data
     Rm {

@@ -3,17 +3,18 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use indicatif::HumanBytes;
 use qemu_compose::compose::{self, Project};
 use qemu_compose::engine::{Reporter, volumes};
 
-use super::{GlobalArgs, StderrReporter, TableFormat, VolumeCommand, output, project};
+use super::{GlobalArgs, StderrReporter, TableFormat, TextFormat, VolumeCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     match cmd {
         VolumeCommand::Ls { format, quiet } => ls(global, &project, *format, *quiet),
         VolumeCommand::Create { name, size } => create(&project, name, size.as_deref()),
-        VolumeCommand::Inspect { name } => inspect(&project, name),
+        VolumeCommand::Inspect { name, format } => inspect(&project, name, *format),
         VolumeCommand::Rm { names, force } => rm(global, &project, names, *force),
     }
 }
@@ -55,7 +56,7 @@ fn ls(
                     r.name.clone(),
                     r.size.clone().unwrap_or_else(|| "-".into()),
                     r.disk_bytes
-                        .map(|bytes| indicatif::HumanBytes(bytes).to_string())
+                        .map(|bytes| HumanBytes(bytes).to_string())
                         .unwrap_or_else(|| "-".into()),
                     if users.is_empty() { "-".into() } else { users },
                     r.created.clone().unwrap_or_else(|| "-".into()),
@@ -95,9 +96,58 @@ fn create(project: &Project, name: &str, size: Option<&str>) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(project: &Project, name: &str) -> anyhow::Result<ExitCode> {
-    let out = volumes::inspect(project, name)?;
-    output::json(&mut output::stdout(), &out)?;
+fn inspect(project: &Project, name: &str, format: TextFormat) -> anyhow::Result<ExitCode> {
+    let v = volumes::inspect(project, name)?;
+    let mut out = output::stdout();
+    if matches!(format, TextFormat::Json) {
+        output::json(&mut out, &v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fs = &v.filesystem;
+    let used = |total: u64, free: u64| total.saturating_sub(free);
+    writeln!(out, "Volume {name}")?;
+    writeln!(out, "  image:     {}", v.image)?;
+    writeln!(
+        out,
+        "  size:      {} ({} on disk)",
+        HumanBytes(v.virtual_size),
+        HumanBytes(v.disk_bytes)
+    )?;
+    if let Some(record) = &v.record {
+        writeln!(out, "  created:   {}", record.created)?;
+    }
+    writeln!(
+        out,
+        "  in use by: {}",
+        if v.in_use_by.is_empty() {
+            "-".to_string()
+        } else {
+            v.in_use_by.join(", ")
+        }
+    )?;
+    writeln!(out, "Filesystem (ext4)")?;
+    writeln!(out, "  label:     {}", fs.label)?;
+    writeln!(out, "  uuid:      {}", fs.uuid)?;
+    writeln!(
+        out,
+        "  used:      {} of {} blocks of {} bytes, {} of {} inodes",
+        used(fs.blocks, fs.free_blocks),
+        fs.blocks,
+        fs.block_size,
+        used(u64::from(fs.inodes), u64::from(fs.free_inodes)),
+        fs.inodes
+    )?;
+    writeln!(
+        out,
+        "  state:     {}{}",
+        fs.state,
+        if fs.checksum_valid {
+            ""
+        } else {
+            " (superblock checksum wrong)"
+        }
+    )?;
+    writeln!(out, "  features:  {}", fs.features.join(" "))?;
     Ok(ExitCode::SUCCESS)
 }
 

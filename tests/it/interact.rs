@@ -221,7 +221,7 @@ fn ps_and_inspect_follow_the_lifecycle() {
     assert_eq!(vol["uuid"], uuid);
     // ... and the UUID in the volume's ext4 superblock.
     assert_eq!(
-        p.json(&["volume", "inspect", "data"])["filesystem"]["uuid"],
+        p.json(&["volume", "inspect", "data", "--format", "json"])["filesystem"]["uuid"],
         uuid
     );
     assert_eq!(i["disks"]["seed"]["device"], "vdc");

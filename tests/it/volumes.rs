@@ -650,3 +650,20 @@ fn listings_have_quiet_and_json_forms_and_tables_start_at_the_margin() {
     assert_eq!(p.ok(&["image", "ls", "-q"]).stdout, "");
     assert_eq!(p.ok(&["image", "ls", "--format", "json"]).stdout, "[]\n");
 }
+
+#[test]
+fn volume_inspect_reads_as_text_by_default() {
+    let p = Project::new(COMPOSE);
+    p.ok(&["volume", "create", "data"]);
+    let json: serde_json::Value = serde_json::from_str(
+        &p.ok(&["volume", "inspect", "data", "--format", "json"])
+            .stdout,
+    )
+    .unwrap();
+    let text = p.ok(&["volume", "inspect", "data"]).stdout;
+    assert!(text.starts_with("Volume data\n"), "{text}");
+    let uuid = json["filesystem"]["uuid"].as_str().unwrap();
+    assert!(text.contains(&format!("  uuid:      {uuid}\n")), "{text}");
+    assert!(text.contains("  in use by: app\n"), "{text}");
+    assert!(text.contains("  state:     clean\n"), "{text}");
+}
