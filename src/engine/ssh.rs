@@ -231,15 +231,6 @@ mod tests {
         }
     }
 
-    /// What the remote shell makes of the command ssh sends: run it through `sh -c`.
-    fn remote_output(command: &[&str]) -> String {
-        let words: Vec<String> = command.iter().map(ToString::to_string).collect();
-        let a = args(&login(), &[], &words);
-        let remote = a.last().unwrap();
-        let out = Command::new("sh").arg("-c").arg(remote).output().unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     fn split(words: &[&str], after: &[&str]) -> (Vec<String>, Vec<String>) {
         let owned = |w: &[&str]| w.iter().map(ToString::to_string).collect::<Vec<_>>();
         split_words(&owned(words), &owned(after)).unwrap()
@@ -272,16 +263,5 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(&a[at..], ["-L", "1:a:2", "127.0.0.1", "--", "top"]);
-    }
-
-    #[test]
-    fn several_words_keep_their_boundaries_in_the_remote_shell() {
-        assert_eq!(remote_output(&["printf", "%s|", "a b", "c"]), "a b|c|");
-        assert_eq!(
-            remote_output(&["printf", "%s|", "it's", "$HOME", "`id`", "a\\b"]),
-            "it's|$HOME|`id`|a\\b|"
-        );
-        // One word is a command line for the remote shell, as with plain ssh.
-        assert_eq!(remote_output(&["printf x | tr x y"]), "y");
     }
 }

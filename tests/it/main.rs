@@ -18,4 +18,5 @@ mod lifecycle;
 mod qcow2;
 mod qemu;
 mod seed;
+mod ssh;
 mod volumes;
