@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -441,6 +442,12 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
         images.push(("base image".to_string(), &prepared.base));
     }
     for (what, path) in images {
+        // Ours are real files in the state folder; a link there (planted through a share of
+        // the project folder) would make QEMU write the guest's disk into its target. The
+        // base is the user's own file and may be a link.
+        if what != "base image" {
+            crate::state::layout::refuse_symlink(path)?;
+        }
         let header = qcow2_header(path)
             .map_err(|e| EngineError::vm(vm, format!("{what} {}: {e}", path.display())))?;
         if header.incompatible_features & EXTERNAL_DATA_FILE != 0 {
@@ -521,6 +528,7 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<DiskChange, Engi
             Err(e) => return Err(StateError::io(&paths.disk, e).into()),
         }
     }
+    crate::state::layout::refuse_symlink(&paths.disk)?;
     let change = if paths.disk.exists() {
         resize_disk(vm)?
     } else if vm.rebuild_disk {
@@ -567,6 +575,7 @@ fn resize_disk(vm: &PreparedVm) -> Result<DiskChange, EngineError> {
     let file = fs::File::options()
         .read(true)
         .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(disk)
         .map_err(|e| StateError::io(disk, e))?;
     let size = qcow2_header(disk)

@@ -671,3 +671,40 @@ fn debug_up_shows_the_qemu_command_line_and_its_time() {
     assert!(quiet.contains("started VM a"), "{quiet}");
     assert!(!quiet.contains("debug:"), "{quiet}");
 }
+
+#[test]
+fn a_disk_or_volume_image_replaced_by_a_link_is_never_opened() {
+    let _qemu = one_qemu_at_a_time();
+    let p = Project::with_base(ONE_VM, "64M");
+    p.ok(&["up", "--no-start"]);
+    // Another qcow2 file of the user's, which a guest writing through a share of the project
+    // folder would like QEMU (or the disk growth) to write into.
+    let victim = p.join("victim.qcow2");
+    tool("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&victim)
+        .arg("64M")
+        .status()
+        .unwrap();
+    let before = std::fs::read(&victim).unwrap();
+    let disk = p.join(".qemu-compose/vms/app/disk.qcow2");
+    std::fs::remove_file(&disk).unwrap();
+    std::os::unix::fs::symlink(&victim, &disk).unwrap();
+    p.write_compose(&ONE_VM.replace("memory: 128", "memory: 128\n    disk: {size: 20G}"));
+    let said = p.fails(&["up"]);
+    assert!(said.contains("disk.qcow2: is a symbolic link"), "{said}");
+    assert_eq!(std::fs::read(&victim).unwrap(), before);
+    assert!(p.pid("app").is_none(), "QEMU must not start");
+
+    // The same for a named volume's image.
+    std::fs::remove_file(&disk).unwrap();
+    p.write_compose(ONE_VM);
+    p.ok(&["up", "--no-start"]);
+    let volume = p.join(".qemu-compose/volumes/data/volume.qcow2");
+    std::fs::remove_file(&volume).unwrap();
+    std::os::unix::fs::symlink(&victim, &volume).unwrap();
+    let said = p.fails(&["up"]);
+    assert!(said.contains("volume.qcow2: is a symbolic link"), "{said}");
+    assert_eq!(std::fs::read(&victim).unwrap(), before);
+    assert!(p.pid("app").is_none(), "QEMU must not start");
+}
