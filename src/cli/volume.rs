@@ -127,7 +127,7 @@ fn inspect(project: &Project, name: &str, format: TextFormat) -> anyhow::Result<
     )?;
     writeln!(out, "Filesystem (ext4)")?;
     writeln!(out, "  label:     {}", fs.label)?;
-    writeln!(out, "  uuid:      {}", fs.uuid)?;
+    writeln!(out, "  uuid:      {}", fs.uuid_text())?;
     writeln!(
         out,
         "  used:      {} of {} blocks of {} bytes, {} of {} inodes",

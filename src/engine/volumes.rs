@@ -334,9 +334,7 @@ pub fn ensure_volumes(
                         disk_path: image,
                         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                             .to_string(),
-                        uuid: uuid::Uuid::from_bytes(facts.superblock.uuid)
-                            .hyphenated()
-                            .to_string(),
+                        uuid: facts.superblock.uuid_text(),
                         label: facts.superblock.label,
                     },
                 );
@@ -569,34 +567,9 @@ pub struct VolumeInspection {
     /// The bytes it takes on disk.
     pub disk_bytes: u64,
     /// The filesystem inside.
-    pub filesystem: Filesystem,
+    pub filesystem: SuperblockInfo,
     /// The VMs of the compose file that mount it.
     pub in_use_by: Vec<String>,
-}
-
-/// The ext4 filesystem of a volume, as `volume inspect` shows it.
-#[derive(Debug, Serialize)]
-pub struct Filesystem {
-    /// The label.
-    pub label: String,
-    /// The UUID, hyphenated.
-    pub uuid: String,
-    /// The block size in bytes.
-    pub block_size: u64,
-    /// The blocks.
-    pub blocks: u64,
-    /// The free blocks.
-    pub free_blocks: u64,
-    /// The inodes.
-    pub inodes: u32,
-    /// The free inodes.
-    pub free_inodes: u32,
-    /// The feature names.
-    pub features: Vec<String>,
-    /// The state (clean or not).
-    pub state: String,
-    /// Whether the superblock checksum is right.
-    pub checksum_valid: bool,
 }
 
 /// `volume inspect`: the record and the image of volume `name`, read with our own readers.
@@ -619,18 +592,7 @@ pub fn inspect(project: &Project, name: &str) -> Result<VolumeInspection, Engine
         image: image.display().to_string(),
         virtual_size: facts.virtual_size,
         disk_bytes: facts.disk_bytes,
-        filesystem: Filesystem {
-            label: sb.label,
-            uuid: uuid::Uuid::from_bytes(sb.uuid).hyphenated().to_string(),
-            block_size: sb.block_size,
-            blocks: sb.blocks,
-            free_blocks: sb.free_blocks,
-            inodes: sb.inodes,
-            free_inodes: sb.free_inodes,
-            features: sb.features,
-            state: sb.state,
-            checksum_valid: sb.checksum_valid,
-        },
+        filesystem: sb,
         in_use_by: users
             .get(name)
             .map(|v| v.iter().map(|s| s.to_string()).collect())

@@ -212,11 +212,12 @@ impl Superblock {
 }
 
 /// What `volume inspect` shows about an ext4 filesystem.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SuperblockInfo {
     /// `s_volume_name`, up to the first NUL (lossy UTF-8).
     pub label: String,
-    /// `s_uuid`.
+    /// `s_uuid` (shown hyphenated, as blkid does).
+    #[serde(serialize_with = "hyphenated")]
     pub uuid: [u8; 16],
     /// Bytes per block.
     pub block_size: u64,
@@ -234,6 +235,17 @@ pub struct SuperblockInfo {
     pub state: String,
     /// Whether `s_checksum` matches (false also when metadata_csum is off).
     pub checksum_valid: bool,
+}
+
+impl SuperblockInfo {
+    /// The UUID as blkid and fstab write it (`UUID=…`).
+    pub fn uuid_text(&self) -> String {
+        uuid::Uuid::from_bytes(self.uuid).hyphenated().to_string()
+    }
+}
+
+fn hyphenated<S: serde::Serializer>(uuid: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&uuid::Uuid::from_bytes(*uuid).hyphenated())
 }
 
 /// Decodes the 1024-byte superblock that starts at byte 1024 of an ext4 device; `bytes` may be
