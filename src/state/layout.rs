@@ -91,7 +91,13 @@ impl StateDir {
         if let Some(parent) = self.private.parent() {
             create_private_dir(parent, 0o700)?;
         }
-        create_private_dir(&self.private, 0o700)?;
+        create_private_dir(&self.private, 0o700)
+    }
+
+    /// Writes which project folder the private folder belongs to, once, for people looking
+    /// through their state home. Called under the project lock: a temporary file written
+    /// outside it could be swept by the lock holder.
+    pub fn note_project_dir(&self) -> Result<(), StateError> {
         let note = self.private.join("project");
         if !note.exists() {
             let mut text = self
@@ -245,6 +251,7 @@ mod tests {
         let state = state_in(dir.path());
         assert!(!state.exists());
         state.ensure().unwrap();
+        state.note_project_dir().unwrap();
         assert!(state.exists());
         for folder in [state.root(), state.private()] {
             let mode = fs::metadata(folder).unwrap().permissions().mode() & 0o777;

@@ -42,6 +42,7 @@ impl ProjectLock {
         // Record the holder for people debugging a stuck command; not used for locking.
         file.set_len(0).map_err(|e| StateError::io(&path, e))?;
         writeln!(file, "{}", std::process::id()).map_err(|e| StateError::io(&path, e))?;
+        state.note_project_dir()?;
         // A state folder of the earlier layout is moved once the lock is ours.
         let migration_notes = super::migrate::migrate(state)?;
         Ok(Self {
