@@ -1,7 +1,11 @@
-//! `config`: validate the compose file and print the resolved model.
+//! `config`: validate the compose files and print them merged and normalised, as a compose
+//! file that `-f` takes back.
 
 use std::io::Write;
 use std::process::ExitCode;
+
+use qemu_compose::compose::compose_file;
+use serde::Serialize;
 
 use super::{ConfigArgs, GlobalArgs, ModelFormat, output, project};
 
@@ -23,9 +27,18 @@ pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    match args.format {
-        ModelFormat::Yaml => out.write_all(serde_saphyr::to_string(&project)?.as_bytes())?,
-        ModelFormat::Json => output::json(&mut out, &project)?,
+    if args.model {
+        print(&mut out, args.format, &project)?;
+    } else {
+        print(&mut out, args.format, &compose_file(&project))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print(out: &mut impl Write, format: ModelFormat, value: &impl Serialize) -> anyhow::Result<()> {
+    match format {
+        ModelFormat::Yaml => out.write_all(serde_saphyr::to_string(value)?.as_bytes())?,
+        ModelFormat::Json => output::json(out, value)?,
+    }
+    Ok(())
 }

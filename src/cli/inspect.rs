@@ -12,7 +12,7 @@ use qemu_compose::engine::inspect::{self, Inspection};
 use super::{GlobalArgs, InspectArgs, TextFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
+    let project = project::load_naming(global, std::slice::from_ref(&args.vm))?;
     let vm = project::selected(&project, std::slice::from_ref(&args.vm))?
         .into_iter()
         .next()

@@ -8,7 +8,7 @@ use qemu_compose::engine::{self, DestroyOptions, StopOptions, UpOptions};
 use super::{DestroyArgs, GlobalArgs, StderrReporter, StopArgs, UpArgs, progress, project};
 
 pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
+    let project = project::load_naming(global, &args.vms)?;
     let host = project::host(global)?;
     let opts = UpOptions {
         vms: args.vms.clone(),
@@ -24,7 +24,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
+    let project = project::load_naming(global, &args.vms)?;
     let host = project::host(global)?;
     let opts = StopOptions {
         vms: args.vms.clone(),
@@ -36,7 +36,7 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn destroy(global: &GlobalArgs, args: &DestroyArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
+    let project = project::load_naming(global, &args.vms)?;
     let host = project::host(global)?;
     let opts = DestroyOptions {
         vms: args.vms.clone(),

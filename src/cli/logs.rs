@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_millis(200);
 const TAIL_BLOCK: u64 = 64 * 1024;
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
+    let project = project::load_naming(global, &args.vms)?;
     let vms = project::selected(&project, &args.vms)?;
     let host = project::host(global)?;
     let workspace = Workspace::new(&project, &host);

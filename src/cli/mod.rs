@@ -44,15 +44,25 @@ pub struct Cli {
 /// `--help` lists it; an empty variable counts as unset ([`Cli::from_process`]).
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// The compose file [default: qemu-compose.yaml or qemu-compose.yml in this directory or
-    /// the nearest parent]
+    /// The compose file; repeat to merge several, in order ('-' reads standard input)
+    /// [default: qemu-compose.yaml or qemu-compose.yml in this directory or the nearest parent,
+    /// with qemu-compose.override.yaml beside it]
     #[arg(
         short = 'f',
         long = "file",
         value_name = "PATH",
         env = "QEMU_COMPOSE_FILE"
     )]
-    file: Option<PathBuf>,
+    file: Vec<PathBuf>,
+    /// Also use the VMs of this profile; repeat for several (the variable takes a
+    /// comma-separated list)
+    #[arg(
+        long = "profile",
+        value_name = "NAME",
+        env = "QEMU_COMPOSE_PROFILES",
+        value_delimiter = ','
+    )]
+    profile: Vec<String>,
     /// The project name [default: `name:` in the compose file, else the project directory's
     /// name]
     #[arg(
@@ -107,7 +117,7 @@ enum Command {
     /// Manage the project's named volumes
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// Validate the compose file and print the resolved model
+    /// Validate the compose files and print them merged, as one normalised compose file
     Config(ConfigArgs),
     /// Check this host: QEMU, acceleration, 9p, ssh, socket paths, disk space
     Doctor(DoctorArgs),
@@ -331,6 +341,10 @@ struct ConfigArgs {
     /// Print the named volumes, one per line
     #[arg(long, conflicts_with = "quiet")]
     volumes: bool,
+    /// Print the resolved model instead of a compose file: the project folder, sizes in
+    /// bytes, every mount option apart (for scripts and bug reports)
+    #[arg(long, conflicts_with_all = ["quiet", "services", "volumes"])]
+    model: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = ModelFormat::Yaml)]
     format: ModelFormat,

@@ -9,11 +9,17 @@ use qemu_compose::engine::{EngineError, HostEnv, RunningVm, Workspace, lifecycle
 use super::GlobalArgs;
 use super::output::note;
 
-/// Discovers the compose file and loads the validated project.
+/// Discovers the compose files and loads the validated project, with the VMs of inactive
+/// profiles left out.
 pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
+    load_naming(global, &[])
+}
+
+/// [`load`] for a command that names VMs: a named VM is used whatever its profiles.
+pub fn load_naming(global: &GlobalArgs, names: &[String]) -> anyhow::Result<Project> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let opts = DiscoverOptions {
-        file: global.file.clone(),
+        files: global.file.clone(),
         cwd,
     };
     let located = compose::discover(&opts, &ProcessEnv)?;
@@ -26,7 +32,7 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
         );
     }
     let project = compose::load(
-        &located.file,
+        &located,
         &LoadOptions {
             project_name: global.project_name.as_deref(),
             env: &ProcessEnv,
@@ -35,7 +41,7 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Project> {
     for warning in &project.warnings {
         note!("warning: {warning}");
     }
-    Ok(project)
+    Ok(project.with_profiles(&global.profile, names))
 }
 
 /// The host as the engine sees it, with the user's `--qemu` and `--accel`.
@@ -45,7 +51,7 @@ pub fn host(global: &GlobalArgs) -> Result<HostEnv, EngineError> {
 
 /// Loads the project and finds the running VM `name`, or says why it cannot be used.
 pub fn running_vm(global: &GlobalArgs, name: &str) -> anyhow::Result<RunningVm> {
-    let project = load(global)?;
+    let project = load_naming(global, &[name.to_owned()])?;
     let host = host(global)?;
     Ok(Workspace::new(&project, &host).running_vm(name)?)
 }

@@ -13,7 +13,7 @@ use super::output::note;
 use super::{GlobalArgs, PsArgs, TableFormat, output, project};
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
-    let project = project::load(global)?;
+    let project = project::load_naming(global, &args.vms)?;
     let vms = project::selected(&project, &args.vms)?;
     let mut out = output::stdout();
     if args.quiet {

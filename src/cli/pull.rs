@@ -25,7 +25,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
             "{url}: a URL is pulled on its own (`qemu-compose pull URL`), not together with VM names"
         );
     }
-    let project = project::load(global)?;
+    let project = project::load_naming(global, &args.targets)?;
     let vms = project::selected(&project, &args.targets)?;
     let mut puller = images::Puller::new(&host, args.force);
     for vm in vms {

@@ -7,6 +7,11 @@ use super::interpolate::Env;
 
 /// File names looked for in the current directory and then each parent.
 pub const FILE_NAMES: [&str; 2] = ["qemu-compose.yaml", "qemu-compose.yml"];
+/// Merged over the main file when it was found by searching (not named by `-f`).
+pub const OVERRIDE_NAMES: [&str; 2] = ["qemu-compose.override.yaml", "qemu-compose.override.yml"];
+/// `-f -`: the compose file is read from standard input, and the project directory is the
+/// current one.
+pub const STDIN: &str = "-";
 /// Names the compose file when `-f` is not given.
 pub const FILE_VAR: &str = "QEMU_COMPOSE_FILE";
 /// Names the project when `-p` is not given.
@@ -15,17 +20,21 @@ pub const PROJECT_NAME_VAR: &str = "QEMU_COMPOSE_PROJECT_NAME";
 /// What the command line says about where the compose file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoverOptions {
-    /// `-f/--file`, relative to `cwd`.
-    pub file: Option<PathBuf>,
+    /// `-f/--file`, each relative to `cwd`, in merge order.
+    pub files: Vec<PathBuf>,
     /// Where the search starts (the process's current directory in the CLI).
     pub cwd: PathBuf,
 }
 
-/// A compose file that exists, and its project directory.
+/// The compose files that exist, and the project directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
-    /// Absolute path of the compose file (its folder canonical, a symlinked file not followed).
+    /// Absolute path of the main compose file (its folder canonical, a symlinked file not
+    /// followed), or [`STDIN`].
     pub file: PathBuf,
+    /// The files merged over it, in order: the other `-f` files, or the
+    /// `qemu-compose.override.yaml` found beside it.
+    pub overrides: Vec<PathBuf>,
     /// Canonical directory the compose file was found in: relative paths, `.env` and
     /// `.qemu-compose/` live here.
     pub dir: PathBuf,
@@ -49,16 +58,45 @@ pub enum DiscoverError {
     },
 }
 
-/// Finds the compose file: `-f`, then `$QEMU_COMPOSE_FILE`, then the nearest
-/// `qemu-compose.yaml`/`.yml` from `cwd` upward.
+/// Finds the compose files: the `-f` files (the first is the main one), else
+/// `$QEMU_COMPOSE_FILE`, else the nearest `qemu-compose.yaml`/`.yml` from `cwd` upward with
+/// the `qemu-compose.override.yaml`/`.yml` beside it.
 pub fn discover(opts: &DiscoverOptions, env: &dyn Env) -> Result<Located, DiscoverError> {
-    let explicit = opts.file.clone().or_else(|| {
+    let explicit = if opts.files.is_empty() {
         env.var(FILE_VAR)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-    });
-    if let Some(file) = explicit {
-        return locate(&opts.cwd.join(file));
+            .into_iter()
+            .collect()
+    } else {
+        opts.files.clone()
+    };
+    if let Some((main, overrides)) = explicit.split_first() {
+        let mut located = if main.as_os_str() == STDIN {
+            let dir = opts
+                .cwd
+                .canonicalize()
+                .map_err(|source| DiscoverError::Unusable {
+                    path: opts.cwd.clone(),
+                    source,
+                })?;
+            Located {
+                file: main.clone(),
+                overrides: Vec::new(),
+                dir,
+                ignored: None,
+            }
+        } else {
+            locate(&opts.cwd.join(main))?
+        };
+        for file in overrides {
+            located.overrides.push(if file.as_os_str() == STDIN {
+                file.clone()
+            } else {
+                locate(&opts.cwd.join(file))?.file
+            });
+        }
+        return Ok(located);
     }
     for dir in opts.cwd.ancestors() {
         let mut found = FILE_NAMES
@@ -68,6 +106,13 @@ pub fn discover(opts: &DiscoverOptions, env: &dyn Env) -> Result<Located, Discov
         if let Some(chosen) = found.next() {
             let mut located = locate(&chosen)?;
             located.ignored = found.next();
+            if let Some(over) = OVERRIDE_NAMES
+                .iter()
+                .map(|n| located.dir.join(n))
+                .find(|p| p.is_file())
+            {
+                located.overrides.push(over);
+            }
             return Ok(located);
         }
     }
@@ -87,6 +132,7 @@ fn locate(path: &Path) -> Result<Located, DiscoverError> {
     }
     Ok(Located {
         file,
+        overrides: Vec::new(),
         dir,
         ignored: None,
     })
@@ -148,7 +194,7 @@ mod tests {
         std::fs::write(root.join("a/qemu-compose.yml"), "vms: {}\n").unwrap();
         std::fs::write(root.join("a/qemu-compose.yaml"), "vms: {}\n").unwrap();
         let opts = DiscoverOptions {
-            file: None,
+            files: Vec::new(),
             cwd: deep.clone(),
         };
         let found = discover(&opts, &no_env()).unwrap();
@@ -164,7 +210,7 @@ mod tests {
             root.join("qemu-compose.yml")
         );
         let with_f = DiscoverOptions {
-            file: Some("../../qemu-compose.yml".into()),
+            files: vec!["../../qemu-compose.yml".into()],
             cwd: deep,
         };
         assert_eq!(
@@ -174,16 +220,64 @@ mod tests {
     }
 
     #[test]
+    fn override_file_beside_a_found_file_and_several_f() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        for name in [
+            "qemu-compose.yaml",
+            "qemu-compose.override.yml",
+            "sub/ci.yaml",
+        ] {
+            std::fs::write(root.join(name), "vms: {}\n").unwrap();
+        }
+        let found = discover(
+            &DiscoverOptions {
+                files: Vec::new(),
+                cwd: root.join("sub"),
+            },
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(found.file, root.join("qemu-compose.yaml"));
+        assert_eq!(found.overrides, [root.join("qemu-compose.override.yml")]);
+
+        // With -f, only the files named, in order; the project directory is the first's.
+        let named = discover(
+            &DiscoverOptions {
+                files: vec!["sub/ci.yaml".into(), "qemu-compose.yaml".into()],
+                cwd: root.clone(),
+            },
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(named.file, root.join("sub/ci.yaml"));
+        assert_eq!(named.dir, root.join("sub"));
+        assert_eq!(named.overrides, [root.join("qemu-compose.yaml")]);
+
+        let stdin = discover(
+            &DiscoverOptions {
+                files: vec![STDIN.into()],
+                cwd: root.join("sub"),
+            },
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(stdin.file, Path::new(STDIN));
+        assert_eq!(stdin.dir, root.join("sub"));
+    }
+
+    #[test]
     fn reports_missing_files() {
         let tmp = tempfile::tempdir().unwrap();
         let opts = DiscoverOptions {
-            file: Some("nope.yaml".into()),
+            files: vec!["nope.yaml".into()],
             cwd: tmp.path().to_owned(),
         };
         let err = discover(&opts, &no_env()).unwrap_err().to_string();
         assert!(err.contains("nope.yaml"), "{err}");
         let dir_as_file = DiscoverOptions {
-            file: Some(".".into()),
+            files: vec![".".into()],
             cwd: tmp.path().to_owned(),
         };
         assert!(

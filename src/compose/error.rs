@@ -5,7 +5,7 @@
 //! [`Errors`] collects what both find.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::tree::Pos;
 
@@ -111,7 +111,8 @@ impl Here {
 /// Collects errors with their file; shared by the raw reader and the validator.
 #[derive(Debug)]
 pub struct Errors<'a> {
-    pub file: &'a Path,
+    /// The files merged, in order; a position's `file` indexes this.
+    pub files: &'a [PathBuf],
     pub list: Vec<ComposeError>,
     /// What is worth saying but loads anyway (an unset variable), in the same shape.
     pub warnings: Vec<ComposeError>,
@@ -130,7 +131,12 @@ impl Errors<'_> {
 
     fn located(&self, pos: Pos, here: &Here, message: String) -> ComposeError {
         ComposeError {
-            file: self.file.to_owned(),
+            file: self
+                .files
+                .get(pos.file)
+                .or(self.files.first())
+                .cloned()
+                .unwrap_or_default(),
             line: pos.line,
             column: pos.column,
             vm: here.vm.clone(),

@@ -7,7 +7,9 @@
 mod discover;
 mod error;
 mod interpolate;
+mod merge;
 mod model;
+mod normalised;
 mod raw;
 mod size;
 mod tree;
@@ -17,11 +19,12 @@ mod validate;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 pub use discover::{
-    DiscoverError, DiscoverOptions, FILE_NAMES, FILE_VAR, Located, PROJECT_NAME_VAR, discover,
-    is_valid_name, normalize_project_name,
+    DiscoverError, DiscoverOptions, FILE_NAMES, FILE_VAR, Located, OVERRIDE_NAMES,
+    PROJECT_NAME_VAR, STDIN, discover, is_valid_name, normalize_project_name,
 };
 pub use error::{ComposeError, ComposeErrors};
 pub use interpolate::{Env, Layered, ProcessEnv, interpolate, parse_dotenv};
@@ -29,6 +32,7 @@ pub use model::{
     Accel, ImageSource, MountKind, MountOption, Network, PortForward, Project, Protocol,
     SecurityModel, Subnet, Vm, VolumeDecl, VolumeMount,
 };
+pub use normalised::{ComposeFile, compose_file};
 pub use size::{MAX_VOLUME_SIZE, MIN_VOLUME_SIZE, SizeError, format_size, parse_size};
 pub use validate::{
     DEFAULT_MEMORY_MIB, DEFAULT_SIZE, MAX_CPU, MAX_DISK_SIZE, MAX_MEMORY_MIB, MAX_NAME_LEN,
@@ -48,9 +52,10 @@ pub struct LoadOptions<'a> {
     pub env: &'a dyn Env,
 }
 
-/// Reads, parses and validates the compose file at `path` (normally found by [`discover`]),
-/// with the project's `.env` (beside the file) under the environment.
-pub fn load(path: &Path, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
+/// Reads, merges and validates the project's compose files as [`discover`] found them (the
+/// main file, or standard input for `-`, then each override in order), with the project's
+/// `.env` (in the project directory) under the environment.
+pub fn load(located: &Located, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
     let whole_file = |file: &Path, message: String| ComposeError {
         file: file.to_owned(),
         line: 0,
@@ -59,16 +64,27 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
         field: None,
         message,
     };
-    let (file, dir) =
-        discover::project_file(path).map_err(|e| whole_file(path, format!("cannot open: {e}")))?;
-    if let Err(e) = std::fs::metadata(&file) {
-        return Err(whole_file(&file, format!("cannot open: {e}")).into());
+    let mut texts = Vec::new();
+    for file in std::iter::once(&located.file).chain(&located.overrides) {
+        let text = if file.as_os_str() == STDIN {
+            read_limited(std::io::stdin().lock())
+        } else {
+            std::fs::File::open(file)
+                .map_err(|e| format!("cannot open: {e}"))
+                .and_then(read_limited)
+        };
+        texts.push(ComposeText {
+            file: file.clone(),
+            text: text.map_err(|m| whole_file(file, m))?,
+        });
     }
-    let text = read_limited(&file).map_err(|m| whole_file(&file, m))?;
 
-    let dotenv_path = dir.join(".env");
+    let dotenv_path = located.dir.join(".env");
     let dotenv = if dotenv_path.is_file() {
-        let text = read_limited(&dotenv_path).map_err(|m| whole_file(&dotenv_path, m))?;
+        let text = std::fs::File::open(&dotenv_path)
+            .map_err(|e| format!("cannot open: {e}"))
+            .and_then(read_limited)
+            .map_err(|m| whole_file(&dotenv_path, m))?;
         parse_dotenv(&text).map_err(|(line, message)| ComposeError {
             line,
             column: 1,
@@ -81,10 +97,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
         first: opts.env,
         then: &dotenv,
     };
-    parse_str(
-        &text,
-        &file,
-        &dir,
+    parse_files(
+        &texts,
+        &located.dir,
         &LoadOptions {
             project_name: opts.project_name,
             env: &env,
@@ -92,18 +107,28 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Project, ComposeErrors> {
     )
 }
 
-fn read_limited(path: &Path) -> Result<String, String> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read: {e}"))?
-        .len();
-    if len > MAX_FILE_SIZE {
+/// Reads a compose file or `.env` as text, refusing one larger than [`MAX_FILE_SIZE`]
+/// (read up to one byte past the limit, so that standard input is bounded too).
+fn read_limited(source: impl Read) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    source
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
         return Err(format!(
-            "is {} bytes; a compose file may be at most {}",
-            len,
+            "is larger than {}, the most a compose file may be",
             format_size(MAX_FILE_SIZE)
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
+    String::from_utf8(bytes).map_err(|_| "cannot read: stream did not contain valid UTF-8".into())
+}
+
+/// One compose file's name and text, for [`parse_files`].
+#[derive(Debug, Clone)]
+pub struct ComposeText {
+    pub file: PathBuf,
+    pub text: String,
 }
 
 /// Parses and validates compose text without touching the disk. `file` is used in messages
@@ -115,23 +140,56 @@ pub fn parse_str(
     project_dir: &Path,
     opts: &LoadOptions,
 ) -> Result<Project, ComposeErrors> {
+    let files = [ComposeText {
+        file: file.to_owned(),
+        text: text.to_owned(),
+    }];
+    parse_files(&files, project_dir, opts)
+}
+
+/// Parses several compose files, merges them in order (docs/compose.md, "Several files") and
+/// validates the result as one file. Errors name the file each problem was written in; the
+/// project's file is the first.
+pub fn parse_files(
+    files: &[ComposeText],
+    project_dir: &Path,
+    opts: &LoadOptions,
+) -> Result<Project, ComposeErrors> {
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.file.clone()).collect();
     let mut errors = error::Errors {
-        file,
+        files: &paths,
         list: Vec::new(),
         warnings: Vec::new(),
     };
-    let root = tree::parse(text).map_err(|e| ComposeError {
-        file: file.to_owned(),
-        line: e.pos.line,
-        column: e.pos.column,
-        vm: None,
-        field: None,
-        message: format!("invalid YAML: {}", e.message),
-    })?;
+    let mut syntax = Vec::new();
+    let mut merged: Option<tree::Node> = None;
+    for (i, f) in files.iter().enumerate() {
+        match tree::parse(&f.text, i) {
+            Ok(root) => {
+                merged = Some(match merged {
+                    None => root,
+                    Some(base) => merge::merge_files(base, root),
+                });
+            }
+            Err(e) => syntax.push(ComposeError {
+                file: f.file.clone(),
+                line: e.pos.line,
+                column: e.pos.column,
+                vm: None,
+                field: None,
+                message: format!("invalid YAML: {}", e.message),
+            }),
+        }
+    }
+    let root = match merged {
+        Some(root) if syntax.is_empty() => root,
+        _ => return Err(ComposeErrors(syntax)),
+    };
     let raw = raw::read(&root, opts.env, &mut errors);
+    let main = paths.first().map_or(Path::new(""), PathBuf::as_path);
     let cx = validate::Context {
         dir: project_dir,
-        file,
+        file: main,
         project_name: opts.project_name,
         env: opts.env,
     };
@@ -141,7 +199,8 @@ pub fn parse_str(
         Ok(project)
     } else {
         let mut list = errors.list;
-        list.sort_by_key(|e| (e.line, e.column));
+        // In file order, then by place; a file's index is its place in `files`.
+        list.sort_by_key(|e| (paths.iter().position(|p| *p == e.file), e.line, e.column));
         Err(ComposeErrors(list))
     }
 }

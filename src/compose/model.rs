@@ -25,6 +25,9 @@ pub struct Project {
     /// them. Not part of the model `config` shows.
     #[serde(skip)]
     pub warnings: Vec<super::ComposeError>,
+    /// VMs of the file left out by [`Project::with_profiles`]: not orphans, just not used.
+    #[serde(skip)]
+    pub inactive: Vec<String>,
 }
 
 impl Project {
@@ -47,6 +50,42 @@ impl Project {
 
     pub fn vm(&self, name: &str) -> Option<&Vm> {
         self.vms.iter().find(|vm| vm.name == name)
+    }
+
+    /// Whether the compose file defines `name`, used or not.
+    pub fn defines(&self, name: &str) -> bool {
+        self.vm(name).is_some() || self.inactive.iter().any(|n| n == name)
+    }
+
+    /// Leaves out the VMs whose `profiles:` are all inactive (docs/compose.md, "Profiles").
+    /// A VM is used when it has no profiles, when one of its profiles is in `active`, when it
+    /// is in `named` (the VMs a command names), or when a VM that is used depends on it.
+    pub fn with_profiles(mut self, active: &[String], named: &[String]) -> Project {
+        let mut used: Vec<&str> = self
+            .vms
+            .iter()
+            .filter(|vm| {
+                vm.profiles.is_empty()
+                    || vm.profiles.iter().any(|p| active.contains(p))
+                    || named.contains(&vm.name)
+            })
+            .map(|vm| vm.name.as_str())
+            .collect();
+        let mut i = 0;
+        while let Some(name) = used.get(i).copied() {
+            for dep in self.vm(name).map_or(&[][..], |vm| &vm.depends_on) {
+                if !used.contains(&dep.as_str()) {
+                    used.push(dep);
+                }
+            }
+            i += 1;
+        }
+        let used: Vec<String> = used.into_iter().map(str::to_owned).collect();
+        let (kept, left_out): (Vec<Vm>, Vec<Vm>) =
+            self.vms.into_iter().partition(|vm| used.contains(&vm.name));
+        self.vms = kept;
+        self.inactive = left_out.into_iter().map(|vm| vm.name).collect();
+        self
     }
 }
 
@@ -119,6 +158,8 @@ pub struct Vm {
     pub networks: Vec<String>,
     /// In compose order (named volumes become drives in this order).
     pub volumes: Vec<VolumeMount>,
+    /// The VM is used only when one of these profiles is active (none: always).
+    pub profiles: Vec<String>,
 }
 
 /// Where the base image comes from.

@@ -57,6 +57,7 @@ pub struct RawVm {
     pub provision: Vec<At<String>>,
     pub networks: Vec<At<String>>,
     pub volumes: Vec<RawMount>,
+    pub profiles: Vec<At<String>>,
 }
 
 /// One entry of a VM's `volumes:` list.
@@ -147,6 +148,7 @@ keys! {
         Networks = "networks",
         Volumes = "volumes",
         StopGracePeriod = "stop_grace_period",
+        Profiles = "profiles",
     }
     /// `vms.<name>.disk`
     DiskKey {
@@ -304,6 +306,7 @@ impl Reader<'_, '_> {
                 VmKey::Provision => vm.provision = self.provision(node, &here),
                 VmKey::Networks => vm.networks = self.string_list(node, &here, false),
                 VmKey::Volumes => vm.volumes = self.mounts(node, &here),
+                VmKey::Profiles => vm.profiles = self.string_list(node, &here, false),
             }
         }
         vm

@@ -870,7 +870,13 @@ fn load_reads_dotenv_under_the_environment() {
         project_name: Some("t"),
         env: &process,
     };
-    let p = load(&file, &opts).unwrap();
+    let located = |file: &Path| Located {
+        file: file.to_owned(),
+        overrides: Vec::new(),
+        dir: dir.clone(),
+        ignored: None,
+    };
+    let p = load(&located(&file), &opts).unwrap();
     assert_eq!(
         p.vms[0].image,
         ImageSource::Path(dir.join("from-dotenv.qcow2"))
@@ -880,7 +886,7 @@ fn load_reads_dotenv_under_the_environment() {
     assert_eq!(p.dir, dir);
 
     std::fs::write(dir.join(".env"), "IMG=x\nthis is wrong\n").unwrap();
-    let e = load(&file, &opts).unwrap_err().to_string();
+    let e = load(&located(&file), &opts).unwrap_err().to_string();
     assert_eq!(
         e,
         format!(
@@ -888,7 +894,9 @@ fn load_reads_dotenv_under_the_environment() {
             dir.join(".env").display()
         )
     );
-    let missing = load(&dir.join("nope.yaml"), &opts).unwrap_err().to_string();
+    let missing = load(&located(&dir.join("nope.yaml")), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(missing.contains("nope.yaml: cannot open"), "{missing}");
 }
 
@@ -1009,4 +1017,37 @@ fn stop_grace_period_reads_like_docker() {
         );
         assert!(e.contains("is not a duration such as 10s"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn profiles_select_vms_and_keep_what_they_depend_on() {
+    let p = ok("vms:
+  db: {image: ./i, profiles: [backend]}
+  web: {image: ./i, depends_on: [db], profiles: [web, all]}
+  base: {image: ./i}
+  tool: {image: ./i, profiles: [debug]}
+");
+    let used = |active: &[&str], named: &[&str]| {
+        let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = p.clone().with_profiles(&strings(active), &strings(named));
+        let names: Vec<String> = p.vms.iter().map(|vm| vm.name.clone()).collect();
+        (names.join(","), p.inactive.join(","))
+    };
+    assert_eq!(used(&[], &[]), ("base".into(), "db,web,tool".into()));
+    // web's dependency db comes with it.
+    assert_eq!(used(&["all"], &[]), ("db,web,base".into(), "tool".into()));
+    assert_eq!(used(&[], &["tool"]), ("base,tool".into(), "db,web".into()));
+    assert!(p.clone().with_profiles(&[], &[]).defines("tool"));
+}
+
+#[test]
+fn profile_names_are_checked() {
+    assert_eq!(
+        error(&one_vm("", "profiles: [ok.1, -bad]")),
+        "qemu-compose.yaml:4:22: vms.a.profiles[1]: profile name \"-bad\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+    );
+    assert_eq!(
+        error(&one_vm("", "profiles: [x, x]")),
+        "qemu-compose.yaml:4:19: vms.a.profiles[1]: profile \"x\" is listed twice"
+    );
 }

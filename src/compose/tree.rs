@@ -10,18 +10,22 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Budget, Location, MessageFormatter, Options, Spanned, UserMessageFormatter};
 
-/// A line and column in the compose file, both 1-based (0 when unknown).
+/// A place in one of the project's compose files: line and column, both 1-based (0 when
+/// unknown), and which file (an index into the files loaded, in `-f` order; 0 is the main
+/// file), so that a node merged in from an override file is still blamed on that file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pos {
     pub line: u64,
     pub column: u64,
+    pub file: usize,
 }
 
-impl From<&Location> for Pos {
-    fn from(l: &Location) -> Self {
+impl Pos {
+    fn at(l: &Location, file: usize) -> Self {
         Pos {
             line: l.line(),
             column: l.column(),
+            file,
         }
     }
 }
@@ -35,12 +39,24 @@ pub struct Node {
     /// bare numbers keep what the user wrote.
     pub spelling: Option<String>,
     /// Byte range of the node's definition in the source, used to find `spelling`.
-    span: Option<(usize, usize)>,
+    pub(super) span: Option<(usize, usize)>,
 }
 
 impl Node {
-    /// Fills in `spelling` for every number scalar from the source text.
-    fn fill_spellings(&mut self, source: &str) {
+    /// A node made by merging files rather than read from one, standing for text at `pos`.
+    pub fn at(pos: Pos, value: Value) -> Self {
+        Node {
+            pos,
+            value,
+            spelling: None,
+            span: None,
+        }
+    }
+
+    /// Fills in `spelling` for every number scalar from the source text, and the file
+    /// index of every position.
+    fn fill_spellings(&mut self, source: &str, file: usize) {
+        self.pos.file = file;
         match &mut self.value {
             Value::Int(_) | Value::Float(_) => {
                 self.spelling = self
@@ -55,10 +71,13 @@ impl Node {
                     })
                     .map(str::to_owned);
             }
-            Value::Seq(items) => items.iter_mut().for_each(|n| n.fill_spellings(source)),
-            Value::Map(entries) => entries
+            Value::Seq(items) => items
                 .iter_mut()
-                .for_each(|(_, n)| n.fill_spellings(source)),
+                .for_each(|n| n.fill_spellings(source, file)),
+            Value::Map(entries) => entries.iter_mut().for_each(|(k, n)| {
+                k.pos.file = file;
+                n.fill_spellings(source, file);
+            }),
             _ => {}
         }
     }
@@ -131,15 +150,22 @@ fn options() -> Options {
     opts
 }
 
-/// Parses one YAML document into a located tree.
-pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+/// Parses one YAML document, the `file`th of the project, into a located tree.
+pub fn parse(text: &str, file: usize) -> Result<Node, SyntaxError> {
     let spanned: Spanned<Value> =
         serde_saphyr::from_str_with_options(text, options()).map_err(|e| SyntaxError {
-            pos: e.location().as_ref().map(Pos::from).unwrap_or_default(),
+            pos: e
+                .location()
+                .as_ref()
+                .map(|l| Pos::at(l, file))
+                .unwrap_or(Pos {
+                    file,
+                    ..Pos::default()
+                }),
             message: UserMessageFormatter.format_message(&e).into_owned(),
         })?;
     let mut root = Node::from(spanned);
-    root.fill_spellings(text);
+    root.fill_spellings(text, file);
     Ok(root)
 }
 
@@ -151,7 +177,7 @@ impl From<Spanned<Value>> for Node {
             .zip(span.byte_len())
             .and_then(|(o, l)| Some((usize::try_from(o).ok()?, usize::try_from(l).ok()?)));
         Node {
-            pos: Pos::from(&s.referenced),
+            pos: Pos::at(&s.referenced, 0),
             value: s.value,
             spelling: None,
             span,
@@ -228,7 +254,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
             let value = map.next_value::<Spanned<Value>>()?;
             entries.push((
                 Key {
-                    pos: Pos::from(&key.referenced),
+                    pos: Pos::at(&key.referenced, 0),
                     name,
                 },
                 Node::from(value),
@@ -255,24 +281,18 @@ mod tests {
 
     #[test]
     fn keeps_positions_of_keys_and_values() {
-        let n = parse("vms:\n  db:\n    cpu: 2\n    image: 'x'\n").unwrap();
+        let n = parse("vms:\n  db:\n    cpu: 2\n    image: 'x'\n", 0).unwrap();
         let db = get(get(&n, "vms"), "db");
         let (cpu_key, cpu) = &map(db)[0];
-        assert_eq!(cpu_key.pos, Pos { line: 3, column: 5 });
-        assert_eq!(
-            cpu.pos,
-            Pos {
-                line: 3,
-                column: 10
-            }
-        );
+        assert_eq!((cpu_key.pos.line, cpu_key.pos.column), (3, 5));
+        assert_eq!((cpu.pos.line, cpu.pos.column), (3, 10));
         assert_eq!(cpu.value, Value::Int(2));
         assert_eq!(get(db, "image").value, Value::Str("x".into()));
     }
 
     #[test]
     fn numbers_keep_their_spelling_and_keys_are_text() {
-        let n = parse("05: 01234\nb: 1.10\nc: {<<: &x {d: 7}}\ne: *x\n").unwrap();
+        let n = parse("05: 01234\nb: 1.10\nc: {<<: &x {d: 7}}\ne: *x\n", 0).unwrap();
         assert_eq!(map(&n)[0].0.name, "05");
         assert_eq!(get(&n, "05").spelling.as_deref(), Some("01234"));
         assert_eq!(get(&n, "b").spelling.as_deref(), Some("1.10"));
@@ -282,7 +302,11 @@ mod tests {
 
     #[test]
     fn merge_keys_expand_and_explicit_keys_win() {
-        let n = parse("x-base: &b {cpu: 2, memory: 512}\nvm:\n  <<: *b\n  cpu: 4\n").unwrap();
+        let n = parse(
+            "x-base: &b {cpu: 2, memory: 512}\nvm:\n  <<: *b\n  cpu: 4\n",
+            0,
+        )
+        .unwrap();
         let vm = get(&n, "vm");
         assert_eq!(get(vm, "cpu").value, Value::Int(4));
         assert_eq!(get(vm, "memory").value, Value::Int(512));
@@ -291,9 +315,9 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_located() {
-        let e = parse("vms:\n  a: [1, 2\n").unwrap_err();
+        let e = parse("vms:\n  a: [1, 2\n", 0).unwrap_err();
         assert!(e.pos.line >= 2, "{e:?}");
-        let dup = parse("a: 1\na: 2\n").unwrap_err();
+        let dup = parse("a: 1\na: 2\n", 0).unwrap_err();
         assert_eq!(dup.pos.line, 2, "{dup:?}");
         assert!(dup.message.contains("duplicate"), "{dup:?}");
     }
@@ -308,7 +332,7 @@ mod tests {
         }
         // Refused by the node budget, before expanding 9^10 nodes (no wall-clock check: the
         // budget is what bounds the time, and CI machines are busy).
-        let err = parse(&text).unwrap_err();
+        let err = parse(&text, 0).unwrap_err();
         assert!(err.message.contains("too large or too complex"), "{err:?}");
     }
 
@@ -317,7 +341,7 @@ mod tests {
         let items = vec!["lol"; 2000].join(", ");
         let refs = vec!["*w"; 2000].join(", ");
         let text = format!("w: &w [{items}]\nx: [{refs}]\n");
-        let err = parse(&text).unwrap_err();
+        let err = parse(&text, 0).unwrap_err();
         assert!(err.message.contains("too large or too complex"), "{err:?}");
     }
 
@@ -329,7 +353,7 @@ mod tests {
         for i in 0..300 {
             text.push_str(&format!("  vm{i}:\n    <<: *common\n    user: u{i}\n"));
         }
-        let n = parse(&text).unwrap();
+        let n = parse(&text, 0).unwrap();
         assert_eq!(map(get(&n, "vms")).len(), 300);
         assert_eq!(
             get(get(get(&n, "vms"), "vm299"), "cpu").value,

@@ -759,7 +759,7 @@ pub fn orphans(project: &Project, host: &HostEnv) -> Result<Vec<Orphan>, EngineE
     let names = state.instance_names()?;
     Ok(names
         .into_iter()
-        .filter(|name| !project.vms.iter().any(|vm| &vm.name == name))
+        .filter(|name| !project.defines(name))
         .map(|name| {
             let paths = instance_paths(&state, host, &name);
             let running = matches!(

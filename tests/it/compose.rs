@@ -14,12 +14,12 @@ use crate::harness::fixture;
 fn try_load(name: &str) -> Result<Project, ComposeErrors> {
     let env = BTreeMap::new();
     let opts = DiscoverOptions {
-        file: None,
+        files: Vec::new(),
         cwd: fixture(name),
     };
     let found = discover(&opts, &env).unwrap();
     load(
-        &found.file,
+        &found,
         &LoadOptions {
             project_name: None,
             env: &env,

@@ -12,6 +12,7 @@ mod harness;
 mod cli;
 mod compose;
 mod ext4;
+mod habits;
 mod image;
 mod interact;
 mod lifecycle;

@@ -61,6 +61,7 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
         volumes,
         networks,
         warnings: Vec::new(),
+        inactive: Vec::new(),
     }
 }
 

@@ -65,6 +65,7 @@ pub(super) fn vm(
     let environment = environment(&raw.environment, &field("environment"), errors);
     let provision = provision(&raw.provision, &field("provision"), errors);
     let (volumes, positions) = mounts(&raw.volumes, &field("volumes"), cx, lookups, errors);
+    let profiles = profiles(&raw.profiles, &field("profiles"), errors);
     let vm = Vm {
         name: name.value.clone(),
         image,
@@ -86,8 +87,39 @@ pub(super) fn vm(
         provision,
         networks,
         volumes,
+        profiles,
     };
     (vm, positions)
+}
+
+/// Profile names as docker compose allows them, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, each once.
+fn profiles(names: &[At<String>], here: &Here, errors: &mut Errors) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let here = here.index(i);
+        let mut chars = name.value.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            errors.push(
+                name.pos,
+                &here,
+                format!(
+                    "profile name {:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+                    name.value
+                ),
+            );
+        } else if out.contains(&name.value) {
+            errors.push(
+                name.pos,
+                &here,
+                format!("profile {:?} is listed twice", name.value),
+            );
+        } else {
+            out.push(name.value.clone());
+        }
+    }
+    out
 }
 
 /// An http(s) URL or a host path. A missing `image:` was reported by the raw reader.

@@ -1,0 +1,235 @@
+//! The model written back as a compose file (`config`): every default filled in, sizes and
+//! paths as the validator resolved them (paths absolute), in a form that loads back to the
+//! same model, so `config` output can be given to `-f` (docs/compose.md, "config").
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use super::model::{ImageSource, MountKind, PortForward, Project, Vm, VolumeMount};
+use super::size::format_size;
+
+/// A compose file, in the order and spelling `config` prints.
+#[derive(Debug, Serialize)]
+pub struct ComposeFile<'a> {
+    name: &'a str,
+    vms: Named<VmEntry<'a>>,
+    #[serde(skip_serializing_if = "Named::is_empty")]
+    volumes: Named<VolumeEntry>,
+    #[serde(skip_serializing_if = "Named::is_empty")]
+    networks: Named<NetworkEntry>,
+}
+
+/// The compose file that loads back to `project`.
+pub fn compose_file(project: &Project) -> ComposeFile<'_> {
+    ComposeFile {
+        name: &project.name,
+        vms: Named(
+            project
+                .vms
+                .iter()
+                .map(|vm| (vm.name.clone(), vm_entry(vm)))
+                .collect(),
+        ),
+        volumes: Named(
+            project
+                .volumes
+                .iter()
+                .map(|v| {
+                    let entry = VolumeEntry {
+                        size: format_size(v.size_bytes),
+                    };
+                    (v.name.clone(), entry)
+                })
+                .collect(),
+        ),
+        networks: Named(
+            project
+                .networks
+                .iter()
+                .map(|n| {
+                    let entry = NetworkEntry {
+                        driver: n.driver.clone(),
+                        subnet: n.subnet.to_string(),
+                    };
+                    (n.name.clone(), entry)
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A mapping from names to definitions that keeps compose order.
+#[derive(Debug)]
+struct Named<T>(Vec<(String, T)>);
+
+impl<T> Named<T> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: Serialize> Serialize for Named<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeEntry {
+    size: String,
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkEntry {
+    driver: String,
+    subnet: String,
+}
+
+#[derive(Debug, Serialize)]
+struct VmEntry<'a> {
+    image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_checksum: Option<&'a str>,
+    cpu: u32,
+    /// MiB, as a bare number means.
+    memory: u64,
+    disk: Disk,
+    user: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssh: Option<Ssh>,
+    accel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_grace_period: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initrd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    depends_on: Vec<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    environment: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    provision: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    networks: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<Mount>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    profiles: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct Disk {
+    size: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Ssh {
+    port: u16,
+}
+
+/// A named volume in the short form; a bind mount in the long form, which carries every
+/// setting.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Mount {
+    Short(String),
+    Long(BindMount),
+}
+
+#[derive(Debug, Serialize)]
+struct BindMount {
+    source: String,
+    target: String,
+    read_only: bool,
+    automount: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mount_options: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_model: Option<&'static str>,
+}
+
+fn vm_entry(vm: &Vm) -> VmEntry<'_> {
+    let path = |p: &std::path::Path| p.display().to_string();
+    VmEntry {
+        image: match &vm.image {
+            ImageSource::Url(url) => url.clone(),
+            ImageSource::Path(p) => path(p),
+        },
+        image_checksum: vm.image_checksum.as_deref(),
+        cpu: vm.cpu,
+        memory: vm.memory_mib,
+        disk: Disk {
+            size: format_size(vm.disk_size_bytes),
+        },
+        user: &vm.user,
+        ports: vm.ports.iter().map(port_spec).collect(),
+        ssh: vm.ssh_port.map(|port| Ssh { port }),
+        accel: match vm.accel {
+            super::Accel::Auto => "auto",
+            super::Accel::Kvm => "kvm",
+            super::Accel::Tcg => "tcg",
+        },
+        stop_grace_period: vm.stop_grace_period_secs.map(|s| format!("{s}s")),
+        kernel: vm.kernel.as_deref().map(path),
+        initrd: vm.initrd.as_deref().map(path),
+        cmdline: vm.cmdline.as_deref(),
+        depends_on: vm.depends_on.iter().map(String::as_str).collect(),
+        environment: &vm.environment,
+        provision: &vm.provision,
+        networks: &vm.networks,
+        volumes: vm.volumes.iter().map(mount).collect(),
+        profiles: &vm.profiles,
+    }
+}
+
+/// `[ip:]host:guest/protocol`, an IPv6 address in brackets.
+fn port_spec(p: &PortForward) -> String {
+    let ip = match p.host_ip {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:"),
+        Some(ip) => format!("{ip}:"),
+        None => String::new(),
+    };
+    format!(
+        "{ip}{}:{}/{}",
+        p.host_port,
+        p.guest_port,
+        p.protocol.as_str()
+    )
+}
+
+fn mount(m: &VolumeMount) -> Mount {
+    match &m.kind {
+        MountKind::Named { .. } => Mount::Short(m.to_string()),
+        MountKind::Bind {
+            source,
+            automount,
+            mount_options,
+            security_model,
+            ..
+        } => Mount::Long(BindMount {
+            source: source.display().to_string(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+            automount: *automount,
+            mount_options: (!mount_options.is_empty()).then(|| {
+                mount_options
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            security_model: security_model.map(|m| m.as_str()),
+        }),
+    }
+}

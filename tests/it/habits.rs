@@ -1,0 +1,181 @@
+//! Compose as docker compose users know it: several files and the override file, profiles,
+//! and `config` printing a compose file that `-f` takes back (docs/compose.md).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::harness::{Project, assert_golden, fixture, text};
+
+/// Compares `actual` with `tests/golden/config/NAME`, with the fixture folder written as
+/// `$DIR`.
+fn assert_config_golden(name: &str, dir: &Path, actual: &str) {
+    assert_golden(
+        &format!("config/{name}"),
+        actual.replace(dir.to_str().unwrap(), "$DIR"),
+    );
+}
+
+/// `config` of the fixture `overrides` with `ci.yaml` instead of the override file, and the
+/// profile `debug`.
+const CI_DEBUG_CONFIG: [&str; 7] = [
+    "-f",
+    "qemu-compose.yaml",
+    "-f",
+    "ci.yaml",
+    "--profile",
+    "debug",
+    "config",
+];
+
+/// A project holding copies of the files of the fixture `overrides`.
+fn overrides_project() -> Project {
+    let p = Project::empty();
+    for name in ["qemu-compose.yaml", "qemu-compose.override.yaml", "ci.yaml"] {
+        std::fs::copy(fixture("overrides").join(name), p.join(name)).unwrap();
+    }
+    p
+}
+
+/// `qemu-compose ARGS` in `dir` with `input` on standard input; must succeed.
+fn with_stdin(p: &Project, dir: &Path, args: &[&str], input: &str) -> String {
+    let mut child = p
+        .command_in(dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn the_override_file_and_several_f_merge_as_docker_does() {
+    let p = Project::empty();
+    let dir = fixture("overrides");
+    // Without -f, qemu-compose.override.yaml beside the main file is merged.
+    let merged = p.ok_in(&dir, &["config"]);
+    assert_eq!(merged.stderr, "");
+    assert_config_golden("overrides.yaml", &dir, &merged.stdout);
+    // With -f, only the files named, in order; --profile adds the VMs of `debug`.
+    let ci = p.ok_in(&dir, &CI_DEBUG_CONFIG);
+    assert_config_golden("overrides-ci-debug.yaml", &dir, &ci.stdout);
+}
+
+#[test]
+fn config_output_loads_back_to_the_same_output() {
+    let p = Project::empty();
+    let dir = fixture("overrides");
+    for args in [
+        &["config"][..],
+        &CI_DEBUG_CONFIG,
+        &[&CI_DEBUG_CONFIG[..], &["--format", "json"]].concat(),
+    ] {
+        let first = p.ok_in(&dir, args).stdout;
+        let format = if args.contains(&"json") {
+            &["--format", "json"][..]
+        } else {
+            &[]
+        };
+        let config_of = |file| [&["-f", file, "--profile", "debug", "config"][..], format].concat();
+        // Through standard input, from another folder: paths in the output are absolute.
+        let again = with_stdin(&p, p.path(), &config_of("-"), &first);
+        assert_eq!(again, first, "{args:?}");
+        // And through a file.
+        std::fs::write(p.join("printed.yaml"), &first).unwrap();
+        assert_eq!(p.ok(&config_of("printed.yaml")).stdout, first, "{args:?}");
+    }
+    // Every example of the design loads back the same way.
+    for name in [
+        "design-example",
+        "go-style",
+        "seed-long-form",
+        "seed-short-form",
+    ] {
+        let first = p.ok_in(&fixture(name), &["config"]).stdout;
+        assert_eq!(
+            with_stdin(&p, p.path(), &["-f", "-", "config"], &first),
+            first,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn profiles_leave_vms_out_unless_selected_or_named() {
+    let p = overrides_project();
+    let vms = |args: &[&str]| p.ok(args).stdout;
+    assert_eq!(vms(&["config", "--services"]), "db\nweb\n");
+    let ci = ["-f", "qemu-compose.yaml", "-f", "ci.yaml"];
+    assert_eq!(
+        vms(&[&ci[..], &["--profile", "ci", "config", "--services"]].concat()),
+        "db\nweb\ntests\n"
+    );
+    // The variable takes a comma-separated list.
+    let out = p
+        .command(&[&ci[..], &["config", "--services"]].concat())
+        .env("QEMU_COMPOSE_PROFILES", "debug,ci")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "db\nweb\ndebug\ntests\n");
+
+    // A VM named on the command line is used whatever its profiles; ps without names lists
+    // only the VMs in use.
+    let names = |json: serde_json::Value| -> Vec<String> {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|vm| vm["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(p.json(&["ps", "--format", "json"])), ["db", "web"]);
+    assert_eq!(
+        names(p.json(&["ps", "debug", "--format", "json"])),
+        ["debug"]
+    );
+    let unknown = p.run(&["ps", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn errors_name_the_file_they_are_in() {
+    let p = Project::new("vms:\n  db:\n    image: ./base.qcow2\n    cpu: two\n");
+    std::fs::write(
+        p.join("qemu-compose.override.yaml"),
+        "vms:\n  db:\n    memroy: 1G\n    profiles: [\"bad name\"]\n",
+    )
+    .unwrap();
+    let out = p.run(&["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let dir = p.path().canonicalize().unwrap();
+    let main = dir.join("qemu-compose.yaml");
+    let over = dir.join("qemu-compose.override.yaml");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {}:4:10: vms.db.cpu: expected a whole number, found \"two\"\n\
+             error: {}:3:5: vms.db.memroy: unknown key \"memroy\" (did you mean \"memory\"?)\n\
+             error: {}:4:16: vms.db.profiles[0]: profile name \"bad name\" must match [a-zA-Z0-9][a-zA-Z0-9_.-]*\n",
+            main.display(),
+            over.display(),
+            over.display()
+        )
+    );
+    // A syntax error in a later file names that file.
+    std::fs::write(p.join("qemu-compose.override.yaml"), "vms: [\n").unwrap();
+    let out = p.run(&["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with(&format!("error: {}:", over.display())),
+        "{}",
+        text(&out.stderr)
+    );
+}
