@@ -26,13 +26,17 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
 pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
     let project = project::load_naming(global, &args.vms)?;
     let host = project::host(global)?;
-    let opts = StopOptions {
+    engine::stop(&project, &host, &stop_options(args), &StderrReporter)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stop`'s options, which `restart` takes too.
+pub fn stop_options(args: &StopArgs) -> StopOptions {
+    StopOptions {
         vms: args.vms.clone(),
         force: args.force,
         timeout: args.timeout.map(Duration::from_secs),
-    };
-    engine::stop(&project, &host, &opts, &StderrReporter)?;
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 pub fn destroy(global: &GlobalArgs, args: &DestroyArgs) -> anyhow::Result<ExitCode> {

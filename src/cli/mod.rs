@@ -25,6 +25,7 @@ mod project;
 mod ps;
 mod pull;
 mod ssh;
+mod verbs;
 mod volume;
 
 /// Run QEMU virtual machines from a compose file, rootless.
@@ -98,7 +99,18 @@ enum Command {
     /// Stop running VMs: ACPI power-off, then quit, then kill
     Stop(StopArgs),
     /// Stop VMs and remove their instance folders (named volumes stay unless -v)
+    #[command(visible_alias = "down")]
     Destroy(DestroyArgs),
+    /// Start VMs that `up` created, and the VMs they depend on; creates nothing
+    Start(VmsArgs),
+    /// Stop VMs, then start them again
+    Restart(StopArgs),
+    /// Freeze the guests of running VMs (QEMU keeps running)
+    Pause(VmsArgs),
+    /// Let paused guests run again
+    Unpause(VmsArgs),
+    /// Print the host address forwarded to a guest port
+    Port(PortArgs),
     /// List the project's VMs and their status
     Ps(PsArgs),
     /// Show everything about one VM
@@ -182,6 +194,29 @@ struct DestroyArgs {
     /// Also stop and remove the VMs of this project that the compose file no longer has
     #[arg(long)]
     remove_orphans: bool,
+}
+
+#[derive(Debug, Args)]
+struct VmsArgs {
+    /// VMs (default: all)
+    vms: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct PortArgs {
+    /// The VM
+    vm: String,
+    /// The port in the guest
+    guest_port: u16,
+    /// The protocol
+    #[arg(long, value_enum, default_value_t = PortProtocol::Tcp)]
+    protocol: PortProtocol,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PortProtocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -512,6 +547,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => lifecycle::up(&cli.global, &args),
         Command::Stop(args) => lifecycle::stop(&cli.global, &args),
         Command::Destroy(args) => lifecycle::destroy(&cli.global, &args),
+        Command::Start(args) => verbs::start(&cli.global, &args),
+        Command::Restart(args) => verbs::restart(&cli.global, &args),
+        Command::Pause(args) => verbs::pause(&cli.global, &args, true),
+        Command::Unpause(args) => verbs::pause(&cli.global, &args, false),
+        Command::Port(args) => verbs::port(&cli.global, &args),
         Command::Ps(args) => ps::run(&cli.global, &args),
         Command::Inspect(args) => inspect::run(&cli.global, &args),
         Command::Console(args) => console::run(&cli.global, &args),

@@ -104,7 +104,7 @@ pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
 pub struct VmSummary {
     /// The VM name.
     pub name: String,
-    /// `not-created`, `stopped`, `starting`, `ready` or `broken`.
+    /// `not-created`, `stopped`, `starting`, `ready`, `paused` or `broken`.
     pub status: &'static str,
     /// Why a VM is broken.
     pub reason: Option<String>,

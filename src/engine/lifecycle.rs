@@ -481,6 +481,10 @@ fn stop_one(
     force: bool,
     reporter: &dyn Reporter,
 ) -> Result<StopOutcome, EngineError> {
+    if !force {
+        // A paused guest cannot hear the power-off request.
+        super::verbs::resume_if_paused(&handle.qmp_socket);
+    }
     let outcome = process::stop(handle, timeout, force).map_err(|e| EngineError::vm(vm, e))?;
     match outcome {
         StopOutcome::PoweredOff => reporter.info(&format!("VM {} powered off", vm)),

@@ -15,6 +15,7 @@ pub mod mounts;
 pub mod ssh;
 pub mod status;
 mod to_qemu;
+pub mod verbs;
 pub mod volumes;
 pub mod workspace;
 

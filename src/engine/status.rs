@@ -29,6 +29,8 @@ pub enum VmStatus {
     Starting,
     /// QEMU runs and an SSH login with the project key works.
     Ready,
+    /// QEMU runs with the guest frozen (`pause`).
+    Paused,
     /// The pidfile and the processes disagree, or QEMU does not answer QMP.
     Broken(String),
 }
@@ -41,13 +43,17 @@ impl VmStatus {
             VmStatus::Stopped => "stopped",
             VmStatus::Starting => "starting",
             VmStatus::Ready => "ready",
+            VmStatus::Paused => "paused",
             VmStatus::Broken(_) => "broken",
         }
     }
 
     /// Whether QEMU runs for the VM.
     pub fn is_running(&self) -> bool {
-        matches!(self, VmStatus::Starting | VmStatus::Ready)
+        matches!(
+            self,
+            VmStatus::Starting | VmStatus::Ready | VmStatus::Paused
+        )
     }
 }
 
@@ -80,6 +86,7 @@ pub fn status(paths: &InstancePaths, ssh_ready: impl FnOnce() -> bool) -> VmStat
                 Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT).and_then(|mut qmp| qmp.query_status());
             match answer {
                 Err(e) => VmStatus::Broken(format!("QEMU (pid {pid}) does not answer QMP: {e}")),
+                Ok(state) if state == "paused" => VmStatus::Paused,
                 Ok(_) if ssh_ready() => VmStatus::Ready,
                 Ok(_) => VmStatus::Starting,
             }

@@ -179,3 +179,126 @@ fn errors_name_the_file_they_are_in() {
         text(&out.stderr)
     );
 }
+
+/// Two bootless VMs, `web` depending on `db`, that give up powering off after 1 s.
+const TWO_VMS: &str = "
+volumes:
+  data: {size: 1G}
+vms:
+  db:
+    image: ./base.qcow2
+    memory: 128
+    stop_grace_period: 1s
+    volumes: ['data:/data']
+  web:
+    image: ./base.qcow2
+    memory: 128
+    stop_grace_period: 1s
+    depends_on: [db]
+";
+
+/// The `ps --format json` status of each VM, in compose order.
+fn statuses(p: &Project) -> Vec<String> {
+    p.json(&["ps", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| {
+            format!(
+                "{}={}",
+                vm["name"].as_str().unwrap(),
+                vm["status"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn start_pause_unpause_restart_and_down_with_a_real_qemu() {
+    let _one = crate::harness::one_qemu_at_a_time();
+    let p = Project::with_base(TWO_VMS, "64M");
+
+    // `start` creates nothing.
+    let refused = p.fails(&["start", "web"]);
+    assert!(
+        refused.contains("VM db, web was never created (or was destroyed); `qemu-compose up db web` creates and starts it"),
+        "{refused}"
+    );
+    assert!(!p.join(".qemu-compose").join("vms").exists());
+    p.ok(&["up", "--no-start"]);
+    assert_eq!(statuses(&p), ["db=stopped", "web=stopped"]);
+
+    // `start web` starts what it depends on first.
+    let said = p.ok(&["start", "web"]).stderr;
+    let db_at = said.find("started VM db").expect(&said);
+    let web_at = said.find("started VM web").expect(&said);
+    assert!(db_at < web_at, "{said}");
+    let (db_pid, web_pid) = (p.pid("db").unwrap(), p.pid("web").unwrap());
+
+    // `port VM 22` names the SSH forward `up` chose, as ps shows it.
+    let ssh = p.ok(&["port", "db", "22"]).stdout;
+    let ps = p.json(&["ps", "db", "--format", "json"]);
+    assert_eq!(ssh.trim(), ps[0]["ssh"].as_str().unwrap());
+
+    // pause freezes the guest: QEMU runs, QMP says paused, ps says paused.
+    assert_eq!(p.ok(&["pause", "db"]).stderr, "paused VM db\n");
+    assert_eq!(statuses(&p), ["db=paused", "web=starting"]);
+    assert_eq!(p.pid("db"), Some(db_pid));
+    // unpause without names: every running VM.
+    assert_eq!(
+        p.ok(&["unpause"]).stderr,
+        "unpaused VM db\nunpaused VM web\n"
+    );
+    assert_eq!(statuses(&p), ["db=starting", "web=starting"]);
+
+    // restart of a paused VM: it is let run so that it can power off, then started again.
+    p.ok(&["pause", "db"]);
+    let said = p.ok(&["restart", "db"]).stderr;
+    assert!(said.contains("started VM db"), "{said}");
+    let new_db = p.pid("db").unwrap();
+    assert_ne!(new_db, db_pid);
+    assert!(crate::harness::alive(new_db));
+    assert_eq!(p.pid("web"), Some(web_pid));
+    assert_eq!(statuses(&p), ["db=starting", "web=starting"]);
+
+    // down is destroy: -v also removes the declared volumes.
+    let said = p.ok(&["down", "-v"]).stderr;
+    assert!(
+        said.contains("removed VM db") && said.contains("removed VM web"),
+        "{said}"
+    );
+    assert_eq!(statuses(&p), ["db=not-created", "web=not-created"]);
+    assert!(!p.join(".qemu-compose/volumes/data").exists());
+    assert!(!crate::harness::alive(new_db) && !crate::harness::alive(web_pid));
+    assert_eq!(
+        p.fails(&["pause"]),
+        "error: no VM of the project is running\n"
+    );
+    assert_eq!(p.fails(&["unpause", "db"]), "error: VM db is not running\n");
+}
+
+#[test]
+fn port_prints_the_host_side_of_a_forward() {
+    let p = Project::new(
+        "vms:\n  web:\n    image: ./base.qcow2\n    ports: ['127.0.0.1:18080:80', '8053:53/udp', '[::1]:18443:443']\n  db:\n    image: ./base.qcow2\n    ssh: {port: 2299}\n",
+    );
+    assert_eq!(p.ok(&["port", "web", "80"]).stdout, "127.0.0.1:18080\n");
+    assert_eq!(
+        p.ok(&["port", "web", "53", "--protocol", "udp"]).stdout,
+        "0.0.0.0:8053\n"
+    );
+    assert_eq!(p.ok(&["port", "web", "443"]).stdout, "[::1]:18443\n");
+    assert_eq!(p.ok(&["port", "db", "22"]).stdout, "127.0.0.1:2299\n");
+    assert_eq!(
+        p.fails(&["port", "web", "53"]),
+        "error: VM web forwards no host port to its port 53/tcp\n"
+    );
+    assert_eq!(
+        p.fails(&["port", "web", "22"]),
+        "error: VM web has no SSH port yet: `up` chooses one when it starts the VM\n"
+    );
+    let usage = p.run(&["port", "nope", "80"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let usage = p.run(&["port", "web", "http"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
