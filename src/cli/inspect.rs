@@ -38,6 +38,13 @@ fn text(i: &Inspection) -> String {
     };
     let _ = writeln!(o, "VM {} (project {})", i.name, i.project);
     let _ = writeln!(o, "  status:   {status}");
+    if let Some(health) = &i.health {
+        let streak = health.failing_streak;
+        let _ = writeln!(o, "  health:   {}", health.last_words());
+        if streak > 0 {
+            let _ = writeln!(o, "            {streak} failure(s) in a row");
+        }
+    }
     let _ = writeln!(o, "  image:    {}", image_text(&c.image));
     let _ = writeln!(o, "  cpu:      {}", c.cpu);
     let _ = writeln!(o, "  memory:   {} MiB", c.memory_mib);

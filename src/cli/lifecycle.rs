@@ -17,6 +17,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         stop_timeout: args.timeout.map(Duration::from_secs),
         wait: args.wait.then(|| Duration::from_secs(args.wait_timeout)),
         remove_orphans: args.remove_orphans,
+        health_wait: Some(Duration::from_secs(args.wait_timeout)),
     };
     let mut progress = progress::for_stderr();
     engine::up(&project, &host, &opts, &StderrReporter, progress.as_mut())?;

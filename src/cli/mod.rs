@@ -143,10 +143,10 @@ enum Command {
 struct UpArgs {
     /// VMs to start (default: all), with the VMs they depend on
     vms: Vec<String>,
-    /// Wait until every VM answers SSH
+    /// Wait until every VM is healthy (with a health check) or answers SSH
     #[arg(long)]
     wait: bool,
-    /// Seconds to wait with --wait
+    /// Seconds to wait with --wait, and for a dependency to be healthy
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     wait_timeout: u64,
     /// Create volumes, disks and seeds, but start nothing

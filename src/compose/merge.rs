@@ -26,7 +26,12 @@ fn merge_vm_key(key: &str, base: Node, over: Node) -> Node {
         },
         "ports" => merge_keyed(base, over, published_port),
         "volumes" => merge_keyed(base, over, guest_path),
-        "depends_on" | "networks" | "profiles" => match (&base.value, &over.value) {
+        "depends_on" => match (&base.value, &over.value) {
+            (Value::Seq(_), Value::Seq(_)) => merge_keyed(base, over, scalar_text),
+            // The long form and the short one: both as `{name: {…}}`, merged by name.
+            _ => merge_plain(dependency_map(base), dependency_map(over)),
+        },
+        "networks" | "profiles" => match (&base.value, &over.value) {
             (Value::Seq(_), Value::Seq(_)) => merge_keyed(base, over, scalar_text),
             _ => merge_plain(base, over),
         },
@@ -150,6 +155,28 @@ fn environment_map(node: &Node) -> Option<Vec<(Key, Node)>> {
     }
 }
 
+/// `depends_on` in the long form: a list of names becomes `{name: null}` (a dependency
+/// without a condition); anything else stays as it is.
+fn dependency_map(node: Node) -> Node {
+    let Value::Seq(items) = &node.value else {
+        return node;
+    };
+    let mut entries = Vec::new();
+    for item in items {
+        let Value::Str(name) = &item.value else {
+            return node;
+        };
+        entries.push((
+            Key {
+                pos: item.pos,
+                name: name.clone(),
+            },
+            Node::at(item.pos, Value::Null),
+        ));
+    }
+    with_map(&node, entries)
+}
+
 fn with_map(node: &Node, entries: Vec<(Key, Node)>) -> Node {
     Node::at(node.pos, Value::Map(entries))
 }
@@ -226,6 +253,18 @@ mod tests {
         };
         assert_eq!((db[0].1.pos.file, db[0].1.pos.line), (0, 3));
         assert_eq!((db[1].1.pos.file, db[1].1.pos.line), (1, 3));
+    }
+
+    #[test]
+    fn depends_on_merges_the_short_and_the_long_form_by_name() {
+        let m = merged(
+            "vms:\n  web:\n    depends_on: [db, cache]\n",
+            "vms:\n  web:\n    depends_on: {db: {condition: service_healthy}, queue: {}}\n",
+        );
+        assert_eq!(
+            show(&m),
+            "{vms: {web: {depends_on: {db: {condition: service_healthy}, cache: null, queue: {}}}}}"
+        );
     }
 
     #[test]

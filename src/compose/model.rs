@@ -152,6 +152,11 @@ pub struct Vm {
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
     pub depends_on: Vec<String>,
+    /// The VMs of `depends_on` that must be healthy, not only started, before this one
+    /// starts (`condition: service_healthy`).
+    pub healthy_dependencies: Vec<String>,
+    /// `None`: no check (none written, `disable: true` or `test: ["NONE"]`).
+    pub healthcheck: Option<HealthCheck>,
     pub environment: BTreeMap<String, String>,
     /// Shell commands, run once per instance, in order.
     pub provision: Vec<String>,
@@ -160,6 +165,30 @@ pub struct Vm {
     pub volumes: Vec<VolumeMount>,
     /// The VM is used only when one of these profiles is active (none: always).
     pub profiles: Vec<String>,
+}
+
+/// docker's `healthcheck:`, run in the guest over SSH (docs/compose.md, "Health checks").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    pub test: HealthTest,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failures in a row, after the start period, that make the VM unhealthy.
+    pub retries: u32,
+    /// Failures within this time of the start do not count.
+    pub start_period_ms: u64,
+    /// The interval within the start period.
+    pub start_interval_ms: u64,
+}
+
+/// What a health check runs in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthTest {
+    /// `["CMD", program, args…]`: the words, each quoted for the guest's shell.
+    Cmd(Vec<String>),
+    /// `["CMD-SHELL", line]` or a plain string: a shell command line.
+    CmdShell(String),
 }
 
 /// Where the base image comes from.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use super::model::{ImageSource, MountKind, PortForward, Project, Vm, VolumeMount};
+use super::model::{
+    HealthCheck, HealthTest, ImageSource, MountKind, PortForward, Project, Vm, VolumeMount,
+};
 use super::size::format_size;
 
 /// A compose file, in the order and spelling `config` prints.
@@ -114,8 +116,10 @@ struct VmEntry<'a> {
     initrd: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cmdline: Option<&'a str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    depends_on: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Dependencies::is_empty")]
+    depends_on: Dependencies<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthcheck: Option<Healthcheck>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     environment: &'a BTreeMap<String, String>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -126,6 +130,82 @@ struct VmEntry<'a> {
     volumes: Vec<Mount>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     profiles: &'a [String],
+}
+
+/// `depends_on`: the short form, unless a condition other than the default is needed.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Dependencies<'a> {
+    Short(Vec<&'a str>),
+    Long(Named<Condition>),
+}
+
+impl Dependencies<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Dependencies::Short(names) => names.is_empty(),
+            Dependencies::Long(named) => named.is_empty(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Condition {
+    condition: &'static str,
+}
+
+fn dependencies(vm: &Vm) -> Dependencies<'_> {
+    if vm.healthy_dependencies.is_empty() {
+        return Dependencies::Short(vm.depends_on.iter().map(String::as_str).collect());
+    }
+    Dependencies::Long(Named(
+        vm.depends_on
+            .iter()
+            .map(|name| {
+                let condition = if vm.healthy_dependencies.contains(name) {
+                    "service_healthy"
+                } else {
+                    "service_started"
+                };
+                (name.clone(), Condition { condition })
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Serialize)]
+struct Healthcheck {
+    test: Vec<String>,
+    interval: String,
+    timeout: String,
+    retries: u32,
+    start_period: String,
+    start_interval: String,
+}
+
+fn healthcheck(check: &HealthCheck) -> Healthcheck {
+    Healthcheck {
+        test: match &check.test {
+            HealthTest::Cmd(words) => std::iter::once("CMD".to_owned())
+                .chain(words.iter().cloned())
+                .collect(),
+            HealthTest::CmdShell(line) => vec!["CMD-SHELL".to_owned(), line.clone()],
+        },
+        interval: duration(check.interval_ms),
+        timeout: duration(check.timeout_ms),
+        retries: check.retries,
+        start_period: duration(check.start_period_ms),
+        start_interval: duration(check.start_interval_ms),
+    }
+}
+
+/// `30s`, or `1500ms` when not whole seconds.
+fn duration(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -184,7 +264,8 @@ fn vm_entry(vm: &Vm) -> VmEntry<'_> {
         kernel: vm.kernel.as_deref().map(path),
         initrd: vm.initrd.as_deref().map(path),
         cmdline: vm.cmdline.as_deref(),
-        depends_on: vm.depends_on.iter().map(String::as_str).collect(),
+        depends_on: dependencies(vm),
+        healthcheck: vm.healthcheck.as_ref().map(healthcheck),
         environment: &vm.environment,
         provision: &vm.provision,
         networks: &vm.networks,

@@ -53,11 +53,38 @@ pub struct RawVm {
     pub initrd: Option<At<String>>,
     pub cmdline: Option<At<String>>,
     pub depends_on: Vec<At<String>>,
+    /// The `condition:` of each `depends_on` entry written in the long form, by VM name.
+    pub depends_conditions: Conditions,
+    pub healthcheck: Option<RawHealthcheck>,
     pub environment: Vec<(At<String>, At<String>)>,
     pub provision: Vec<At<String>>,
     pub networks: Vec<At<String>>,
     pub volumes: Vec<RawMount>,
     pub profiles: Vec<At<String>>,
+}
+
+/// `depends_on` conditions: the VM depended on, and the condition.
+pub type Conditions = Vec<(At<String>, At<String>)>;
+
+/// `healthcheck:` as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawHealthcheck {
+    pub pos: Pos,
+    pub test: Option<At<RawTest>>,
+    pub interval: Option<At<String>>,
+    pub timeout: Option<At<String>>,
+    pub retries: Option<At<i128>>,
+    pub start_period: Option<At<String>>,
+    pub start_interval: Option<At<String>>,
+    pub disable: Option<At<bool>>,
+}
+
+/// A health check's `test:`: a list (`["CMD", …]`, `["CMD-SHELL", "…"]`, `["NONE"]`) or a
+/// string (a shell command line).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawTest {
+    List(Vec<String>),
+    Shell(String),
 }
 
 /// One entry of a VM's `volumes:` list.
@@ -149,6 +176,21 @@ keys! {
         Volumes = "volumes",
         StopGracePeriod = "stop_grace_period",
         Profiles = "profiles",
+        Healthcheck = "healthcheck",
+    }
+    /// `vms.<name>.healthcheck`
+    HealthKey {
+        Test = "test",
+        Interval = "interval",
+        Timeout = "timeout",
+        Retries = "retries",
+        StartPeriod = "start_period",
+        StartInterval = "start_interval",
+        Disable = "disable",
+    }
+    /// A `depends_on` entry in the long form.
+    DependsKey {
+        Condition = "condition",
     }
     /// `vms.<name>.disk`
     DiskKey {
@@ -301,7 +343,10 @@ impl Reader<'_, '_> {
                 VmKey::Kernel => vm.kernel = self.string(node, &here),
                 VmKey::Initrd => vm.initrd = self.string(node, &here),
                 VmKey::Cmdline => vm.cmdline = self.string(node, &here),
-                VmKey::DependsOn => vm.depends_on = self.string_list(node, &here, false),
+                VmKey::DependsOn => {
+                    (vm.depends_on, vm.depends_conditions) = self.depends_on(node, &here);
+                }
+                VmKey::Healthcheck => vm.healthcheck = self.healthcheck(node, &here),
                 VmKey::Environment => vm.environment = self.environment(node, &here),
                 VmKey::Provision => vm.provision = self.provision(node, &here),
                 VmKey::Networks => vm.networks = self.string_list(node, &here, false),
@@ -310,6 +355,81 @@ impl Reader<'_, '_> {
             }
         }
         vm
+    }
+
+    /// `depends_on`: a list of names, or docker's long form `{db: {condition: …}}` (the
+    /// names, and each condition written).
+    fn depends_on(&mut self, node: &Node, here: &Here) -> (Vec<At<String>>, Conditions) {
+        let Value::Map(entries) = &node.value else {
+            return (self.string_list(node, here, false), Vec::new());
+        };
+        let mut names = Vec::new();
+        let mut conditions = Vec::new();
+        for (key, value) in entries {
+            let here = here.field(&key.name);
+            names.push(at(key));
+            for (k, node, here) in self.optional_mapping::<DependsKey>(value, &here) {
+                match k {
+                    DependsKey::Condition => {
+                        if let Some(condition) = self.string(node, &here) {
+                            conditions.push((at(key), condition));
+                        }
+                    }
+                }
+            }
+        }
+        (names, conditions)
+    }
+
+    /// `healthcheck:`
+    fn healthcheck(&mut self, node: &Node, here: &Here) -> Option<RawHealthcheck> {
+        let entries = self.mapping::<HealthKey>(node, here, false)?;
+        let mut check = RawHealthcheck {
+            pos: node.pos,
+            test: None,
+            interval: None,
+            timeout: None,
+            retries: None,
+            start_period: None,
+            start_interval: None,
+            disable: None,
+        };
+        for (key, node, here) in entries {
+            match key {
+                HealthKey::Test => check.test = self.health_test(node, &here),
+                HealthKey::Interval => check.interval = self.scalar_text(node, &here),
+                HealthKey::Timeout => check.timeout = self.scalar_text(node, &here),
+                HealthKey::Retries => check.retries = self.int(node, &here),
+                HealthKey::StartPeriod => check.start_period = self.scalar_text(node, &here),
+                HealthKey::StartInterval => check.start_interval = self.scalar_text(node, &here),
+                HealthKey::Disable => check.disable = self.bool(node, &here),
+            }
+        }
+        Some(check)
+    }
+
+    fn health_test(&mut self, node: &Node, here: &Here) -> Option<At<RawTest>> {
+        let value = match &node.value {
+            Value::Str(_) => RawTest::Shell(self.string(node, here)?.value),
+            Value::Seq(_) => RawTest::List(
+                self.string_list(node, here, true)
+                    .into_iter()
+                    .map(|word| word.value)
+                    .collect(),
+            ),
+            _ => {
+                self.wrong_type(
+                    node,
+                    here,
+                    "a list such as [\"CMD\", \"pg_isready\"] or a string",
+                );
+                return None;
+            }
+        };
+        Some(At {
+            pos: node.pos,
+            value,
+        })
     }
 
     /// `disk: {size: …}`

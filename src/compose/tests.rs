@@ -1051,3 +1051,105 @@ fn profile_names_are_checked() {
         "qemu-compose.yaml:4:19: vms.a.profiles[1]: profile \"x\" is listed twice"
     );
 }
+
+#[test]
+fn health_checks_in_every_form_docker_writes() {
+    let p = ok("vms:
+  a:
+    image: ./i
+    healthcheck: {test: [CMD, pg_isready, -U, app], interval: 10s, timeout: 2s, retries: 5, start_period: 1m, start_interval: 500ms}
+  b:
+    image: ./i
+    healthcheck: {test: [CMD-SHELL, 'test -e /run/ok || exit 1']}
+  c:
+    image: ./i
+    healthcheck: {test: curl -f localhost}
+  d:
+    image: ./i
+    healthcheck: {test: [NONE]}
+  e:
+    image: ./i
+    healthcheck: {test: [CMD, x], disable: true}
+  f:
+    image: ./i
+    healthcheck: {disable: true}
+    depends_on: {a: {condition: service_healthy}, b: {condition: service_started}, c: null}
+");
+    let check = |name: &str| p.vm(name).unwrap().healthcheck.clone();
+    assert_eq!(
+        check("a"),
+        Some(HealthCheck {
+            test: HealthTest::Cmd(vec!["pg_isready".into(), "-U".into(), "app".into()]),
+            interval_ms: 10_000,
+            timeout_ms: 2_000,
+            retries: 5,
+            start_period_ms: 60_000,
+            start_interval_ms: 500,
+        })
+    );
+    // docker's defaults.
+    let b = check("b").unwrap();
+    assert_eq!(
+        b.test,
+        HealthTest::CmdShell("test -e /run/ok || exit 1".into())
+    );
+    assert_eq!(
+        (
+            b.interval_ms,
+            b.timeout_ms,
+            b.retries,
+            b.start_period_ms,
+            b.start_interval_ms
+        ),
+        (30_000, 30_000, 3, 0, 5_000)
+    );
+    assert_eq!(
+        check("c").unwrap().test,
+        HealthTest::CmdShell("curl -f localhost".into())
+    );
+    assert_eq!((check("d"), check("e"), check("f")), (None, None, None));
+    let f = p.vm("f").unwrap();
+    assert_eq!(f.depends_on, ["a", "b", "c"]);
+    assert_eq!(f.healthy_dependencies, ["a"]);
+}
+
+#[test]
+fn health_check_errors_are_located_and_say_what_to_write() {
+    let errors = errors("vms:
+  a:
+    image: ./i
+    healthcheck: {test: [CMD], interval: 0s, timeout: soon, retries: 0, tset: x}
+  b:
+    image: ./i
+    healthcheck: {test: [CMD-SHELL, a, b], start_period: -1s}
+  c:
+    image: ./i
+    healthcheck: {test: [RUN, x]}
+  d:
+    image: ./i
+    healthcheck: {interval: 5s}
+  e:
+    image: ./i
+    healthcheck: {test: ''}
+    depends_on: {d: {condition: service_completed_successfully}, c: {condition: service_ready}, b: {condition: service_healthy, restart: true}}
+");
+    assert_eq!(
+        errors,
+        [
+            "qemu-compose.yaml:4:25: vms.a.healthcheck.test: [\"CMD\"] needs the program to run after it",
+            "qemu-compose.yaml:4:42: vms.a.healthcheck.interval: interval must be longer than 0",
+            "qemu-compose.yaml:4:55: vms.a.healthcheck.timeout: timeout \"soon\" is not a duration such as 10s, 1m30s or 500ms",
+            "qemu-compose.yaml:4:70: vms.a.healthcheck.retries: retries must be from 1 to 1000, not 0",
+            "qemu-compose.yaml:4:73: vms.a.healthcheck.tset: unknown key \"tset\" (did you mean \"test\"?)",
+            "qemu-compose.yaml:7:25: vms.b.healthcheck.test: [\"CMD-SHELL\", …] takes exactly one command line after it",
+            "qemu-compose.yaml:7:58: vms.b.healthcheck.start_period: start_period \"-1s\" is not a duration such as 10s, 1m30s or 500ms",
+            "qemu-compose.yaml:10:25: vms.c.healthcheck.test: a list test starts with \"CMD\", \"CMD-SHELL\" or \"NONE\"",
+            "qemu-compose.yaml:13:18: vms.d.healthcheck: `test:` is required (e.g. [\"CMD\", \"pg_isready\"]), or `disable: true`",
+            "qemu-compose.yaml:16:25: vms.e.healthcheck.test: the command is empty",
+            "qemu-compose.yaml:17:33: vms.e.depends_on.d.condition: service_completed_successfully is not supported: a VM does not exit when its work is done (use service_healthy with a health check that tells)",
+            "qemu-compose.yaml:17:81: vms.e.depends_on.c.condition: unknown condition \"service_ready\" (service_started or service_healthy)",
+            "qemu-compose.yaml:17:112: vms.e.depends_on.b.condition: VM b has no health check, so it can never be healthy (give it a `healthcheck:`, or use service_started)",
+            "qemu-compose.yaml:17:129: vms.e.depends_on.b.restart: unknown key \"restart\" (valid keys: condition)",
+        ]
+    );
+}

@@ -20,6 +20,7 @@ use crate::qemu::ports::allocate_ssh_port;
 use crate::qemu::process::DEFAULT_QEMU;
 use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRecord, VolumeRegistry};
 
+use super::health::{self, Health, HealthStatus};
 use super::mounts::{self, PlanFacts, SourceKind};
 use super::status::{self, VmStatus};
 use super::workspace::instance_paths;
@@ -49,12 +50,21 @@ pub fn probe_statuses(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmS
     })
 }
 
-/// The status of one VM: QMP first, then an SSH login with the project key.
+/// The status of one VM: QMP first, then an SSH login with the project key; for a VM with a
+/// health check, its health instead of `starting`/`ready` (the check runs when it is due and
+/// the VM answers SSH).
 pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
     let state = StateDir::new(&project.dir);
     let paths = instance_paths(&state, host, &vm.name);
     let key = state.ssh_key();
-    status::status(&paths, || {
+    let login = |record: &InstanceRecord| ssh::Login {
+        key: &key,
+        user: &vm.user,
+        port: record.ssh_port,
+        vm: &vm.name,
+        known_hosts: &paths.known_hosts,
+    };
+    let st = status::status(&paths, || {
         let Some(record) = InstanceRecord::load(&paths.record).ok().flatten() else {
             return false;
         };
@@ -64,19 +74,38 @@ pub fn probe_status(project: &Project, host: &HostEnv, vm: &Vm) -> VmStatus {
         if !key.is_file() || !ssh::banner_seen(record.ssh_port, BANNER_BUDGET) {
             return false;
         }
-        let login = ssh::Login {
-            key: &key,
-            user: &vm.user,
-            port: record.ssh_port,
-            vm: &vm.name,
-            known_hosts: &paths.known_hosts,
-        };
-        let ready = ssh::probe(&login, SSH_PROBE_TIMEOUT);
+        let ready = ssh::probe(&login(&record), SSH_PROBE_TIMEOUT);
         if ready {
             status::mark_ready(&paths, &record);
         }
         ready
-    })
+    });
+    let (Some(check), VmStatus::Starting | VmStatus::Ready) = (&vm.healthcheck, &st) else {
+        return st;
+    };
+    let Some(record) = InstanceRecord::load(&paths.record).ok().flatten() else {
+        return st;
+    };
+    let now = if st == VmStatus::Ready {
+        health::refresh(check, &login(&record), &paths, &record)
+    } else {
+        health::load(&paths, &record)
+    };
+    match now.status {
+        HealthStatus::Starting => VmStatus::Starting,
+        HealthStatus::Healthy => VmStatus::Healthy,
+        HealthStatus::Unhealthy => VmStatus::Unhealthy,
+    }
+}
+
+/// The health check results of a running VM with a check, as the last command left them.
+fn health_of(vm: &Vm, paths: &InstancePaths, st: &VmStatus) -> Option<Health> {
+    vm.healthcheck.as_ref()?;
+    let record = InstanceRecord::load(&paths.record)
+        .ok()
+        .flatten()
+        .filter(|_| st.is_running())?;
+    Some(health::load(paths, &record))
 }
 
 /// A qcow2 image's size as the guest sees it and what it takes on the host.
@@ -104,7 +133,8 @@ pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
 pub struct VmSummary {
     /// The VM name.
     pub name: String,
-    /// `not-created`, `stopped`, `starting`, `ready`, `paused` or `broken`.
+    /// `not-created`, `stopped`, `starting`, `ready`, `paused`, `healthy`, `unhealthy` or
+    /// `broken`.
     pub status: &'static str,
     /// Why a VM is broken.
     pub reason: Option<String>,
@@ -118,6 +148,9 @@ pub struct VmSummary {
     pub memory_mib: u64,
     /// The instance disk, once created.
     pub disk: Option<DiskUsage>,
+    /// The health check's state and last results, for a running VM that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// The `ps` lines of `vms` (in the given order), probing their status in parallel.
@@ -129,8 +162,10 @@ pub fn summaries(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmSummar
         .map(|(vm, st)| {
             let paths = instance_paths(&state, host, &vm.name);
             let record = InstanceRecord::load(&paths.record).ok().flatten();
+            let health = health_of(vm, &paths, &st);
             VmSummary {
                 name: vm.name.clone(),
+                health,
                 status: st.word(),
                 ssh: record
                     .filter(|_| st.is_running())
@@ -168,6 +203,8 @@ pub struct Inspection<'a> {
     pub project: String,
     /// The status and, for `broken`, the reason.
     pub state: VmStatus,
+    /// The health check's state and last results, for a running VM that has one.
+    pub health: Option<Health>,
     /// The VM as the compose file defines it, with defaults applied.
     pub config: &'a Vm,
     /// The accelerator this host gives the VM, and why.
@@ -536,6 +573,7 @@ pub fn inspect<'a>(
     Ok(Inspection {
         name: vm.name.clone(),
         project: project.name.clone(),
+        health: health_of(vm, &paths, &state_now),
         state: state_now,
         config: vm,
         accel,

@@ -17,7 +17,7 @@ use crate::state::{
 use super::instance::{self, DiskChange, PreparedVm};
 use super::status;
 use super::workspace::instance_paths;
-use super::{EngineError, HostEnv, Reporter, ssh, volumes};
+use super::{EngineError, HostEnv, Reporter, health, ssh, volumes};
 
 /// The first port tried for SSH forwarding.
 pub(super) const FIRST_SSH_PORT: u16 = 2222;
@@ -42,6 +42,9 @@ pub struct UpOptions {
     pub wait: Option<Duration>,
     /// Stop and remove the instances of VMs the compose file no longer has.
     pub remove_orphans: bool,
+    /// How long to wait for a dependency with `condition: service_healthy` to be healthy;
+    /// `None`: [`health::DEFAULT_HEALTH_WAIT`].
+    pub health_wait: Option<Duration>,
 }
 
 /// How long a guest gets to power off when neither the command nor the VM's
@@ -213,6 +216,17 @@ pub fn up(
     let mut running = Vec::new();
     let mut tcg_said = false;
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
+        if qemu.is_some() {
+            let limit = opts.health_wait.unwrap_or(health::DEFAULT_HEALTH_WAIT);
+            health::wait_for_dependencies(
+                project,
+                host,
+                vm,
+                &secrets.private_key_path,
+                limit,
+                reporter,
+            )?;
+        }
         let resolved = base.clone();
         let prepared = instance::prepare(&cx, vm, checked, base)?;
         prepared.paths.check_socket_dir()?;
@@ -337,8 +351,20 @@ pub fn up(
     if let Some(limit) = opts.wait {
         let deadline = Instant::now() + limit;
         for (vm, port) in running {
-            reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
             let paths = instance_paths(&state, host, &vm.name);
+            if let Some(check) = &vm.healthcheck {
+                // A VM with a health check is waited for until healthy, not only for SSH.
+                let key = &secrets.private_key_path;
+                let probe = health::Probe {
+                    vm,
+                    check,
+                    key,
+                    paths: &paths,
+                };
+                probe.wait_healthy(deadline, reporter)?;
+                continue;
+            }
+            reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
             let login = ssh::Login {
                 key: &secrets.private_key_path,
                 user: &vm.user,

@@ -6,6 +6,7 @@
 //! here prints: progress and warnings go through a [`Reporter`] the CLI provides.
 
 pub mod doctor;
+pub mod health;
 pub mod host;
 pub mod images;
 pub mod inspect;

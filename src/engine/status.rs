@@ -31,6 +31,10 @@ pub enum VmStatus {
     Ready,
     /// QEMU runs with the guest frozen (`pause`).
     Paused,
+    /// QEMU runs and the VM's health check passed last.
+    Healthy,
+    /// QEMU runs and the VM's health check failed `retries` times in a row.
+    Unhealthy,
     /// The pidfile and the processes disagree, or QEMU does not answer QMP.
     Broken(String),
 }
@@ -44,6 +48,8 @@ impl VmStatus {
             VmStatus::Starting => "starting",
             VmStatus::Ready => "ready",
             VmStatus::Paused => "paused",
+            VmStatus::Healthy => "healthy",
+            VmStatus::Unhealthy => "unhealthy",
             VmStatus::Broken(_) => "broken",
         }
     }
@@ -52,7 +58,11 @@ impl VmStatus {
     pub fn is_running(&self) -> bool {
         matches!(
             self,
-            VmStatus::Starting | VmStatus::Ready | VmStatus::Paused
+            VmStatus::Starting
+                | VmStatus::Ready
+                | VmStatus::Paused
+                | VmStatus::Healthy
+                | VmStatus::Unhealthy
         )
     }
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use qemu_compose::compose::{
-    Accel, ComposeErrors, DiscoverOptions, ImageSource, LoadOptions, MountKind, Project, Protocol,
-    discover, load,
+    Accel, ComposeErrors, DiscoverOptions, HealthTest, ImageSource, LoadOptions, MountKind,
+    Project, Protocol, discover, load,
 };
 
 use crate::harness::fixture;
@@ -129,6 +129,15 @@ fn seed_examples_are_valid() {
 #[test]
 fn go_style_file_is_valid() {
     let p = load_ok("go-style");
+    let check = p.vm("database").unwrap().healthcheck.as_ref().unwrap();
+    assert_eq!(
+        check.test,
+        HealthTest::CmdShell("pg_isready -U postgres".into())
+    );
+    assert_eq!(
+        (check.interval_ms, check.timeout_ms, check.retries),
+        (10_000, 5_000, 5)
+    );
     let web = p.vm("web").unwrap();
     assert_eq!((web.user.as_str(), web.user_guessed), ("fedora", true));
     assert_eq!(web.disk_size_bytes, 8 << 30);

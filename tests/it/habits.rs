@@ -302,3 +302,153 @@ fn port_prints_the_host_side_of_a_forward() {
     let usage = p.run(&["port", "web", "http"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+/// A stand-in for the system `ssh`, first on `PATH`: it runs the remote command (the word
+/// after `--`) on this host. A bootless VM has no guest to run a health check in; with this,
+/// a check passes once a file appears on the host, so what is tested here is the engine's
+/// waiting, ordering and bookkeeping (tests/e2e.rs runs checks in a real guest). Returns the
+/// `PATH` to give the command.
+fn stub_ssh(p: &Project) -> String {
+    let bin = p.join("stub-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("ssh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nwhile [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n[ \"$#\" -gt 1 ] || exit 255\nshift\nexec sh -c \"$*\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+/// `db` with a health check that passes once `marker` exists, `web` needing it healthy.
+fn healthy_pair(marker: &Path, retries: u32) -> String {
+    format!(
+        "
+vms:
+  db:
+    image: ./base.qcow2
+    memory: 128
+    stop_grace_period: 1s
+    healthcheck:
+      test: [CMD-SHELL, 'test -e {} && echo db is up']
+      interval: 1s
+      timeout: 5s
+      retries: {retries}
+  web:
+    image: ./base.qcow2
+    memory: 128
+    stop_grace_period: 1s
+    depends_on: {{db: {{condition: service_healthy}}}}
+",
+        marker.display()
+    )
+}
+
+#[test]
+fn a_vm_starts_once_its_dependency_is_healthy_and_up_wait_reports_unhealthy() {
+    let _one = crate::harness::one_qemu_at_a_time();
+    let p = Project::empty();
+    crate::harness::qemu_img_create(&p.join("base.qcow2"), "64M");
+    let marker = p.join("db-ready");
+    p.write_compose(&healthy_pair(&marker, 100));
+    let path = stub_ssh(&p);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = p.command(args).env("PATH", &path).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let up = p
+        .command(&["up"])
+        .env("PATH", &path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while p.pid("db").is_none() {
+        assert!(std::time::Instant::now() < until, "db did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // db runs and its check fails: web waits, not even created.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let ps = json(&["ps", "--format", "json"]);
+    assert_eq!(ps[0]["status"], "starting", "{ps}");
+    assert_eq!(ps[1]["status"], "not-created", "{ps}");
+    let db_health = &ps[0]["health"];
+    assert_eq!(db_health["status"], "starting");
+    assert_ne!(db_health["log"][0]["exit_code"], 0, "{db_health}");
+    assert!(p.pid("web").is_none());
+
+    std::fs::write(&marker, "").unwrap();
+    let out = up.wait_with_output().unwrap();
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let order: Vec<usize> = [
+        "started VM db",
+        "VM web waits for VM db to be healthy",
+        "VM db is healthy",
+        "started VM web",
+    ]
+    .iter()
+    .map(|line| {
+        said.find(line)
+            .unwrap_or_else(|| panic!("{line:?} not in:\n{said}"))
+    })
+    .collect();
+    assert!(order.is_sorted(), "{said}");
+
+    let ps = json(&["ps", "--format", "json"]);
+    assert_eq!(ps[0]["status"], "healthy", "{ps}");
+    assert_eq!(ps[1]["status"], "starting", "{ps}");
+    let last = ps[0]["health"]["log"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["exit_code"].as_i64(), last["output"].as_str()),
+        (Some(0), Some("db is up\n"))
+    );
+    let inspect = json(&["inspect", "db", "--format", "json"]);
+    assert_eq!(inspect["health"]["status"], "healthy");
+    assert_eq!(inspect["state"]["status"], "healthy");
+    assert!(ps[1].get("health").is_none(), "web has no check: {ps}");
+
+    // `up --wait` waits for the check, not for SSH.
+    let out = p
+        .command(&["up", "--wait", "db"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("VM db is healthy"));
+
+    // With retries: 2, as docker does: one failure leaves the VM healthy, the second in a
+    // row makes it unhealthy, and `up --wait` fails naming it with the check's output.
+    std::fs::remove_file(&marker).unwrap();
+    p.write_compose(&healthy_pair(&marker, 2));
+    let wait_db = || {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        p.command(&["up", "--wait", "--wait-timeout", "30", "db"])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let out = wait_db();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ps = json(&["ps", "--format", "json"]);
+    assert_eq!(ps[0]["status"], "healthy", "{ps}");
+    assert_eq!(ps[0]["health"]["failing_streak"], 1, "{ps}");
+    let out = wait_db();
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(
+        said.ends_with("error: VM db: is unhealthy; last check exited 1\n"),
+        "{said}"
+    );
+    let ps = json(&["ps", "--format", "json"]);
+    assert_eq!(ps[0]["status"], "unhealthy", "{ps}");
+    assert_eq!(ps[0]["health"]["failing_streak"], 2, "{ps}");
+}

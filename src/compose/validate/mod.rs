@@ -4,6 +4,7 @@
 //! Errors are sorted by position in the end; those at one position (the source and target of
 //! a short volume entry, say) stay in the order the checks ran, so that order is kept here.
 
+mod health;
 mod mount;
 mod names;
 mod network;
@@ -51,6 +52,7 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
     let vms_here = here.field("vms");
     let (vms, mount_positions) = vms(&raw, &vms_here, cx, &lookups, errors);
     references::check_cycles(&raw, &vms_here, errors);
+    health::check_healthy_dependencies(&raw, &vms, &vms_here, errors);
     mount::check_shared_volumes(&vms, &mount_positions, &vms_here, errors);
     ports::check_host_ports(&raw, &vms, &vms_here, errors);
     Project {

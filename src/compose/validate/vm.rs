@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::Context;
+use super::health;
 use super::mount::mounts;
 use super::paths::resolve_path;
 use super::ports::{forwards, ssh_port};
@@ -66,6 +67,11 @@ pub(super) fn vm(
     let provision = provision(&raw.provision, &field("provision"), errors);
     let (volumes, positions) = mounts(&raw.volumes, &field("volumes"), cx, lookups, errors);
     let profiles = profiles(&raw.profiles, &field("profiles"), errors);
+    let healthcheck = raw
+        .healthcheck
+        .as_ref()
+        .and_then(|h| health::healthcheck(h, &field("healthcheck"), errors));
+    let healthy_dependencies = health::healthy_dependencies(raw, &field("depends_on"), errors);
     let vm = Vm {
         name: name.value.clone(),
         image,
@@ -83,6 +89,8 @@ pub(super) fn vm(
         initrd,
         cmdline,
         depends_on,
+        healthy_dependencies,
+        healthcheck,
         environment,
         provision,
         networks,
@@ -382,8 +390,8 @@ fn provision(commands: &[At<String>], here: &Here, errors: &mut Errors) -> Vec<S
 /// `stop_grace_period` as docker compose writes it (`10s`, `1m30s`, `2m`, `500ms`), in whole
 /// seconds (rounded up); a bare number is seconds.
 fn grace_period(text: &At<String>, here: &Here, errors: &mut Errors) -> Option<u64> {
-    match parse_duration_secs(text.value.trim()) {
-        Ok(secs) => Some(secs),
+    match parse_duration_ms(text.value.trim()) {
+        Ok(ms) => Some(ms.div_ceil(1000)),
         Err(why) => {
             errors.push(
                 text.pos,
@@ -395,13 +403,19 @@ fn grace_period(text: &At<String>, here: &Here, errors: &mut Errors) -> Option<u
     }
 }
 
-fn parse_duration_secs(text: &str) -> Result<u64, &'static str> {
+/// A duration as docker compose writes it (`10s`, `1m30s`, `500ms`; a bare number is
+/// seconds), in milliseconds.
+pub(super) fn parse_duration_ms(text: &str) -> Result<u64, &'static str> {
     const INVALID: &str = "is not a duration such as 10s, 1m30s or 500ms";
     if text.is_empty() {
         return Err(INVALID);
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|_| "is too long");
+        return text
+            .parse::<u64>()
+            .ok()
+            .and_then(|secs| secs.checked_mul(1000))
+            .ok_or("is too long");
     }
     let mut millis: u64 = 0;
     let mut rest = text;
@@ -425,5 +439,5 @@ fn parse_duration_secs(text: &str) -> Result<u64, &'static str> {
             .ok_or("is too long")?;
         rest = &rest[digits + units..];
     }
-    Ok(millis.div_ceil(1000))
+    Ok(millis)
 }
