@@ -24,6 +24,7 @@ mod progress;
 mod project;
 mod ps;
 mod pull;
+mod run;
 mod ssh;
 mod verbs;
 mod volume;
@@ -111,6 +112,8 @@ enum Command {
     Unpause(VmsArgs),
     /// Print the host address forwarded to a guest port
     Port(PortArgs),
+    /// Run a command in a one-off instance of a VM (its own disk, seed and SSH port)
+    Run(RunArgs),
     /// List the project's VMs and their status
     Ps(PsArgs),
     /// Show everything about one VM
@@ -200,6 +203,29 @@ struct DestroyArgs {
 struct VmsArgs {
     /// VMs (default: all)
     vms: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Remove the one-off instance afterwards, also after a failure or Ctrl-C
+    #[arg(long)]
+    rm: bool,
+    /// Do not start the VMs it depends on
+    #[arg(long)]
+    no_deps: bool,
+    /// Seconds to wait for the instance to answer SSH (and for dependencies to be healthy)
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wait_timeout: u64,
+    /// The VM
+    vm: String,
+    /// The command and its arguments (after `--` when it has options of its own); none for a
+    /// login shell. Its exit status becomes ours
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -552,6 +578,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pause(args) => verbs::pause(&cli.global, &args, true),
         Command::Unpause(args) => verbs::pause(&cli.global, &args, false),
         Command::Port(args) => verbs::port(&cli.global, &args),
+        Command::Run(args) => run::run(&cli.global, &args),
         Command::Ps(args) => ps::run(&cli.global, &args),
         Command::Inspect(args) => inspect::run(&cli.global, &args),
         Command::Console(args) => console::run(&cli.global, &args),

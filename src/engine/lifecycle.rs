@@ -17,7 +17,7 @@ use crate::state::{
 use super::instance::{self, DiskChange, PreparedVm};
 use super::status;
 use super::workspace::instance_paths;
-use super::{EngineError, HostEnv, Reporter, health, ssh, volumes};
+use super::{EngineError, HostEnv, Reporter, health, run, ssh, volumes};
 
 /// The first port tried for SSH forwarding.
 pub(super) const FIRST_SSH_PORT: u16 = 2222;
@@ -789,7 +789,7 @@ pub fn orphans(project: &Project, host: &HostEnv) -> Result<Vec<Orphan>, EngineE
     let names = state.instance_names()?;
     Ok(names
         .into_iter()
-        .filter(|name| !project.defines(name))
+        .filter(|name| !project.defines(name) && !run::is_running_one_off(&state, host, name))
         .map(|name| {
             let paths = instance_paths(&state, host, &name);
             let running = matches!(

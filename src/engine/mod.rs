@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod instance;
 pub mod lifecycle;
 pub mod mounts;
+pub mod run;
 pub mod ssh;
 pub mod status;
 mod to_qemu;

@@ -452,3 +452,128 @@ fn a_vm_starts_once_its_dependency_is_healthy_and_up_wait_reports_unhealthy() {
     assert_eq!(ps[0]["status"], "unhealthy", "{ps}");
     assert_eq!(ps[0]["health"]["failing_streak"], 2, "{ps}");
 }
+
+/// The one-off instance name `run` reported starting (`web-run-1a2b3c`).
+fn one_off_name(stderr: &str) -> String {
+    let at = stderr.find("started VM web-run-").expect(stderr) + "started VM ".len();
+    stderr[at..].split(' ').next().unwrap().to_owned()
+}
+
+/// Whether a process whose command line mentions `word` exists.
+fn process_mentions(word: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(word))
+    })
+}
+
+#[test]
+fn run_starts_a_one_off_instance_and_rm_leaves_nothing_behind() {
+    let _one = crate::harness::one_qemu_at_a_time();
+    let p = Project::with_base(TWO_VMS, "64M");
+    assert_eq!(p.run(&["run", "nope", "--", "true"]).status.code(), Some(2));
+    let gone = |name: &str| {
+        !p.join(".qemu-compose/vms").join(name).exists()
+            && !p.private_dir(name).exists()
+            && !process_mentions(name)
+    };
+
+    // --no-deps: only the one-off instance starts; a bootless one never answers SSH, and
+    // --rm removes it after that failure.
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "--wait-timeout",
+        "2",
+        "web",
+        "--",
+        "true",
+    ]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let name = one_off_name(&said);
+    assert!(said.contains(&format!("removed VM {name}")), "{said}");
+    assert!(
+        said.ends_with(&format!(
+            "error: VM {name}: did not answer SSH within 2 s\n"
+        )),
+        "{said}"
+    );
+    assert!(gone(&name), "{name} left behind");
+    assert_eq!(p.pid("db"), None);
+
+    // Without --no-deps, what the VM depends on starts first, and stays.
+    let out = p.run(&["run", "--rm", "--wait-timeout", "2", "web", "true"]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let name = one_off_name(&said);
+    assert!(
+        said.find("started VM db").unwrap() < said.find(&format!("started VM {name}")).unwrap(),
+        "{said}"
+    );
+    assert!(gone(&name), "{name} left behind");
+    assert!(p.pid("db").is_some());
+
+    // A volume that a running VM writes cannot be attached to a one-off instance: refused
+    // before anything is made.
+    let refused = p.fails(&["run", "--rm", "db", "--", "true"]);
+    assert_eq!(
+        refused,
+        "error: volume data is attached read-write by the running VM db, so a one-off instance of db cannot attach it; stop db, or run the command there with `qemu-compose ssh db -- …`\n"
+    );
+
+    // While a one-off instance runs, `ps` does not call it an orphan.
+    let child = p
+        .command(&[
+            "run",
+            "--rm",
+            "--no-deps",
+            "--wait-timeout",
+            "10",
+            "web",
+            "true",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nothing here may panic before the child is waited for: the project folder would go
+    // while the child still needs it to remove its instance.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let running = loop {
+        let one_off = std::fs::read_dir(p.join(".qemu-compose/vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("web-run-") && p.pid(n).is_some());
+        if one_off.is_some() || std::time::Instant::now() >= until {
+            break one_off;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let ps = p.run(&["ps"]);
+    let out = child.wait_with_output().unwrap();
+    let running = running.expect("a one-off instance started");
+    assert!(!text(&ps.stderr).contains("orphan"), "{}", text(&ps.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(gone(&running), "{running} left behind");
+
+    // Without --rm the instance is kept, stopped; it is then an orphan that
+    // `down --remove-orphans` removes.
+    let out = p.run(&["run", "--no-deps", "--wait-timeout", "1", "web", "true"]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let name = one_off_name(&said);
+    assert!(
+        said.contains(&format!(
+            "kept the one-off instance {name} (stopped); `qemu-compose down --remove-orphans` removes it"
+        )),
+        "{said}"
+    );
+    assert!(p.join(".qemu-compose/vms").join(&name).exists());
+    assert_eq!(p.pid(&name), None);
+    let said = p.ok(&["down", "--remove-orphans", "--force"]).stderr;
+    assert!(said.contains(&format!("removed VM {name}")), "{said}");
+    assert!(gone(&name));
+}
