@@ -459,6 +459,40 @@ fn one_off_name(stderr: &str) -> String {
     stderr[at..].split(' ').next().unwrap().to_owned()
 }
 
+/// The one-off instance of `web` whose QEMU runs, once there is one (up to a minute); never
+/// panics, so that the caller can wait for its `run` before failing.
+fn started_one_off(p: &Project) -> Option<String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let one_off = std::fs::read_dir(p.join(".qemu-compose/vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("web-run-") && p.pid(n).is_some());
+        if one_off.is_some() || std::time::Instant::now() >= until {
+            return one_off;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `run --rm --no-deps --wait-timeout SECS web true` in the background.
+fn spawn_run_rm(p: &Project, secs: &str) -> std::process::Child {
+    p.command(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "--wait-timeout",
+        secs,
+        "web",
+        "true",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
 /// Whether a process whose command line mentions `word` exists.
 fn process_mentions(word: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
@@ -524,40 +558,26 @@ fn run_starts_a_one_off_instance_and_rm_leaves_nothing_behind() {
     );
 
     // While a one-off instance runs, `ps` does not call it an orphan.
-    let child = p
-        .command(&[
-            "run",
-            "--rm",
-            "--no-deps",
-            "--wait-timeout",
-            "10",
-            "web",
-            "true",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run_rm(&p, "10");
     // Nothing here may panic before the child is waited for: the project folder would go
     // while the child still needs it to remove its instance.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let running = loop {
-        let one_off = std::fs::read_dir(p.join(".qemu-compose/vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|n| n.starts_with("web-run-") && p.pid(n).is_some());
-        if one_off.is_some() || std::time::Instant::now() >= until {
-            break one_off;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let running = started_one_off(&p);
     let ps = p.run(&["ps"]);
     let out = child.wait_with_output().unwrap();
     let running = running.expect("a one-off instance started");
     assert!(!text(&ps.stderr).contains("orphan"), "{}", text(&ps.stderr));
     assert_eq!(out.status.code(), Some(1));
     assert!(gone(&running), "{running} left behind");
+
+    // Ctrl-C while it waits: the instance is removed, and the status is 130.
+    let child = spawn_run_rm(&p, "60");
+    let waiting = started_one_off(&p);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let waiting = waiting.expect("a one-off instance started");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(gone(&waiting), "{waiting} left behind after Ctrl-C");
 
     // Without --rm the instance is kept, stopped; it is then an orphan that
     // `down --remove-orphans` removes.
