@@ -223,21 +223,17 @@ fn now_text() -> String {
 
 /// What a VM's health check needs to log in.
 #[derive(Debug, Clone, Copy)]
-pub struct Probe<'a> {
-    pub vm: &'a Vm,
-    pub check: &'a HealthCheck,
-    pub key: &'a Path,
-    pub paths: &'a InstancePaths,
+struct Probe<'a> {
+    vm: &'a Vm,
+    check: &'a HealthCheck,
+    key: &'a Path,
+    paths: &'a InstancePaths,
 }
 
 impl Probe<'_> {
     /// Runs the check whenever it is due until the VM is healthy; fails naming the VM and
     /// the last check's output when it is unhealthy, stops running, or `deadline` passes.
-    pub fn wait_healthy(
-        &self,
-        deadline: Instant,
-        reporter: &dyn Reporter,
-    ) -> Result<(), EngineError> {
+    fn wait_healthy(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), EngineError> {
         let mut said = false;
         loop {
             let running = matches!(
@@ -288,17 +284,40 @@ impl Probe<'_> {
     }
 }
 
+/// `up --wait` for one VM: waits until it is healthy when it has a check (and says whether
+/// it has one: without, the caller waits for SSH).
+pub fn wait_if_checked(
+    vm: &Vm,
+    key: &Path,
+    paths: &InstancePaths,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<bool, EngineError> {
+    let Some(check) = &vm.healthcheck else {
+        return Ok(false);
+    };
+    let probe = Probe {
+        vm,
+        check,
+        key,
+        paths,
+    };
+    probe.wait_healthy(deadline, reporter)?;
+    Ok(true)
+}
+
 /// Waits until every VM that `vm` depends on with `condition: service_healthy` is healthy,
-/// running their checks meanwhile (`up`, before it starts `vm`).
+/// running their checks meanwhile (`up`, before it starts `vm`), for at most `limit`
+/// ([`DEFAULT_HEALTH_WAIT`] when `None`).
 pub fn wait_for_dependencies(
     project: &Project,
     host: &HostEnv,
     vm: &Vm,
     key: &Path,
-    limit: Duration,
+    limit: Option<Duration>,
     reporter: &dyn Reporter,
 ) -> Result<(), EngineError> {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + limit.unwrap_or(DEFAULT_HEALTH_WAIT);
     let state = StateDir::new(&project.dir);
     for dep in vm.healthy_dependencies.iter().filter_map(|d| project.vm(d)) {
         // Validation refuses service_healthy on a VM without a check.
@@ -319,4 +338,88 @@ pub fn wait_for_dependencies(
         .wait_healthy(deadline, reporter)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(retries: u32, start_period_ms: u64) -> HealthCheck {
+        HealthCheck {
+            test: HealthTest::CmdShell("true".into()),
+            interval_ms: 30_000,
+            timeout_ms: 1_000,
+            retries,
+            start_period_ms,
+            start_interval_ms: 5_000,
+        }
+    }
+
+    fn result(exit_code: i32, end: SystemTime) -> HealthResult {
+        let end = humantime::format_rfc3339_millis(end).to_string();
+        HealthResult {
+            start: end.clone(),
+            end,
+            exit_code,
+            output: format!("exit {exit_code}"),
+        }
+    }
+
+    fn fresh() -> Health {
+        Health {
+            started: "2026-01-01T00:00:00Z".into(),
+            status: HealthStatus::Starting,
+            failing_streak: 0,
+            log: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn docker_rules_for_status_and_streak() {
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        let c = check(2, 0);
+        let mut h = fresh();
+        h.add(&c, result(1, SystemTime::now()), long_ago);
+        assert_eq!((h.status, h.failing_streak), (HealthStatus::Starting, 1));
+        h.add(&c, result(0, SystemTime::now()), long_ago);
+        assert_eq!((h.status, h.failing_streak), (HealthStatus::Healthy, 0));
+        // One failure after a pass leaves it healthy; `retries` in a row do not.
+        h.add(&c, result(1, SystemTime::now()), long_ago);
+        assert_eq!((h.status, h.failing_streak), (HealthStatus::Healthy, 1));
+        h.add(&c, result(1, SystemTime::now()), long_ago);
+        assert_eq!((h.status, h.failing_streak), (HealthStatus::Unhealthy, 2));
+        assert_eq!(h.last_words(), "last check exited 1: exit 1");
+        for _ in 0..10 {
+            h.add(&c, result(1, SystemTime::now()), long_ago);
+        }
+        assert_eq!(h.log.len(), KEPT_RESULTS);
+
+        // Within the start period failures do not count.
+        let mut h = fresh();
+        h.add(
+            &check(1, 60_000),
+            result(1, SystemTime::now()),
+            SystemTime::now(),
+        );
+        assert_eq!((h.status, h.failing_streak), (HealthStatus::Starting, 0));
+        assert_eq!(fresh().last_words(), "no check has run yet");
+    }
+
+    #[test]
+    fn a_check_is_due_after_its_interval() {
+        let now = SystemTime::now();
+        let long_ago = now - Duration::from_secs(3600);
+        let c = check(3, 0);
+        let mut h = fresh();
+        assert!(h.due(&c, long_ago, now));
+        h.add(&c, result(1, now - Duration::from_secs(10)), long_ago);
+        assert!(!h.due(&c, long_ago, now));
+        assert!(h.due(&c, long_ago, now + Duration::from_secs(21)));
+        // In the start period, while starting: the start interval (5 s, not 30 s).
+        let in_start = check(3, 600_000);
+        let started = now - Duration::from_secs(20);
+        assert!(h.due(&in_start, started, now));
+        assert!(!h.due(&c, started, now));
+        assert!(!h.due(&in_start, started, now - Duration::from_secs(6)));
+    }
 }

@@ -217,15 +217,8 @@ pub fn up(
     let mut tcg_said = false;
     for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
         if qemu.is_some() {
-            let limit = opts.health_wait.unwrap_or(health::DEFAULT_HEALTH_WAIT);
-            health::wait_for_dependencies(
-                project,
-                host,
-                vm,
-                &secrets.private_key_path,
-                limit,
-                reporter,
-            )?;
+            let key = &secrets.private_key_path;
+            health::wait_for_dependencies(project, host, vm, key, opts.health_wait, reporter)?;
         }
         let resolved = base.clone();
         let prepared = instance::prepare(&cx, vm, checked, base)?;
@@ -352,16 +345,9 @@ pub fn up(
         let deadline = Instant::now() + limit;
         for (vm, port) in running {
             let paths = instance_paths(&state, host, &vm.name);
-            if let Some(check) = &vm.healthcheck {
-                // A VM with a health check is waited for until healthy, not only for SSH.
-                let key = &secrets.private_key_path;
-                let probe = health::Probe {
-                    vm,
-                    check,
-                    key,
-                    paths: &paths,
-                };
-                probe.wait_healthy(deadline, reporter)?;
+            // A VM with a health check is waited for until healthy, not only for SSH.
+            let key = &secrets.private_key_path;
+            if health::wait_if_checked(vm, key, &paths, deadline, reporter)? {
                 continue;
             }
             reporter.info(&format!("waiting for VM {} to answer SSH", vm.name));
