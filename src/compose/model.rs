@@ -153,9 +153,13 @@ pub struct Vm {
     pub cmdline: Option<String>,
     pub depends_on: Vec<String>,
     /// The VMs of `depends_on` that must be healthy, not only started, before this one
-    /// starts (`condition: service_healthy`).
+    /// starts (`condition: service_healthy`). Left out of the serialised model when empty, as
+    /// are `healthcheck` and `profiles`, so that the configuration hash of a VM that uses
+    /// none of them stays what it was before they existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub healthy_dependencies: Vec<String>,
     /// `None`: no check (none written, `disable: true` or `test: ["NONE"]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthCheck>,
     pub environment: BTreeMap<String, String>,
     /// Shell commands, run once per instance, in order.
@@ -164,6 +168,7 @@ pub struct Vm {
     /// In compose order (named volumes become drives in this order).
     pub volumes: Vec<VolumeMount>,
     /// The VM is used only when one of these profiles is active (none: always).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
 }
 

@@ -1153,3 +1153,14 @@ fn health_check_errors_are_located_and_say_what_to_write() {
         ]
     );
 }
+
+#[test]
+fn unused_new_keys_leave_the_serialised_vm_as_before() {
+    // The serialised VM feeds the configuration hash of running instances: a VM without
+    // profiles, health check or conditions must serialise as before those keys existed.
+    let p = ok("vms:\n  a: {image: ./i}\n");
+    let json = serde_json::to_value(&p.vms[0]).unwrap();
+    for key in ["profiles", "healthcheck", "healthy_dependencies"] {
+        assert!(json.get(key).is_none(), "{key} in {json}");
+    }
+}
