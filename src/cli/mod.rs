@@ -146,6 +146,10 @@ enum Command {
 struct UpArgs {
     /// VMs to start (default: all), with the VMs they depend on
     vms: Vec<String>,
+    /// Accepted as docker compose users write it (`up -d`): up always returns once the VMs
+    /// run (--wait waits until they are ready)
+    #[arg(short = 'd', long = "detach")]
+    _detach: bool,
     /// Wait until every VM is healthy (with a health check) or answers SSH
     #[arg(long)]
     wait: bool,

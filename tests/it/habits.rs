@@ -597,3 +597,11 @@ fn run_starts_a_one_off_instance_and_rm_leaves_nothing_behind() {
     assert!(said.contains(&format!("removed VM {name}")), "{said}");
     assert!(gone(&name));
 }
+
+#[test]
+fn up_takes_docker_s_detach_flag() {
+    let p = Project::with_base(TWO_VMS, "64M");
+    let said = p.ok(&["up", "-d", "--no-start", "db"]).stderr;
+    assert!(said.contains("created VM db (not started)"), "{said}");
+    assert_eq!(statuses(&p), ["db=stopped", "web=not-created"]);
+}
