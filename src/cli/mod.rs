@@ -115,6 +115,26 @@ enum Command {
     Version,
     /// Print a shell completion script
     Completion(CompletionArgs),
+    /// The project's network switch (started by `up`; not for direct use)
+    #[command(hide = true)]
+    NetworkSwitch(NetworkSwitchArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetworkSwitchArgs {
+    /// The lock file the switch holds while it lives
+    #[arg(long, value_name = "PATH")]
+    lock: PathBuf,
+    /// A network and its socket
+    #[arg(long = "network", value_name = "NAME=SOCKET", value_parser = network_socket)]
+    networks: Vec<(String, PathBuf)>,
+}
+
+fn network_socket(arg: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not NAME=SOCKET"))?;
+    Ok((name.to_owned(), PathBuf::from(path)))
 }
 
 #[derive(Debug, Args)]
@@ -508,6 +528,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor(args) => doctor::run(&cli.global, &args),
+        Command::NetworkSwitch(args) => {
+            qemu_compose::net::run(&args.lock, &args.networks)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

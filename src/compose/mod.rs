@@ -27,7 +27,7 @@ pub use error::{ComposeError, ComposeErrors};
 pub use interpolate::{Env, Layered, ProcessEnv, interpolate, parse_dotenv};
 pub use model::{
     Accel, ImageSource, MountKind, MountOption, Network, PortForward, Project, Protocol,
-    SecurityModel, Subnet, Vm, VolumeDecl, VolumeMount,
+    SecurityModel, Subnet, Vm, VmNetwork, VolumeDecl, VolumeMount,
 };
 pub use size::{MAX_VOLUME_SIZE, MIN_VOLUME_SIZE, SizeError, format_size, parse_size};
 pub use validate::{

@@ -15,6 +15,7 @@ mod ext4;
 mod image;
 mod interact;
 mod lifecycle;
+mod network;
 mod qcow2;
 mod qemu;
 mod seed;
