@@ -529,7 +529,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor(args) => doctor::run(&cli.global, &args),
         Command::NetworkSwitch(args) => {
-            qemu_compose::net::run(&args.lock, &args.networks)?;
+            qemu_compose::engine::network::run_switch(&args.lock, &args.networks)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -164,6 +164,16 @@ pub fn up(
     } else {
         Some(host.qemu()?)
     };
+    let networked: Vec<&str> = selected
+        .iter()
+        .filter(|vm| !vm.networks.is_empty())
+        .map(|vm| vm.name.as_str())
+        .collect();
+    if let Some(qemu) = &qemu
+        && !networked.is_empty()
+    {
+        network::check_qemu(qemu, &networked)?;
+    }
 
     let guard = lock(&state, reporter)?;
     note_project_name(&state, project, reporter)?;

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::compose::{Project, Subnet};
+/// The switch process's entry point (`qemu-compose network-switch`) and what its lock says.
+pub use crate::net::{SwitchInfo, run as run_switch};
 use crate::qemu::argv::{LinkSpec, MacAddress};
 use crate::state::instance::SocketDir;
 use crate::state::networks::{Attachment, NetworkRecord};
@@ -39,6 +41,39 @@ const AUTO_BASE: [u8; 2] = [10, 89];
 
 /// The first QEMU with `-netdev stream,reconnect-ms=` (9.2).
 pub const MIN_QEMU: (u32, u32) = (9, 2);
+
+/// The (major, minor) version in `qemu-system-* --version`'s first line
+/// ("QEMU emulator version 10.0.2 (Debian …)").
+pub fn qemu_version(first_line: &str) -> Option<(u32, u32)> {
+    let version = first_line
+        .split("version ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Refuses a QEMU older than [`MIN_QEMU`] for VMs on networks, before anything is made.
+pub fn check_qemu(qemu: &Path, vms: &[&str]) -> Result<(), NetworkError> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NetworkError::OldQemu {
+            vms: vms.join(", "),
+            found: format!("cannot run {}: {e}", qemu.display()),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or_default();
+    match qemu_version(line) {
+        Some(v) if v >= MIN_QEMU => Ok(()),
+        _ => Err(NetworkError::OldQemu {
+            vms: vms.join(", "),
+            found: format!("{} says {line:?}", qemu.display()),
+        }),
+    }
+}
 
 /// Why networks cannot be laid out as the compose file asks.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +114,11 @@ pub enum NetworkError {
     /// No /24 left under 10.89.0.0/16.
     #[error("network {network}: no free 10.89.N.0/24 subnet is left; give it a `subnet:`")]
     NoSubnet { network: String },
+    /// The QEMU cannot join a switch.
+    #[error(
+        "VM(s) {vms} are on project networks, which need QEMU 9.2 or later (-netdev stream with reconnect-ms); {found}"
+    )]
+    OldQemu { vms: String, found: String },
     /// The switch process did not come up.
     #[error("the network switch did not start: {reason} (log: {})", .log.display())]
     SwitchStart { reason: String, log: PathBuf },
@@ -481,14 +521,6 @@ pub fn update(
 
 // ---- The switch process -------------------------------------------------------------------
 
-/// What the switch's lock file says about the switch holding it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SwitchInfo {
-    pub pid: u32,
-    /// The networks it serves.
-    pub networks: BTreeSet<String>,
-}
-
 fn switch_lock(state: &StateDir) -> PathBuf {
     state.switch_dir().join("lock")
 }
@@ -760,6 +792,19 @@ networks:
             err.to_string(),
             "networks backend (10.1.0.0/16) and other (10.1.2.0/24) overlap; give them separate subnets"
         );
+    }
+
+    #[test]
+    fn qemu_versions_are_read_from_the_first_line() {
+        let read = qemu_version;
+        assert_eq!(
+            read("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"),
+            Some((10, 0))
+        );
+        assert_eq!(read("QEMU emulator version 9.2.0"), Some((9, 2)));
+        assert_eq!(read("QEMU emulator version 7.2.15 (Debian)"), Some((7, 2)));
+        assert_eq!(read("something else"), None);
+        assert!(read("QEMU emulator version 9.1.3").unwrap() < MIN_QEMU);
     }
 
     #[test]

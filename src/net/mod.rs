@@ -15,7 +15,13 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use crate::engine::network::SwitchInfo;
+/// What the switch's lock file says about the switch holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchInfo {
+    pub pid: u32,
+    /// The networks it serves.
+    pub networks: BTreeSet<String>,
+}
 
 /// What the switch prints once its sockets listen.
 pub const READY: &str = "ready";

@@ -173,3 +173,30 @@ fn address_conflicts_are_refused_before_anything_starts() {
         "nothing is made"
     );
 }
+
+#[test]
+fn a_qemu_older_than_9_2_is_refused_for_networks() {
+    let p = Project::with_base(NETWORKED, "64M");
+    let fake = p.join("old-qemu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = p.run(&["--qemu", fake.to_str().unwrap(), "up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = crate::harness::text(&out.stderr);
+    assert!(
+        stderr.contains("VM(s) a, b, c are on project networks, which need QEMU 9.2 or later")
+            && stderr.contains("QEMU emulator version 7.2.15"),
+        "{stderr}"
+    );
+    assert!(!p.join(".qemu-compose/vms").exists(), "nothing is made");
+    let doctor = p.run(&["--qemu", fake.to_str().unwrap(), "doctor"]);
+    let said = crate::harness::all_text(&doctor);
+    assert!(
+        said.contains("project networks need QEMU 9.2 or later"),
+        "{said}"
+    );
+}
