@@ -26,6 +26,9 @@ pub const MAX_FRAME: usize = 65_535;
 const ETHERNET_HEADER: usize = 14;
 /// Frames a port may have waiting before new ones for it are dropped.
 const QUEUE_FRAMES: usize = 256;
+/// Addresses the MAC table holds: a guest that sends from random source addresses fills it
+/// and then only loses learning (unknown destinations flood), never the host's memory.
+const MAX_MACS: usize = 4096;
 
 type Mac = [u8; 6];
 type PortId = u64;
@@ -120,7 +123,7 @@ impl Hub {
         let src: Mac = frame[6..12].try_into().unwrap_or_default();
         let mut state = self.lock();
         // Only unicast sources are learned: a multicast source address is bogus.
-        if src[0] & 1 == 0 {
+        if src[0] & 1 == 0 && (state.macs.len() < MAX_MACS || state.macs.contains_key(&src)) {
             state.macs.insert(src, from);
         }
         let unicast_to = (dst[0] & 1 == 0)
@@ -332,6 +335,25 @@ mod tests {
             got >= 1000,
             "the reading port got only {got} of 2000 frames"
         );
+    }
+
+    #[test]
+    fn the_mac_table_is_bounded() {
+        let hub = Hub::new();
+        let (mut a, mut b) = (port(&hub), port(&hub));
+        for n in 0..MAX_MACS as u32 + 100 {
+            let [_, x, y, z] = n.to_be_bytes();
+            send(
+                &mut a,
+                &frame(BROADCAST, [0x52, 0x54, 1, x, y, z], b"spoof"),
+            );
+        }
+        let mut got = 0;
+        while receive(&mut b).is_some() {
+            got += 1;
+        }
+        assert!(got > 0);
+        assert_eq!(hub.lock().macs.len(), MAX_MACS);
     }
 
     #[test]
