@@ -409,7 +409,7 @@ impl Cli {
     /// itself: `QEMU_COMPOSE_FILE= qemu-compose ps` searches for the compose file, and
     /// `QEMU_COMPOSE_DEBUG=` is off.
     pub fn from_process() -> Self {
-        let mut cmd = Self::command();
+        let mut cmd = same_version_name(Self::command());
         let empty: Vec<clap::Id> = cmd
             .get_arguments()
             .filter(|arg| {
@@ -430,6 +430,19 @@ impl Cli {
     pub fn debug(&self) -> bool {
         self.global.debug
     }
+}
+
+/// Every subcommand's `-V` says `qemu-compose 0.1.0`, not `qemu-compose-volume-ls 0.1.0`.
+fn same_version_name(cmd: clap::Command) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    let mut cmd = cmd.display_name("qemu-compose");
+    for name in names {
+        cmd = cmd.mut_subcommand(name, same_version_name);
+    }
+    cmd
 }
 
 /// Prints `err` on stderr and returns the exit status it means.

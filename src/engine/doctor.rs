@@ -116,6 +116,12 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
             Ok(choice) if choice.accel == Accel::Kvm => {
                 Check::new(Level::Ok, "accelerator", choice.reason)
             }
+            // The reason is on the kvm line already: said once.
+            Ok(choice) if choice.reason.starts_with("TCG (slow)") => Check::new(
+                Level::Warn,
+                "accelerator",
+                "TCG: VMs are emulated, several times slower (why: the kvm line)",
+            ),
             Ok(choice) => Check::new(Level::Warn, "accelerator", choice.reason),
             Err(e) => Check::new(Level::Fail, "accelerator", e.to_string()),
         },
