@@ -10,10 +10,13 @@
 //! checks use). It is built once and then reused from `QEMU_COMPOSE_E2E_GUEST_DIR` (default
 //! `/var/tmp/qemu-compose-guest`); building it needs root and the Debian mirror apt uses.
 //!
-//! The host user is root here (CI and the dev machines run as root): as docs/compose.md says, the guest user
-//! then keeps the image's default UID (never 0) and 9p runs with `security_model=passthrough`,
-//! so the guest user's files appear on the host with that UID. The host folders the guest user
-//! writes to are therefore made world-writable by the test, as a shared folder would be.
+//! CI runs it twice: as root, and as an ordinary user (scripts/test.sh), as our users run it.
+//! As root, as docs/compose.md says, the guest user keeps the image's default UID (never 0)
+//! and 9p runs with `security_model=passthrough`, so the guest user's files appear on the host
+//! with that UID; the host folders the guest user writes to are therefore made world-writable
+//! by the test, as a shared folder would be. As an ordinary user, the guest user gets the host
+//! user's UID, 9p runs with `security_model=none`, and nothing qemu-compose makes may belong
+//! to root.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -51,6 +54,7 @@ fn real_guest_mounts_volumes_and_shares() {
     let run = Run::new(&guest);
     run.first_boot();
     run.stop_cleanly();
+    run.nothing_belongs_to_root();
     run.check_volume_offline();
     run.destroy_and_boot_again();
     run.recreate_with_new_mount();
@@ -411,6 +415,14 @@ impl Run {
             });
         }
 
+        // As an ordinary user the guest user gets the host user's UID, so what it writes
+        // through a share is the host user's.
+        let me = rustix::process::geteuid().as_raw();
+        if me != 0 {
+            self.check(uid == me, || {
+                format!("the guest user has UID {uid}, the host user {me}")
+            });
+        }
         // Files the guest user made, seen from the host.
         for rel in ["rw/from-guest", "with, comma and space/from-guest"] {
             let meta = fs::metadata(self.path(rel)).unwrap_or_else(|e| {
@@ -497,6 +509,39 @@ sync"#
         let serial = fs::read_to_string(self.vm_dir().join("serial.log")).unwrap_or_default();
         self.check(serial.contains("reboot: Power down"), || {
             "the serial log does not show the guest powering down".to_string()
+        });
+    }
+
+    /// Run as an ordinary user (CI does it too, see scripts/test.sh): nothing qemu-compose
+    /// made in the project or the private folder belongs to root.
+    fn nothing_belongs_to_root(&self) {
+        if rustix::process::geteuid().is_root() {
+            return;
+        }
+        let private = self
+            .vm_dir()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let mut rooted = Vec::new();
+        for top in [self.dir.path().to_path_buf(), private] {
+            let mut stack = vec![top];
+            while let Some(dir) = stack.pop() {
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let meta = entry.metadata().unwrap();
+                    if meta.uid() == 0 {
+                        rooted.push(entry.path());
+                    }
+                    if meta.is_dir() {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
+        self.check(rooted.is_empty(), || {
+            format!("files owned by root in a rootless run: {rooted:?}")
         });
     }
 
