@@ -61,6 +61,7 @@ fn real_guest_mounts_volumes_and_shares() {
     run.destroy_everything();
     drop(run);
     networks(&guest);
+    image_alone(&guest);
     eprintln!("e2e: whole test {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -84,12 +85,14 @@ fn require_tools() {
     }
 }
 
-/// The kernel, initrd and root file system of the guest, built or taken from the cache.
+/// The kernel, initrd and root file system of the guest, built or taken from the cache, and
+/// the same system as a whole disk shaped like Debian's genericcloud image.
 struct Guest {
     kernel: PathBuf,
     initrd: PathBuf,
     rootfs: PathBuf,
     cmdline: String,
+    disk: PathBuf,
 }
 
 fn build_guest() -> Guest {
@@ -127,6 +130,7 @@ fn build_guest() -> Guest {
         initrd: dir.join("initrd.img"),
         rootfs: dir.join("rootfs.img"),
         cmdline,
+        disk: dir.join("disk.img"),
     }
 }
 
@@ -1194,4 +1198,82 @@ vms:
         let _ = self.qc(&["destroy", "--force"]);
         panic!("{report}");
     }
+}
+
+// ---- A cloud image with `image:` alone -------------------------------------------------------
+
+/// Issue 16: the genericcloud-shaped disk boots the way users write it, `image:` and nothing
+/// else (firmware, GRUB, a partition table); cloud-init's growpart grows the root partition
+/// to the disk, and a larger `disk.size` at a later `up` grows the disk and then the
+/// partition and file system again (issue 20).
+fn image_alone(guest: &Guest) {
+    let t = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("qc-e2e-cloud-")
+        .tempdir()
+        .expect("a temporary project folder");
+    let compose = |size: &str| {
+        format!(
+            "name: e2ecloud\nvms:\n  cloud:\n    image: \"{}\"\n    disk: {{size: {size}}}\n    memory: 512\n    user: {USER}\n",
+            guest.disk.display()
+        )
+    };
+    let qc = |args: &[&str]| -> String {
+        let out = run_limited(
+            Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+                .args(args)
+                .current_dir(dir.path()),
+            COMMAND_LIMIT,
+        );
+        let said = text(&out.stdout) + &text(&out.stderr);
+        if !out.status.success() {
+            let _ = run_limited(
+                Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+                    .args(["destroy", "--force"])
+                    .current_dir(dir.path()),
+                COMMAND_LIMIT,
+            );
+            panic!(
+                "e2e cloud image: `qemu-compose {}` failed:\n{said}",
+                args.join(" ")
+            );
+        }
+        said
+    };
+    let root_size = || -> u64 {
+        let said = qc(&[
+            "ssh",
+            "cloud",
+            "findmnt -n -o SOURCE /; df -B1 --output=size / | tail -n 1",
+        ]);
+        let mut lines = said.lines();
+        let source = lines.next().unwrap_or_default().to_string();
+        assert_eq!(
+            source, "/dev/vda1",
+            "the root is not the image's first partition:\n{said}"
+        );
+        lines.next().unwrap_or_default().trim().parse().unwrap_or(0)
+    };
+    fs::write(dir.path().join("qemu-compose.yaml"), compose("3G")).unwrap();
+    qc(&["up", "--wait", "--wait-timeout", &WAIT_SECS.to_string()]);
+    eprintln!(
+        "e2e: cloud image up --wait {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let first = root_size();
+    assert!(
+        first > 2900 << 20,
+        "growpart did not grow the root to the 3G disk: {first} bytes"
+    );
+    qc(&["stop", "-t", &STOP_SECS.to_string()]);
+    fs::write(dir.path().join("qemu-compose.yaml"), compose("4G")).unwrap();
+    let said = qc(&["up", "--wait", "--wait-timeout", &WAIT_SECS.to_string()]);
+    assert!(said.contains("disk grown from 3G to 4G"), "{said}");
+    let second = root_size();
+    assert!(
+        second > first + (900 << 20),
+        "the root did not grow with the disk: {first} then {second} bytes"
+    );
+    qc(&["destroy", "-t", &STOP_SECS.to_string()]);
+    eprintln!("e2e: cloud image {:.1} s", t.elapsed().as_secs_f64());
 }
