@@ -30,5 +30,5 @@ bin=$(find "$work/target/debug/deps" -maxdepth 1 -type f -executable -name 'e2e-
 
 say "running $bin as $user"
 cd "$work/src"
-runuser -u "$user" -- env -i HOME="$home" PATH=/usr/local/bin:/usr/bin:/bin \
+runuser -u "$user" -- env -i HOME="$home" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   QEMU_COMPOSE_E2E=1 QEMU_COMPOSE_E2E_GUEST_DIR="$guest_dir" "$bin" --nocapture
