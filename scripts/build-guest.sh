@@ -51,11 +51,12 @@ append="root=LABEL=rootfs rw console=ttyS0 panic=-1 net.ifnames=0"
 disk_append="root=LABEL=rootfs rw console=tty0 console=ttyS0,115200 panic=-1 net.ifnames=0"
 
 # Debian packages of the guest, besides minbase. python3-cffi-backend is named because
-# debootstrap does not resolve the virtual package python3-cryptography depends on.
+# debootstrap does not resolve the virtual package python3-cryptography depends on;
+# iputils-ping is what the network test pings with.
 packages=(
   systemd-sysv udev kmod linux-image-amd64
   cloud-init python3-cffi-backend
-  e2fsprogs util-linux mount ifupdown
+  e2fsprogs util-linux mount ifupdown iputils-ping
   openssh-server sudo
   acpid acpi-support-base
   grub-pc-bin cloud-guest-utils

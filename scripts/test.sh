@@ -2,7 +2,8 @@
 # Everything the test suite needs, from a fresh machine (as root): installs the reference tools
 # the tests use as oracles (qemu-img, qemu-system-x86_64, e2fsprogs, dosfstools, mtools,
 # cloud-init, openssh-client, debootstrap), then checks formatting and lints and runs every
-# test, including the real-guest end-to-end test (QEMU_COMPOSE_E2E=0 leaves that one out).
+# test, including the real-guest end-to-end test, as root and then as an ordinary user
+# (scripts/e2e-rootless.sh; QEMU_COMPOSE_E2E=0 leaves both out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +12,6 @@ export QEMU_COMPOSE_E2E=${QEMU_COMPOSE_E2E:-1}
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+if [[ $QEMU_COMPOSE_E2E == 1 ]]; then
+  bash scripts/e2e-rootless.sh
+fi

@@ -12,5 +12,6 @@ pub mod compose;
 pub mod disk;
 pub mod engine;
 pub mod image;
+pub mod net;
 pub mod qemu;
 pub mod state;

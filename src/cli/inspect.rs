@@ -151,6 +151,23 @@ fn text(i: &Inspection) -> String {
     for p in &n.ports {
         let _ = writeln!(o, "  port:     {p}");
     }
+    if let Some(running) = n.switch_running {
+        let switch = if running { "running" } else { "not running" };
+        let _ = writeln!(o, "Project networks (switch {switch})");
+        if n.networks.is_empty() {
+            let _ = writeln!(o, "  addresses are allocated at up");
+        }
+        for l in &n.networks {
+            let _ = writeln!(
+                o,
+                "  {}: {} (mac {}), names: {}",
+                l.network,
+                l.address,
+                l.mac,
+                l.names.join(" ")
+            );
+        }
+    }
     if let Some(cmd) = &i.ssh_command {
         let _ = writeln!(o, "SSH command\n  {}", shell_words(cmd));
     }

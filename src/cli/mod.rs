@@ -140,6 +140,26 @@ enum Command {
     Version,
     /// Print a shell completion script
     Completion(CompletionArgs),
+    /// The project's network switch (started by `up`; not for direct use)
+    #[command(hide = true)]
+    NetworkSwitch(NetworkSwitchArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetworkSwitchArgs {
+    /// The lock file the switch holds while it lives
+    #[arg(long, value_name = "PATH")]
+    lock: PathBuf,
+    /// A network and its socket
+    #[arg(long = "network", value_name = "NAME=SOCKET", value_parser = network_socket)]
+    networks: Vec<(String, PathBuf)>,
+}
+
+fn network_socket(arg: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not NAME=SOCKET"))?;
+    Ok((name.to_owned(), PathBuf::from(path)))
 }
 
 #[derive(Debug, Args)]
@@ -468,7 +488,7 @@ impl Cli {
     /// itself: `QEMU_COMPOSE_FILE= qemu-compose ps` searches for the compose file, and
     /// `QEMU_COMPOSE_DEBUG=` is off.
     pub fn from_process() -> Self {
-        let mut cmd = Self::command();
+        let mut cmd = same_version_name(Self::command());
         let empty: Vec<clap::Id> = cmd
             .get_arguments()
             .filter(|arg| {
@@ -489,6 +509,19 @@ impl Cli {
     pub fn debug(&self) -> bool {
         self.global.debug
     }
+}
+
+/// Every subcommand's `-V` says `qemu-compose 0.1.0`, not `qemu-compose-volume-ls 0.1.0`.
+fn same_version_name(cmd: clap::Command) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    let mut cmd = cmd.display_name("qemu-compose");
+    for name in names {
+        cmd = cmd.mut_subcommand(name, same_version_name);
+    }
+    cmd
 }
 
 /// Prints `err` on stderr and returns the exit status it means.
@@ -593,6 +626,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor(args) => doctor::run(&cli.global, &args),
+        Command::NetworkSwitch(args) => {
+            qemu_compose::engine::network::run_switch(&args.lock, &args.networks)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -59,11 +59,11 @@ pub(crate) use note;
 
 /// A table as docker prints them: no borders, columns three spaces apart, the first one at
 /// the left margin (print it with `trim_fmt`, which drops trailing blanks).
-pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
-        .set_header(header);
+        .set_header(header.into_iter().collect::<Vec<_>>());
     for column in table.column_iter_mut() {
         column.set_padding((0, 3));
     }

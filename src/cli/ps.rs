@@ -57,8 +57,12 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
             output::json(&mut out, &lines)?;
         }
         TableFormat::Table => {
-            let mut table =
-                output::table(["NAME", "STATUS", "SSH", "PORTS", "CPU", "MEMORY", "DISK"]);
+            let with_networks = rows.iter().any(|r| !r.networks.is_empty());
+            let mut header = vec!["NAME", "STATUS", "SSH", "PORTS", "CPU", "MEMORY", "DISK"];
+            if with_networks {
+                header.push("NETWORKS");
+            }
+            let mut table = output::table(header);
             for r in &rows {
                 let status = match &r.reason {
                     Some(reason) => format!("{} ({reason})", r.status),
@@ -74,7 +78,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                         )
                     },
                 );
-                table.add_row([
+                let mut row = vec![
                     r.name.clone(),
                     status,
                     r.ssh.clone().unwrap_or_else(|| "-".to_string()),
@@ -86,9 +90,25 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     r.cpu.to_string(),
                     HumanBytes(r.memory_mib.saturating_mul(1 << 20)).to_string(),
                     disk,
-                ]);
+                ];
+                if with_networks {
+                    row.push(if r.networks.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.networks.join(", ")
+                    });
+                }
+                table.add_row(row);
             }
             writeln!(out, "{}", table.trim_fmt())?;
+            if with_networks {
+                let switch = if inspect::switch_running(&project)? {
+                    "running"
+                } else {
+                    "not running"
+                };
+                writeln!(out, "network switch: {switch}")?;
+            }
         }
     }
     for (vm, change) in vms.iter().zip(&changes) {

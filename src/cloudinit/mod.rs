@@ -29,10 +29,20 @@ pub struct SeedInput {
     pub environment: BTreeMap<String, String>,
     /// Shell commands run once per instance, in order (cloud-init `runcmd`).
     pub provision: Vec<String>,
-    /// The MAC address of the VM's NIC, as given to QEMU.
+    /// The MAC address of the VM's user-mode NIC, as given to QEMU.
     pub mac: String,
+    /// Its NICs on project networks, in the order QEMU attaches them.
+    pub links: Vec<SeedLink>,
     /// The guest's SSH host key.
     pub host_key: HostKey,
+}
+
+/// A NIC on a project network: a fixed address, no gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedLink {
+    pub mac: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 /// The SSH host key of one instance, made on the host so that the host's `ssh` can pin it:
@@ -202,7 +212,7 @@ fn to_yaml<T: Serialize>(value: &T) -> Result<String, SeedError> {
 pub fn build_seed(input: &SeedInput) -> Result<Seed, SeedError> {
     metadata::check_hostname(&input.hostname)?;
     let user_data = userdata::CloudConfig::new(input)?.render()?;
-    let network_config = to_yaml(&network::NetworkConfig::dhcp(&input.mac)?)?;
+    let network_config = to_yaml(&network::NetworkConfig::new(&input.mac, &input.links)?)?;
     let instance_id = metadata::instance_id(&user_data, &network_config, &input.hostname);
     let meta_data = to_yaml(&metadata::MetaData {
         instance_id: &instance_id,
@@ -256,6 +266,7 @@ mod tests {
             environment: BTreeMap::new(),
             provision: Vec::new(),
             mac: "52:54:00:12:34:56".into(),
+            links: Vec::new(),
             host_key: HostKey {
                 private_openssh:
                     "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"

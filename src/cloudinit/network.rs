@@ -1,10 +1,12 @@
-//! `network-config` (version 2): the VM's one NIC, found by its MAC address, on DHCP.
+//! `network-config` (version 2): the user-mode NIC, found by its MAC address, on DHCP; then
+//! one NIC per project network with its fixed address, and no gateway or DNS server, so the
+//! default route and name servers stay on the user-mode NIC.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::SeedError;
+use super::{SeedError, SeedLink};
 
 /// The name the guest gives its NIC.
 ///
@@ -18,7 +20,7 @@ const NIC_NAME: &str = "eth0";
 #[derive(Debug, Serialize)]
 pub(super) struct NetworkConfig {
     version: u8,
-    ethernets: BTreeMap<&'static str, Ethernet>,
+    ethernets: BTreeMap<String, Ethernet>,
 }
 
 #[derive(Debug, Serialize)]
@@ -26,8 +28,10 @@ struct Ethernet {
     #[serde(rename = "match")]
     matching: Match,
     #[serde(rename = "set-name")]
-    set_name: &'static str,
+    set_name: String,
     dhcp4: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    addresses: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,18 +40,38 @@ struct Match {
 }
 
 impl NetworkConfig {
-    /// One ethernet matched by `mac`, renamed to `eth0`, configured by DHCPv4.
-    pub(super) fn dhcp(mac: &str) -> Result<Self, SeedError> {
-        let ethernet = Ethernet {
-            matching: Match {
-                macaddress: normalize_mac(mac)?,
+    /// The user-mode NIC matched by `mac`, renamed to `eth0`, configured by DHCPv4; then each
+    /// link as `eth1`, `eth2`, … with its address.
+    pub(super) fn new(mac: &str, links: &[SeedLink]) -> Result<Self, SeedError> {
+        let mut ethernets = BTreeMap::new();
+        ethernets.insert(
+            NIC_NAME.to_owned(),
+            Ethernet {
+                matching: Match {
+                    macaddress: normalize_mac(mac)?,
+                },
+                set_name: NIC_NAME.to_owned(),
+                dhcp4: true,
+                addresses: Vec::new(),
             },
-            set_name: NIC_NAME,
-            dhcp4: true,
-        };
+        );
+        for (n, link) in links.iter().enumerate() {
+            let name = format!("eth{}", n + 1);
+            ethernets.insert(
+                name.clone(),
+                Ethernet {
+                    matching: Match {
+                        macaddress: normalize_mac(&link.mac)?,
+                    },
+                    set_name: name,
+                    dhcp4: false,
+                    addresses: vec![format!("{}/{}", link.address, link.prefix)],
+                },
+            );
+        }
         Ok(Self {
             version: 2,
-            ethernets: BTreeMap::from([(NIC_NAME, ethernet)]),
+            ethernets,
         })
     }
 }

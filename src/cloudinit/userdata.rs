@@ -36,8 +36,10 @@ pub(super) struct CloudConfig {
     /// key the host pinned is the only one the guest can show.
     ssh_keys: SshKeys,
     /// `localhost`: an `/etc/hosts` line for the VM's own hostname, so `sudo` and friends do
-    /// not stall or warn trying to resolve it (there is no DNS entry for it).
-    manage_etc_hosts: &'static str,
+    /// not stall or warn trying to resolve it (there is no DNS entry for it). Off when a
+    /// mount puts a file on `/etc/hosts` (the project's hosts list, which has that line):
+    /// cloud-init would write into the mount.
+    manage_etc_hosts: ManageEtcHosts,
     /// Runs on every boot, before the mounts module: creates mount targets and loads 9p.
     /// Each entry is an argument list, which cloud-init single-quotes word by word.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -79,6 +81,14 @@ struct WriteFile {
     append: bool,
 }
 
+/// cloud-init's `manage_etc_hosts`: a mode name, or `false`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ManageEtcHosts {
+    Localhost(&'static str),
+    Off(bool),
+}
+
 impl CloudConfig {
     /// The document for `input`, after checking every value that YAML quoting cannot protect.
     pub(super) fn new(input: &SeedInput) -> Result<Self, SeedError> {
@@ -116,7 +126,11 @@ impl CloudConfig {
             ssh_pwauth: false,
             ssh_deletekeys: true,
             ssh_keys: ssh_keys(&input.host_key)?,
-            manage_etc_hosts: "localhost",
+            manage_etc_hosts: if input.mounts.iter().any(|m| m.target == "/etc/hosts") {
+                ManageEtcHosts::Off(false)
+            } else {
+                ManageEtcHosts::Localhost("localhost")
+            },
             bootcmd,
             mounts,
             write_files,

@@ -26,15 +26,12 @@ fn merge_vm_key(key: &str, base: Node, over: Node) -> Node {
         },
         "ports" => merge_keyed(base, over, published_port),
         "volumes" => merge_keyed(base, over, guest_path),
-        "depends_on" => match (&base.value, &over.value) {
+        "depends_on" | "networks" => match (&base.value, &over.value) {
             (Value::Seq(_), Value::Seq(_)) => merge_keyed(base, over, scalar_text),
             // The long form and the short one: both as `{name: {…}}`, merged by name.
-            _ => merge_plain(dependency_map(base), dependency_map(over)),
+            _ => merge_plain(names_to_map(base), names_to_map(over)),
         },
-        "networks" | "profiles" => match (&base.value, &over.value) {
-            (Value::Seq(_), Value::Seq(_)) => merge_keyed(base, over, scalar_text),
-            _ => merge_plain(base, over),
-        },
+        "profiles" => merge_keyed(base, over, scalar_text),
         "provision" => merge_keyed(base, over, |_| None),
         _ => merge_plain(base, over),
     }
@@ -155,9 +152,9 @@ fn environment_map(node: &Node) -> Option<Vec<(Key, Node)>> {
     }
 }
 
-/// `depends_on` in the long form: a list of names becomes `{name: null}` (a dependency
-/// without a condition); anything else stays as it is.
-fn dependency_map(node: Node) -> Node {
+/// `depends_on` or `networks` in the long form: a list of names becomes `{name: null}` (an
+/// entry without settings); anything else stays as it is.
+fn names_to_map(node: Node) -> Node {
     let Value::Seq(items) = &node.value else {
         return node;
     };
@@ -264,6 +261,18 @@ mod tests {
         assert_eq!(
             show(&m),
             "{vms: {web: {depends_on: {db: {condition: service_healthy}, cache: null, queue: {}}}}}"
+        );
+    }
+
+    #[test]
+    fn networks_merge_the_short_and_the_long_form_by_name() {
+        let m = merged(
+            "vms:\n  web:\n    networks: [front, back]\n",
+            "vms:\n  web:\n    networks: {back: {aliases: [api]}}\n",
+        );
+        assert_eq!(
+            show(&m),
+            "{vms: {web: {networks: {front: null, back: {aliases: [api]}}}}}"
         );
     }
 

@@ -96,11 +96,11 @@ pub struct VolumeDecl {
     pub size_bytes: u64,
 }
 
-/// A top-level network (parsed and validated; VM-to-VM networking comes later).
+/// A top-level network: an isolated Ethernet segment between the VMs on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Network {
     pub name: String,
-    /// Always `bridge` for now.
+    /// Always `bridge` (accepted for compose files written for docker; it means this).
     pub driver: String,
     pub subnet: Subnet,
 }
@@ -110,6 +110,21 @@ pub struct Network {
 pub enum Subnet {
     Auto,
     Cidr { address: Ipv4Addr, prefix: u8 },
+}
+
+impl Subnet {
+    /// The host addresses of a fixed subnet, as numbers: all but the network and broadcast
+    /// addresses. Empty for `auto`.
+    pub fn hosts(self) -> std::ops::Range<u32> {
+        match self {
+            Subnet::Auto => 0..0,
+            Subnet::Cidr { address, prefix } => {
+                let first = u32::from(address);
+                let size = 1u32 << (32 - u32::from(prefix));
+                first + 1..first + size - 1
+            }
+        }
+    }
 }
 
 impl fmt::Display for Subnet {
@@ -164,7 +179,8 @@ pub struct Vm {
     pub environment: BTreeMap<String, String>,
     /// Shell commands, run once per instance, in order.
     pub provision: Vec<String>,
-    pub networks: Vec<String>,
+    /// The project networks the VM is on, in compose order.
+    pub networks: Vec<VmNetwork>,
     /// In compose order (named volumes become drives in this order).
     pub volumes: Vec<VolumeMount>,
     /// The VM is used only when one of these profiles is active (none: always).
@@ -194,6 +210,18 @@ pub enum HealthTest {
     Cmd(Vec<String>),
     /// `["CMD-SHELL", line]` or a plain string: a shell command line.
     CmdShell(String),
+}
+
+/// A VM's place on a project network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmNetwork {
+    pub name: String,
+    /// A fixed address (inside the network's subnet); `None`: allocated at `up`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<Ipv4Addr>,
+    /// More names the VM answers to on this network.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Where the base image comes from.

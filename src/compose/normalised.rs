@@ -124,8 +124,8 @@ struct VmEntry<'a> {
     environment: &'a BTreeMap<String, String>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     provision: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    networks: &'a [String],
+    #[serde(skip_serializing_if = "VmNetworks::is_empty")]
+    networks: VmNetworks<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     volumes: Vec<Mount>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -168,6 +168,53 @@ fn dependencies(vm: &Vm) -> Dependencies<'_> {
                     "service_started"
                 };
                 (name.clone(), Condition { condition })
+            })
+            .collect(),
+    ))
+}
+
+/// A VM's `networks:`: the short form, unless an address or aliases are set.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum VmNetworks<'a> {
+    Short(Vec<&'a str>),
+    Long(Named<NetworkSettings<'a>>),
+}
+
+impl VmNetworks<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            VmNetworks::Short(names) => names.is_empty(),
+            VmNetworks::Long(named) => named.is_empty(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkSettings<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv4_address: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    aliases: &'a [String],
+}
+
+fn vm_networks(vm: &Vm) -> VmNetworks<'_> {
+    if vm
+        .networks
+        .iter()
+        .all(|n| n.ipv4_address.is_none() && n.aliases.is_empty())
+    {
+        return VmNetworks::Short(vm.networks.iter().map(|n| n.name.as_str()).collect());
+    }
+    VmNetworks::Long(Named(
+        vm.networks
+            .iter()
+            .map(|n| {
+                let settings = NetworkSettings {
+                    ipv4_address: n.ipv4_address.map(|a| a.to_string()),
+                    aliases: &n.aliases,
+                };
+                (n.name.clone(), settings)
             })
             .collect(),
     ))
@@ -268,7 +315,7 @@ fn vm_entry(vm: &Vm) -> VmEntry<'_> {
         healthcheck: vm.healthcheck.as_ref().map(healthcheck),
         environment: &vm.environment,
         provision: &vm.provision,
-        networks: &vm.networks,
+        networks: vm_networks(vm),
         volumes: vm.volumes.iter().map(mount).collect(),
         profiles: &vm.profiles,
     }

@@ -58,7 +58,7 @@ pub struct RawVm {
     pub healthcheck: Option<RawHealthcheck>,
     pub environment: Vec<(At<String>, At<String>)>,
     pub provision: Vec<At<String>>,
-    pub networks: Vec<At<String>>,
+    pub networks: Vec<RawVmNetwork>,
     pub volumes: Vec<RawMount>,
     pub profiles: Vec<At<String>>,
 }
@@ -85,6 +85,15 @@ pub struct RawHealthcheck {
 pub enum RawTest {
     List(Vec<String>),
     Shell(String),
+}
+
+/// One network a VM is on: `networks: [name]`, or the long form
+/// `networks: {name: {ipv4_address: …, aliases: […]}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawVmNetwork {
+    pub name: At<String>,
+    pub ipv4_address: Option<At<String>>,
+    pub aliases: Vec<At<String>>,
 }
 
 /// One entry of a VM's `volumes:` list.
@@ -191,6 +200,11 @@ keys! {
     /// A `depends_on` entry in the long form.
     DependsKey {
         Condition = "condition",
+    }
+    /// `vms.<name>.networks.<network>`
+    VmNetworkKey {
+        Ipv4Address = "ipv4_address",
+        Aliases = "aliases",
     }
     /// `vms.<name>.disk`
     DiskKey {
@@ -349,7 +363,7 @@ impl Reader<'_, '_> {
                 VmKey::Healthcheck => vm.healthcheck = self.healthcheck(node, &here),
                 VmKey::Environment => vm.environment = self.environment(node, &here),
                 VmKey::Provision => vm.provision = self.provision(node, &here),
-                VmKey::Networks => vm.networks = self.string_list(node, &here, false),
+                VmKey::Networks => vm.networks = self.vm_networks(node, &here),
                 VmKey::Volumes => vm.volumes = self.mounts(node, &here),
                 VmKey::Profiles => vm.profiles = self.string_list(node, &here, false),
             }
@@ -430,6 +444,35 @@ impl Reader<'_, '_> {
             pos: node.pos,
             value,
         })
+    }
+
+    /// A VM's `networks:`, as a list of names or a mapping of names to settings.
+    fn vm_networks(&mut self, node: &Node, here: &Here) -> Vec<RawVmNetwork> {
+        let short = |name| RawVmNetwork {
+            name,
+            ipv4_address: None,
+            aliases: Vec::new(),
+        };
+        if matches!(node.value, Value::Seq(_)) {
+            return self
+                .string_list(node, here, false)
+                .into_iter()
+                .map(short)
+                .collect();
+        }
+        let mut out = Vec::new();
+        for (name, node) in self.named_map(node, here) {
+            let here = here.field(&name.name);
+            let mut network = short(at(name));
+            for (key, node, here) in self.optional_mapping(node, &here) {
+                match key {
+                    VmNetworkKey::Ipv4Address => network.ipv4_address = self.string(node, &here),
+                    VmNetworkKey::Aliases => network.aliases = self.string_list(node, &here, false),
+                }
+            }
+            out.push(network);
+        }
+        out
     }
 
     /// `disk: {size: …}`

@@ -521,7 +521,8 @@ fn networks_must_be_declared() {
         "networks:\n  backend: {driver: bridge, subnet: auto}\n  front: {subnet: 10.89.0.0/24}\n  plain:\n",
         "networks: [backend, front]",
     ));
-    assert_eq!(p.vms[0].networks, ["backend", "front"]);
+    let names: Vec<&str> = p.vms[0].networks.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["backend", "front"]);
     assert_eq!(p.networks[1].subnet.to_string(), "10.89.0.0/24");
     assert_eq!(p.networks[2].driver, "bridge");
     let e = error(&one_vm("networks:\n  backend:\n", "networks: [frontend]"));
@@ -540,6 +541,48 @@ fn networks_must_be_declared() {
     assert!(e.contains("prefix length must be 8 to 30"), "{e}");
     let e = error(&one_vm("networks:\n  n: {subnet: banana}\n", ""));
     assert!(e.contains("must be \"auto\" or an IPv4 CIDR"), "{e}");
+}
+
+#[test]
+fn vm_networks_take_the_long_form() {
+    let nets = "networks:\n  backend: {subnet: 10.89.7.0/24}\n  other: {}\n";
+    let p = ok(&one_vm(
+        nets,
+        "networks:\n      backend: {ipv4_address: 10.89.7.10, aliases: [pg, db.local]}\n      other:",
+    ));
+    let backend = &p.vms[0].networks[0];
+    assert_eq!(backend.ipv4_address, Some("10.89.7.10".parse().unwrap()));
+    assert_eq!(backend.aliases, ["pg", "db.local"]);
+    assert_eq!(p.vms[0].networks[1].name, "other");
+    for (entry, message) in [
+        (
+            "{backend: {ipv4_address: 10.89.8.1}}",
+            "vms.a.networks.backend.ipv4_address: 10.89.8.1 is not a host address of the network's subnet 10.89.7.0/24",
+        ),
+        (
+            "{backend: {ipv4_address: 10.89.7.255}}",
+            "is not a host address",
+        ),
+        (
+            "{other: {ipv4_address: banana}}",
+            "vms.a.networks.other.ipv4_address: \"banana\" is not an IPv4 address",
+        ),
+        (
+            "{other: {aliases: [\"bad name\"]}}",
+            "vms.a.networks.other.aliases[0]: alias \"bad name\" is not a host name",
+        ),
+        (
+            "{other: {priority: 3}}",
+            "vms.a.networks.other.priority: unknown key \"priority\"",
+        ),
+        (
+            "{nope: {}}",
+            "unknown network \"nope\" (declared: backend, other)",
+        ),
+    ] {
+        let e = error(&one_vm(nets, &format!("networks: {entry}")));
+        assert!(e.contains(message), "{entry}: {e}");
+    }
 }
 
 #[test]

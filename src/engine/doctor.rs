@@ -74,6 +74,19 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
                 "qemu",
                 format!("{} ({version})", qemu.display()),
             ));
+            let uses_networks = project.is_some_and(|p| !p.networks.is_empty());
+            out.push(match super::network::qemu_version(&version) {
+                Some(v) if v >= super::network::MIN_QEMU => Check::new(
+                    Level::Ok,
+                    "networks",
+                    "-netdev stream with reconnect-ms (QEMU 9.2+): project networks work",
+                ),
+                _ => Check::new(
+                    if uses_networks { Level::Fail } else { Level::Warn },
+                    "networks",
+                    "project networks need QEMU 9.2 or later (-netdev stream with reconnect-ms); Debian 12 has it in bookworm-backports",
+                ),
+            });
             out.push(match output(&qemu, &["-device", "help"]) {
                 Ok(text) if text.contains("\"virtio-9p-pci\"") => {
                     Check::new(Level::Ok, "9p", "virtio-9p-pci available (bind mounts work)")
@@ -103,6 +116,12 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
             Ok(choice) if choice.accel == Accel::Kvm => {
                 Check::new(Level::Ok, "accelerator", choice.reason)
             }
+            // The reason is on the kvm line already: said once.
+            Ok(choice) if choice.reason.starts_with("TCG (slow)") => Check::new(
+                Level::Warn,
+                "accelerator",
+                "TCG: VMs are emulated, several times slower (why: the kvm line)",
+            ),
             Ok(choice) => Check::new(Level::Warn, "accelerator", choice.reason),
             Err(e) => Check::new(Level::Fail, "accelerator", e.to_string()),
         },

@@ -18,7 +18,9 @@ use crate::qemu::accel;
 use crate::qemu::argv::build_argv;
 use crate::qemu::ports::allocate_ssh_port;
 use crate::qemu::process::DEFAULT_QEMU;
-use crate::state::{InstancePaths, InstanceRecord, StateDir, VolumeRecord, VolumeRegistry};
+use crate::state::{
+    InstancePaths, InstanceRecord, NetworkRegistry, StateDir, VolumeRecord, VolumeRegistry,
+};
 
 use super::health::{self, Health, HealthStatus};
 use super::mounts::{self, PlanFacts, SourceKind};
@@ -148,6 +150,8 @@ pub struct VmSummary {
     pub memory_mib: u64,
     /// The instance disk, once created.
     pub disk: Option<DiskUsage>,
+    /// Its project networks, `<network> <address>` once allocated (else the network name).
+    pub networks: Vec<String>,
     /// The health check's state and last results, for a running VM that has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
@@ -157,6 +161,7 @@ pub struct VmSummary {
 pub fn summaries(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmSummary> {
     let state = StateDir::new(&project.dir);
     let statuses = probe_statuses(project, host, vms);
+    let allocated = NetworkRegistry::load(&state.networks_json()).unwrap_or_default();
     vms.iter()
         .zip(statuses)
         .map(|(vm, st)| {
@@ -178,9 +183,29 @@ pub fn summaries(project: &Project, host: &HostEnv, vms: &[&Vm]) -> Vec<VmSummar
                 cpu: vm.cpu,
                 memory_mib: vm.memory_mib,
                 disk: disk_usage(&paths.disk),
+                networks: vm
+                    .networks
+                    .iter()
+                    .map(|n| {
+                        let address = allocated
+                            .networks
+                            .get(&n.name)
+                            .and_then(|r| r.vms.get(&vm.name));
+                        match address {
+                            Some(a) => format!("{} {}", n.name, a.address),
+                            None => n.name.clone(),
+                        }
+                    })
+                    .collect(),
             }
         })
         .collect()
+}
+
+/// Whether the project's network switch runs.
+pub fn switch_running(project: &Project) -> Result<bool, EngineError> {
+    let state = StateDir::new(&project.dir);
+    Ok(super::network::switch_status(&state)?.is_some())
 }
 
 /// `8080->80/tcp`, or `127.0.0.1:8080->80/tcp` with a host address.
@@ -333,6 +358,21 @@ pub struct NetworkInfo {
     pub ssh_port: Option<u16>,
     /// The compose `ports:`.
     pub ports: Vec<String>,
+    /// One NIC per project network, once `up` allocated its address.
+    pub networks: Vec<NetworkLink>,
+    /// Whether the project's network switch runs (`None` when the VM is on no network).
+    pub switch_running: Option<bool>,
+}
+
+/// A NIC on a project network.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkLink {
+    pub network: String,
+    /// `address/prefix`.
+    pub address: String,
+    pub mac: String,
+    /// The names other VMs on the network reach it by.
+    pub names: Vec<String>,
 }
 
 /// How QEMU was started, or would be started next.
@@ -383,6 +423,8 @@ pub fn inspect<'a>(
     let paths = instance_paths(&state, host, &vm.name);
     let record = InstanceRecord::load(&paths.record)?;
     let registry = VolumeRegistry::load(&state.volumes_json())?;
+    let networks = super::network::Networks::load(&state, host)?;
+    let links = networks.links(project, &vm.name);
 
     // The plan needs every volume's UUID and image and every bind source's kind; what does
     // not exist yet is planned as it will be (a folder, an empty UUID) and reported as such.
@@ -424,6 +466,7 @@ pub fn inspect<'a>(
             volumes: &planned,
             source_kinds: &source_kinds,
             file_shares_dir: &paths.file_shares,
+            hosts_dir: (!links.is_empty()).then_some(paths.hosts.as_path()),
         },
     )?;
 
@@ -532,6 +575,7 @@ pub fn inspect<'a>(
                     mounts: &plan,
                     accel,
                     mac: instance::mac_for(project, vm),
+                    links: &links,
                     base: &base,
                     base_format,
                 };
@@ -603,6 +647,28 @@ pub fn inspect<'a>(
             ),
             ssh_port: record.as_ref().map(|r| r.ssh_port).or(vm.ssh_port),
             ports: vm.ports.iter().map(port_text).collect(),
+            networks: links
+                .iter()
+                .map(|l| NetworkLink {
+                    network: l.network.clone(),
+                    address: format!("{}/{}", l.address, l.prefix),
+                    mac: l.nic.mac.to_string(),
+                    names: [format!("{}.{}", vm.name, l.network), vm.name.clone()]
+                        .into_iter()
+                        .chain(
+                            vm.networks
+                                .iter()
+                                .filter(|n| n.name == l.network)
+                                .flat_map(|n| n.aliases.iter().cloned()),
+                        )
+                        .collect(),
+                })
+                .collect(),
+            switch_running: if vm.networks.is_empty() {
+                None
+            } else {
+                Some(super::network::switch_status(&state)?.is_some())
+            },
         },
         ssh_command,
         console_password_file: state.console_password(),

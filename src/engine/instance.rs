@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::cloudinit::{self, Seed, SeedInput, UserSpec};
+use crate::cloudinit::{self, Seed, SeedInput, SeedLink, UserSpec};
 use crate::compose::{ImageSource, Project, Vm};
 use crate::disk::qcow2::{self, Backing, Header, ImageFormat, Qcow2Error, Qcow2Image};
 use crate::disk::{fat, signature};
@@ -28,6 +28,7 @@ use crate::state::secrets::InstanceHostKey;
 use crate::state::{InstancePaths, ProjectSecrets, StateDir, StateError, VolumeRegistry, atomic};
 
 use super::mounts::{self, MountPlan, PlanFacts, SourceKind};
+use super::network::{Link, Networks};
 use super::workspace::instance_paths;
 use super::{EngineError, HostEnv, ssh};
 
@@ -40,15 +41,6 @@ pub struct Checked {
 
 /// Checks what must hold before anything is created for `vm`.
 pub fn check(vm: &Vm) -> Result<Checked, EngineError> {
-    if !vm.networks.is_empty() {
-        return Err(EngineError::Unsupported {
-            vm: vm.name.clone(),
-            what: format!(
-                "is attached to network(s) {}, but VM-to-VM networking is not implemented yet; remove `networks:` from the VM to start it",
-                vm.networks.join(", ")
-            ),
-        });
-    }
     for port in &vm.ports {
         if let Some(IpAddr::V6(ip)) = port.host_ip {
             return Err(EngineError::Unsupported {
@@ -232,6 +224,8 @@ pub struct PreparedVm {
     pub accel: AccelChoice,
     /// The NIC's address, stable per project and VM.
     pub mac: MacAddress,
+    /// Its NICs on project networks.
+    pub links: Vec<Link>,
     /// A digest of everything that shapes the VM; a change means "recreate to apply".
     pub config_hash: String,
 }
@@ -249,6 +243,8 @@ pub struct UpContext<'a> {
     pub registry: &'a VolumeRegistry,
     /// The SSH key and console password.
     pub secrets: &'a ProjectSecrets,
+    /// The project networks, allocated.
+    pub networks: &'a Networks,
     /// `up --force-recreate`: a disk made on another base than the compose file names now is
     /// made again on the new one.
     pub rebuild_changed_disks: bool,
@@ -267,6 +263,7 @@ pub fn prepare(
         host,
         registry,
         secrets,
+        networks,
         rebuild_changed_disks,
     } = *cx;
     let paths = instance_paths(state, host, &vm.name);
@@ -276,6 +273,7 @@ pub fn prepare(
     } else {
         kept_cached_base(&paths.disk, base, host)
     };
+    let links = networks.links(project, &vm.name);
     let plan = mounts::plan(
         vm,
         &PlanFacts {
@@ -283,6 +281,7 @@ pub fn prepare(
             volumes: registry,
             source_kinds: &checked.source_kinds,
             file_shares_dir: &paths.file_shares,
+            hosts_dir: (!links.is_empty()).then_some(paths.hosts.as_path()),
         },
     )?;
 
@@ -320,6 +319,14 @@ pub fn prepare(
         environment: vm.environment.clone(),
         provision: vm.provision.clone(),
         mac: mac.to_string(),
+        links: links
+            .iter()
+            .map(|l| SeedLink {
+                mac: l.nic.mac.to_string(),
+                address: l.address,
+                prefix: l.prefix,
+            })
+            .collect(),
         host_key: host_key.key.clone(),
     })
     .map_err(|e| EngineError::vm(&vm.name, e))?;
@@ -347,6 +354,7 @@ pub fn prepare(
         host_key,
         accel,
         mac,
+        links,
         config_hash,
     })
 }
@@ -627,6 +635,8 @@ pub struct LaunchFacts<'a> {
     pub accel: Accel,
     /// The NIC's address.
     pub mac: MacAddress,
+    /// The NICs on project networks.
+    pub links: &'a [Link],
     /// The base image below the instance disk, given to QEMU explicitly.
     pub base: &'a Path,
     /// The base's format.
@@ -641,6 +651,7 @@ impl PreparedVm {
             mounts: &self.mounts,
             accel: self.accel.accel,
             mac: self.mac,
+            links: &self.links,
             base: &self.base,
             base_format: self.base_format,
         }
@@ -714,6 +725,7 @@ pub fn launch_spec_from(
             mac: facts.mac,
             ssh_port,
             ports,
+            links: facts.links.iter().map(|l| l.nic.clone()).collect(),
         },
         qmp_socket: paths.qmp_socket.clone(),
         serial_socket: paths.serial_socket.clone(),

@@ -17,7 +17,7 @@ use crate::state::{
 use super::instance::{self, DiskChange, PreparedVm};
 use super::status;
 use super::workspace::instance_paths;
-use super::{EngineError, HostEnv, Reporter, health, run, ssh, volumes};
+use super::{EngineError, HostEnv, Reporter, health, network, run, ssh, volumes};
 
 /// The first port tried for SSH forwarding.
 pub(super) const FIRST_SSH_PORT: u16 = 2222;
@@ -167,6 +167,16 @@ pub fn up(
     } else {
         Some(host.qemu()?)
     };
+    let networked: Vec<&str> = selected
+        .iter()
+        .filter(|vm| !vm.networks.is_empty())
+        .map(|vm| vm.name.as_str())
+        .collect();
+    if let Some(qemu) = &qemu
+        && !networked.is_empty()
+    {
+        network::check_qemu(qemu, &networked)?;
+    }
 
     let guard = lock(&state, reporter)?;
     note_project_name(&state, project, reporter)?;
@@ -185,6 +195,9 @@ pub fn up(
     } else if !orphans.is_empty() {
         reporter.warn(&orphan_warning(&orphans));
     }
+    // Addresses before anything is made: a conflict leaves everything as it was.
+    let starting: Vec<&str> = selected.iter().map(|vm| vm.name.as_str()).collect();
+    let networks = network::update(&state, host, project, &starting)?;
     let mut checked = checked;
     for (vm, checked) in selected.iter().zip(&mut checked) {
         let copies = super::mounts::settle_file_sources(&mut checked.source_kinds, state.root());
@@ -204,12 +217,17 @@ pub fn up(
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
     volumes::ensure_volumes(&state, project, &mut registry, reporter)?;
 
+    if qemu.is_some() && selected.iter().any(|vm| !vm.networks.is_empty()) {
+        network::ensure_switch(&state, &networks, reporter)?;
+    }
+
     let cx = instance::UpContext {
         project,
         state: &state,
         host,
         registry: &registry,
         secrets: &secrets,
+        networks: &networks,
         rebuild_changed_disks: opts.force_recreate,
     };
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
@@ -575,7 +593,21 @@ pub fn stop(
             })
         })?;
     }
-    Ok(())
+    end_switch_if_idle(&state, host)
+}
+
+/// Ends the project's network switch once no QEMU of the project runs (orphans included).
+fn end_switch_if_idle(state: &StateDir, host: &HostEnv) -> Result<(), EngineError> {
+    for vm in state.instance_names()? {
+        let paths = instance_paths(state, host, &vm);
+        if matches!(
+            process::state(&status::handle(&paths)),
+            ProcState::Running { .. }
+        ) {
+            return Ok(());
+        }
+    }
+    network::stop_switch(state)
 }
 
 /// `vms` (in start order) in the waves `stop` takes: first every VM no other selected VM
@@ -640,6 +672,11 @@ pub fn destroy(
                 reporter,
             )?;
         }
+    }
+    end_switch_if_idle(&state, host)?;
+    if state.instance_names()?.is_empty() {
+        // As `docker compose down` removes the project's networks: addresses start afresh.
+        crate::state::NetworkRegistry::default().save(&state.networks_json())?;
     }
     if opts.volumes {
         // Only the volumes the compose file declares, as `docker compose down -v`; and none of

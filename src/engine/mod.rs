@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod instance;
 pub mod lifecycle;
 pub mod mounts;
+pub mod network;
 pub mod run;
 pub mod ssh;
 pub mod status;
@@ -105,6 +106,9 @@ pub enum EngineError {
     /// A volume could not be made or used.
     #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
+    /// The project networks could not be laid out or joined.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
     /// A state file problem.
     #[error(transparent)]
     State(#[from] StateError),

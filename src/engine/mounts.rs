@@ -64,6 +64,8 @@ pub struct PlanFacts<'a> {
     pub source_kinds: &'a BTreeMap<PathBuf, SourceKind>,
     /// The instance's folder for single-file shares.
     pub file_shares_dir: &'a Path,
+    /// The folder holding the VM's `hosts` list, when it is on project networks.
+    pub hosts_dir: Option<&'a Path>,
 }
 
 /// One single-file share to prepare on the host before QEMU starts.
@@ -310,7 +312,46 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
             }
         }
     }
+    if let Some(dir) = facts.hosts_dir {
+        hosts_share(&mut out, dir, facts.host_is_root);
+    }
     Ok(out)
+}
+
+/// The project's hosts list on `/etc/hosts`: its folder shared read-only (tag `hosts`),
+/// mounted on a hidden folder, and the one file bind-mounted read-only on `/etc/hosts`.
+/// `up` replaces the file by a rename; 9p opens by name, so each lookup in the guest reads
+/// the list as it is now.
+fn hosts_share(out: &mut MountPlan, dir: &Path, host_is_root: bool) {
+    let tag = "hosts".to_string();
+    let hidden = format!("{FILE_SHARE_ROOT}/{tag}");
+    out.shares.push(ShareSpec {
+        id: "fshosts".to_string(),
+        path: dir.to_path_buf(),
+        tag: tag.clone(),
+        security_model: if host_is_root {
+            SecurityModel::Passthrough
+        } else {
+            SecurityModel::None
+        },
+        read_only: true,
+    });
+    out.guest.push(GuestMount {
+        device: tag,
+        target: hidden.clone(),
+        fstype: "9p".to_string(),
+        options: ninep_options(&[], true),
+        pass: 0,
+        target_kind: TargetKind::Dir,
+    });
+    out.guest.push(GuestMount {
+        device: format!("{hidden}/hosts"),
+        target: "/etc/hosts".to_string(),
+        fstype: "none".to_string(),
+        options: "bind,ro,nofail".to_string(),
+        pass: 0,
+        target_kind: TargetKind::File,
+    });
 }
 
 /// The 9p mount options: the defaults, the user's (same key replaces a default), `ro` for a
@@ -416,6 +457,7 @@ vms:
             volumes: &volumes,
             source_kinds: &kinds,
             file_shares_dir: Path::new("/p/.qemu-compose/app/file-shares"),
+            hosts_dir: None,
         };
         plan(&p.vms[0], &facts).unwrap()
     }
@@ -565,6 +607,7 @@ vms:
             volumes: &volumes,
             source_kinds: &kinds,
             file_shares_dir: Path::new("/p/.qemu-compose/a/file-shares"),
+            hosts_dir: None,
         };
         let plan = plan(&p.vms[0], &facts).unwrap();
         assert!(plan.shares[0].read_only);

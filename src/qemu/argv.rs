@@ -124,12 +124,24 @@ pub struct ShareSpec {
     pub read_only: bool,
 }
 
-/// User-mode networking: one NIC, SSH forwarded from the host's loopback, plus `ports:`.
+/// User-mode networking: one NIC, SSH forwarded from the host's loopback, plus `ports:`;
+/// then one more NIC per project network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
     pub mac: MacAddress,
     pub ssh_port: u16,
     pub ports: Vec<PortForward>,
+    /// In the order the guest sees them (after the user-mode NIC).
+    pub links: Vec<LinkSpec>,
+}
+
+/// A NIC on a project network: a `-netdev stream` client of the network switch's unix
+/// socket. QEMU connects again every second while the switch is away (`reconnect-ms`, QEMU
+/// 9.2+), so a VM may start before the switch and survives its restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSpec {
+    pub mac: MacAddress,
+    pub socket: PathBuf,
 }
 
 /// The protocol of a `hostfwd` rule.
@@ -323,6 +335,21 @@ pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
         "-device",
         &format!("virtio-net-pci,netdev=net0,mac={}", spec.net.mac),
     ]);
+    for (n, link) in spec.net.links.iter().enumerate() {
+        let id = format!("link{n}");
+        let socket = socket("network socket", &link.socket)?;
+        args.push([
+            "-netdev",
+            &format!(
+                "stream,id={id},server=off,addr.type=unix,addr.path={},reconnect-ms=1000",
+                escape(socket)
+            ),
+        ]);
+        args.push([
+            "-device",
+            &format!("virtio-net-pci,netdev={id},mac={}", link.mac),
+        ]);
+    }
 
     let qmp = socket("QMP socket", &spec.qmp_socket)?;
     args.push(["-qmp", &format!("unix:{},server=on,wait=off", escape(qmp))]);
@@ -475,6 +502,7 @@ mod tests {
                 mac: MacAddress::derived_from("demo/web"),
                 ssh_port: 2222,
                 ports: vec![],
+                links: vec![],
             },
             qmp_socket: dir.join("qmp.sock"),
             serial_socket: dir.join("serial.sock"),
@@ -584,6 +612,19 @@ mod tests {
             },
         ];
         golden("ports", &spec);
+    }
+
+    #[test]
+    fn golden_networks() {
+        let mut spec = plain();
+        spec.net.links = ["backend", "front,end"]
+            .iter()
+            .map(|net| LinkSpec {
+                mac: MacAddress::derived_from(&format!("demo/web/{net}")),
+                socket: format!("/run/user/1000/qemu-compose/ab12/.net/{net}.sock").into(),
+            })
+            .collect();
+        golden("networks", &spec);
     }
 
     #[test]

@@ -47,13 +47,23 @@ pub struct InstancePaths {
     pub known_hosts: PathBuf,
     /// Folders that hold a single bind-mounted file each (see the mount plan).
     pub file_shares: PathBuf,
+    /// The folder of the guest's `/etc/hosts` on project networks (shared read-only).
+    pub hosts: PathBuf,
     /// The QMP socket.
     pub qmp_socket: PathBuf,
     /// The serial console socket.
     pub serial_socket: PathBuf,
-    /// The per-user folder the sockets moved to when their path was too long.
     #[serde(skip)]
-    socket_base: Option<PathBuf>,
+    sockets: SocketDir,
+}
+
+/// A folder of unix sockets: in the private folder, or, when a socket path would be too
+/// long there, in a short per-project folder under the runtime folder (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketDir {
+    dir: PathBuf,
+    /// The per-user folder the sockets moved to when their path was too long.
+    base: Option<PathBuf>,
 }
 
 impl InstancePaths {
@@ -61,7 +71,9 @@ impl InstancePaths {
     pub fn new(state: &StateDir, vm: &str, runtime_dir: Option<&Path>) -> Self {
         let dir = state.vm_dir(vm);
         let private_dir = state.vm_private_dir(vm);
-        let (socket_dir, socket_base) = socket_dir(state, vm, &private_dir, runtime_dir);
+        // "serial.sock" is the longer of the two names.
+        let sockets = SocketDir::new(state, vm, &private_dir, "serial.sock", runtime_dir);
+        let socket_dir = sockets.path().to_path_buf();
         Self {
             disk: dir.join("disk.qcow2"),
             file_shares: dir.join("file-shares"),
@@ -72,9 +84,10 @@ impl InstancePaths {
             ready: private_dir.join("ready"),
             host_key: private_dir.join("ssh_host_ed25519_key"),
             known_hosts: private_dir.join("known_hosts"),
+            hosts: private_dir.join("hosts"),
             qmp_socket: socket_dir.join("qmp.sock"),
             serial_socket: socket_dir.join("serial.sock"),
-            socket_base,
+            sockets,
             dir,
             private_dir,
         }
@@ -82,18 +95,70 @@ impl InstancePaths {
 
     /// Whether the sockets live outside the private folder (a long path).
     pub fn sockets_relocated(&self) -> bool {
-        self.socket_base.is_some()
+        self.sockets.relocated()
     }
 
     /// The folder that holds the sockets.
     pub fn socket_dir(&self) -> &Path {
-        self.qmp_socket.parent().unwrap_or(Path::new("/"))
+        self.sockets.path()
     }
 
-    /// Creates the folder of the sockets (mode 0700, each level made by us or checked).
+    /// See [`SocketDir::ensure`].
     pub fn ensure_socket_dir(&self) -> Result<(), StateError> {
-        let Some(base) = &self.socket_base else {
-            return super::atomic::create_private_dir(self.socket_dir(), 0o700);
+        self.sockets.ensure()
+    }
+
+    /// See [`SocketDir::check`].
+    pub fn check_socket_dir(&self) -> Result<(), StateError> {
+        self.sockets.check()
+    }
+}
+
+impl SocketDir {
+    /// The socket folder of `leaf` (a VM, or `.net` for the network switch): `private_dir`
+    /// itself when `longest_name` fits there, else `<runtime>/qemu-compose/<hash>/<leaf>`.
+    pub fn new(
+        state: &StateDir,
+        leaf: &str,
+        private_dir: &Path,
+        longest_name: &str,
+        runtime_dir: Option<&Path>,
+    ) -> Self {
+        if private_dir.join(longest_name).as_os_str().len() <= MAX_SOCKET_PATH {
+            return Self {
+                dir: private_dir.to_path_buf(),
+                base: None,
+            };
+        }
+        let digest = Sha256::digest(state.root().as_os_str().as_encoded_bytes());
+        let tag = base16ct::lower::encode_string(&digest[..6]);
+        let base = match runtime_dir {
+            Some(dir) => dir.join("qemu-compose"),
+            None => PathBuf::from(format!(
+                "/tmp/qemu-compose-{}",
+                rustix::process::geteuid().as_raw()
+            )),
+        };
+        Self {
+            dir: base.join(tag).join(leaf),
+            base: Some(base),
+        }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the folder is outside the private folder (a long path).
+    pub fn relocated(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// Creates the folder (mode 0700, each level made by us or checked).
+    pub fn ensure(&self) -> Result<(), StateError> {
+        let Some(base) = &self.base else {
+            return super::atomic::create_private_dir(&self.dir, 0o700);
         };
         if let Some(parent) = base.parent()
             && parent != Path::new("/tmp")
@@ -103,10 +168,7 @@ impl InstancePaths {
         let mut at = base.clone();
         mkdir_private(&at)?;
         check_private_dir(&at)?;
-        let rel = self
-            .socket_dir()
-            .strip_prefix(base)
-            .unwrap_or(Path::new(""));
+        let rel = self.dir.strip_prefix(base).unwrap_or(Path::new(""));
         for part in rel.components() {
             at.push(part);
             mkdir_private(&at)?;
@@ -115,47 +177,22 @@ impl InstancePaths {
         Ok(())
     }
 
-    /// Checks the relocated socket folder before a socket in it is trusted or anything in it
-    /// removed: every level must be a real folder (no symlink), owned by us, with no access for
-    /// others. Nothing to check when the sockets are in the private folder.
-    pub fn check_socket_dir(&self) -> Result<(), StateError> {
-        let Some(base) = &self.socket_base else {
+    /// Checks a relocated folder before a socket in it is trusted or anything in it
+    /// removed: every level must be a real folder (no symlink), owned by us, with no access
+    /// for others. Nothing to check when the sockets are in the private folder.
+    pub fn check(&self) -> Result<(), StateError> {
+        let Some(base) = &self.base else {
             return Ok(());
         };
         let mut at = base.clone();
         check_private_dir_if_present(&at)?;
-        let rel = self
-            .socket_dir()
-            .strip_prefix(base)
-            .unwrap_or(Path::new(""));
+        let rel = self.dir.strip_prefix(base).unwrap_or(Path::new(""));
         for part in rel.components() {
             at.push(part);
             check_private_dir_if_present(&at)?;
         }
         Ok(())
     }
-}
-
-fn socket_dir(
-    state: &StateDir,
-    vm: &str,
-    private_dir: &Path,
-    runtime_dir: Option<&Path>,
-) -> (PathBuf, Option<PathBuf>) {
-    // "serial.sock" is the longer of the two names.
-    if private_dir.join("serial.sock").as_os_str().len() <= MAX_SOCKET_PATH {
-        return (private_dir.to_path_buf(), None);
-    }
-    let digest = Sha256::digest(state.root().as_os_str().as_encoded_bytes());
-    let tag = base16ct::lower::encode_string(&digest[..6]);
-    let base = match runtime_dir {
-        Some(dir) => dir.join("qemu-compose"),
-        None => PathBuf::from(format!(
-            "/tmp/qemu-compose-{}",
-            rustix::process::geteuid().as_raw()
-        )),
-    };
-    (base.join(tag).join(vm), Some(base))
 }
 
 /// `mkdir` with mode 0700; an existing entry is left for [`check_private_dir`] to judge.

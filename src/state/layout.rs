@@ -127,6 +127,16 @@ impl StateDir {
         self.root.join("volumes.json")
     }
 
+    /// The network registry.
+    pub fn networks_json(&self) -> PathBuf {
+        self.root.join("networks.json")
+    }
+
+    /// The network switch's folder: its lock (proof of life) and log.
+    pub fn switch_dir(&self) -> PathBuf {
+        self.private.join("switch")
+    }
+
     /// The parent of every named volume's folder.
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")

@@ -9,6 +9,7 @@ pub mod instance;
 pub mod layout;
 pub mod lock;
 pub mod migrate;
+pub mod networks;
 pub mod secrets;
 pub mod volumes;
 
@@ -19,6 +20,7 @@ pub use atomic::write_atomic;
 pub use instance::{InstancePaths, InstanceRecord};
 pub use layout::StateDir;
 pub use lock::ProjectLock;
+pub use networks::NetworkRegistry;
 pub use secrets::ProjectSecrets;
 pub use volumes::{VolumeRecord, VolumeRegistry};
 

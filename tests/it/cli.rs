@@ -28,6 +28,15 @@ fn version_prints_the_crate_version() {
         format!("qemu-compose {}\n", env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(text(&out.stderr), "");
+    // `-V` says the same wherever it is given.
+    for args in [&["-V"][..], &["ps", "-V"], &["volume", "ls", "--version"]] {
+        let out = p.run(args);
+        assert_eq!(
+            text(&out.stdout),
+            format!("qemu-compose {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]

@@ -66,7 +66,8 @@ fn design_example_is_valid() {
         Some("prod")
     );
     assert_eq!(db.provision.len(), 2);
-    assert_eq!(db.networks, ["backend"]);
+    let networks: Vec<&str> = db.networks.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(networks, ["backend"]);
     let shown: Vec<String> = db.volumes.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,

@@ -605,3 +605,22 @@ fn up_takes_docker_s_detach_flag() {
     assert!(said.contains("created VM db (not started)"), "{said}");
     assert_eq!(statuses(&p), ["db=stopped", "web=not-created"]);
 }
+
+#[test]
+fn config_writes_network_settings_and_conditions_in_the_long_form() {
+    let p = Project::new(
+        "networks:\n  back: {subnet: 10.89.0.0/24}\n  front: {}\nvms:\n  db:\n    image: ./base.qcow2\n    networks: {back: {ipv4_address: 10.89.0.10, aliases: [pg]}, front: {}}\n    healthcheck: {test: pg_isready, interval: 1500ms}\n  web:\n    image: ./base.qcow2\n    networks: [front]\n    depends_on: {db: {condition: service_healthy}}\n",
+    );
+    let first = p.ok(&["config"]).stdout;
+    for expected in [
+        "    networks:\n      back:\n        ipv4_address: \"10.89.0.10\"\n        aliases:\n        - pg\n      front: {}\n",
+        "    healthcheck:\n      test:\n      - CMD-SHELL\n      - pg_isready\n      interval: 1500ms\n",
+        "    depends_on:\n      db:\n        condition: service_healthy\n    networks:\n    - front\n",
+    ] {
+        assert!(first.contains(expected), "{expected:?} not in:\n{first}");
+    }
+    assert_eq!(
+        with_stdin(&p, p.path(), &["-f", "-", "config"], &first),
+        first
+    );
+}

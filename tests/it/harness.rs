@@ -253,7 +253,20 @@ impl Drop for Project {
             .filter(|p| p.join(STATE_DIR_NAME).is_dir());
         for dir in std::iter::once(self.path().to_owned()).chain(nested) {
             if let Ok(dir) = dir.canonicalize() {
-                let _ = std::fs::remove_dir_all(StateDir::new(&dir).private());
+                let state = StateDir::new(&dir);
+                // A network switch left by a test that failed half-way (its pid counts only
+                // while the lock is held).
+                let lock = state.switch_dir().join("lock");
+                let held = std::fs::File::open(&lock)
+                    .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+                let text = std::fs::read_to_string(&lock).unwrap_or_default();
+                if held
+                    && let Some(pid) = text.lines().next().and_then(|t| t.parse().ok())
+                    && let Some(pid) = rustix::process::Pid::from_raw(pid)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                let _ = std::fs::remove_dir_all(state.private());
             }
         }
     }

@@ -328,22 +328,6 @@ fn files_that_are_not_disk_images_are_refused_with_what_they_are() {
 }
 
 #[test]
-fn networks_are_refused_before_anything_starts() {
-    let p = Project::with_base(
-        "networks:\n  back: {}\nvms:\n  app:\n    image: ./base.qcow2\n    networks: [back]\n",
-        "64M",
-    );
-    let out = p.run(&["up"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("VM-to-VM networking is not implemented yet"),
-        "{stderr}"
-    );
-    assert!(!p.join(".qemu-compose").exists(), "nothing may be created");
-}
-
-#[test]
 fn the_project_key_is_a_valid_openssh_key() {
     let p = Project::with_base(ONE_VM, "64M");
     p.ok(&["up", "--no-start"]);

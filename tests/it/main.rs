@@ -16,6 +16,7 @@ mod habits;
 mod image;
 mod interact;
 mod lifecycle;
+mod network;
 mod qcow2;
 mod qemu;
 mod seed;

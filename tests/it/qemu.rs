@@ -53,6 +53,7 @@ fn spec(dir: &Path, ssh_port: u16) -> LaunchSpec {
             mac: MacAddress::derived_from("test/vm"),
             ssh_port,
             ports: vec![],
+            links: vec![],
         },
         qmp_socket: dir.join("qmp.sock"),
         serial_socket: dir.join("serial.sock"),

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use qemu_compose::cloudinit::{
-    GuestMount, HostKey, Seed, SeedError, SeedInput, TargetKind, UserSpec, build_seed,
+    GuestMount, HostKey, Seed, SeedError, SeedInput, SeedLink, TargetKind, UserSpec, build_seed,
     hash_password,
 };
 use qemu_compose::disk::fat::{CIDATA_LABEL, build_fat_image};
@@ -53,6 +53,7 @@ fn base() -> SeedInput {
         environment: BTreeMap::new(),
         provision: Vec::new(),
         mac: "52:54:00:12:34:56".into(),
+        links: Vec::new(),
         host_key: host_key(),
     }
 }
@@ -167,6 +168,41 @@ fn cases() -> Vec<(&'static str, SeedInput)> {
         "echo ready > /run/provisioned".into(),
     ];
     cases.push(("environment_and_provision", provisioned));
+
+    // On two project networks: static addresses on eth1 and eth2, and the project's hosts
+    // list bound on /etc/hosts, so cloud-init must leave /etc/hosts alone.
+    let mut networked = base();
+    networked.links = vec![
+        SeedLink {
+            mac: "52:54:00:AA:00:01".into(),
+            address: "10.89.0.2".parse().unwrap(),
+            prefix: 24,
+        },
+        SeedLink {
+            mac: "52:54:00:aa:00:02".into(),
+            address: "172.30.4.9".parse().unwrap(),
+            prefix: 22,
+        },
+    ];
+    networked.mounts = vec![
+        GuestMount {
+            device: "hosts".into(),
+            target: "/run/qemu-compose/hosts".into(),
+            fstype: "9p".into(),
+            options: "trans=virtio,version=9p2000.L,msize=512000,ro,nofail".into(),
+            pass: 0,
+            target_kind: TargetKind::Dir,
+        },
+        GuestMount {
+            device: "/run/qemu-compose/hosts/hosts".into(),
+            target: "/etc/hosts".into(),
+            fstype: "none".into(),
+            options: "bind,ro,nofail".into(),
+            pass: 0,
+            target_kind: TargetKind::File,
+        },
+    ];
+    cases.push(("project_networks", networked));
 
     cases
 }
@@ -347,7 +383,14 @@ impl Expected {
             json!({"ed25519_private": HOST_KEY_PRIVATE, "ed25519_public": HOST_KEY_PUBLIC}),
             "{label}: the host key comes back byte for byte"
         );
-        assert_eq!(map["manage_etc_hosts"], json!("localhost"), "{label}");
+        // A mount on /etc/hosts (the project's hosts list) turns cloud-init's writes off.
+        let hosts_mounted = self.input.mounts.iter().any(|m| m.target == "/etc/hosts");
+        let manage = if hosts_mounted {
+            json!(false)
+        } else {
+            json!("localhost")
+        };
+        assert_eq!(map["manage_etc_hosts"], manage, "{label}");
         if !self.input.mounts.is_empty() {
             assert_eq!(map["bootcmd"], json!(self.bootcmd()), "{label}: bootcmd");
             if let Some(run) = bootcmd_run {

@@ -12,6 +12,8 @@ pub(super) struct Lookups<'a> {
     pub vms: Names<'a>,
     pub volumes: Names<'a>,
     pub networks: Names<'a>,
+    /// The declared networks themselves (a fixed address is checked against the subnet).
+    pub network_decls: &'a [Network],
 }
 
 impl<'a> Lookups<'a> {
@@ -20,6 +22,7 @@ impl<'a> Lookups<'a> {
             vms: Names::new(raw.vms.iter().map(|(n, _)| n.value.as_str())),
             volumes: Names::new(volumes.iter().map(|v| v.name.as_str())),
             networks: Names::new(networks.iter().map(|n| n.name.as_str())),
+            network_decls: networks,
         }
     }
 }

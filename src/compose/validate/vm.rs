@@ -55,14 +55,7 @@ pub(super) fn vm(
         Some(&name.value),
         errors,
     );
-    let networks = referenced_names(
-        &raw.networks,
-        &field("networks"),
-        &lookups.networks,
-        "network",
-        None,
-        errors,
-    );
+    let networks = super::network::vm_networks(&raw.networks, &field("networks"), lookups, errors);
     let environment = environment(&raw.environment, &field("environment"), errors);
     let provision = provision(&raw.provision, &field("provision"), errors);
     let (volumes, positions) = mounts(&raw.volumes, &field("volumes"), cx, lookups, errors);
