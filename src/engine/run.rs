@@ -109,9 +109,16 @@ pub fn run(
         ));
         stopped
     };
-    let outcome = ran?;
-    cleaned?;
-    Ok(outcome)
+    match (ran, cleaned) {
+        (Ok(outcome), Ok(())) => Ok(outcome),
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+        (Err(e), Err(cleanup)) => {
+            reporter.warn(&format!(
+                "the one-off instance {name} could not be stopped or removed: {cleanup}"
+            ));
+            Err(e)
+        }
+    }
 }
 
 /// The one-off VM: `base` under a new name, without forwards or a fixed SSH port, and
