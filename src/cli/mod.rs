@@ -309,6 +309,19 @@ enum VolumeCommand {
         #[arg(long, value_enum, default_value_t = TextFormat::Text)]
         format: TextFormat,
     },
+    /// Create a volume holding the files of a host folder or an uncompressed tar archive
+    Import {
+        /// The volume name (a new volume)
+        name: String,
+        /// A folder, a tar archive, or - for a tar archive on standard input
+        source: PathBuf,
+        /// Where the files go in the volume
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        into: String,
+        /// The volume's size, e.g. 20G [default: the declared size, else 10G]
+        #[arg(long)]
+        size: Option<String>,
+    },
     /// Remove named volumes and their data
     Rm {
         /// Volume names

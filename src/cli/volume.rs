@@ -1,12 +1,15 @@
-//! `volume ls|create|inspect|rm`.
+//! `volume ls|create|inspect|import|rm`.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 use qemu_compose::compose::{self, Project};
+use qemu_compose::engine::volume_io::{self, ImportSource};
 use qemu_compose::engine::{Reporter, volumes};
 
+use super::output::note;
 use super::{GlobalArgs, StderrReporter, TableFormat, TextFormat, VolumeCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
@@ -15,6 +18,12 @@ pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode>
         VolumeCommand::Ls { format, quiet } => ls(global, &project, *format, *quiet),
         VolumeCommand::Create { name, size } => create(&project, name, size.as_deref()),
         VolumeCommand::Inspect { name, format } => inspect(&project, name, *format),
+        VolumeCommand::Import {
+            name,
+            source,
+            into,
+            size,
+        } => import(&project, name, source, into, size.as_deref()),
         VolumeCommand::Rm { names, force } => rm(global, &project, names, *force),
     }
 }
@@ -83,14 +92,19 @@ fn ls(
     Ok(ExitCode::SUCCESS)
 }
 
-fn create(project: &Project, name: &str, size: Option<&str>) -> anyhow::Result<ExitCode> {
-    let size = match size {
+/// `--size`, parsed as the compose file's sizes are.
+fn size_arg(size: Option<&str>) -> anyhow::Result<Option<u64>> {
+    Ok(match size {
         Some(text) => Some(
             compose::parse_size(text)
                 .map_err(|e| super::UsageError(format!("invalid --size {text:?}: {e}")))?,
         ),
         None => None,
-    };
+    })
+}
+
+fn create(project: &Project, name: &str, size: Option<&str>) -> anyhow::Result<ExitCode> {
+    let size = size_arg(size)?;
     volumes::create_recorded(project, name, size, &StderrReporter)?;
     writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
@@ -148,6 +162,28 @@ fn inspect(project: &Project, name: &str, format: TextFormat) -> anyhow::Result<
         }
     )?;
     writeln!(out, "  features:  {}", fs.features.join(" "))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(
+    project: &Project,
+    name: &str,
+    source: &Path,
+    into: &str,
+    size: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let size = size_arg(size)?;
+    let source = ImportSource::from_arg(source);
+    let into = (into != "/").then_some(into);
+    let s = volume_io::import(project, name, &source, into, size, &StderrReporter)?;
+    note!(
+        "volume {name}: imported {} files ({}), {} folders, {} symbolic links",
+        s.files,
+        HumanBytes(s.data_bytes),
+        s.dirs,
+        s.symlinks
+    );
+    writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -602,14 +602,12 @@ impl<S: BlockSink> Writer<'_, S> {
                     b[..target.len()].copy_from_slice(target);
                     vec![b]
                 }
+                // A file's blocks hold its data, which the caller writes.
                 _ => Vec::new(),
             };
-            let mut blocks = blocks.into_iter();
-            for e in &p.extents {
-                for k in 0..e.len {
-                    let b = blocks.next().expect("one block per planned block");
-                    self.sink.write_at(Self::at(e.start + k), &b[..])?;
-                }
+            let physical = p.extents.iter().flat_map(|e| e.start..e.start + e.len);
+            for (at, b) in physical.zip(blocks) {
+                self.sink.write_at(Self::at(at), &b[..])?;
             }
             for (at, b) in extent::tree(&p.extents, &p.tree_blocks, seed).1 {
                 self.sink.write_at(Self::at(at), &b[..])?;

@@ -140,6 +140,11 @@ impl Tree {
         Ok(id)
     }
 
+    /// Removes the entry `name` of directory `dir`, returning the node it named.
+    pub fn unlink(&mut self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        self.entries(dir).ok()?.remove(name)
+    }
+
     /// Gives the file or symbolic link `target` the further name `name` in `parent`.
     pub fn link(&mut self, parent: NodeId, name: &[u8], target: NodeId) -> Result<(), TreeError> {
         check_name(name)?;
