@@ -774,6 +774,11 @@ fn tar_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta,
                 b"mtime" => 0,
                 b"atime" => 1,
                 b"ctime" => 2,
+                key if key.starts_with(b"GNU.sparse.") => {
+                    return Err(bad(
+                        "PAX sparse members (GNU tar --format=posix --sparse) are not supported; make the archive with --format=gnu, or without --sparse".to_string(),
+                    ));
+                }
                 _ => continue,
             };
             times[slot] = Some(pax_time(ext.value_bytes()).ok_or_else(|| {
