@@ -35,6 +35,7 @@ mod inode;
 mod journal;
 pub mod layout;
 mod populate;
+pub mod read;
 mod superblock;
 pub mod tree;
 
@@ -134,6 +135,20 @@ pub enum Ext4Error {
         /// Its names.
         links: usize,
     },
+    /// The filesystem read is damaged (or hostile).
+    #[error("corrupt ext4 filesystem: {0}")]
+    Corrupt(String),
+    /// The filesystem uses something this reader does not read.
+    #[error("unsupported ext4 filesystem: {0}")]
+    Unsupported(String),
+    /// The journal holds transactions not yet written to the filesystem.
+    #[error(
+        "the filesystem needs journal recovery (it was not cleanly unmounted); boot a VM that mounts it, or run e2fsck on it, first"
+    )]
+    NeedsRecovery,
+    /// A path that is not in the filesystem.
+    #[error("no such file or folder in the volume: {0}")]
+    NotFound(String),
     /// A name the filesystem itself uses at the root.
     #[error("the root directory's {0} is the filesystem's own; the files cannot have one there")]
     Reserved(&'static str),
