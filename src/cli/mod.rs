@@ -322,6 +322,17 @@ enum VolumeCommand {
         #[arg(long)]
         size: Option<String>,
     },
+    /// Copy a volume's files into a host folder or a tar archive, without booting
+    Export {
+        /// The volume name
+        name: String,
+        /// A folder (made if missing; existing names are never overwritten), a file ending in
+        /// .tar, or - for a tar archive on standard output
+        dest: PathBuf,
+        /// What to copy from the volume
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        from: String,
+    },
     /// Remove named volumes and their data
     Rm {
         /// Volume names

@@ -1,4 +1,4 @@
-//! `volume ls|create|inspect|import|rm`.
+//! `volume ls|create|inspect|import|export|rm`.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 use qemu_compose::compose::{self, Project};
+use qemu_compose::engine::volume_export::{self, ExportTarget};
 use qemu_compose::engine::volume_io::{self, ImportSource};
 use qemu_compose::engine::{Reporter, volumes};
 
@@ -24,6 +25,7 @@ pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode>
             into,
             size,
         } => import(&project, name, source, into, size.as_deref()),
+        VolumeCommand::Export { name, dest, from } => export(&project, name, dest, from),
         VolumeCommand::Rm { names, force } => rm(global, &project, names, *force),
     }
 }
@@ -184,6 +186,52 @@ fn import(
         s.symlinks
     );
     writeln!(output::stdout(), "{name}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(project: &Project, name: &str, dest: &Path, from: &str) -> anyhow::Result<ExitCode> {
+    let from = (from != "/").then_some(from);
+    let summary = if dest == Path::new("-") {
+        let mut out = output::stdout();
+        volume_export::export(
+            project,
+            name,
+            from,
+            ExportTarget::Tar(&mut out),
+            &StderrReporter,
+        )?
+    } else if dest.extension().is_some_and(|e| e == "tar") {
+        let mut file = std::fs::File::create_new(dest)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dest.display()))?;
+        let summary = volume_export::export(
+            project,
+            name,
+            from,
+            ExportTarget::Tar(&mut file),
+            &StderrReporter,
+        );
+        if summary.is_err() {
+            // The archive is ours and incomplete.
+            let _ = std::fs::remove_file(dest);
+        }
+        file.sync_all()?;
+        summary?
+    } else {
+        volume_export::export(
+            project,
+            name,
+            from,
+            ExportTarget::Dir(dest),
+            &StderrReporter,
+        )?
+    };
+    note!(
+        "volume {name}: exported {} files ({}), {} folders, {} symbolic links",
+        summary.files,
+        HumanBytes(summary.data_bytes),
+        summary.dirs,
+        summary.symlinks
+    );
     Ok(ExitCode::SUCCESS)
 }
 

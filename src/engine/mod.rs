@@ -15,6 +15,7 @@ pub mod mounts;
 pub mod ssh;
 pub mod status;
 mod to_qemu;
+pub mod volume_export;
 pub mod volume_io;
 pub mod volumes;
 pub mod workspace;

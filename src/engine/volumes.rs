@@ -133,6 +133,14 @@ pub enum VolumeError {
         /// What went wrong (in the message, not repeated as a source).
         error: Box<super::volume_io::ImportError>,
     },
+    /// Copying files out of the volume failed.
+    #[error("volume {name}: {error}")]
+    Export {
+        /// The volume.
+        name: String,
+        /// What went wrong (in the message, not repeated as a source).
+        error: Box<super::volume_export::ExportError>,
+    },
     /// Writing the image failed.
     #[error("volume {name}: {error}")]
     Qcow2 {
