@@ -14,6 +14,7 @@ use qemu_compose::compose::ComposeErrors;
 
 mod config;
 mod console;
+mod cp;
 mod doctor;
 mod image;
 mod inspect;
@@ -107,6 +108,8 @@ enum Command {
     /// Manage the project's named volumes
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Copy files out of a named volume, or out of a stopped VM's named volume, without booting
+    Cp(CpArgs),
     /// Validate the compose file and print the resolved model
     Config(ConfigArgs),
     /// Check this host: QEMU, acceleration, 9p, ssh, socket paths, disk space
@@ -345,6 +348,15 @@ enum VolumeCommand {
 }
 
 #[derive(Debug, Args)]
+struct CpArgs {
+    /// volume:NAME:/path, or VM:/path for a path on a named volume of a stopped VM
+    src: String,
+    /// A host folder (made if missing; existing names are never overwritten), or - for a tar
+    /// archive on standard output
+    dest: String,
+}
+
+#[derive(Debug, Args)]
 struct ConfigArgs {
     /// Only validate; print nothing when the file is valid
     #[arg(short, long)]
@@ -530,6 +542,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull::run(&cli.global, &args),
         Command::Image(cmd) => image::run(&cli.global, &cmd),
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
+        Command::Cp(args) => cp::run(&cli.global, &args),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor(args) => doctor::run(&cli.global, &args),
     }

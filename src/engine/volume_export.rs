@@ -128,6 +128,51 @@ pub fn export(
     Ok(copier.summary)
 }
 
+/// Where path `path` of stopped VM `vm` lives: the named volume the VM mounts there (the
+/// mount with the longest target that contains it) and the path inside that volume. A path
+/// on the VM's own disk is refused: reading the root disk is not implemented.
+pub fn vm_path(
+    project: &Project,
+    host: &super::HostEnv,
+    vm: &str,
+    path: &str,
+) -> Result<(String, String), EngineError> {
+    let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
+    if super::running_vms(project, host).contains(vm) {
+        return Err(EngineError::Refused(format!(
+            "VM {vm} is running; cp reads the disks of a stopped VM only: stop it first"
+        )));
+    }
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(EngineError::Refused(format!(
+            "{vm}:{path}: the path in the VM must be absolute, without `..`"
+        )));
+    }
+    let inside = |target: &str| {
+        let target = target.trim_end_matches('/');
+        match path.strip_prefix(target) {
+            Some("") => Some("/".to_string()),
+            Some(rest) if rest.starts_with('/') => Some(rest.to_string()),
+            _ => None,
+        }
+    };
+    decl.volumes
+        .iter()
+        .filter_map(|m| match &m.kind {
+            crate::compose::MountKind::Named { volume } => {
+                inside(&m.target).map(|rest| (m.target.len(), volume.clone(), rest))
+            }
+            crate::compose::MountKind::Bind { .. } => None,
+        })
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, volume, rest)| (volume, rest))
+        .ok_or_else(|| {
+            EngineError::Refused(format!(
+                "{vm}:{path} is not on a named volume of VM {vm}; cp reads named volumes (reading the VM's own disk is not implemented)"
+            ))
+        })
+}
+
 /// Walks the volume and writes what it finds.
 struct Copier<'f, D> {
     fs: &'f Filesystem<D>,

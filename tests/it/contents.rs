@@ -812,3 +812,36 @@ fn export_refuses_a_journal_that_needs_recovery() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn cp_reads_named_volumes_by_volume_or_by_vm_path() {
+    let p = Project::with_base(
+        "volumes:\n  pgdata: {size: 64M, init_from: ./fixtures}\nvms:\n  db:\n    image: ./base.qcow2\n    volumes: [\"pgdata:/var/lib/pg\", \"./fixtures:/mnt/share\"]\n",
+        "1G",
+    );
+    fs::create_dir_all(p.join("fixtures/base/global")).unwrap();
+    fs::write(p.join("fixtures/base/global/pg_control"), b"ctl").unwrap();
+    fs::write(p.join("fixtures/PG_VERSION"), b"16\n").unwrap();
+    p.ok(&["up", "--no-start"]);
+    let work = tempfile::tempdir().unwrap();
+
+    let by_vm = work.path().join("by-vm");
+    p.ok(&["cp", "db:/var/lib/pg/base", s(&by_vm)]);
+    assert_eq!(fs::read(by_vm.join("global/pg_control")).unwrap(), b"ctl");
+    let by_volume = work.path().join("by-volume");
+    p.ok(&["cp", "volume:pgdata:/", s(&by_volume)]);
+    assert_eq!(fs::read(by_volume.join("PG_VERSION")).unwrap(), b"16\n");
+    assert!(!by_volume.join("lost+found").exists());
+
+    let err = p.fails(&["cp", "db:/etc/hostname", s(&work.path().join("x"))]);
+    assert!(err.contains("not on a named volume of VM db"), "{err}");
+    let err = p.fails(&["cp", "db:/mnt/share", s(&work.path().join("x"))]);
+    assert!(err.contains("not on a named volume"), "{err}");
+    let err = p.fails(&["cp", s(&by_vm), "db:/var/lib/pg"]);
+    assert!(
+        err.contains("copying into a volume is not implemented"),
+        "{err}"
+    );
+    let out = p.run(&["cp", "nosuchvm:/x", s(&work.path().join("x"))]);
+    assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
+}
