@@ -845,3 +845,37 @@ fn cp_reads_named_volumes_by_volume_or_by_vm_path() {
     let out = p.run(&["cp", "nosuchvm:/x", s(&work.path().join("x"))]);
     assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
 }
+
+/// A lock on the image, as QEMU holds one on every image it has open, stops import and export
+/// of that volume before they read or write anything.
+#[test]
+fn a_volume_in_use_is_refused() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    p.ok(&["volume", "import", "busy", s(&src), "--size", "16M"]);
+    let before = fs::read(image(&p, "busy")).unwrap();
+    // A POSIX lock: closing any other descriptor of the file in this process would drop it,
+    // so the image is not read again until it is released.
+    let held = File::open(image(&p, "busy")).unwrap();
+    rustix::fs::fcntl_lock(&held, rustix::fs::FlockOperation::NonBlockingLockShared).unwrap();
+    let out = work.path().join("out");
+    for args in [
+        &["volume", "export", "busy", s(&out)][..],
+        &["cp", "volume:busy:/", s(&out)],
+        &["volume", "import", "busy", s(&src)],
+    ] {
+        let err = p.fails(args);
+        assert!(
+            err.contains("volume busy is attached to a running VM"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!out.exists());
+    drop(held);
+    assert_eq!(fs::read(image(&p, "busy")).unwrap(), before);
+    p.ok(&["volume", "export", "busy", s(&out)]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"x");
+}
