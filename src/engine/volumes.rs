@@ -138,7 +138,9 @@ pub enum VolumeError {
     Export {
         /// The volume.
         name: String,
-        /// What went wrong (in the message, not repeated as a source).
+        /// What went wrong; also the source, so that a reader of standard output that went
+        /// away is recognised (the edge does not print a cause twice).
+        #[source]
         error: Box<super::volume_export::ExportError>,
     },
     /// Writing the image failed.
