@@ -204,11 +204,6 @@ impl<D: BlockSource> Filesystem<D> {
         Ok(fs)
     }
 
-    /// Bytes per block.
-    pub fn block_size(&self) -> u64 {
-        self.block_size
-    }
-
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Ext4Error> {
         self.dev.read_at(offset, buf).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
