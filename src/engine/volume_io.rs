@@ -242,9 +242,9 @@ fn write_image(
     loaded: &Loaded,
 ) -> Result<(), WriteError> {
     let fit = |e| WriteError::Import(ImportError::Fit(e));
-    let plan = ext4::plan(size, &loaded.tree).map_err(fit)?;
+    let plan = ext4::plan(size, &loaded.tree, opts).map_err(fit)?;
     let mut metadata = SparseBuffer::new(size);
-    plan.write_metadata(&mut metadata, opts).map_err(fit)?;
+    plan.write_metadata(&mut metadata).map_err(fit)?;
     let runs: Vec<(u64, u64)> = plan.data().iter().map(|r| (r.offset, r.len)).collect();
     let mut reader = ContentReader {
         contents: &loaded.contents,

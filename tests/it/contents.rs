@@ -879,3 +879,36 @@ fn a_volume_in_use_is_refused() {
     p.ok(&["volume", "export", "busy", s(&out)]);
     assert_eq!(fs::read(out.join("f")).unwrap(), b"x");
 }
+
+/// A folder of 10,000 entries with 255-byte names gets a two-level hashed index that e2fsck
+/// checks, the kernel looks names up in and adds to, and export reads back.
+#[test]
+fn wide_folders_get_a_hashed_index() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("wide")).unwrap();
+    for i in 0..10_000 {
+        File::create(src.join(format!("wide/{i:0>255}"))).unwrap();
+    }
+    p.ok(&["volume", "import", "wide", s(&src), "--size", "256M"]);
+    let raw = check_image(&image(&p, "wide"), work.path());
+    let htree = tool_ok("debugfs", &["-R", "htree /wide", s(&raw)]);
+    assert!(htree.contains("Indirect levels: 1"), "{htree}");
+    {
+        let m = Mounted::new(&raw, work.path().join("mnt"));
+        assert_eq!(fs::read_dir(m.dir.join("wide")).unwrap().count(), 10_000);
+        assert!(m.dir.join(format!("wide/{:0>255}", 4321)).exists());
+        File::create(m.dir.join("wide/added-by-the-kernel")).unwrap();
+    }
+    let o = run_tool("e2fsck", &["-fn", s(&raw)]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "after the kernel added an entry:\n{}",
+        all_text(&o)
+    );
+    let out = work.path().join("out");
+    p.ok(&["volume", "export", "wide", s(&out)]);
+    assert_eq!(fs::read_dir(out.join("wide")).unwrap().count(), 10_000);
+}

@@ -12,11 +12,11 @@ pub const FT_SYMLINK: u8 = 7;
 /// Bytes of the checksum tail.
 const TAIL: usize = 12;
 /// Bytes of a block that entries may use (all but the tail).
-const ROOM: usize = 4096 - TAIL;
+pub const ROOM: usize = 4096 - TAIL;
 
 /// `rec_len` of an entry whose name is `name_len` bytes: 8 bytes of header, the name, padded
 /// to 4 bytes.
-fn entry_len(name_len: usize) -> usize {
+pub fn entry_len(name_len: usize) -> usize {
     (8 + name_len).next_multiple_of(4)
 }
 

@@ -10,6 +10,8 @@ pub const S_IFREG: u16 = 0o100000;
 pub const S_IFLNK: u16 = 0o120000;
 /// `i_flags`: the inode uses extents.
 pub const EXTENTS_FL: u32 = 0x80000;
+/// `i_flags`: the directory has a hashed index (htree).
+pub const INDEX_FL: u32 = 0x1000;
 /// `i_extra_isize` of inodes that have the extended fields (crtime, checksum hi, ...).
 pub const EXTRA_ISIZE: u16 = 32;
 

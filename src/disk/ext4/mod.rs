@@ -31,6 +31,7 @@ mod csum;
 mod dir;
 mod extent;
 mod group;
+mod htree;
 mod inode;
 mod journal;
 pub mod layout;
@@ -229,7 +230,7 @@ pub fn format(sink: &mut impl BlockSink, opts: &FormatOptions) -> Result<FormatS
         mtime: time,
         ctime: time,
     });
-    plan(sink.len(), &tree)?.write_metadata(sink, opts)
+    plan(sink.len(), &tree, opts)?.write_metadata(sink)
 }
 
 /// A filesystem holding a [`Tree`], planned: what [`Plan::write_metadata`] writes and where
@@ -238,14 +239,28 @@ pub fn format(sink: &mut impl BlockSink, opts: &FormatOptions) -> Result<FormatS
 #[derive(Debug)]
 pub struct Plan<'t> {
     tree: &'t Tree,
+    opts: FormatOptions,
     placement: Placement,
 }
 
-/// Plans a filesystem of `device_bytes` (whole 4 KiB blocks) holding `tree`; refuses, before
-/// anything is written, a tree that does not fit.
-pub fn plan(device_bytes: u64, tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
-    let placement = populate::place(layout::plan(device_bytes)?, tree)?;
-    Ok(Plan { tree, placement })
+/// Plans a filesystem of `device_bytes` (whole 4 KiB blocks) holding `tree`, made with
+/// `opts`; refuses, before anything is written, a tree that does not fit.
+pub fn plan<'t>(
+    device_bytes: u64,
+    tree: &'t Tree,
+    opts: &FormatOptions,
+) -> Result<Plan<'t>, Ext4Error> {
+    if opts.label.len() > MAX_LABEL {
+        return Err(Ext4Error::LabelTooLong {
+            label: opts.label.clone(),
+        });
+    }
+    let placement = populate::place(layout::plan(device_bytes)?, tree, &opts.hash_seed)?;
+    Ok(Plan {
+        tree,
+        opts: opts.clone(),
+        placement,
+    })
 }
 
 impl Plan<'_> {
@@ -257,16 +272,8 @@ impl Plan<'_> {
 
     /// Writes every structure of the filesystem (not the files' data) into `sink`, which must
     /// read as zeros wherever nothing is written.
-    pub fn write_metadata(
-        &self,
-        sink: &mut impl BlockSink,
-        opts: &FormatOptions,
-    ) -> Result<FormatSummary, Ext4Error> {
-        if opts.label.len() > MAX_LABEL {
-            return Err(Ext4Error::LabelTooLong {
-                label: opts.label.clone(),
-            });
-        }
+    pub fn write_metadata(&self, sink: &mut impl BlockSink) -> Result<FormatSummary, Ext4Error> {
+        let opts = &self.opts;
         let p = &self.placement;
         let layout = &p.layout;
         if sink.len() / BLOCK_SIZE < layout.blocks {
@@ -458,10 +465,16 @@ impl<S: BlockSink> Writer<'_, S> {
         let (kind, size, flags, block) = match &node.kind {
             Kind::Dir(_) => {
                 let blocks: u64 = p.extents.iter().map(|e| e.len).sum();
+                let indexed = populate::dir_index(self.tree, p.node, &self.opts.hash_seed);
                 (
                     inode::S_IFDIR,
                     blocks * BLOCK_SIZE,
-                    inode::EXTENTS_FL,
+                    inode::EXTENTS_FL
+                        | if indexed.is_some() {
+                            inode::INDEX_FL
+                        } else {
+                            0
+                        },
                     extents(),
                 )
             }
@@ -610,7 +623,10 @@ impl<S: BlockSink> Writer<'_, S> {
                             Kind::Symlink(_) => dir::FT_SYMLINK,
                         },
                     }));
-                    dir::blocks(&entries, seed)
+                    match populate::dir_index(self.tree, p.node, &self.opts.hash_seed) {
+                        Some(index) => index.encode(p.ino, parent[p.node], &entries[2..], seed),
+                        None => dir::blocks(&entries, seed),
+                    }
                 }
                 Kind::Symlink(target) if target.len() > FAST_SYMLINK_MAX => {
                     let mut b = Box::new([0u8; 4096]);

@@ -8,6 +8,7 @@
 
 use super::dir;
 use super::extent::{self, Extent};
+use super::htree::{self, Index};
 use super::layout::{BLOCK_SIZE, Cursor, Layout, MAX_EXTENT_LEN, Run};
 use super::tree::{Kind, MAX_LINKS, NodeId, Tree};
 use super::{Ext4Error, LOST_FOUND_INO, ROOT_INO};
@@ -90,6 +91,20 @@ pub fn entry_names(tree: &Tree, dir: NodeId) -> impl Iterator<Item = &[u8]> {
         .chain(children.into_iter().flatten())
 }
 
+/// The index of directory `dir` when it is large enough to have one (see [`htree::plan`]).
+pub fn dir_index(tree: &Tree, dir: NodeId, hash_seed: &[u8; 16]) -> Option<Index> {
+    let names: Vec<&[u8]> = entry_names(tree, dir).skip(2).collect();
+    htree::plan(&names, hash_seed)
+}
+
+/// Blocks of directory `dir`: its index and leaves, or its linear blocks.
+fn dir_blocks(tree: &Tree, dir: NodeId, hash_seed: &[u8; 16]) -> u64 {
+    match dir_index(tree, dir, hash_seed) {
+        Some(index) => index.blocks() as u64,
+        None => dir::pack(entry_names(tree, dir).map(<[u8]>::len)).len() as u64,
+    }
+}
+
 /// The logical block ranges `(first, count)` a file's data ranges need, merged.
 fn file_blocks(size: u64, data: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let end_block = size.div_ceil(BLOCK_SIZE);
@@ -111,8 +126,13 @@ fn file_blocks(size: u64, data: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Places `tree` in the fresh filesystem `layout`.
-pub fn place(mut layout: Layout, tree: &Tree) -> Result<Placement, Ext4Error> {
+/// Places `tree` in the fresh filesystem `layout`; `hash_seed` is `s_hash_seed`, which
+/// orders the entries of indexed directories.
+pub fn place(
+    mut layout: Layout,
+    tree: &Tree,
+    hash_seed: &[u8; 16],
+) -> Result<Placement, Ext4Error> {
     // Inode numbers, breadth first; hard links count names.
     let mut ino_of = vec![0u32; tree.node_count()];
     let mut names = vec![0usize; tree.node_count()];
@@ -152,10 +172,7 @@ pub fn place(mut layout: Layout, tree: &Tree) -> Result<Placement, Ext4Error> {
     let needs: Vec<Vec<(u64, u64)>> = order
         .iter()
         .map(|&id| match &tree.node(id).kind {
-            Kind::Dir(_) => vec![(
-                0,
-                dir::pack(entry_names(tree, id).map(<[u8]>::len)).len() as u64,
-            )],
+            Kind::Dir(_) => vec![(0, dir_blocks(tree, id, hash_seed))],
             Kind::File { size, data } => file_blocks(*size, data),
             Kind::Symlink(target) if target.len() > FAST_SYMLINK_MAX => vec![(0, 1)],
             Kind::Symlink(_) => Vec::new(),
@@ -322,6 +339,10 @@ mod tests {
         }
     }
 
+    fn place_default(layout: Layout, tree: &Tree) -> Result<Placement, Ext4Error> {
+        place(layout, tree, &[0; 16])
+    }
+
     #[test]
     fn blocks_of_sparse_files() {
         assert_eq!(file_blocks(0, &[]), []);
@@ -343,7 +364,7 @@ mod tests {
         let f = t.add(d, b"f", file(1, vec![(0, 1)])).unwrap();
         t.add(Tree::ROOT, b"z", file(0, vec![])).unwrap();
         t.link(Tree::ROOT, b"a", f).unwrap();
-        let p = place(layout::plan(64 << 20).unwrap(), &t).unwrap();
+        let p = place_default(layout::plan(64 << 20).unwrap(), &t).unwrap();
         // Root entries in byte order: a (= f), d, z; then d's f is already numbered.
         assert_eq!(p.ino_of[f], 12);
         assert_eq!(p.ino_of[d], 13);
@@ -363,7 +384,7 @@ mod tests {
         t.add(Tree::ROOT, b"big", file(64 << 20, vec![(0, 64 << 20)]))
             .unwrap();
         assert!(matches!(
-            place(layout::plan(64 << 20).unwrap(), &t),
+            place_default(layout::plan(64 << 20).unwrap(), &t),
             Err(Ext4Error::NoSpace { .. })
         ));
         let mut t = Tree::new(meta());
@@ -373,13 +394,13 @@ mod tests {
                 .unwrap();
         }
         assert!(matches!(
-            place(layout::plan(8 << 20).unwrap(), &t),
+            place_default(layout::plan(8 << 20).unwrap(), &t),
             Err(Ext4Error::NoInodes { .. })
         ));
         let mut t = Tree::new(meta());
         t.add(Tree::ROOT, b"lost+found", dir()).unwrap();
         assert!(matches!(
-            place(layout::plan(8 << 20).unwrap(), &t),
+            place_default(layout::plan(8 << 20).unwrap(), &t),
             Err(Ext4Error::Reserved(_))
         ));
     }
@@ -392,7 +413,7 @@ mod tests {
         let f = t
             .add(Tree::ROOT, b"f", file(1200 * BLOCK_SIZE, data))
             .unwrap();
-        let p = place(layout::plan(64 << 20).unwrap(), &t).unwrap();
+        let p = place_default(layout::plan(64 << 20).unwrap(), &t).unwrap();
         let placed = p.placed.iter().find(|x| x.node == f).unwrap();
         assert_eq!(placed.extents.len(), 600);
         assert_eq!(placed.tree_blocks.len(), 2);

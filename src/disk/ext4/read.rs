@@ -491,9 +491,8 @@ mod tests {
     /// A filesystem made by our writer, data included.
     fn image(tree: &Tree, contents: &dyn Fn(usize) -> Vec<u8>) -> SparseBuffer {
         let mut dev = SparseBuffer::new(64 << 20);
-        let plan = plan(64 << 20, tree).unwrap();
-        plan.write_metadata(&mut dev, &FormatOptions::new("t"))
-            .unwrap();
+        let plan = plan(64 << 20, tree, &FormatOptions::new("t")).unwrap();
+        plan.write_metadata(&mut dev).unwrap();
         for run in plan.data() {
             let data = contents(run.node);
             let from = run.file_offset as usize;
