@@ -49,8 +49,9 @@ pub fn write_data_image(
     write_data_image_with(file, virtual_size, contents, &[], &mut |_, _, _| Ok(()))
 }
 
-/// Like [`write_data_image`], plus the guest byte ranges `streamed` (offset, length; disjoint
-/// from each other and from the non-zero bytes of `contents`), whose bytes are not in memory:
+/// Like [`write_data_image`], plus the guest byte ranges `streamed` (offset, length; ascending,
+/// disjoint from each other and from the non-zero bytes of `contents`), whose bytes are not in
+/// memory:
 /// `fill(i, at, buf)` must fill `buf` with the bytes of range `i` from `at` on. Those ranges'
 /// clusters are allocated whatever they hold, so a caller streams only bytes worth storing.
 ///
@@ -84,17 +85,37 @@ pub fn write_data_image_with(
         clusters.extend(at / CLUSTER_SIZE..=(at + len - 1) / CLUSTER_SIZE);
     }
     let layout = plan_layout(virtual_size, clusters)?;
-    let summary = write_layout(file, &layout, None, &pieces)?;
-    let mut buf = vec![0u8; STREAM_CHUNK];
+    let summary = write_layout(file, &layout, None)?;
+    // Ranges are gathered into writes of up to STREAM_CHUNK bytes; a gap between two of them
+    // is written as zeros when it lies in their own clusters (small files one after another).
+    // The pieces of `contents` are written afterwards, over any such zeros.
+    let mut buf: Vec<u8> = Vec::with_capacity(STREAM_CHUNK);
+    let mut buf_at = 0;
     for (i, &(at, len)) in streamed.iter().enumerate() {
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(STREAM_CHUNK as u64) as usize;
-            fill(i, done, &mut buf[..n]).map_err(Qcow2Error::io("reading the contents"))?;
-            write_guest(file, &layout, at + done, &buf[..n])?;
+            let piece_at = at + done;
+            let end = buf_at + buf.len() as u64;
+            let joins = !buf.is_empty()
+                && piece_at >= end
+                && piece_at / CLUSTER_SIZE <= (end - 1) / CLUSTER_SIZE + 1
+                && piece_at - end < (STREAM_CHUNK - buf.len()) as u64;
+            if joins {
+                buf.resize(buf.len() + (piece_at - end) as usize, 0);
+            } else {
+                write_guest(file, &layout, buf_at, &buf)?;
+                buf.clear();
+                buf_at = piece_at;
+            }
+            let n = (len - done).min((STREAM_CHUNK - buf.len()) as u64) as usize;
+            let start = buf.len();
+            buf.resize(start + n, 0);
+            fill(i, done, &mut buf[start..]).map_err(Qcow2Error::io("reading the contents"))?;
             done += n as u64;
         }
     }
+    write_guest(file, &layout, buf_at, &buf)?;
+    write_pieces(file, &layout, &pieces)?;
     file.sync_all()
         .map_err(Qcow2Error::io("syncing the image file"))?;
     Ok(summary)
@@ -152,7 +173,7 @@ pub fn write_overlay(
         return Err(Qcow2Error::InvalidBackingName("it contains a NUL byte"));
     }
     let layout = plan_layout(virtual_size, Vec::new())?;
-    let summary = write_layout(file, &layout, Some(backing), &[])?;
+    let summary = write_layout(file, &layout, Some(backing))?;
     file.sync_all()
         .map_err(Qcow2Error::io("syncing the image file"))?;
     Ok(summary)
@@ -238,13 +259,12 @@ fn encode_first_cluster(layout: &Layout, backing: Option<&Backing>) -> Vec<u8> {
     out
 }
 
-/// Writes `layout` into `file`, with `pieces` (from [`nonzero_pieces`]) as its data; the
-/// caller syncs the file.
+/// Writes the header and tables of `layout` into `file`; the caller writes the data and
+/// syncs the file.
 fn write_layout(
     file: &File,
     layout: &Layout,
     backing: Option<&Backing>,
-    pieces: &[(u64, &[u8])],
 ) -> Result<WriteSummary, Qcow2Error> {
     let write = |bytes: &[u8], offset: u64, what: &str| {
         file.write_all_at(bytes, offset)
@@ -295,15 +315,26 @@ fn write_layout(
         write(&entries, l2_offset(j) + first * 8, "L2 table")?;
     }
 
-    // Data: pieces that continue one another in the file are gathered into one write of at
-    // most 1 MiB.
+    Ok(WriteSummary {
+        file_size: layout.file_size(),
+        data_clusters: layout.data_clusters.len() as u64,
+    })
+}
+
+/// Writes `pieces` (from [`nonzero_pieces`]) into their clusters: pieces that continue one
+/// another in the file are gathered into one write of at most 1 MiB.
+fn write_pieces(file: &File, layout: &Layout, pieces: &[(u64, &[u8])]) -> Result<(), Qcow2Error> {
+    let write = |bytes: &[u8], offset: u64| {
+        file.write_all_at(bytes, offset)
+            .map_err(Qcow2Error::io("writing the data"))
+    };
     let mut run: Vec<u8> = Vec::new();
     let mut run_at = 0;
     for &(guest, bytes) in pieces {
         let host = host_offset(layout, guest);
         if run_at + run.len() as u64 != host || run.len() + bytes.len() > 1 << 20 {
             if !run.is_empty() {
-                write(&run, run_at, "data")?;
+                write(&run, run_at)?;
             }
             run.clear();
             run_at = host;
@@ -311,12 +342,9 @@ fn write_layout(
         run.extend_from_slice(bytes);
     }
     if !run.is_empty() {
-        write(&run, run_at, "data")?;
+        write(&run, run_at)?;
     }
-    Ok(WriteSummary {
-        file_size: layout.file_size(),
-        data_clusters: layout.data_clusters.len() as u64,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -428,6 +456,34 @@ mod tests {
         assert_eq!(&out[..3], b"abc");
         image.read_at((4 << 16) - 2, &mut out).unwrap();
         assert_eq!(&out, b"klmn");
+    }
+
+    #[test]
+    fn streamed_ranges_in_neighbouring_clusters_are_written_together() {
+        let contents = SparseBuffer::new(1 << 20);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        // Clusters 0 and 1 (joined, the gap written as zeros), then cluster 5 alone.
+        let streamed = [(100, 3), ((1 << 16) + 4096, 2), ((5 << 16) + 1, 1)];
+        let summary = write_data_image_with(
+            file.as_file(),
+            1 << 20,
+            &contents,
+            &streamed,
+            &mut |i, _, b| {
+                b.fill(b'1' + i as u8);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.data_clusters, 3);
+        let image = crate::disk::qcow2::Qcow2Image::open(file.path()).unwrap();
+        let mut out = vec![0xAAu8; (1 << 16) + 4098];
+        image.read_at(0, &mut out).unwrap();
+        assert_eq!(&out[100..103], b"111");
+        assert!(out[103..(1 << 16) + 4096].iter().all(|&b| b == 0));
+        assert_eq!(&out[(1 << 16) + 4096..], b"22");
+        image.read_at((5 << 16) + 1, &mut out[..1]).unwrap();
+        assert_eq!(out[0], b'3');
     }
 
     #[test]
