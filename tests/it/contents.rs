@@ -912,3 +912,56 @@ fn wide_folders_get_a_hashed_index() {
     p.ok(&["volume", "export", "wide", s(&out)]);
     assert_eq!(fs::read_dir(out.join("wide")).unwrap().count(), 10_000);
 }
+
+/// SIGKILL at any point of an import leaves no volume, or a complete one: the image is made
+/// under a temporary name and renamed into place only once synced, and recorded after that.
+/// The next import cleans up what the killed one left.
+#[test]
+fn an_import_killed_at_any_point_leaves_nothing_half_made() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..16 {
+        fs::write(src.join(format!("f{i}")), pattern(i, 4 << 20)).unwrap();
+    }
+    let registered = |p: &Project| {
+        fs::read_to_string(p.join(".qemu-compose/volumes.json"))
+            .unwrap_or_default()
+            .contains("\"k\"")
+    };
+    let mut killed = 0;
+    for delay_ms in [1, 5, 10, 20, 40, 70, 100, 150, 250, 400] {
+        let mut child = p
+            .command(&["volume", "import", "k", s(&src), "--size", "256M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        let finished = child.wait().unwrap().success();
+        let made = image(&p, "k").exists();
+        if !finished {
+            killed += 1;
+        }
+        if made {
+            // Renamed into place: complete, whether or not it was recorded yet.
+            check_image(&image(&p, "k"), work.path());
+            p.ok(&["volume", "rm", "k"]);
+        } else {
+            assert!(
+                !registered(&p),
+                "recorded without an image (killed after {delay_ms} ms)"
+            );
+        }
+    }
+    assert!(killed > 0, "every import finished before it was killed");
+    p.ok(&["volume", "import", "k", s(&src), "--size", "256M"]);
+    let leftovers: Vec<_> = fs::read_dir(p.join(".qemu-compose/volumes/k"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["volume.qcow2"]);
+    check_image(&image(&p, "k"), work.path());
+}
