@@ -965,3 +965,52 @@ fn an_import_killed_at_any_point_leaves_nothing_half_made() {
     assert_eq!(leftovers, ["volume.qcow2"]);
     check_image(&image(&p, "k"), work.path());
 }
+
+/// A 16 GiB sparse file (a few bytes of data) in a 64 MiB volume: holes take nothing on the
+/// way in (no block, no qcow2 cluster) and nothing on the way out.
+#[test]
+fn multi_gigabyte_sparse_files_stay_sparse_both_ways() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let size = 16u64 << 30;
+    let offsets = [0, 5 << 30, size - 3];
+    let f = File::create(src.join("huge")).unwrap();
+    f.set_len(size).unwrap();
+    for at in offsets {
+        std::os::unix::fs::FileExt::write_all_at(&f, b"abc", at).unwrap();
+    }
+    drop(f);
+    p.ok(&["volume", "import", "sparse", s(&src), "--size", "64M"]);
+    let file_len = fs::metadata(image(&p, "sparse")).unwrap().len();
+    assert!(file_len < 4 << 20, "the image is {file_len} bytes");
+    let raw = check_image(&image(&p, "sparse"), work.path());
+    let read_at = |path: &Path| {
+        let f = File::open(path).unwrap();
+        let m = f.metadata().unwrap();
+        let bytes: Vec<Vec<u8>> = offsets
+            .iter()
+            .map(|&at| {
+                let mut b = vec![0u8; 3];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).unwrap();
+                b
+            })
+            .collect();
+        (m.len(), m.blocks(), bytes)
+    };
+    let abc = vec![b"abc".to_vec(); 3];
+    {
+        let m = Mounted::new(&raw, work.path().join("mnt"));
+        // Three data blocks; three extents fit in the inode, so no tree block.
+        assert_eq!(read_at(&m.dir.join("huge")), (size, 3 * 8, abc.clone()));
+    }
+    let out = work.path().join("out");
+    p.ok(&["volume", "export", "sparse", s(&out)]);
+    let (len, blocks, bytes) = read_at(&out.join("huge"));
+    assert_eq!((len, bytes), (size, abc));
+    assert!(
+        blocks <= 3 * 8 * 2,
+        "the exported file has {blocks} sectors"
+    );
+}
