@@ -14,6 +14,7 @@ use qemu_compose::compose::ComposeErrors;
 
 mod config;
 mod console;
+mod cp;
 mod doctor;
 mod image;
 mod inspect;
@@ -132,6 +133,8 @@ enum Command {
     /// Manage the project's named volumes
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Copy files out of a named volume, or out of a stopped VM's named volume, without booting
+    Cp(CpArgs),
     /// Validate the compose files and print them merged, as one normalised compose file
     Config(ConfigArgs),
     /// Check this host: QEMU, acceleration, 9p, ssh, socket paths, disk space
@@ -404,6 +407,30 @@ enum VolumeCommand {
         #[arg(long, value_enum, default_value_t = TextFormat::Text)]
         format: TextFormat,
     },
+    /// Create a volume holding the files of a host folder or an uncompressed tar archive
+    Import {
+        /// The volume name (a new volume)
+        name: String,
+        /// A folder, a tar archive, or - for a tar archive on standard input
+        source: PathBuf,
+        /// Where the files go in the volume
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        into: String,
+        /// The volume's size, e.g. 20G [default: the declared size, else 10G]
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Copy a volume's files into a host folder or a tar archive, without booting
+    Export {
+        /// The volume name
+        name: String,
+        /// A folder (made if missing; existing names are never overwritten), a file ending in
+        /// .tar, or - for a tar archive on standard output
+        dest: PathBuf,
+        /// What to copy from the volume
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        from: String,
+    },
     /// Remove named volumes and their data
     Rm {
         /// Volume names
@@ -413,6 +440,15 @@ enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct CpArgs {
+    /// volume:NAME:/path, or VM:/path for a path on a named volume of a stopped VM
+    src: String,
+    /// A host folder (made if missing; existing names are never overwritten), or - for a tar
+    /// archive on standard output
+    dest: String,
 }
 
 #[derive(Debug, Args)]
@@ -624,6 +660,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull::run(&cli.global, &args),
         Command::Image(cmd) => image::run(&cli.global, &cmd),
         Command::Volume(cmd) => volume::run(&cli.global, &cmd),
+        Command::Cp(args) => cp::run(&cli.global, &args),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor(args) => doctor::run(&cli.global, &args),
         Command::NetworkSwitch(args) => {

@@ -1,12 +1,16 @@
-//! `volume ls|create|inspect|rm`.
+//! `volume ls|create|inspect|import|export|rm`.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 use qemu_compose::compose::{self, Project};
+use qemu_compose::engine::volume_export::{self, ExportTarget};
+use qemu_compose::engine::volume_io::{self, ImportSource};
 use qemu_compose::engine::{Reporter, volumes};
 
+use super::output::note;
 use super::{GlobalArgs, StderrReporter, TableFormat, TextFormat, VolumeCommand, output, project};
 
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
@@ -15,6 +19,13 @@ pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode>
         VolumeCommand::Ls { format, quiet } => ls(global, &project, *format, *quiet),
         VolumeCommand::Create { name, size } => create(&project, name, size.as_deref()),
         VolumeCommand::Inspect { name, format } => inspect(&project, name, *format),
+        VolumeCommand::Import {
+            name,
+            source,
+            into,
+            size,
+        } => import(&project, name, source, into, size.as_deref()),
+        VolumeCommand::Export { name, dest, from } => export(&project, name, dest, from),
         VolumeCommand::Rm { names, force } => rm(global, &project, names, *force),
     }
 }
@@ -83,14 +94,19 @@ fn ls(
     Ok(ExitCode::SUCCESS)
 }
 
-fn create(project: &Project, name: &str, size: Option<&str>) -> anyhow::Result<ExitCode> {
-    let size = match size {
+/// `--size`, parsed as the compose file's sizes are.
+fn size_arg(size: Option<&str>) -> anyhow::Result<Option<u64>> {
+    Ok(match size {
         Some(text) => Some(
             compose::parse_size(text)
                 .map_err(|e| super::UsageError(format!("invalid --size {text:?}: {e}")))?,
         ),
         None => None,
-    };
+    })
+}
+
+fn create(project: &Project, name: &str, size: Option<&str>) -> anyhow::Result<ExitCode> {
+    let size = size_arg(size)?;
     volumes::create_recorded(project, name, size, &StderrReporter)?;
     writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
@@ -148,6 +164,74 @@ fn inspect(project: &Project, name: &str, format: TextFormat) -> anyhow::Result<
         }
     )?;
     writeln!(out, "  features:  {}", fs.features.join(" "))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(
+    project: &Project,
+    name: &str,
+    source: &Path,
+    into: &str,
+    size: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let size = size_arg(size)?;
+    let source = ImportSource::from_arg(source);
+    let into = (into != "/").then_some(into);
+    let s = volume_io::import(project, name, &source, into, size, &StderrReporter)?;
+    note!(
+        "volume {name}: imported {} files ({}), {} folders, {} symbolic links",
+        s.files,
+        HumanBytes(s.data_bytes),
+        s.dirs,
+        s.symlinks
+    );
+    writeln!(output::stdout(), "{name}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(project: &Project, name: &str, dest: &Path, from: &str) -> anyhow::Result<ExitCode> {
+    let from = (from != "/").then_some(from);
+    let summary = if dest == Path::new("-") {
+        let mut out = output::stdout();
+        volume_export::export(
+            project,
+            name,
+            from,
+            ExportTarget::Tar(&mut out),
+            &StderrReporter,
+        )?
+    } else if dest.extension().is_some_and(|e| e == "tar") {
+        let mut file = std::fs::File::create_new(dest)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dest.display()))?;
+        let summary = volume_export::export(
+            project,
+            name,
+            from,
+            ExportTarget::Tar(&mut file),
+            &StderrReporter,
+        );
+        if summary.is_err() {
+            // The archive is ours and incomplete.
+            let _ = std::fs::remove_file(dest);
+        }
+        file.sync_all()?;
+        summary?
+    } else {
+        volume_export::export(
+            project,
+            name,
+            from,
+            ExportTarget::Dir(dest),
+            &StderrReporter,
+        )?
+    };
+    note!(
+        "volume {name}: exported {} files ({}), {} folders, {} symbolic links",
+        summary.files,
+        HumanBytes(summary.data_bytes),
+        summary.dirs,
+        summary.symlinks
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,6 +94,10 @@ impl Project {
 pub struct VolumeDecl {
     pub name: String,
     pub size_bytes: u64,
+    /// `init_from`: a host folder (resolved against the project folder) whose files fill the
+    /// volume when it is created, and never after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// A top-level network: an isolated Ethernet segment between the VMs on it.

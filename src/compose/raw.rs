@@ -22,6 +22,7 @@ pub struct RawFile {
 #[derive(Debug, Default)]
 pub struct RawVolume {
     pub size: Option<At<SizeValue>>,
+    pub init_from: Option<At<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +159,7 @@ keys! {
     /// `volumes.<name>`
     VolumeKey {
         Size = "size",
+        InitFrom = "init_from",
     }
     /// `networks.<name>`
     NetworkKey {
@@ -303,6 +305,7 @@ impl Reader<'_, '_> {
     fn volume_field(&mut self, volume: &mut RawVolume, key: VolumeKey, node: &Node, here: &Here) {
         match key {
             VolumeKey::Size => volume.size = self.size(node, here),
+            VolumeKey::InitFrom => volume.init_from = self.string(node, here),
         }
     }
 

@@ -8,4 +8,4 @@ pub mod qcow2;
 pub mod signature;
 pub mod sink;
 
-pub use sink::{BlockSink, RawFile, SparseBuffer};
+pub use sink::{BlockSink, BlockSource, RawFile, SparseBuffer};

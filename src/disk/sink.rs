@@ -27,6 +27,53 @@ pub trait BlockSink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
 }
 
+/// A byte-addressed device to read from: a disk image, or bytes in memory. Readers of
+/// on-disk formats treat its contents as hostile.
+pub trait BlockSource {
+    /// The device's size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` from `offset`; a range past [`BlockSource::size`] is an error.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl<T: BlockSource + ?Sized> BlockSource for &T {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+impl BlockSource for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.get(at..)?.get(..buf.len()))
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl BlockSource for SparseBuffer {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_bounds(self.len, offset, buf)?;
+        SparseBuffer::read_at(self, offset, buf);
+        Ok(())
+    }
+}
+
 fn check_bounds(len: u64, offset: u64, data: &[u8]) -> io::Result<()> {
     match offset.checked_add(data.len() as u64) {
         Some(end) if end <= len => Ok(()),

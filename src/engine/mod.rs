@@ -19,6 +19,8 @@ pub mod ssh;
 pub mod status;
 mod to_qemu;
 pub mod verbs;
+pub mod volume_export;
+pub mod volume_io;
 pub mod volumes;
 pub mod workspace;
 

@@ -125,6 +125,24 @@ pub enum VolumeError {
         /// The formatter's error (in the message, not repeated as a source).
         error: ext4::Ext4Error,
     },
+    /// Filling the volume with files failed.
+    #[error("volume {name}: {error}")]
+    Import {
+        /// The volume.
+        name: String,
+        /// What went wrong (in the message, not repeated as a source).
+        error: Box<super::volume_io::ImportError>,
+    },
+    /// Copying files out of the volume failed.
+    #[error("volume {name}: {error}")]
+    Export {
+        /// The volume.
+        name: String,
+        /// What went wrong; also the source, so that a reader of standard output that went
+        /// away is recognised (the edge does not print a cause twice).
+        #[source]
+        error: Box<super::volume_export::ExportError>,
+    },
     /// Writing the image failed.
     #[error("volume {name}: {error}")]
     Qcow2 {
@@ -166,8 +184,35 @@ pub fn label_for(name: &str) -> String {
     name.chars().take(ext4::MAX_LABEL).collect()
 }
 
-/// Creates the image of volume `name` and returns its record; the caller registers it.
+/// Writes a new volume's image into a file: the filesystem [`FormatOptions`] say, and
+/// whatever goes in it. The file is synced before this returns.
+pub type WriteImage<'a> = dyn FnMut(&fs::File, &FormatOptions) -> Result<(), VolumeError> + 'a;
+
+/// Creates the image of volume `name`, an empty filesystem, and returns its record; the
+/// caller registers it.
 pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, VolumeError> {
+    create_with(state, name, size, &mut |file, opts| {
+        let mut contents = SparseBuffer::new(size);
+        ext4::format(&mut contents, opts).map_err(|error| VolumeError::Format {
+            name: name.to_string(),
+            error,
+        })?;
+        qcow2::write_data_image(file, size, &contents).map_err(|error| VolumeError::Qcow2 {
+            name: name.to_string(),
+            error,
+        })?;
+        Ok(())
+    })
+}
+
+/// Creates the image of volume `name` with `write` and returns its record; the caller
+/// registers it.
+pub fn create_with(
+    state: &StateDir,
+    name: &str,
+    size: u64,
+    write: &mut WriteImage<'_>,
+) -> Result<VolumeRecord, VolumeError> {
     if !valid_name(name) {
         return Err(VolumeError::BadName(name.to_string()));
     }
@@ -191,7 +236,7 @@ pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, V
     state.check_inside(&image)?;
     let made_dir = !dir.exists();
     atomic::create_private_dir(&dir, 0o700)?;
-    let made = create_in(name, size, &dir, &image);
+    let made = create_in(name, size, &dir, &image, write);
     if made.is_err() && made_dir {
         // A failed creation leaves nothing behind; the folder is ours and its temporary file
         // is gone by now.
@@ -200,33 +245,27 @@ pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, V
     made
 }
 
-/// The part of [`create`] that runs in the volume's folder.
-fn create_in(name: &str, size: u64, dir: &Path, image: &Path) -> Result<VolumeRecord, VolumeError> {
+/// The part of [`create_with`] that runs in the volume's folder.
+fn create_in(
+    name: &str,
+    size: u64,
+    dir: &Path,
+    image: &Path,
+    write: &mut WriteImage<'_>,
+) -> Result<VolumeRecord, VolumeError> {
     if image.exists() {
         return Err(VolumeError::Exists(name.to_string()));
     }
     remove_stale_temporaries(dir)?;
 
     let label = label_for(name);
-    let mut contents = SparseBuffer::new(size);
-    let summary =
-        ext4::format(&mut contents, &FormatOptions::new(label.clone())).map_err(|error| {
-            VolumeError::Format {
-                name: name.to_string(),
-                error,
-            }
-        })?;
+    let opts = FormatOptions::new(label.clone());
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| StateError::io(dir, e))?;
-    qcow2::write_data_image(tmp.as_file(), size, &contents).map_err(|error| {
-        VolumeError::Qcow2 {
-            name: name.to_string(),
-            error,
-        }
-    })?;
+    write(tmp.as_file(), &opts)?;
     tmp.persist_noclobber(image)
         .map_err(|e| StateError::io(image, e.error))?;
     atomic::sync_dir(dir)?;
@@ -235,9 +274,7 @@ fn create_in(name: &str, size: u64, dir: &Path, image: &Path) -> Result<VolumeRe
         size: format_size(size),
         disk_path: image.to_path_buf(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        uuid: uuid::Uuid::from_bytes(summary.uuid)
-            .hyphenated()
-            .to_string(),
+        uuid: uuid::Uuid::from_bytes(opts.uuid).hyphenated().to_string(),
         label,
     })
 }
@@ -346,7 +383,17 @@ pub fn ensure_volumes(
                     decl.name,
                     format_size(decl.size_bytes)
                 ));
-                let record = create(state, &decl.name, decl.size_bytes)?;
+                let record = match &decl.init_from {
+                    Some(source) => {
+                        reporter.info(&format!(
+                            "filling volume {} from {}",
+                            decl.name,
+                            source.display()
+                        ));
+                        super::volume_io::create_filled(state, &decl.name, decl.size_bytes, source)?
+                    }
+                    None => create(state, &decl.name, decl.size_bytes)?,
+                };
                 registry.volumes.insert(decl.name.clone(), record);
                 registry.save(&state.volumes_json())?;
             }
@@ -528,8 +575,20 @@ pub fn list(project: &Project, host: &HostEnv) -> Result<Vec<VolumeRow>, EngineE
     Ok(rows)
 }
 
+/// `size`, else the size the compose file declares for volume `name`, else the default.
+pub(super) fn size_or_declared(project: &Project, name: &str, size: Option<u64>) -> u64 {
+    size.unwrap_or_else(|| {
+        project
+            .volumes
+            .iter()
+            .find(|v| v.name == name)
+            .map_or(compose::DEFAULT_SIZE, |d| d.size_bytes)
+    })
+}
+
 /// `volume create`: makes volume `name` of `size` bytes (the compose file's size, else the
-/// default, when `None`) and records it, under the project lock.
+/// default, when `None`), filled from the compose file's `init_from` if it has one, and
+/// records it, under the project lock.
 pub fn create_recorded(
     project: &Project,
     name: &str,
@@ -537,19 +596,17 @@ pub fn create_recorded(
     reporter: &dyn Reporter,
 ) -> Result<(), EngineError> {
     let state = StateDir::new(&project.dir);
-    let size = size.unwrap_or_else(|| {
-        project
-            .volumes
-            .iter()
-            .find(|v| v.name == name)
-            .map_or(compose::DEFAULT_SIZE, |d| d.size_bytes)
-    });
+    let decl = project.volumes.iter().find(|v| v.name == name);
+    let size = size_or_declared(project, name, size);
     let _guard = super::lifecycle::lock(&state, reporter)?;
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
     if registry.volumes.contains_key(name) {
         return Err(VolumeError::Exists(name.to_string()).into());
     }
-    let record = create(&state, name, size)?;
+    let record = match decl.and_then(|d| d.init_from.as_ref()) {
+        Some(source) => super::volume_io::create_filled(&state, name, size, source)?,
+        None => create(&state, name, size)?,
+    };
     registry.volumes.insert(name.to_string(), record);
     registry.save(&state.volumes_json())?;
     Ok(())

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use qemu_compose::disk::ext4::{self, Ext4Error, FormatOptions, FormatSummary};
 use qemu_compose::disk::{RawFile, SparseBuffer};
 
-use crate::harness::{all_text, pattern, run_tool, text, tool};
+use crate::harness::{Mounted, all_text, pattern, run_tool, text, tool};
 
 const K: u64 = 1024;
 const M: u64 = K * K;
@@ -280,34 +280,6 @@ proptest! {
     fn random_sizes_are_clean_and_match_mkfs(size in ext4::MIN_SIZE..300 * G) {
         let dir = tempfile::tempdir().unwrap();
         check_size(dir.path(), size);
-    }
-}
-
-/// Mounts `image` on a fresh directory; the guard unmounts it.
-struct Mounted {
-    dir: PathBuf,
-}
-
-impl Mounted {
-    fn new(image: &Path, dir: PathBuf) -> Self {
-        fs::create_dir_all(&dir).unwrap();
-        let o = run_tool(
-            "mount",
-            &["-o", "loop", image.to_str().unwrap(), dir.to_str().unwrap()],
-        );
-        assert!(
-            o.status.success(),
-            "mount -o loop failed:\n{}",
-            all_text(&o)
-        );
-        Self { dir }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let o = run_tool("umount", &[self.dir.to_str().unwrap()]);
-        assert!(o.status.success(), "umount failed:\n{}", all_text(&o));
     }
 }
 

@@ -410,3 +410,34 @@ pub fn assert_golden(rel: &str, actual: impl AsRef<[u8]>) {
         path.display()
     );
 }
+
+// ---- Kernel mounts --------------------------------------------------------------------------
+
+/// Mounts `image` on a fresh directory; the guard unmounts it.
+pub struct Mounted {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    pub fn new(image: &Path, dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = run_tool(
+            "mount",
+            &["-o", "loop", image.to_str().unwrap(), dir.to_str().unwrap()],
+        );
+        assert!(
+            o.status.success(),
+            "mount -o loop failed:\n{}",
+            all_text(&o)
+        );
+        Self { dir }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let o = run_tool("umount", &[self.dir.to_str().unwrap()]);
+        assert!(o.status.success(), "umount failed:\n{}", all_text(&o));
+    }
+}

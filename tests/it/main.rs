@@ -11,6 +11,7 @@ mod harness;
 
 mod cli;
 mod compose;
+mod contents;
 mod ext4;
 mod habits;
 mod image;

@@ -46,7 +46,7 @@ pub struct Context<'a> {
 pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
     let name = names::project_name(&raw, cx, errors);
     let here = Here::root();
-    let volumes = volume_decls(&raw, &here.field("volumes"), errors);
+    let volumes = volume_decls(&raw, &here.field("volumes"), cx, errors);
     let networks = network::networks(&raw.networks, &here.field("networks"), errors);
     let lookups = Lookups::new(&raw, &volumes, &networks);
     let vms_here = here.field("vms");
@@ -67,8 +67,9 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
     }
 }
 
-/// Top-level `volumes:`: a valid name and a size, 10 GiB unless given.
-fn volume_decls(raw: &RawFile, here: &Here, errors: &mut Errors) -> Vec<VolumeDecl> {
+/// Top-level `volumes:`: a valid name, a size (10 GiB unless given) and the folder that fills
+/// it.
+fn volume_decls(raw: &RawFile, here: &Here, cx: &Context, errors: &mut Errors) -> Vec<VolumeDecl> {
     let mut volumes = Vec::new();
     for (name, vol) in &raw.volumes {
         let here = here.field(&name.value);
@@ -77,9 +78,15 @@ fn volume_decls(raw: &RawFile, here: &Here, errors: &mut Errors) -> Vec<VolumeDe
             let here = here.field("size");
             sizes::size_bytes(size, &here, errors, MIN_VOLUME_SIZE, MAX_VOLUME_SIZE)
         });
+        let init_from = vol.init_from.as_ref().and_then(|path| {
+            paths::resolve_path(&path.value, cx)
+                .map_err(|why| errors.push(path.pos, &here.field("init_from"), why))
+                .ok()
+        });
         volumes.push(VolumeDecl {
             name: name.value.clone(),
             size_bytes,
+            init_from,
         });
     }
     volumes

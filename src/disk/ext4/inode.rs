@@ -1,5 +1,4 @@
-//! On-disk inodes (`struct ext4_inode`, 256 bytes, little-endian) of the few files a fresh
-//! filesystem has.
+//! On-disk inodes (`struct ext4_inode`, 256 bytes, little-endian).
 
 use super::csum;
 
@@ -7,12 +6,43 @@ use super::csum;
 pub const S_IFDIR: u16 = 0o040000;
 /// `i_mode` file type: regular file.
 pub const S_IFREG: u16 = 0o100000;
+/// `i_mode` file type: symbolic link.
+pub const S_IFLNK: u16 = 0o120000;
 /// `i_flags`: the inode uses extents.
 pub const EXTENTS_FL: u32 = 0x80000;
+/// `i_flags`: the directory has a hashed index (htree).
+pub const INDEX_FL: u32 = 0x1000;
 /// `i_extra_isize` of inodes that have the extended fields (crtime, checksum hi, ...).
 pub const EXTRA_ISIZE: u16 = 32;
 
-/// The fields a fresh filesystem's inodes use; the rest are zero.
+/// A time stamp: seconds since 1970 (signed) and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Time {
+    /// Seconds since 1970; ext4 stores 34 bits of them (1901 to 2446).
+    pub secs: i64,
+    /// Nanoseconds, below 10^9.
+    pub nanos: u32,
+}
+
+impl Time {
+    /// A whole second.
+    pub fn secs(secs: u32) -> Self {
+        Self {
+            secs: i64::from(secs),
+            nanos: 0,
+        }
+    }
+
+    /// The base field (the low 32 bits, read as signed by the kernel) and the `*_extra` field:
+    /// bits 0-1 extend the seconds past 2038 (the epoch), bits 2-31 hold the nanoseconds.
+    fn encode(self) -> (u32, u32) {
+        let low = self.secs as i32;
+        let epoch = ((self.secs - i64::from(low)) >> 32) as u32 & 3;
+        (low as u32, epoch | (self.nanos << 2))
+    }
+}
+
+/// The fields our inodes use; the rest are zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inode {
     /// `i_mode`: type and permission bits.
@@ -23,12 +53,17 @@ pub struct Inode {
     pub gid: u32,
     /// `i_size_lo/high` in bytes.
     pub size: u64,
-    /// `i_atime`, `i_ctime`, `i_mtime` (and `i_crtime` when extended): seconds since 1970.
-    pub time: u32,
+    /// `i_atime` (and `i_atime_extra`).
+    pub atime: Time,
+    /// `i_ctime` (and `i_ctime_extra`); also the creation time `i_crtime`.
+    pub ctime: Time,
+    /// `i_mtime` (and `i_mtime_extra`).
+    pub mtime: Time,
     /// `i_links_count`.
     pub links: u16,
-    /// `i_blocks_lo`: 512-byte sectors used, metadata blocks included.
-    pub sectors: u32,
+    /// `i_blocks_lo` and `l_i_blocks_high`: 512-byte sectors used, metadata blocks included
+    /// (48 bits under huge_file).
+    pub sectors: u64,
     /// `i_flags`.
     pub flags: u32,
     /// `i_block`: 60 bytes, here an extent tree root.
@@ -45,7 +80,9 @@ impl Default for Inode {
             uid: 0,
             gid: 0,
             size: 0,
-            time: 0,
+            atime: Time::default(),
+            ctime: Time::default(),
+            mtime: Time::default(),
             links: 0,
             sectors: 0,
             flags: 0,
@@ -69,24 +106,30 @@ impl Inode {
         put16(0x02, self.uid as u16);
         put16(0x18, self.gid as u16);
         put16(0x1A, self.links);
+        put16(0x74, (self.sectors >> 32) as u16);
         put16(0x78, (self.uid >> 16) as u16);
         put16(0x7A, (self.gid >> 16) as u16);
         put16(0x80, self.extra_isize);
         let mut put32 = |at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
         put32(0x04, self.size as u32);
         put32(0x6C, (self.size >> 32) as u32);
-        for at in [0x08, 0x0C, 0x10] {
-            put32(at, self.time);
-        }
-        put32(0x1C, self.sectors);
+        put32(0x1C, self.sectors as u32);
         put32(0x20, self.flags);
-        // Times past 2038 need the epoch bit of the *_extra fields.
-        let epoch = u32::from(self.time > i32::MAX as u32);
-        if self.extra_isize >= EXTRA_ISIZE {
-            for at in [0x84, 0x88, 0x8C, 0x94] {
-                put32(at, epoch);
+        // (base, extra) offsets of atime, ctime, mtime and crtime.
+        let times = [
+            (0x08, 0x8C, self.atime),
+            (0x0C, 0x84, self.ctime),
+            (0x10, 0x88, self.mtime),
+            (0x90, 0x94, self.ctime),
+        ];
+        for (base, extra, t) in times {
+            let (low, high) = t.encode();
+            if base < 0x80 || self.extra_isize >= EXTRA_ISIZE {
+                put32(base, low);
             }
-            put32(0x90, self.time); // i_crtime
+            if self.extra_isize >= EXTRA_ISIZE {
+                put32(extra, high);
+            }
         }
         b[0x28..0x64].copy_from_slice(&self.block);
         let sum = csum::raw(csum::inode_seed(fs_seed, ino, 0), &b);
@@ -112,10 +155,26 @@ mod tests {
         let b = Inode::default().encode(3, seed);
         assert_eq!(&b[0x7C..0x7E], &[0x54, 0xfd]);
         assert!(b[..0x7C].iter().chain(&b[0x7E..]).all(|&x| x == 0));
+        let t = Time::secs(1_700_000_000);
         let one = Inode {
-            time: 1_700_000_000,
+            atime: t,
+            ctime: t,
+            mtime: t,
             ..Inode::default()
         };
         assert_eq!(&one.encode(1, seed)[0x7C..0x7E], &[0xa7, 0xd6]);
+    }
+
+    /// The kernel's encoding (`ext4_encode_extra_time`): 1901, 2038 + 1 s and 2200, with
+    /// nanoseconds.
+    #[test]
+    fn times_past_2038_and_before_1970() {
+        let t = |secs, nanos| Time { secs, nanos }.encode();
+        assert_eq!(t(-1, 5), (u32::MAX, 5 << 2));
+        assert_eq!(t(i64::from(i32::MAX) + 1, 0), (0x8000_0000, 1));
+        assert_eq!(
+            t(7_258_118_400, 999_999_999),
+            (0xB09E_1900, 999_999_999 << 2 | 2)
+        );
     }
 }

@@ -49,7 +49,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn end(self) -> u64 {
+    /// The block after the run.
+    pub fn end(self) -> u64 {
         self.start + self.len
     }
 }
@@ -111,6 +112,10 @@ pub struct Layout {
     pub lost_found_block: u64,
     /// Every used block, as sorted, disjoint runs.
     pub used: Vec<Run>,
+    /// Blocks taken by filesystem metadata and the journal's data (`s_overhead_clusters`):
+    /// everything the fresh filesystem uses except the directories' blocks and the journal's
+    /// extent leaf, which mke2fs does not count either.
+    pub overhead: u64,
 }
 
 impl Layout {
@@ -124,12 +129,33 @@ impl Layout {
         self.groups.iter().map(|g| g.free_blocks).sum()
     }
 
-    /// Blocks taken by filesystem metadata and the journal's data (`s_overhead_clusters`):
-    /// everything used except the directories' blocks and the journal's extent leaf, which
-    /// mke2fs does not count either.
-    pub fn overhead_blocks(&self) -> u64 {
-        let leaf = u64::from(self.journal.leaf.is_some());
-        self.blocks - self.free_blocks() - 1 - LOST_FOUND_BLOCKS - leaf
+    /// Marks `runs` (sorted, disjoint, free until now) used and recounts the groups.
+    pub fn add_used(&mut self, runs: &[Run]) {
+        self.used.extend_from_slice(runs);
+        self.used.sort_by_key(|r| r.start);
+        self.recount();
+    }
+
+    /// Free counts and flags from [`Layout::used`]. A group may stay BLOCK_UNINIT only if all
+    /// it holds is its own superblock copy (that is what the kernel reconstructs); the last
+    /// group never does, because its bitmap needs the padding bits.
+    fn recount(&mut self) {
+        let last = self.groups.len() - 1;
+        let super_len = 1 + self.desc_blocks;
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let used: u64 = used_in(&self.used, group.start, group.start + group.len)
+                .map(|r| r.len)
+                .sum();
+            group.free_blocks = group.len - used;
+            let own_super = if group.has_super { super_len } else { 0 };
+            group.flags = BG_ITABLE_ZEROED;
+            if g != 0 {
+                group.flags |= BG_INODE_UNINIT;
+            }
+            if g != 0 && g != last && used == own_super {
+                group.flags |= BG_BLOCK_UNINIT;
+            }
+        }
     }
 
     /// The used runs that overlap blocks `[start, end)`, clipped to it.
@@ -317,7 +343,7 @@ fn geometry(device_blocks: u64) -> Result<Geometry, Ext4Error> {
 }
 
 /// Hands out free blocks in increasing order, skipping the static metadata runs.
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     fixed: &'a [Run],
     /// Index of the first fixed run ending after `next`.
     idx: usize,
@@ -327,7 +353,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     /// A cursor over the free blocks of `[from, end)`; `fixed` is sorted.
-    fn new(fixed: &'a [Run], from: u64, end: u64) -> Self {
+    pub(super) fn new(fixed: &'a [Run], from: u64, end: u64) -> Self {
         Self {
             fixed,
             idx: fixed.partition_point(|r| r.end() <= from),
@@ -337,7 +363,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next run of at most `want` free blocks.
-    fn take(&mut self, want: u64) -> Option<Run> {
+    pub(super) fn take(&mut self, want: u64) -> Option<Run> {
         loop {
             while self.idx < self.fixed.len() && self.fixed[self.idx].end() <= self.next {
                 self.idx += 1;
@@ -492,33 +518,14 @@ pub fn plan(device_bytes: u64) -> Result<Layout, Ext4Error> {
         root_block,
         lost_found_block,
         used,
+        overhead: 0,
     };
 
-    // Free counts and flags. A group may stay BLOCK_UNINIT only if all it holds is its own
-    // superblock copy (that is what the kernel reconstructs); the last group never does,
-    // because its bitmap needs the padding bits.
-    let last = group_count - 1;
-    for (g, group) in groups.iter_mut().enumerate() {
-        let g = g as u64;
-        let used: u64 = layout
-            .used_in(group.start, group.start + group.len)
-            .map(|r| r.len)
-            .sum();
-        group.free_blocks = group.len - used;
-        let super_len = if group.has_super {
-            1 + geo.desc_blocks
-        } else {
-            0
-        };
-        group.flags = BG_ITABLE_ZEROED;
-        if g != 0 {
-            group.flags |= BG_INODE_UNINIT;
-        }
-        if g != 0 && g != last && used == super_len {
-            group.flags |= BG_BLOCK_UNINIT;
-        }
-    }
     layout.groups = groups;
+    layout.recount();
+    // mke2fs counts neither the directories' blocks nor the journal's extent leaf.
+    let leaf = u64::from(layout.journal.leaf.is_some());
+    layout.overhead = layout.blocks - layout.free_blocks() - 1 - LOST_FOUND_BLOCKS - leaf;
     Ok(layout)
 }
 
@@ -659,7 +666,7 @@ mod tests {
             }]
         );
         assert_eq!(l.groups[32].flags & BG_BLOCK_UNINIT, 0);
-        assert_eq!(l.overhead_blocks(), l.blocks - l.free_blocks() - 5);
+        assert_eq!(l.overhead, l.blocks - l.free_blocks() - 5);
         // Written block bitmaps: groups 0 and 1 (metadata), 32 (journal), 79 (the last).
         let initialised: Vec<usize> = (0..80)
             .filter(|&g| l.groups[g].flags & BG_BLOCK_UNINIT == 0)

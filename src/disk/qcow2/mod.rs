@@ -27,7 +27,10 @@ pub use header::{Header, HeaderExtension};
 pub use plan::{Layout, plan_layout};
 pub use reader::{Qcow2Image, ReadAt};
 pub use resize::grow;
-pub use writer::{Backing, WriteSummary, probe_format, write_data_image, write_overlay};
+pub use writer::{
+    Backing, Fill, WriteSummary, probe_format, write_data_image, write_data_image_with,
+    write_overlay,
+};
 
 /// log2 of the cluster size the writer uses (64 KiB, qemu-img's default).
 pub const CLUSTER_BITS: u32 = 16;

@@ -15,6 +15,7 @@ use super::header::{
 };
 use super::writer::probe_format;
 use super::{BackingFormat, MAX_BACKING_DEPTH, MAX_BACKING_NAME, Qcow2Error};
+use crate::disk::sink::BlockSource;
 
 /// Bits 9-55 of an L1 or L2 entry: the host offset of the table or cluster.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -85,6 +86,16 @@ pub struct Qcow2Image<S: ReadAt = File> {
 }
 
 /// Leaves out the source, which may be a whole image in memory.
+impl<S: ReadAt> BlockSource for Qcow2Image<S> {
+    fn size(&self) -> u64 {
+        self.virtual_size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        Qcow2Image::read_at(self, offset, buf).map_err(io::Error::other)
+    }
+}
+
 impl<S: ReadAt> fmt::Debug for Qcow2Image<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Qcow2Image")

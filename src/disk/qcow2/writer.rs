@@ -1,7 +1,7 @@
 //! Writes a planned image into a file: only non-zero bytes are written, the rest stays a hole.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -32,6 +32,10 @@ pub struct WriteSummary {
     pub data_clusters: u64,
 }
 
+/// Fills a buffer with the bytes of streamed range `i` (first argument) from byte `at` on
+/// (second argument).
+pub type Fill<'a> = dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()> + 'a;
+
 /// Writes a qcow2 image of `virtual_size` bytes whose contents are `contents` into `file`,
 /// replacing whatever the file held. Only 64 KiB clusters with a non-zero byte are allocated.
 ///
@@ -42,6 +46,23 @@ pub fn write_data_image(
     virtual_size: u64,
     contents: &SparseBuffer,
 ) -> Result<WriteSummary, Qcow2Error> {
+    write_data_image_with(file, virtual_size, contents, &[], &mut |_, _, _| Ok(()))
+}
+
+/// Like [`write_data_image`], plus the guest byte ranges `streamed` (offset, length; ascending,
+/// disjoint from each other and from the non-zero bytes of `contents`), whose bytes are not in
+/// memory:
+/// `fill(i, at, buf)` must fill `buf` with the bytes of range `i` from `at` on. Those ranges'
+/// clusters are allocated whatever they hold, so a caller streams only bytes worth storing.
+///
+/// The file is synced before this returns.
+pub fn write_data_image_with(
+    file: &File,
+    virtual_size: u64,
+    contents: &SparseBuffer,
+    streamed: &[(u64, u64)],
+    fill: &mut Fill<'_>,
+) -> Result<WriteSummary, Qcow2Error> {
     check_virtual_size(virtual_size)?;
     if contents.len() > virtual_size {
         return Err(Qcow2Error::ContentsTooLarge {
@@ -49,10 +70,86 @@ pub fn write_data_image(
             size: virtual_size,
         });
     }
+    if let Some(&(at, len)) = streamed
+        .iter()
+        .find(|(at, len)| at.checked_add(*len).is_none_or(|end| end > virtual_size))
+    {
+        return Err(Qcow2Error::ContentsTooLarge {
+            contents: at.saturating_add(len),
+            size: virtual_size,
+        });
+    }
     let pieces = nonzero_pieces(contents);
-    let clusters = pieces.iter().map(|(at, _)| at / CLUSTER_SIZE).collect();
+    let mut clusters: Vec<u64> = pieces.iter().map(|(at, _)| at / CLUSTER_SIZE).collect();
+    for &(at, len) in streamed.iter().filter(|(_, len)| *len > 0) {
+        clusters.extend(at / CLUSTER_SIZE..=(at + len - 1) / CLUSTER_SIZE);
+    }
     let layout = plan_layout(virtual_size, clusters)?;
-    write_layout(file, &layout, None, &pieces)
+    let summary = write_layout(file, &layout, None)?;
+    // Ranges are gathered into writes of up to STREAM_CHUNK bytes; a gap between two of them
+    // is written as zeros when it lies in their own clusters (small files one after another).
+    // The pieces of `contents` are written afterwards, over any such zeros.
+    let mut buf: Vec<u8> = Vec::with_capacity(STREAM_CHUNK);
+    let mut buf_at = 0;
+    for (i, &(at, len)) in streamed.iter().enumerate() {
+        let mut done = 0;
+        while done < len {
+            let piece_at = at + done;
+            let end = buf_at + buf.len() as u64;
+            let joins = !buf.is_empty()
+                && piece_at >= end
+                && piece_at / CLUSTER_SIZE <= (end - 1) / CLUSTER_SIZE + 1
+                && piece_at - end < (STREAM_CHUNK - buf.len()) as u64;
+            if joins {
+                buf.resize(buf.len() + (piece_at - end) as usize, 0);
+            } else {
+                write_guest(file, &layout, buf_at, &buf)?;
+                buf.clear();
+                buf_at = piece_at;
+            }
+            let n = (len - done).min((STREAM_CHUNK - buf.len()) as u64) as usize;
+            let start = buf.len();
+            buf.resize(start + n, 0);
+            fill(i, done, &mut buf[start..]).map_err(Qcow2Error::io("reading the contents"))?;
+            done += n as u64;
+        }
+    }
+    write_guest(file, &layout, buf_at, &buf)?;
+    write_pieces(file, &layout, &pieces)?;
+    file.sync_all()
+        .map_err(Qcow2Error::io("syncing the image file"))?;
+    Ok(summary)
+}
+
+/// Bytes read and written at a time for streamed ranges.
+const STREAM_CHUNK: usize = 1 << 20;
+
+/// Where guest byte `guest` is stored in the file; its cluster must be in the layout.
+fn host_offset(layout: &Layout, guest: u64) -> u64 {
+    let index = layout
+        .data_clusters
+        .binary_search(&(guest / CLUSTER_SIZE))
+        .expect("an allocated cluster");
+    layout.data_offset + index as u64 * CLUSTER_SIZE + guest % CLUSTER_SIZE
+}
+
+/// Writes `bytes` at guest offset `guest`, in as few writes as the clusters' places allow.
+fn write_guest(file: &File, layout: &Layout, guest: u64, bytes: &[u8]) -> Result<(), Qcow2Error> {
+    let mut at = guest;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // Consecutive guest clusters sit consecutively in the file when all are allocated.
+        let host = host_offset(layout, at);
+        let mut len = chunk_len(at, rest.len());
+        while len < rest.len() && host_offset(layout, at + len as u64) == host + len as u64 {
+            len += chunk_len(at + len as u64, rest.len() - len);
+        }
+        file.write_all_at(&rest[..len], host)
+            .map_err(Qcow2Error::io("writing the data"))?;
+        at += len as u64;
+        rest = &rest[len..];
+    }
+    Ok(())
 }
 
 /// Writes an empty copy-on-write overlay of `virtual_size` bytes over `backing` into `file`,
@@ -76,7 +173,10 @@ pub fn write_overlay(
         return Err(Qcow2Error::InvalidBackingName("it contains a NUL byte"));
     }
     let layout = plan_layout(virtual_size, Vec::new())?;
-    write_layout(file, &layout, Some(backing), &[])
+    let summary = write_layout(file, &layout, Some(backing))?;
+    file.sync_all()
+        .map_err(Qcow2Error::io("syncing the image file"))?;
+    Ok(summary)
 }
 
 /// Tells a qcow2 image from a raw one by its first bytes.
@@ -159,12 +259,12 @@ fn encode_first_cluster(layout: &Layout, backing: Option<&Backing>) -> Vec<u8> {
     out
 }
 
-/// Writes `layout` into `file`, with `pieces` (from [`nonzero_pieces`]) as its data.
+/// Writes the header and tables of `layout` into `file`; the caller writes the data and
+/// syncs the file.
 fn write_layout(
     file: &File,
     layout: &Layout,
     backing: Option<&Backing>,
-    pieces: &[(u64, &[u8])],
 ) -> Result<WriteSummary, Qcow2Error> {
     let write = |bytes: &[u8], offset: u64, what: &str| {
         file.write_all_at(bytes, offset)
@@ -215,23 +315,26 @@ fn write_layout(
         write(&entries, l2_offset(j) + first * 8, "L2 table")?;
     }
 
-    // Data: the i-th distinct cluster among the pieces is the i-th data cluster, because the
-    // plan's clusters are exactly the pieces' clusters, sorted. Pieces that continue one another
-    // on the host are gathered into one write of at most 1 MiB.
-    let mut index = 0;
-    let mut previous_cluster = None;
+    Ok(WriteSummary {
+        file_size: layout.file_size(),
+        data_clusters: layout.data_clusters.len() as u64,
+    })
+}
+
+/// Writes `pieces` (from [`nonzero_pieces`]) into their clusters: pieces that continue one
+/// another in the file are gathered into one write of at most 1 MiB.
+fn write_pieces(file: &File, layout: &Layout, pieces: &[(u64, &[u8])]) -> Result<(), Qcow2Error> {
+    let write = |bytes: &[u8], offset: u64| {
+        file.write_all_at(bytes, offset)
+            .map_err(Qcow2Error::io("writing the data"))
+    };
     let mut run: Vec<u8> = Vec::new();
     let mut run_at = 0;
     for &(guest, bytes) in pieces {
-        let cluster = guest / CLUSTER_SIZE;
-        if previous_cluster.is_some_and(|c| c != cluster) {
-            index += 1;
-        }
-        previous_cluster = Some(cluster);
-        let host = layout.data_offset + index * CLUSTER_SIZE + guest % CLUSTER_SIZE;
+        let host = host_offset(layout, guest);
         if run_at + run.len() as u64 != host || run.len() + bytes.len() > 1 << 20 {
             if !run.is_empty() {
-                write(&run, run_at, "data")?;
+                write(&run, run_at)?;
             }
             run.clear();
             run_at = host;
@@ -239,15 +342,9 @@ fn write_layout(
         run.extend_from_slice(bytes);
     }
     if !run.is_empty() {
-        write(&run, run_at, "data")?;
+        write(&run, run_at)?;
     }
-
-    file.sync_all()
-        .map_err(Qcow2Error::io("syncing the image file"))?;
-    Ok(WriteSummary {
-        file_size: layout.file_size(),
-        data_clusters: layout.data_clusters.len() as u64,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -328,6 +425,65 @@ mod tests {
         );
         assert_eq!(&bytes[6 * c..6 * c + 3], b"abc");
         assert_eq!(&bytes[7 * c + 7..7 * c + 10], b"xyz");
+    }
+
+    #[test]
+    fn streamed_ranges_share_clusters_with_metadata() {
+        let mut contents = SparseBuffer::new(1 << 30);
+        contents.write_at(4096, b"meta").unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        // The first range shares cluster 0 with the metadata; the second spans clusters 3-4.
+        let streamed = [(8192, 3), ((4 << 16) - 2, 4)];
+        let summary = write_data_image_with(
+            file.as_file(),
+            1 << 30,
+            &contents,
+            &streamed,
+            &mut |i, at, buf| {
+                for (k, b) in buf.iter_mut().enumerate() {
+                    *b = b'a' + (i * 10) as u8 + at as u8 + k as u8;
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.data_clusters, 3);
+        let image = crate::disk::qcow2::Qcow2Image::open(file.path()).unwrap();
+        let mut out = [0u8; 4];
+        image.read_at(4096, &mut out).unwrap();
+        assert_eq!(&out, b"meta");
+        image.read_at(8192, &mut out[..3]).unwrap();
+        assert_eq!(&out[..3], b"abc");
+        image.read_at((4 << 16) - 2, &mut out).unwrap();
+        assert_eq!(&out, b"klmn");
+    }
+
+    #[test]
+    fn streamed_ranges_in_neighbouring_clusters_are_written_together() {
+        let contents = SparseBuffer::new(1 << 20);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        // Clusters 0 and 1 (joined, the gap written as zeros), then cluster 5 alone.
+        let streamed = [(100, 3), ((1 << 16) + 4096, 2), ((5 << 16) + 1, 1)];
+        let summary = write_data_image_with(
+            file.as_file(),
+            1 << 20,
+            &contents,
+            &streamed,
+            &mut |i, _, b| {
+                b.fill(b'1' + i as u8);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.data_clusters, 3);
+        let image = crate::disk::qcow2::Qcow2Image::open(file.path()).unwrap();
+        let mut out = vec![0xAAu8; (1 << 16) + 4098];
+        image.read_at(0, &mut out).unwrap();
+        assert_eq!(&out[100..103], b"111");
+        assert!(out[103..(1 << 16) + 4096].iter().all(|&b| b == 0));
+        assert_eq!(&out[(1 << 16) + 4096..], b"22");
+        image.read_at((5 << 16) + 1, &mut out[..1]).unwrap();
+        assert_eq!(out[0], b'3');
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! `cp SRC DEST`: files out of a named volume, or out of a stopped VM's named volume by the
+//! path the VM mounts it at, into a host folder or a tar archive on standard output.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use indicatif::HumanBytes;
+use qemu_compose::engine::volume_export::{self, ExportTarget};
+
+use super::output::note;
+use super::{CpArgs, GlobalArgs, StderrReporter, UsageError, output, project};
+
+/// One side of `cp`.
+#[derive(Debug, PartialEq, Eq)]
+enum Place<'a> {
+    /// `volume:NAME:/path`
+    Volume(&'a str, &'a str),
+    /// `VM:/path`
+    Vm(&'a str, &'a str),
+    /// A host path, or `-`.
+    Host(&'a str),
+}
+
+/// `volume:NAME:/path` names a volume; `NAME:/path` (a name without `/` before the first
+/// `:`) a VM; anything else is a host path.
+fn place(arg: &str) -> Place<'_> {
+    if let Some(rest) = arg.strip_prefix("volume:")
+        && let Some((name, path)) = rest.split_once(':')
+    {
+        return Place::Volume(name, path);
+    }
+    match arg.split_once(':') {
+        Some((vm, path)) if !vm.is_empty() && !vm.contains('/') && !vm.starts_with('.') => {
+            Place::Vm(vm, path)
+        }
+        _ => Place::Host(arg),
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    let (volume, path) = match (place(&args.src), place(&args.dest)) {
+        (Place::Volume(name, path), Place::Host(_)) => (name.to_string(), path.to_string()),
+        (Place::Vm(vm, path), Place::Host(_)) => {
+            let host = project::host(global)?;
+            volume_export::vm_path(&project, &host, vm, path)?
+        }
+        (Place::Host(_), Place::Volume(..) | Place::Vm(..)) => {
+            anyhow::bail!(
+                "copying into a volume is not implemented; `qemu-compose volume import` fills a new volume"
+            )
+        }
+        _ => {
+            return Err(UsageError(
+                "one side of cp must be volume:NAME:/path or VM:/path, the other a host path or -"
+                    .to_string(),
+            )
+            .into());
+        }
+    };
+    let from = (path != "/").then_some(path.as_str());
+    let summary = if args.dest == "-" {
+        let mut out = output::stdout();
+        volume_export::export(
+            &project,
+            &volume,
+            from,
+            ExportTarget::Tar(&mut out),
+            &StderrReporter,
+        )?
+    } else {
+        let dest = Path::new(&args.dest);
+        volume_export::export(
+            &project,
+            &volume,
+            from,
+            ExportTarget::Dir(dest),
+            &StderrReporter,
+        )?
+    };
+    note!(
+        "copied {} files ({}), {} folders, {} symbolic links from volume {volume}",
+        summary.files,
+        HumanBytes(summary.data_bytes),
+        summary.dirs,
+        summary.symlinks
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_told_apart() {
+        assert_eq!(place("volume:pg:/base"), Place::Volume("pg", "/base"));
+        assert_eq!(place("db:/var/lib"), Place::Vm("db", "/var/lib"));
+        assert_eq!(place("./out"), Place::Host("./out"));
+        assert_eq!(place("/tmp/a:b"), Place::Host("/tmp/a:b"));
+        assert_eq!(place("-"), Place::Host("-"));
+    }
+}

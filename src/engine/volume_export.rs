@@ -1,0 +1,537 @@
+//! `volume export`: a volume's files copied out, without booting, into a host folder or a tar
+//! archive, read with our own qcow2 and ext4 readers.
+//!
+//! Writing into a host folder never follows a symbolic link: every file is created relative
+//! to an open descriptor of its folder (`openat`, `mkdirat`, `symlinkat`) with `O_EXCL` and
+//! `O_NOFOLLOW`, names are single components (the reader refuses `/` and NUL), and an existing
+//! name is an error, so links stored in the volume, or already in the destination, cannot
+//! send a write outside it. Symbolic links are written as they are stored.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
+
+use crate::compose::Project;
+use crate::disk::ext4::Ext4Error;
+use crate::disk::ext4::read::{FileType, Filesystem, Stat};
+use crate::disk::ext4::tree::Time;
+use crate::disk::qcow2::Qcow2Image;
+use crate::state::{StateDir, VolumeRegistry};
+
+use super::volume_io::ImportSummary;
+use super::volumes::{self, VolumeError};
+use super::{EngineError, Reporter};
+
+/// Bytes copied at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Why files cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Reading the volume failed.
+    #[error("{0}")]
+    Read(#[from] Ext4Error),
+    /// Writing a host file failed.
+    #[error("writing {}: {source}", .path.display())]
+    Write {
+        /// The host path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The destination already has this name.
+    #[error("{} already exists; export writes new files only, and nothing was overwritten", .0.display())]
+    Exists(PathBuf),
+    /// A folder that contains itself.
+    #[error("the folder {0:?} appears twice on one path (a corrupt volume)")]
+    Loop(String),
+}
+
+/// Where the files go.
+pub enum ExportTarget<'a> {
+    /// A host folder, made if missing.
+    Dir(&'a Path),
+    /// A tar archive written here.
+    Tar(&'a mut dyn Write),
+}
+
+impl std::fmt::Debug for ExportTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => f.debug_tuple("Dir").field(dir).finish(),
+            Self::Tar(_) => f.write_str("Tar(..)"),
+        }
+    }
+}
+
+/// `volume export`: the files of volume `name` below `from` (an absolute path in the volume;
+/// `/` when `None`) into `target`, under the project lock. Refuses a volume a QEMU has open.
+pub fn export(
+    project: &Project,
+    name: &str,
+    from: Option<&str>,
+    target: ExportTarget<'_>,
+    reporter: &dyn Reporter,
+) -> Result<ImportSummary, EngineError> {
+    let state = StateDir::new(&project.dir);
+    let _guard = super::lifecycle::lock(&state, reporter)?;
+    let registry = VolumeRegistry::load(&state.volumes_json())?;
+    let image = state.volume_image(name);
+    state.check_inside(&image)?;
+    if !registry.volumes.contains_key(name) && !image.exists() {
+        return Err(VolumeError::Unknown(name.to_string()).into());
+    }
+    volumes::check_not_in_use(&state, name)?;
+    let fail = |error: ExportError| VolumeError::Export {
+        name: name.to_string(),
+        error: Box::new(error),
+    };
+    let bad = |reason: String| VolumeError::BadImage {
+        name: name.to_string(),
+        path: image.clone(),
+        reason,
+    };
+    let file = File::open(&image).map_err(|e| bad(e.to_string()))?;
+    let qcow2 = Qcow2Image::from_source(file).map_err(|e| bad(e.to_string()))?;
+    if qcow2.backing_file().is_some() {
+        return Err(bad("it has a backing file".to_string()).into());
+    }
+    let fs = Filesystem::open(qcow2).map_err(|e| fail(e.into()))?;
+    let path = from.unwrap_or("/");
+    let start = fs.lookup(path.as_bytes()).map_err(|e| fail(e.into()))?;
+    let mut copier = Copier {
+        fs: &fs,
+        summary: ImportSummary::default(),
+        links: HashMap::new(),
+        skipped: Vec::new(),
+    };
+    let base = Path::new(path)
+        .file_name()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    match target {
+        ExportTarget::Dir(dir) => copier.write_dir(&start, dir, &base),
+        ExportTarget::Tar(out) => copier.write_tar(&start, out, &base),
+    }
+    .map_err(fail)?;
+    for skipped in &copier.skipped {
+        reporter.warn(&format!(
+            "volume {name}: {skipped} is a socket, FIFO or device node: not exported"
+        ));
+    }
+    Ok(copier.summary)
+}
+
+/// Where path `path` of stopped VM `vm` lives: the named volume the VM mounts there (the
+/// mount with the longest target that contains it) and the path inside that volume. A path
+/// on the VM's own disk is refused: reading the root disk is not implemented.
+pub fn vm_path(
+    project: &Project,
+    host: &super::HostEnv,
+    vm: &str,
+    path: &str,
+) -> Result<(String, String), EngineError> {
+    let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
+    if super::running_vms(project, host).contains(vm) {
+        return Err(EngineError::Refused(format!(
+            "VM {vm} is running; cp reads the disks of a stopped VM only: stop it first"
+        )));
+    }
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(EngineError::Refused(format!(
+            "{vm}:{path}: the path in the VM must be absolute, without `..`"
+        )));
+    }
+    let inside = |target: &str| {
+        let target = target.trim_end_matches('/');
+        match path.strip_prefix(target) {
+            Some("") => Some("/".to_string()),
+            Some(rest) if rest.starts_with('/') => Some(rest.to_string()),
+            _ => None,
+        }
+    };
+    decl.volumes
+        .iter()
+        .filter_map(|m| match &m.kind {
+            crate::compose::MountKind::Named { volume } => {
+                inside(&m.target).map(|rest| (m.target.len(), volume.clone(), rest))
+            }
+            crate::compose::MountKind::Bind { .. } => None,
+        })
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, volume, rest)| (volume, rest))
+        .ok_or_else(|| {
+            EngineError::Refused(format!(
+                "{vm}:{path} is not on a named volume of VM {vm}; cp reads named volumes (reading the VM's own disk is not implemented)"
+            ))
+        })
+}
+
+/// Walks the volume and writes what it finds.
+struct Copier<'f, D> {
+    fs: &'f Filesystem<D>,
+    summary: ImportSummary,
+    /// Inodes with several names: the first name written (for hard links).
+    links: HashMap<u32, Written>,
+    /// Paths of special files left out.
+    skipped: Vec<String>,
+}
+
+/// Where the first name of a multiply-linked inode went.
+enum Written {
+    /// In a host folder: that folder's descriptor and the name.
+    Host(Rc<OwnedFd>, Vec<u8>),
+    /// In a tar archive: the member's path.
+    Tar(PathBuf),
+}
+
+fn timespec(t: Time) -> rustix::fs::Timespec {
+    rustix::fs::Timespec {
+        tv_sec: t.secs,
+        tv_nsec: i64::from(t.nanos),
+    }
+}
+
+fn times(stat: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: timespec(stat.atime),
+        last_modification: timespec(stat.mtime),
+    }
+}
+
+/// Owner and group to set, when the process may give files away (root) and the ids are
+/// real ones (not -1).
+fn owner(stat: &Stat) -> Option<(rustix::fs::Uid, rustix::fs::Gid)> {
+    (rustix::process::geteuid().is_root() && stat.uid != u32::MAX && stat.gid != u32::MAX).then(
+        || {
+            (
+                rustix::fs::Uid::from_raw(stat.uid),
+                rustix::fs::Gid::from_raw(stat.gid),
+            )
+        },
+    )
+}
+
+impl<D: crate::disk::BlockSource> Copier<'_, D> {
+    /// The entries of a folder, `lost+found` of the volume's root left out when it is empty
+    /// (the filesystem's own, not the user's).
+    fn entries(&self, dir: &Stat) -> Result<Vec<(Vec<u8>, Stat)>, ExportError> {
+        let mut out = Vec::new();
+        for e in self.fs.read_dir(dir)? {
+            let stat = self.fs.stat(e.ino)?;
+            if dir.ino == 2
+                && e.name == b"lost+found"
+                && stat.kind == FileType::Dir
+                && self.fs.read_dir(&stat)?.is_empty()
+            {
+                continue;
+            }
+            out.push((e.name, stat));
+        }
+        Ok(out)
+    }
+
+    fn count(&mut self, stat: &Stat) {
+        match stat.kind {
+            FileType::Dir => self.summary.dirs += 1,
+            FileType::File => {
+                self.summary.files += 1;
+                self.summary.data_bytes += stat.size;
+            }
+            FileType::Symlink => self.summary.symlinks += 1,
+            FileType::Special => {}
+        }
+    }
+
+    /// Copies the file's bytes (holes as holes) into `out`, which is `stat.size` long.
+    fn copy_data(&self, stat: &Stat, out: &File, path: &Path) -> Result<(), ExportError> {
+        let write = |e| ExportError::Write {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        out.set_len(stat.size).map_err(write)?;
+        let mut buf = vec![0u8; CHUNK];
+        for m in self.fs.data(stat)? {
+            let Some(offset) = m.offset else { continue };
+            let mut done = 0;
+            while done < m.len {
+                let n = (m.len - done).min(CHUNK as u64) as usize;
+                self.fs.read_mapped(offset + done, &mut buf[..n])?;
+                out.write_all_at(&buf[..n], m.file_offset + done)
+                    .map_err(write)?;
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Into host folder `dest` (made if missing; the root's metadata applied only then).
+    fn write_dir(&mut self, start: &Stat, dest: &Path, base: &Path) -> Result<(), ExportError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source: io::Error| ExportError::Write { path, source }
+        };
+        if start.kind != FileType::Dir {
+            fs::create_dir_all(dest).map_err(io_err(dest))?;
+            let dir = open_dir(rustix::fs::CWD, dest).map_err(io_err(dest))?;
+            return self.write_entry(
+                &Rc::new(dir),
+                dest,
+                base.as_os_str().as_bytes(),
+                start,
+                &mut HashSet::new(),
+            );
+        }
+        let made = !dest.exists();
+        fs::create_dir_all(dest).map_err(io_err(dest))?;
+        let dir = Rc::new(open_dir(rustix::fs::CWD, dest).map_err(io_err(dest))?);
+        let mut ancestors = HashSet::from([start.ino]);
+        self.count(start);
+        for (name, stat) in self.entries(start)? {
+            self.write_entry(&dir, dest, &name, &stat, &mut ancestors)?;
+        }
+        if made {
+            set_meta(&dir, start).map_err(io_err(dest))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `stat` as `name` in the open folder `dir` (host path `dir_path`).
+    fn write_entry(
+        &mut self,
+        dir: &Rc<OwnedFd>,
+        dir_path: &Path,
+        name: &[u8],
+        stat: &Stat,
+        ancestors: &mut HashSet<u32>,
+    ) -> Result<(), ExportError> {
+        let path = dir_path.join(std::ffi::OsStr::from_bytes(name));
+        let fail = |source: io::Error| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                ExportError::Exists(path.clone())
+            } else {
+                ExportError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        };
+        if stat.kind != FileType::Dir && stat.links > 1 {
+            if let Some(Written::Host(first_dir, first_name)) = self.links.get(&stat.ino) {
+                rustix::fs::linkat(
+                    &**first_dir,
+                    first_name.as_slice(),
+                    &**dir,
+                    name,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| fail(e.into()))?;
+                return Ok(());
+            }
+            self.links
+                .insert(stat.ino, Written::Host(Rc::clone(dir), name.to_vec()));
+        }
+        self.count(stat);
+        match stat.kind {
+            FileType::File => {
+                let fd = rustix::fs::openat(
+                    &**dir,
+                    name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| fail(e.into()))?;
+                let file = File::from(fd);
+                self.copy_data(stat, &file, &path)?;
+                set_meta(&file, stat).map_err(fail)?;
+            }
+            FileType::Symlink => {
+                let target = self.fs.read_link(stat)?;
+                rustix::fs::symlinkat(target.as_slice(), &**dir, name)
+                    .map_err(|e| fail(e.into()))?;
+                if let Some((uid, gid)) = owner(stat) {
+                    rustix::fs::chownat(
+                        &**dir,
+                        name,
+                        Some(uid),
+                        Some(gid),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| fail(e.into()))?;
+                }
+                rustix::fs::utimensat(&**dir, name, &times(stat), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| fail(e.into()))?;
+            }
+            FileType::Dir => {
+                if !ancestors.insert(stat.ino) {
+                    return Err(ExportError::Loop(
+                        String::from_utf8_lossy(name).into_owned(),
+                    ));
+                }
+                rustix::fs::mkdirat(&**dir, name, Mode::from_raw_mode(0o700))
+                    .map_err(|e| fail(e.into()))?;
+                let child = Rc::new(open_dir(&**dir, name).map_err(fail)?);
+                for (child_name, child_stat) in self.entries(stat)? {
+                    self.write_entry(&child, &path, &child_name, &child_stat, ancestors)?;
+                }
+                set_meta(&child, stat).map_err(fail)?;
+                ancestors.remove(&stat.ino);
+            }
+            FileType::Special => self.skipped.push(path.display().to_string()),
+        }
+        Ok(())
+    }
+
+    /// As a tar archive (GNU format: long names, whole-second times), members named below
+    /// `base` (the exported folder's name, `.` for the root).
+    fn write_tar(
+        &mut self,
+        start: &Stat,
+        out: &mut dyn Write,
+        base: &Path,
+    ) -> Result<(), ExportError> {
+        let mut builder = tar::Builder::new(out);
+        let tar_err = |source| ExportError::Write {
+            path: PathBuf::from("the tar archive"),
+            source,
+        };
+        self.tar_entry(&mut builder, base, start, &mut HashSet::new())?;
+        builder.finish().map_err(tar_err)?;
+        Ok(())
+    }
+
+    fn tar_entry(
+        &mut self,
+        builder: &mut tar::Builder<&mut dyn Write>,
+        path: &Path,
+        stat: &Stat,
+        ancestors: &mut HashSet<u32>,
+    ) -> Result<(), ExportError> {
+        let tar_err = |source| ExportError::Write {
+            path: PathBuf::from("the tar archive"),
+            source,
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(u32::from(stat.perm));
+        header.set_uid(u64::from(stat.uid));
+        header.set_gid(u64::from(stat.gid));
+        header.set_mtime(u64::try_from(stat.mtime.secs).unwrap_or(0));
+        header.set_size(0);
+        if stat.kind != FileType::Dir && stat.links > 1 {
+            if let Some(Written::Tar(first)) = self.links.get(&stat.ino) {
+                header.set_entry_type(tar::EntryType::Link);
+                return builder
+                    .append_link(&mut header, path, first)
+                    .map_err(tar_err);
+            }
+            self.links
+                .insert(stat.ino, Written::Tar(path.to_path_buf()));
+        }
+        self.count(stat);
+        match stat.kind {
+            FileType::File => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(stat.size);
+                let reader = DataReader {
+                    fs: self.fs,
+                    mappings: self.fs.data(stat)?,
+                    size: stat.size,
+                    at: 0,
+                };
+                builder
+                    .append_data(&mut header, path, reader)
+                    .map_err(tar_err)?;
+            }
+            FileType::Symlink => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                let target = self.fs.read_link(stat)?;
+                builder
+                    .append_link(&mut header, path, std::ffi::OsStr::from_bytes(&target))
+                    .map_err(tar_err)?;
+            }
+            FileType::Dir => {
+                if !ancestors.insert(stat.ino) {
+                    return Err(ExportError::Loop(path.display().to_string()));
+                }
+                header.set_entry_type(tar::EntryType::Directory);
+                builder
+                    .append_data(&mut header, path, io::empty())
+                    .map_err(tar_err)?;
+                for (name, child) in self.entries(stat)? {
+                    let child_path = path.join(std::ffi::OsStr::from_bytes(&name));
+                    self.tar_entry(builder, &child_path, &child, ancestors)?;
+                }
+                ancestors.remove(&stat.ino);
+            }
+            FileType::Special => self.skipped.push(path.display().to_string()),
+        }
+        Ok(())
+    }
+}
+
+/// Opens folder `name` of `dir` without following a symbolic link.
+fn open_dir(dir: impl std::os::fd::AsFd, name: impl rustix::path::Arg) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Owner (as root), then mode (a change of owner clears set-user-ID), then times.
+fn set_meta(fd: impl std::os::fd::AsFd, stat: &Stat) -> io::Result<()> {
+    if let Some((uid, gid)) = owner(stat) {
+        rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(u32::from(stat.perm)))?;
+    rustix::fs::futimens(&fd, &times(stat))?;
+    Ok(())
+}
+
+/// A file's bytes, holes read as zeros, for the tar writer.
+struct DataReader<'f, D> {
+    fs: &'f Filesystem<D>,
+    mappings: Vec<crate::disk::ext4::read::Mapping>,
+    size: u64,
+    at: u64,
+}
+
+impl<D: crate::disk::BlockSource> Read for DataReader<'_, D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.size - self.at) as usize;
+        let buf = &mut buf[..n];
+        buf.fill(0);
+        let (from, to) = (self.at, self.at + n as u64);
+        let first = self
+            .mappings
+            .partition_point(|m| m.file_offset + m.len <= from);
+        for m in self.mappings[first..]
+            .iter()
+            .take_while(|m| m.file_offset < to)
+        {
+            let (lo, hi) = (m.file_offset.max(from), (m.file_offset + m.len).min(to));
+            if let (Some(offset), true) = (m.offset, lo < hi) {
+                let dst = &mut buf[(lo - from) as usize..(hi - from) as usize];
+                self.fs
+                    .read_mapped(offset + (lo - m.file_offset), dst)
+                    .map_err(io::Error::other)?;
+            }
+        }
+        self.at = to;
+        Ok(n)
+    }
+}
