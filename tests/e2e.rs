@@ -52,12 +52,15 @@ fn real_guest_mounts_volumes_and_shares() {
     require_tools();
     let guest = build_guest();
     let run = Run::new(&guest);
+    run.import_volume();
     run.first_boot();
+    run.check_imported_volumes();
     run.stop_cleanly();
     run.nothing_belongs_to_root();
     run.check_volume_offline();
     run.destroy_and_boot_again();
     run.recreate_with_new_mount();
+    run.health_and_run(&guest);
     run.destroy_everything();
     drop(run);
     networks(&guest);
@@ -141,6 +144,8 @@ fn compose_file(guest: &Guest) -> String {
 volumes:
   data: {{size: 1G}}
   ref: {{size: 256M}}
+  seeded: {{size: 256M, init_from: ./seed}}
+  imported: {{size: 256M}}
 vms:
   {VM}:
     image: "{rootfs}"
@@ -153,6 +158,8 @@ vms:
     volumes:
       - data:/data
       - ref:/ref:ro
+      - seeded:/seeded
+      - imported:/imported:ro
       - ./rw:/mnt/rw
       - source: ./ro
         target: /mnt/ro
@@ -198,6 +205,7 @@ impl Run {
         fs::write(p.join("with, comma and space/which"), "comma-share\n").unwrap();
         fs::write(p.join("late/which"), "late-share\n").unwrap();
         fs::write(p.join("app.conf"), "file-share\n").unwrap();
+        make_seed_tree(&p.join("seed"));
         let compose = compose_file(guest);
         fs::write(p.join("qemu-compose.yaml"), &compose).unwrap();
         let token = format!("{:x}", std::process::id() as u64 * 1_000_003 + now_secs());
@@ -264,6 +272,248 @@ impl Run {
         Report {
             lines: stdout.lines().map(str::to_string).collect(),
         }
+    }
+
+    /// Issue 14: `volume import` fills volume `imported` from ./seed before anything boots
+    /// (`init_from` fills `seeded` from the same folder when `up` makes it).
+    fn import_volume(&self) {
+        self.qc_ok(&["volume", "import", "imported", "./seed"]);
+    }
+
+    /// Issue 14: the guest's kernel reads the imported tree in both volumes: contents (read
+    /// with sudo: one file is another user's, mode 0640), modes, owners, mtimes, link counts,
+    /// symbolic links, a 3000-entry (hashed) folder, and a sparse file that stays sparse.
+    fn check_imported_volumes(&self) {
+        let r = self.guest(
+            "imported volumes",
+            r#"
+for v in seeded imported; do
+  cd /$v || { echo "missing|$v"; continue; }
+  echo "sum|$v|$(su_ sha256sum hello.txt sub/hard sub/deep/data.bin | cut -d' ' -f1 | tr '\n' ' ')"
+  echo "stat|$v|$(stat -c '%a %u %g %Y %h' hello.txt sub/deep/data.bin | tr '\n' ' ')"
+  echo "link|$v|$(readlink sub/link) $(cat sub/link)"
+  echo "many|$v|$(ls sub | grep -c '^many-') $(cat sub/many-2999)"
+  echo "sparse|$v|$(stat -c '%s %b' sparse) $(tail -c 4 sparse)"
+done
+"#,
+        );
+        let seed = self.path("seed");
+        let sum = |rel: &str| {
+            let bytes = fs::read(seed.join(rel)).unwrap();
+            let out = Command::new("sha256sum")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes)?;
+                    child.wait_with_output()
+                })
+                .expect("sha256sum on the host");
+            text(&out.stdout)
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let stat = |rel: &str| {
+            let m = fs::symlink_metadata(seed.join(rel)).unwrap();
+            format!(
+                "{:o} {} {} {} {}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.nlink()
+            )
+        };
+        for v in ["seeded", "imported"] {
+            let expected = [
+                (
+                    "sum",
+                    format!(
+                        "{} {} {} ",
+                        sum("hello.txt"),
+                        sum("sub/hard"),
+                        sum("sub/deep/data.bin")
+                    ),
+                ),
+                (
+                    "stat",
+                    format!("{} {} ", stat("hello.txt"), stat("sub/deep/data.bin")),
+                ),
+                ("link", "../hello.txt imported".to_string()),
+                ("many", "3000 2999".to_string()),
+                // 64 MiB long, one 4 KiB block of data (8 sectors), the last bytes.
+                ("sparse", format!("{} 8 tail", 64 << 20)),
+            ];
+            for (key, want) in expected {
+                let got = r.keyed(key, v);
+                self.check(got == want, || {
+                    format!(
+                        "volume {v}: {key} in the guest is {got:?}, the host tree gives {want:?}"
+                    )
+                });
+            }
+        }
+    }
+
+    /// Issue 15 in a real guest: a health check that passes only once a file appears, a VM
+    /// that waits for it (`condition: service_healthy`), `ps` going from `starting` to
+    /// `healthy`, and `run --rm` giving back a command's non-zero status and leaving no
+    /// instance. Its own project in `health/`, so the main VM is left alone.
+    fn health_and_run(&self, guest: &Guest) {
+        let ready = format!("/tmp/ready-{}", self.token);
+        let vm = |name: &str, extra: &str| {
+            format!(
+                "  {name}:\n    image: \"{}\"\n    kernel: \"{}\"\n    initrd: \"{}\"\n    cmdline: \"{}\"\n    memory: 768\n    user: {USER}\n{extra}",
+                guest.rootfs.display(),
+                guest.kernel.display(),
+                guest.initrd.display(),
+                guest.cmdline
+            )
+        };
+        let check = format!(
+            "    healthcheck:\n      test: [\"CMD-SHELL\", \"test -e {ready} && echo ready\"]\n      interval: 2s\n      timeout: 30s\n      retries: 3\n      start_period: 900s\n"
+        );
+        let waits = "    depends_on:\n      db: {condition: service_healthy}\n";
+        fs::create_dir_all(self.path("health")).unwrap();
+        fs::write(
+            self.path("health/qemu-compose.yaml"),
+            format!(
+                "name: e2e-health\nvms:\n{}{}",
+                vm("db", &check),
+                vm("waiter", waits)
+            ),
+        )
+        .unwrap();
+        let f = ["-f", "health/qemu-compose.yaml"];
+        let qc = |args: &[&str]| self.qc(&[&f[..], args].concat());
+        let statuses = || -> Vec<String> {
+            let out = qc(&["ps", "--format", "json"]);
+            let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            ps.as_array()
+                .map(|vms| {
+                    vms.iter()
+                        .map(|v| {
+                            format!(
+                                "{}={}",
+                                v["name"].as_str().unwrap_or("?"),
+                                v["status"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+
+        // `up` starts db, then waits for it to be healthy before it even creates waiter.
+        let t = Instant::now();
+        let up = Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+            .args([&f[..], &["up", "--wait-timeout", &WAIT_SECS.to_string()]].concat())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Until db answers SSH: starting, and waiter not created.
+        loop {
+            let now = statuses();
+            self.check(now.contains(&"waiter=not-created".to_string()), || {
+                format!("waiter must wait for db to be healthy, ps says {now:?}")
+            });
+            if qc(&["ssh", "--wait-timeout", "5", "db", "--", "true"])
+                .status
+                .success()
+            {
+                break;
+            }
+            self.check(t.elapsed() < Duration::from_secs(WAIT_SECS), || {
+                format!("db did not answer SSH within {WAIT_SECS} s")
+            });
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        // The check runs (it fails: no file yet), so db is still starting.
+        std::thread::sleep(Duration::from_secs(5));
+        let now = statuses();
+        self.check(now == ["db=starting", "waiter=not-created"], || {
+            format!("before the file: ps says {now:?}")
+        });
+        let touched = qc(&["ssh", "db", "--", "touch", &ready]);
+        self.check(touched.status.success(), || {
+            format!("touch in db failed: {}", text(&touched.stderr))
+        });
+        let out = up.wait_with_output().unwrap();
+        let said = text(&out.stderr);
+        self.check(out.status.success(), || format!("up failed:\n{said}"));
+        let order: Vec<Option<usize>> = [
+            "started VM db",
+            "VM waiter waits for VM db to be healthy",
+            "VM db is healthy",
+            "started VM waiter",
+        ]
+        .iter()
+        .map(|line| said.find(line))
+        .collect();
+        self.check(
+            order.iter().all(Option::is_some) && order.is_sorted(),
+            || format!("up's steps out of order:\n{said}"),
+        );
+        eprintln!(
+            "e2e: db healthy and waiter started {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let ps = qc(&["ps", "--format", "json"]);
+        let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap_or_default();
+        self.check(ps[0]["status"] == "healthy", || format!("ps: {ps}"));
+        let last = &ps[0]["health"]["log"]
+            .as_array()
+            .and_then(|l| l.last().cloned())
+            .unwrap_or_default();
+        self.check(
+            last["exit_code"] == 0 && last["output"] == "ready\n",
+            || format!("the last check: {last}"),
+        );
+
+        // `run --rm`: the command's own status and output, and no instance left after it.
+        let t = Instant::now();
+        let out = qc(&[
+            "run",
+            "--rm",
+            "--no-deps",
+            "--wait-timeout",
+            &WAIT_SECS.to_string(),
+            "waiter",
+            "--",
+            "sh",
+            "-c",
+            "echo from-run; exit 7",
+        ]);
+        self.check(
+            out.status.code() == Some(7) && text(&out.stdout) == "from-run\n",
+            || {
+                format!(
+                    "run --rm: {} stdout {:?} stderr:\n{}",
+                    out.status,
+                    text(&out.stdout),
+                    text(&out.stderr)
+                )
+            },
+        );
+        eprintln!("e2e: run --rm {:.1} s", t.elapsed().as_secs_f64());
+        let left: Vec<String> = fs::read_dir(self.path("health/.qemu-compose/vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("waiter-run-"))
+            .collect();
+        self.check(left.is_empty(), || format!("run --rm left {left:?}"));
+        let qemus = qemu_processes_of(&self.path("health")).len();
+        self.check(qemus == 2, || {
+            format!("{qemus} QEMUs in health/, expected db and waiter")
+        });
+        self.qc_ok(&[&f[..], &["down", "-t", &STOP_SECS.to_string()]].concat());
     }
 
     /// Prints what went wrong with everything that helps to see why, then fails the test.
@@ -1276,4 +1526,30 @@ fn image_alone(guest: &Guest) {
     );
     qc(&["destroy", "-t", &STOP_SECS.to_string()]);
     eprintln!("e2e: cloud image {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// The tree issue 14's volumes are filled from: a hard link, a relative symbolic link, an
+/// owner and mode of its own, a 3000-entry folder and a 64 MiB file holding 4 bytes.
+fn make_seed_tree(seed: &Path) {
+    fs::create_dir_all(seed.join("sub/deep")).unwrap();
+    fs::write(seed.join("hello.txt"), "imported").unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(seed.join("sub/deep/data.bin"), data).unwrap();
+    fs::set_permissions(
+        seed.join("sub/deep/data.bin"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    // Another owner, where the test may give files away (CI also runs it as an ordinary user).
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(seed.join("sub/deep/data.bin"), Some(1234), Some(5678)).unwrap();
+    }
+    fs::hard_link(seed.join("hello.txt"), seed.join("sub/hard")).unwrap();
+    std::os::unix::fs::symlink("../hello.txt", seed.join("sub/link")).unwrap();
+    for i in 0..3000 {
+        fs::write(seed.join(format!("sub/many-{i:04}")), i.to_string()).unwrap();
+    }
+    let sparse = fs::File::create(seed.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"tail", (64 << 20) - 4).unwrap();
 }

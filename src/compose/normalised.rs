@@ -41,6 +41,10 @@ pub fn compose_file(project: &Project) -> ComposeFile<'_> {
                 .map(|v| {
                     let entry = VolumeEntry {
                         size: format_size(v.size_bytes),
+                        init_from: v
+                            .init_from
+                            .as_ref()
+                            .map(|p| p.to_string_lossy().into_owned()),
                     };
                     (v.name.clone(), entry)
                 })
@@ -85,6 +89,8 @@ impl<T: Serialize> Serialize for Named<T> {
 #[derive(Debug, Serialize)]
 struct VolumeEntry {
     size: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_from: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
