@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use indicatif::HumanBytes;
 use qemu_compose::engine::volume_export::{self, ExportTarget};
 
 use super::output::note;
@@ -79,11 +78,13 @@ pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
         )?
     };
     note!(
-        "copied {} files ({}), {} folders, {} symbolic links from volume {volume}",
-        summary.files,
-        HumanBytes(summary.data_bytes),
-        summary.dirs,
-        summary.symlinks
+        "copied {} from volume {volume}",
+        output::tree_counts(
+            summary.files,
+            summary.data_bytes,
+            summary.dirs,
+            summary.symlinks
+        )
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -70,6 +70,18 @@ pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> comfy_table::Tabl
     table
 }
 
+/// "2 files (1.05 MiB), 1 folder, 0 symbolic links": what an import or export carried.
+pub fn tree_counts(files: u64, bytes: u64, folders: u64, links: u64) -> String {
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{} ({}), {}, {}",
+        count(files, "file", "files"),
+        indicatif::HumanBytes(bytes),
+        count(folders, "folder", "folders"),
+        count(links, "symbolic link", "symbolic links")
+    )
+}
+
 /// Prints `value` as indented JSON and a newline.
 pub fn json(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;

@@ -179,11 +179,8 @@ fn import(
     let into = (into != "/").then_some(into);
     let s = volume_io::import(project, name, &source, into, size, &StderrReporter)?;
     note!(
-        "volume {name}: imported {} files ({}), {} folders, {} symbolic links",
-        s.files,
-        HumanBytes(s.data_bytes),
-        s.dirs,
-        s.symlinks
+        "volume {name}: imported {}",
+        output::tree_counts(s.files, s.data_bytes, s.dirs, s.symlinks)
     );
     writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
@@ -226,11 +223,13 @@ fn export(project: &Project, name: &str, dest: &Path, from: &str) -> anyhow::Res
         )?
     };
     note!(
-        "volume {name}: exported {} files ({}), {} folders, {} symbolic links",
-        summary.files,
-        HumanBytes(summary.data_bytes),
-        summary.dirs,
-        summary.symlinks
+        "volume {name}: exported {}",
+        output::tree_counts(
+            summary.files,
+            summary.data_bytes,
+            summary.dirs,
+            summary.symlinks
+        )
     );
     Ok(ExitCode::SUCCESS)
 }
