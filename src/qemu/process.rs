@@ -398,10 +398,14 @@ fn kill(pid: i32) -> std::io::Result<()> {
 }
 
 /// Polls until the process is gone; false if it still runs after `timeout`.
+///
+/// Gone means its files are closed too: an exiting process drops its memory (and so its
+/// command line) before it closes its files, and with them the locks on its disk images, so
+/// a command right after `stop` (`up`, `volume rm`) could still find an image locked.
 fn wait_gone(pid: i32, pidfile: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if !is_our_qemu(pid, pidfile) {
+        if !is_our_qemu(pid, pidfile) && files_closed(pid) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -409,6 +413,23 @@ fn wait_gone(pid: i32, pidfile: &Path, timeout: Duration) -> bool {
         }
         thread::sleep(POLL);
     }
+}
+
+/// Whether process `pid` has closed its files: it is gone, a zombie, or (its pid reused)
+/// another program. An empty command line without the zombie state is a process still
+/// exiting.
+fn files_closed(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the parenthesised name, which may itself hold ") ".
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return true;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {

@@ -377,8 +377,10 @@ impl Drop for KillOnDrop {
         let _ = Command::new("kill")
             .args(["-9", &self.0.to_string()])
             .status();
-        for _ in 0..100 {
-            if !alive(self.0) {
+        // Until the process is gone, not only no longer alive: a dying process drops its
+        // memory (and its cmdline) before it closes its files, and so the image lock.
+        for _ in 0..200 {
+            if !Path::new(&format!("/proc/{}", self.0)).exists() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
