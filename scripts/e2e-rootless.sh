@@ -23,9 +23,10 @@ mkdir -p "$work/src"
 git ls-files -z | xargs -0 cp --parents -t "$work/src"
 guest_dir=${QEMU_COMPOSE_E2E_GUEST_DIR:-/var/tmp/qemu-compose-guest}
 bash scripts/build-guest.sh "$guest_dir" >&2
-(cd "$work/src" && CARGO_TARGET_DIR="$work/target" cargo test --test e2e --no-run --quiet)
+# The binary cargo names: an older build of another dependency set may lie beside it.
+bin=$(cd "$work/src" && CARGO_TARGET_DIR="$work/target" cargo test --test e2e --no-run \
+  --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 chmod -R a+rX "$work"
-bin=$(find "$work/target/debug/deps" -maxdepth 1 -type f -executable -name 'e2e-*' | head -n1)
 [[ -n $bin ]] || { say "no e2e test binary under $work/target"; exit 1; }
 
 say "running $bin as $user"
