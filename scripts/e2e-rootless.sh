@@ -25,7 +25,7 @@ guest_dir=${QEMU_COMPOSE_E2E_GUEST_DIR:-/var/tmp/qemu-compose-guest}
 bash scripts/build-guest.sh "$guest_dir" >&2
 # The binary cargo names: an older build of another dependency set may lie beside it.
 bin=$(cd "$work/src" && CARGO_TARGET_DIR="$work/target" cargo test --test e2e --no-run \
-  --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
+  --message-format=json | grep '"kind":\["test"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 chmod -R a+rX "$work"
 [[ -n $bin ]] || { say "no e2e test binary under $work/target"; exit 1; }
 
