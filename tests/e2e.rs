@@ -98,6 +98,19 @@ struct Guest {
     disk: PathBuf,
 }
 
+impl Guest {
+    /// The compose keys that boot this guest directly, one per line, each after `indent`.
+    fn boot_keys(&self, indent: &str) -> String {
+        format!(
+            "{indent}image: \"{}\"\n{indent}kernel: \"{}\"\n{indent}initrd: \"{}\"\n{indent}cmdline: \"{}\"\n",
+            self.rootfs.display(),
+            self.kernel.display(),
+            self.initrd.display(),
+            self.cmdline
+        )
+    }
+}
+
 fn build_guest() -> Guest {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-guest.sh");
     let dir = std::env::var_os("QEMU_COMPOSE_E2E_GUEST_DIR")
@@ -148,11 +161,7 @@ volumes:
   imported: {{size: 256M}}
 vms:
   {VM}:
-    image: "{rootfs}"
-    kernel: "{kernel}"
-    initrd: "{initrd}"
-    cmdline: "{cmdline}"
-    memory: 1024
+{boot}    memory: 1024
     cpu: 2
     user: {USER}
     volumes:
@@ -171,10 +180,7 @@ vms:
       - "./with, comma and space:/mnt/comma"
       - ./app.conf:/etc/app.conf:ro
 "#,
-        rootfs = guest.rootfs.display(),
-        kernel = guest.kernel.display(),
-        initrd = guest.initrd.display(),
-        cmdline = guest.cmdline,
+        boot = guest.boot_keys("    "),
     )
 }
 
@@ -228,14 +234,7 @@ impl Run {
 
     /// Runs `qemu-compose ARGS` in the project folder.
     fn qc(&self, args: &[&str]) -> Output {
-        run_limited(
-            Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-                .args(args)
-                .current_dir(self.dir.path())
-                .env_remove("QEMU_COMPOSE_FILE")
-                .env_remove("QEMU_COMPOSE_PROJECT_NAME"),
-            COMMAND_LIMIT,
-        )
+        qc_in(self.dir.path(), args)
     }
 
     /// Runs `qemu-compose ARGS`, which must succeed; returns its stderr and how long it took.
@@ -365,11 +364,8 @@ done
         let ready = format!("/tmp/ready-{}", self.token);
         let vm = |name: &str, extra: &str| {
             format!(
-                "  {name}:\n    image: \"{}\"\n    kernel: \"{}\"\n    initrd: \"{}\"\n    cmdline: \"{}\"\n    memory: 768\n    user: {USER}\n{extra}",
-                guest.rootfs.display(),
-                guest.kernel.display(),
-                guest.initrd.display(),
-                guest.cmdline
+                "  {name}:\n{}    memory: 768\n    user: {USER}\n{extra}",
+                guest.boot_keys("    ")
             )
         };
         let check = format!(
@@ -1103,6 +1099,19 @@ fn parse_pairs(line: &str) -> Vec<(String, String)> {
 }
 
 /// Runs a command with its output captured; fails the test if it cannot run or hangs.
+/// Runs `qemu-compose ARGS` in the project folder `dir`, with no compose file or project name
+/// from the environment, within [`COMMAND_LIMIT`].
+fn qc_in(dir: &Path, args: &[&str]) -> Output {
+    run_limited(
+        Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("QEMU_COMPOSE_FILE")
+            .env_remove("QEMU_COMPOSE_PROJECT_NAME"),
+        COMMAND_LIMIT,
+    )
+}
+
 fn run_limited(cmd: &mut Command, limit: Duration) -> Output {
     try_run(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -1325,11 +1334,7 @@ impl NetRun {
         let compose = format!(
             r#"name: e2enet
 x-guest: &guest
-  image: "{rootfs}"
-  kernel: "{kernel}"
-  initrd: "{initrd}"
-  cmdline: "{cmdline}"
-  memory: 512
+{boot}  memory: 512
   cpu: 1
   user: {USER}
 networks:
@@ -1347,10 +1352,7 @@ vms:
     <<: *guest
     networks: [other]
 "#,
-            rootfs = guest.rootfs.display(),
-            kernel = guest.kernel.display(),
-            initrd = guest.initrd.display(),
-            cmdline = guest.cmdline,
+            boot = guest.boot_keys("  "),
         );
         fs::write(dir.path().join("qemu-compose.yaml"), compose).unwrap();
         let token = format!("net{:x}", std::process::id() as u64 * 7919 + now_secs());
@@ -1369,14 +1371,7 @@ vms:
     }
 
     fn qc(&self, args: &[&str]) -> Output {
-        run_limited(
-            Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-                .args(args)
-                .current_dir(self.dir.path())
-                .env_remove("QEMU_COMPOSE_FILE")
-                .env_remove("QEMU_COMPOSE_PROJECT_NAME"),
-            COMMAND_LIMIT,
-        )
+        qc_in(self.dir.path(), args)
     }
 
     fn qc_ok(&self, args: &[&str]) -> String {
@@ -1469,20 +1464,10 @@ fn image_alone(guest: &Guest) {
         )
     };
     let qc = |args: &[&str]| -> String {
-        let out = run_limited(
-            Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-                .args(args)
-                .current_dir(dir.path()),
-            COMMAND_LIMIT,
-        );
+        let out = qc_in(dir.path(), args);
         let said = text(&out.stdout) + &text(&out.stderr);
         if !out.status.success() {
-            let _ = run_limited(
-                Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-                    .args(["destroy", "--force"])
-                    .current_dir(dir.path()),
-                COMMAND_LIMIT,
-            );
+            let _ = qc_in(dir.path(), &["destroy", "--force"]);
             panic!(
                 "e2e cloud image: `qemu-compose {}` failed:\n{said}",
                 args.join(" ")

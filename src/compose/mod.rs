@@ -147,6 +147,23 @@ pub fn parse_str(
     parse_files(&files, project_dir, opts)
 }
 
+/// `yaml` as the project `t` in `/p`, with no variables: the model the unit tests of other
+/// layers start from.
+#[cfg(test)]
+pub(crate) fn test_project(yaml: &str) -> Project {
+    let opts = LoadOptions {
+        project_name: Some("t"),
+        env: &BTreeMap::new(),
+    };
+    parse_str(
+        yaml,
+        Path::new("/p/qemu-compose.yaml"),
+        Path::new("/p"),
+        &opts,
+    )
+    .unwrap()
+}
+
 /// Parses several compose files, merges them in order (docs/compose.md, "Several files") and
 /// validates the result as one file. Errors name the file each problem was written in; the
 /// project's file is the first.

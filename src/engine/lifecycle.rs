@@ -871,20 +871,11 @@ pub fn running_vms(project: &Project, host: &HostEnv) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn project() -> Project {
-        let yaml = "vms:\n  web: {image: ./a.img, depends_on: [db]}\n  db: {image: ./a.img, depends_on: [cache]}\n  cache: {image: ./a.img}\n  other: {image: ./a.img}\n";
-        crate::compose::parse_str(
-            yaml,
-            Path::new("/p/qemu-compose.yaml"),
-            Path::new("/p"),
-            &crate::compose::LoadOptions {
-                project_name: Some("t"),
-                env: &BTreeMap::new(),
-            },
+        crate::compose::test_project(
+            "vms:\n  web: {image: ./a.img, depends_on: [db]}\n  db: {image: ./a.img, depends_on: [cache]}\n  cache: {image: ./a.img}\n  other: {image: ./a.img}\n",
         )
-        .unwrap()
     }
 
     fn names(vms: Vec<&Vm>) -> Vec<&str> {

@@ -237,11 +237,7 @@ pub fn plan(vm: &Vm, facts: &PlanFacts) -> Result<MountPlan, PlanError> {
                         reason: "was not checked before planning".to_string(),
                     })?;
                 let security_model = security_model.map_or(
-                    if facts.host_is_root {
-                        SecurityModel::Passthrough
-                    } else {
-                        SecurityModel::None
-                    },
+                    default_security_model(facts.host_is_root),
                     SecurityModel::from,
                 );
                 // A copy is read-only whatever the compose file says.
@@ -329,11 +325,7 @@ fn hosts_share(out: &mut MountPlan, dir: &Path, host_is_root: bool) {
         id: "fshosts".to_string(),
         path: dir.to_path_buf(),
         tag: tag.clone(),
-        security_model: if host_is_root {
-            SecurityModel::Passthrough
-        } else {
-            SecurityModel::None
-        },
+        security_model: default_security_model(host_is_root),
         read_only: true,
     });
     out.guest.push(GuestMount {
@@ -352,6 +344,16 @@ fn hosts_share(out: &mut MountPlan, dir: &Path, host_is_root: bool) {
         pass: 0,
         target_kind: TargetKind::File,
     });
+}
+
+/// The 9p security model of a share whose mount does not name one: QEMU as root can keep the
+/// guest's owners (`passthrough`); as an ordinary user it cannot, so `none`.
+fn default_security_model(host_is_root: bool) -> SecurityModel {
+    if host_is_root {
+        SecurityModel::Passthrough
+    } else {
+        SecurityModel::None
+    }
 }
 
 /// The 9p mount options: the defaults, the user's (same key replaces a default), `ro` for a
@@ -389,21 +391,9 @@ fn drive_serial(volume: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compose::{self, LoadOptions, Project};
+    use crate::compose::{self, LoadOptions};
 
-    fn project(yaml: &str) -> Project {
-        let opts = LoadOptions {
-            project_name: Some("t"),
-            env: &BTreeMap::new(),
-        };
-        compose::parse_str(
-            yaml,
-            Path::new("/p/qemu-compose.yaml"),
-            Path::new("/p"),
-            &opts,
-        )
-        .unwrap()
-    }
+    use crate::compose::test_project as project;
 
     const MIXED: &str = r#"
 volumes:

@@ -353,12 +353,9 @@ fn addresses(
         macs.insert(mac.clone());
         vms.insert(vm, Attachment { address, mac });
     }
-    let Subnet::Cidr { address, prefix } = subnet else {
-        unreachable!("a Cidr's subnet is fixed")
-    };
     Ok(NetworkRecord {
-        address,
-        prefix,
+        address: Ipv4Addr::from(cidr.address),
+        prefix: cidr.prefix,
         vms,
     })
 }
@@ -511,7 +508,11 @@ pub fn update(
         atomic::create_private_dir(&paths.private_dir, 0o700)?;
         atomic::create_private_dir(&paths.hosts, 0o755)?;
         let text = hosts_file(project, &registry, vm);
-        atomic::write_atomic(&paths.hosts.join("hosts"), text.as_bytes(), 0o644)?;
+        let file = paths.hosts.join("hosts");
+        // Written (and synced) only when it changes: most `up`s change no address.
+        if atomic::read_optional(&file)?.as_deref() != Some(text.as_str()) {
+            atomic::write_atomic(&file, text.as_bytes(), 0o644)?;
+        }
     }
     Ok(Networks {
         registry,
@@ -525,15 +526,18 @@ fn switch_lock(state: &StateDir) -> PathBuf {
     state.switch_dir().join("lock")
 }
 
+/// The switch's lock file, for reading and locking only, never through a symbolic link.
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// The running switch of the project, if one holds its lock.
 pub fn switch_status(state: &StateDir) -> Result<Option<SwitchInfo>, StateError> {
     let path = switch_lock(state);
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
-    {
+    let mut file = match open_lock(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StateError::io(&path, e)),
@@ -632,7 +636,7 @@ fn end_switch(state: &StateDir, running: &SwitchInfo) -> Result<(), EngineError>
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let file = File::open(&path).map_err(|e| StateError::io(&path, e))?;
+        let file = open_lock(&path).map_err(|e| StateError::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => return Ok(()),
             Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
@@ -650,18 +654,7 @@ fn end_switch(state: &StateDir, running: &SwitchInfo) -> Result<(), EngineError>
 mod tests {
     use super::*;
 
-    fn project(yaml: &str) -> Project {
-        crate::compose::parse_str(
-            yaml,
-            Path::new("/p/qemu-compose.yaml"),
-            Path::new("/p"),
-            &crate::compose::LoadOptions {
-                project_name: Some("t"),
-                env: &BTreeMap::new(),
-            },
-        )
-        .unwrap()
-    }
+    use crate::compose::test_project as project;
 
     const THREE: &str = "
 vms:

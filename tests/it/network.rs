@@ -36,7 +36,7 @@ impl Project {
         alive(pid).then_some(pid)
     }
 
-    /// The socket of `network`, as QEMU's argv of `vm` names it.
+    /// The socket of the `nth` project-network NIC, as QEMU's argv of `vm` names it.
     fn socket_of(&self, vm: &str, nth: usize) -> PathBuf {
         let argv = self.record(vm)["argv"].clone();
         let stream = argv

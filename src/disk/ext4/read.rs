@@ -1,9 +1,10 @@
 //! Reading an ext4 filesystem, ours or the kernel's, from any [`BlockSource`].
 //!
 //! The device is hostile: every number taken from it is checked before it is used as an
-//! offset, a count or a size; extent trees are walked with a depth limit and a cap on the
-//! extents they may yield (no more than the filesystem has blocks); directories are read
-//! linearly, which also reads hashed (htree) directories, whose index blocks look like empty
+//! offset, a count or a size. The filesystem must fit the device; extent trees are walked with
+//! a depth limit, keys that strictly increase (so no node is read twice and no extent is
+//! empty) and a cap on the extents one file may have ([`MAX_EXTENTS`]); a directory may not be
+//! larger than [`MAX_DIR_SIZE`]. Directories are read linearly, which also reads hashed (htree) directories, whose index blocks look like empty
 //! entries to a linear reader. Nothing is followed: a symbolic link is returned as its target.
 //!
 //! What is read: 1 to 64 KiB blocks, 32- and 64-byte group descriptors, 128-byte and larger
@@ -14,17 +15,16 @@
 use std::io;
 
 use super::Ext4Error;
-use super::inode::Time;
-use super::superblock::{MAGIC, OFFSET};
+use super::inode::{EXTENTS_FL, Time};
+use super::superblock::{
+    INCOMPAT_64BIT, INCOMPAT_EXTENTS, INCOMPAT_FILETYPE, INCOMPAT_FLEX_BG, MAGIC, OFFSET,
+    get16 as le16, get32 as le32,
+};
 use crate::disk::sink::BlockSource;
 
-/// `s_feature_incompat` bits this reader understands.
-const INCOMPAT_FILETYPE: u32 = 0x2;
+/// `s_feature_incompat` bits this reader understands, besides the ones our formatter sets.
 const INCOMPAT_RECOVER: u32 = 0x4;
-const INCOMPAT_EXTENTS: u32 = 0x40;
-const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_MMP: u32 = 0x100;
-const INCOMPAT_FLEX_BG: u32 = 0x200;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 const INCOMPAT_LARGEDIR: u32 = 0x4000;
 const KNOWN_INCOMPAT: u32 = INCOMPAT_FILETYPE
@@ -35,14 +35,19 @@ const KNOWN_INCOMPAT: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_FLEX_BG
     | INCOMPAT_CSUM_SEED
     | INCOMPAT_LARGEDIR;
-/// `i_flags`: the inode maps its blocks with an extent tree.
-const EXTENTS_FL: u32 = 0x80000;
 /// `i_flags`: the inode's data are inline.
 const INLINE_DATA_FL: u32 = 0x1000_0000;
 /// The deepest extent tree the kernel builds is 5 levels below the inode.
 const MAX_DEPTH: u16 = 5;
 /// An extent longer than this is unwritten (reads as zeros); its length is `len - 32768`.
 const UNWRITTEN: u16 = 32768;
+/// The most extents one file may have here: a fully used 16 TiB file needs 131,072 (each
+/// covers at most 128 MiB); a hostile tree cannot make the reader hold more than 32 MiB of
+/// mappings or read more than about twice as many tree blocks.
+pub const MAX_EXTENTS: usize = 1 << 20;
+/// The largest directory read: far above what the kernel makes without `largedir` (a
+/// three-level htree of 4 KiB blocks), and a bound on the entries a hostile one can yield.
+pub const MAX_DIR_SIZE: u64 = 1 << 30;
 
 /// The type of an inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,14 +128,6 @@ fn corrupt(what: impl Into<String>) -> Ext4Error {
     Ext4Error::Corrupt(what.into())
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// A time from its base field (signed seconds) and `*_extra` field (epoch bits, nanoseconds).
 fn decode_time(base: u32, extra: Option<u32>) -> Time {
     let extra = extra.unwrap_or(0);
@@ -200,6 +197,15 @@ impl<D: BlockSource> Filesystem<D> {
         };
         if fs.inodes_per_group == 0 || blocks == 0 || fs.first_data_block >= blocks {
             return Err(corrupt("zero inodes per group or no blocks"));
+        }
+        if blocks
+            .checked_mul(block_size)
+            .is_none_or(|bytes| bytes > fs.dev.size())
+        {
+            return Err(corrupt(format!(
+                "{blocks} blocks of {block_size} bytes do not fit the {}-byte device",
+                fs.dev.size()
+            )));
         }
         Ok(fs)
     }
@@ -328,10 +334,21 @@ impl<D: BlockSource> Filesystem<D> {
         if depth > MAX_DEPTH || expect_depth.is_some_and(|d| d != depth) {
             return Err(bad("wrong depth"));
         }
+        // Only the root (in the inode) may be empty: a node below holds something.
+        if entries == 0 && expect_depth.is_some() {
+            return Err(bad("an empty node below the root"));
+        }
         let bs = self.block_size;
+        let mut previous_key: Option<u64> = None;
         for i in 0..entries {
             let e = &node[12 + 12 * i..24 + 12 * i];
             let logical = u64::from(le32(e, 0));
+            // Keys strictly increase: with non-empty nodes and extents this reads every tree
+            // block at most once per file.
+            if previous_key.is_some_and(|k| k >= logical) {
+                return Err(bad("keys out of order"));
+            }
+            previous_key = Some(logical);
             if depth == 0 {
                 let raw_len = le16(e, 4);
                 let (len, written) = if raw_len > UNWRITTEN {
@@ -339,6 +356,9 @@ impl<D: BlockSource> Filesystem<D> {
                 } else {
                     (raw_len, true)
                 };
+                if len == 0 {
+                    return Err(bad("an empty extent"));
+                }
                 let start = u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8));
                 let len = u64::from(len);
                 if start.checked_add(len).is_none_or(|end| end > self.blocks) {
@@ -350,8 +370,8 @@ impl<D: BlockSource> Filesystem<D> {
                 {
                     return Err(bad("extents overlap or are out of order"));
                 }
-                if out.len() as u64 >= self.blocks {
-                    return Err(bad("more extents than the filesystem has blocks"));
+                if out.len() as u64 >= self.blocks || out.len() >= MAX_EXTENTS {
+                    return Err(bad("more extents than this reader takes"));
                 }
                 out.push(Mapping {
                     file_offset: logical * bs,
@@ -387,6 +407,12 @@ impl<D: BlockSource> Filesystem<D> {
     pub fn read_dir(&self, stat: &Stat) -> Result<Vec<DirEntry>, Ext4Error> {
         if stat.kind != FileType::Dir {
             return Err(corrupt(format!("inode {} is not a directory", stat.ino)));
+        }
+        if stat.size > MAX_DIR_SIZE {
+            return Err(corrupt(format!(
+                "directory inode {} claims {} bytes",
+                stat.ino, stat.size
+            )));
         }
         let bs = self.block_size as usize;
         let mut block = vec![0u8; bs];
@@ -600,5 +626,48 @@ mod tests {
             Err(Ext4Error::NeedsRecovery)
         ));
         assert!(Filesystem::open(vec![0u8; 4096].as_slice()).is_err());
+    }
+
+    #[test]
+    fn refuses_hostile_extent_trees_and_a_device_too_small() {
+        let mut t = Tree::new(meta(0o755));
+        let data: Vec<(u64, u64)> = (0..20).map(|i| (i * 8192, 4096)).collect();
+        let file = Node {
+            meta: meta(0o644),
+            kind: Kind::File {
+                size: 20 * 8192,
+                data,
+            },
+        };
+        t.add(Tree::ROOT, b"f", file).unwrap();
+        let dev = image(&t, &|_| vec![1u8; 20 * 8192]);
+        let (leaf, bs) = {
+            let fs = Filesystem::open(&dev).unwrap();
+            let f = fs.lookup(b"/f").unwrap();
+            assert_eq!(le16(&f.block, 6), 1, "the root indexes one leaf block");
+            let leaf = u64::from(le32(&f.block, 16)) | u64::from(le16(&f.block, 20)) << 32;
+            (leaf, fs.block_size)
+        };
+        let entry = |i: u64| leaf * bs + 12 + 12 * i;
+        for (what, at, bytes) in [
+            ("an empty extent", entry(3) + 4, &0u16.to_le_bytes()[..]),
+            ("keys out of order", entry(3), &0u32.to_le_bytes()[..]),
+            (
+                "an empty node below the root",
+                leaf * bs + 2,
+                &0u16.to_le_bytes()[..],
+            ),
+        ] {
+            let mut bad = dev.clone();
+            bad.write_at(at, bytes).unwrap();
+            let fs = Filesystem::open(&bad).unwrap();
+            let err = fs.mappings(&fs.lookup(b"/f").unwrap()).unwrap_err();
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+        // The superblock says 64 MiB; the device holds 32.
+        let mut half = vec![0u8; 32 << 20];
+        SparseBuffer::read_at(&dev, 0, &mut half);
+        let err = Filesystem::open(half.as_slice()).err().unwrap().to_string();
+        assert!(err.contains("do not fit the 33554432-byte device"), "{err}");
     }
 }

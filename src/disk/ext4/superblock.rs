@@ -96,10 +96,10 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
-fn get16(b: &[u8], at: usize) -> u16 {
+pub(super) fn get16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn get32(b: &[u8], at: usize) -> u32 {
+pub(super) fn get32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 fn lo(v: u64) -> u32 {
