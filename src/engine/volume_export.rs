@@ -49,8 +49,9 @@ pub enum ExportError {
     /// The destination already has this name.
     #[error("{} already exists; export writes new files only, and nothing was overwritten", .0.display())]
     Exists(PathBuf),
-    /// A folder that contains itself.
-    #[error("the folder {0:?} appears twice on one path (a corrupt volume)")]
+    /// A folder reached a second time: it contains itself or has two names, which the kernel
+    /// never makes.
+    #[error("the folder {0:?} is reached a second time (a corrupt volume)")]
     Loop(String),
 }
 
@@ -83,8 +84,7 @@ pub fn export(
     let state = StateDir::new(&project.dir);
     let _guard = super::lifecycle::lock(&state, reporter)?;
     let registry = VolumeRegistry::load(&state.volumes_json())?;
-    let image = state.volume_image(name);
-    state.check_inside(&image)?;
+    let image = volumes::image_path(&state, name)?;
     if !registry.volumes.contains_key(name) && !image.exists() {
         return Err(VolumeError::Unknown(name.to_string()).into());
     }
@@ -110,6 +110,7 @@ pub fn export(
         fs: &fs,
         summary: ImportSummary::default(),
         links: HashMap::new(),
+        folders: HashSet::new(),
         skipped: Vec::new(),
     };
     let base = Path::new(path)
@@ -179,8 +180,17 @@ struct Copier<'f, D> {
     summary: ImportSummary,
     /// Inodes with several names: the first name written (for hard links).
     links: HashMap<u32, Written>,
+    /// Folders written so far: a folder is written once, so a hostile volume whose folders
+    /// share inodes cannot make the export loop or grow exponentially.
+    folders: HashSet<u32>,
     /// Paths of special files left out.
     skipped: Vec<String>,
+}
+
+/// Whether `stat`'s other names are written as links to its first: files and symbolic links.
+/// Special files are left out, so a later name could not link to them; folders never share.
+fn has_hard_links(stat: &Stat) -> bool {
+    matches!(stat.kind, FileType::File | FileType::Symlink) && stat.links > 1
 }
 
 /// Where the first name of a multiply-linked inode went.
@@ -280,21 +290,15 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
         if start.kind != FileType::Dir {
             fs::create_dir_all(dest).map_err(io_err(dest))?;
             let dir = open_dir(rustix::fs::CWD, dest).map_err(io_err(dest))?;
-            return self.write_entry(
-                &Rc::new(dir),
-                dest,
-                base.as_os_str().as_bytes(),
-                start,
-                &mut HashSet::new(),
-            );
+            return self.write_entry(&Rc::new(dir), dest, base.as_os_str().as_bytes(), start);
         }
         let made = !dest.exists();
         fs::create_dir_all(dest).map_err(io_err(dest))?;
         let dir = Rc::new(open_dir(rustix::fs::CWD, dest).map_err(io_err(dest))?);
-        let mut ancestors = HashSet::from([start.ino]);
+        self.folders.insert(start.ino);
         self.count(start);
         for (name, stat) in self.entries(start)? {
-            self.write_entry(&dir, dest, &name, &stat, &mut ancestors)?;
+            self.write_entry(&dir, dest, &name, &stat)?;
         }
         if made {
             set_meta(&dir, start).map_err(io_err(dest))?;
@@ -309,7 +313,6 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
         dir_path: &Path,
         name: &[u8],
         stat: &Stat,
-        ancestors: &mut HashSet<u32>,
     ) -> Result<(), ExportError> {
         let path = dir_path.join(std::ffi::OsStr::from_bytes(name));
         let fail = |source: io::Error| {
@@ -322,7 +325,7 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
                 }
             }
         };
-        if stat.kind != FileType::Dir && stat.links > 1 {
+        if has_hard_links(stat) {
             if let Some(Written::Host(first_dir, first_name)) = self.links.get(&stat.ino) {
                 rustix::fs::linkat(
                     &**first_dir,
@@ -373,19 +376,16 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
                     .map_err(|e| fail(e.into()))?;
             }
             FileType::Dir => {
-                if !ancestors.insert(stat.ino) {
-                    return Err(ExportError::Loop(
-                        String::from_utf8_lossy(name).into_owned(),
-                    ));
+                if !self.folders.insert(stat.ino) {
+                    return Err(ExportError::Loop(path.display().to_string()));
                 }
                 rustix::fs::mkdirat(&**dir, name, Mode::from_raw_mode(0o700))
                     .map_err(|e| fail(e.into()))?;
                 let child = Rc::new(open_dir(&**dir, name).map_err(fail)?);
                 for (child_name, child_stat) in self.entries(stat)? {
-                    self.write_entry(&child, &path, &child_name, &child_stat, ancestors)?;
+                    self.write_entry(&child, &path, &child_name, &child_stat)?;
                 }
                 set_meta(&child, stat).map_err(fail)?;
-                ancestors.remove(&stat.ino);
             }
             FileType::Special => self.skipped.push(path.display().to_string()),
         }
@@ -405,7 +405,7 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
             path: PathBuf::from("the tar archive"),
             source,
         };
-        self.tar_entry(&mut builder, base, start, &mut HashSet::new())?;
+        self.tar_entry(&mut builder, base, start)?;
         builder.finish().map_err(tar_err)?;
         Ok(())
     }
@@ -415,7 +415,6 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
         builder: &mut tar::Builder<&mut dyn Write>,
         path: &Path,
         stat: &Stat,
-        ancestors: &mut HashSet<u32>,
     ) -> Result<(), ExportError> {
         let tar_err = |source| ExportError::Write {
             path: PathBuf::from("the tar archive"),
@@ -427,7 +426,7 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
         header.set_gid(u64::from(stat.gid));
         header.set_mtime(u64::try_from(stat.mtime.secs).unwrap_or(0));
         header.set_size(0);
-        if stat.kind != FileType::Dir && stat.links > 1 {
+        if has_hard_links(stat) {
             if let Some(Written::Tar(first)) = self.links.get(&stat.ino) {
                 header.set_entry_type(tar::EntryType::Link);
                 return builder
@@ -460,7 +459,7 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
                     .map_err(tar_err)?;
             }
             FileType::Dir => {
-                if !ancestors.insert(stat.ino) {
+                if !self.folders.insert(stat.ino) {
                     return Err(ExportError::Loop(path.display().to_string()));
                 }
                 header.set_entry_type(tar::EntryType::Directory);
@@ -469,9 +468,8 @@ impl<D: crate::disk::BlockSource> Copier<'_, D> {
                     .map_err(tar_err)?;
                 for (name, child) in self.entries(stat)? {
                     let child_path = path.join(std::ffi::OsStr::from_bytes(&name));
-                    self.tar_entry(builder, &child_path, &child, ancestors)?;
+                    self.tar_entry(builder, &child_path, &child)?;
                 }
-                ancestors.remove(&stat.ino);
             }
             FileType::Special => self.skipped.push(path.display().to_string()),
         }

@@ -157,6 +157,10 @@ struct Loaded {
     /// By node: the contents of regular files.
     contents: HashMap<NodeId, Content>,
     summary: ImportSummary,
+    /// Bytes of tar members still allowed in memory: the volume's size, so an archive (a
+    /// GNU sparse member declaring a terabyte, say) cannot make the import allocate more
+    /// than the volume could hold.
+    tar_budget: u64,
 }
 
 /// `volume import`: a new volume `name` holding the files of `source`, under `into` (an
@@ -179,7 +183,7 @@ pub fn import(
         volumes::check_not_in_use(&state, name)?;
         return Err(import_error(name, ImportError::Exists(name.to_string())).into());
     }
-    let loaded = load(source, into).map_err(|e| import_error(name, e))?;
+    let loaded = load(source, into, size).map_err(|e| import_error(name, e))?;
     let record = write_new(&state, name, size, &loaded)?;
     registry.volumes.insert(name.to_string(), record);
     registry.save(&state.volumes_json())?;
@@ -199,7 +203,7 @@ pub(super) fn create_filled(
     } else {
         ImportSource::Tar(source.to_path_buf())
     };
-    let loaded = load(&source, None).map_err(|e| import_error(name, e))?;
+    let loaded = load(&source, None, size).map_err(|e| import_error(name, e))?;
     write_new(state, name, size, &loaded)
 }
 
@@ -325,7 +329,8 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
 }
 
 /// Reads `source` into a tree whose files sit under `into`.
-fn load(source: &ImportSource, into: Option<&str>) -> Result<Loaded, ImportError> {
+/// Reads `source` into a tree for a volume of `size` bytes.
+fn load(source: &ImportSource, into: Option<&str>, size: u64) -> Result<Loaded, ImportError> {
     let now = now();
     let folder = Meta {
         perm: 0o755,
@@ -342,6 +347,7 @@ fn load(source: &ImportSource, into: Option<&str>) -> Result<Loaded, ImportError
             dirs: 1,
             ..ImportSummary::default()
         },
+        tar_budget: size,
     };
     let base = match into {
         None => Tree::ROOT,
@@ -642,7 +648,17 @@ impl Loaded {
                 }
                 T::Regular | T::Continuous | T::GNUSparse => {
                     let mut bytes = Vec::new();
-                    entry.read_to_end(&mut bytes).map_err(ImportError::Tar)?;
+                    (&mut entry)
+                        .take(self.tar_budget.saturating_add(1))
+                        .read_to_end(&mut bytes)
+                        .map_err(ImportError::Tar)?;
+                    self.tar_budget = self
+                        .tar_budget
+                        .checked_sub(bytes.len() as u64)
+                        .ok_or_else(|| ImportError::BadEntry {
+                            entry: shown.clone(),
+                            what: "the archive's files hold more bytes than the volume's size; nothing was imported".to_string(),
+                        })?;
                     let id = self.add(
                         parent,
                         name,

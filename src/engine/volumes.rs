@@ -179,6 +179,18 @@ fn valid_name(name: &str) -> bool {
     compose::is_valid_name(name) && name.len() <= compose::MAX_NAME_LEN
 }
 
+/// The image of volume `name`, asked first by every command that opens a volume by a name
+/// from the command line: `name` must be one a volume can have (so `../x` cannot name another
+/// file), and the path must go through no symbolic link.
+pub(super) fn image_path(state: &StateDir, name: &str) -> Result<PathBuf, VolumeError> {
+    if !valid_name(name) {
+        return Err(VolumeError::BadName(name.to_string()));
+    }
+    let image = state.volume_image(name);
+    state.check_inside(&image)?;
+    Ok(image)
+}
+
 /// The ext4 label of a volume: its name, cut to the 16 bytes ext4 allows (names are ASCII).
 pub fn label_for(name: &str) -> String {
     name.chars().take(ext4::MAX_LABEL).collect()
@@ -461,12 +473,8 @@ pub fn remove(
     registry: &mut VolumeRegistry,
     name: &str,
 ) -> Result<(), VolumeError> {
-    if !valid_name(name) {
-        return Err(VolumeError::BadName(name.to_string()));
-    }
+    let image = image_path(state, name)?;
     let dir = state.volume_dir(name);
-    let image = state.volume_image(name);
-    state.check_inside(&image)?;
     let _held_until_removed = match lock_image(&image)? {
         ImageLock::Held => {
             return Err(VolumeError::InUse {
@@ -633,7 +641,7 @@ pub struct VolumeInspection {
 pub fn inspect(project: &Project, name: &str) -> Result<VolumeInspection, EngineError> {
     let state = StateDir::new(&project.dir);
     let registry = VolumeRegistry::load(&state.volumes_json())?;
-    let image = state.volume_image(name);
+    let image = image_path(&state, name)?;
     let record = registry.volumes.get(name);
     if record.is_none() && !image.exists() {
         if project.volumes.iter().any(|v| v.name == name) {

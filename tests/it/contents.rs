@@ -388,6 +388,19 @@ fn raw_tar(name: &[u8]) -> Vec<u8> {
 }
 
 /// The volume folder and the registry entry are absent.
+/// A GNU tar archive at `path` holding one file `name` with `data`.
+fn tar_with(path: &Path, name: &str, data: &[u8]) {
+    let mut builder = tar::Builder::new(File::create(path).unwrap());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    builder.append_data(&mut header, name, data).unwrap();
+    builder.finish().unwrap();
+}
+
 fn assert_nothing_made(p: &Project, volume: &str) {
     assert!(!p.join(format!(".qemu-compose/volumes/{volume}")).exists());
     let registry = fs::read_to_string(p.join(".qemu-compose/volumes.json")).unwrap_or_default();
@@ -430,18 +443,7 @@ fn refusals_name_the_problem_and_change_nothing() {
 
     // A name longer than ext4 holds (a GNU long-name member).
     let long = work.path().join("long.tar");
-    let mut builder = tar::Builder::new(File::create(&long).unwrap());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(0);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    builder
-        .append_data(&mut header, "d/".to_string() + &"x".repeat(256), &[][..])
-        .unwrap();
-    builder.finish().unwrap();
-    drop(builder);
+    tar_with(&long, &("d/".to_string() + &"x".repeat(256)), &[]);
     let err = p.fails(&["volume", "import", "v", s(&long), "--size", "16M"]);
     assert!(
         err.contains("256 bytes long; ext4 names are at most 255"),
@@ -463,6 +465,17 @@ fn refusals_name_the_problem_and_change_nothing() {
     fs::write(big.join("f"), pattern(1, 12 << 20)).unwrap();
     let err = p.fails(&["volume", "import", "v", s(&big), "--size", "8M"]);
     assert!(err.contains("volume v: not enough space"), "{err}");
+    assert_nothing_made(&p, "v");
+
+    // A tar member larger than the volume is refused while it is read, not after it was held
+    // in memory whole.
+    let member = work.path().join("member");
+    tar_with(&member, "f", &pattern(2, 12 << 20));
+    let err = p.fails(&["volume", "import", "v", s(&member), "--size", "8M"]);
+    assert!(
+        err.contains("the archive's files hold more bytes than the volume's size"),
+        "{err}"
+    );
     assert_nothing_made(&p, "v");
 
     // --into must be absolute and normalised.
@@ -793,6 +806,45 @@ fn export_never_writes_through_a_symbolic_link() {
     let err = p.fails(&["volume", "export", "plain", s(&dest)]);
     assert!(err.contains("dest/dir already exists"), "{err}");
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn export_writes_each_folder_once_and_skips_every_name_of_a_special_file() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let hostile = |name: &str, script: &str| {
+        let raw = work.path().join(format!("{name}.raw"));
+        File::create(&raw).unwrap().set_len(64 << 20).unwrap();
+        tool_ok("mkfs.ext4", &["-q", "-F", s(&raw)]);
+        let file = work.path().join(format!("{name}.debugfs"));
+        fs::write(&file, script).unwrap();
+        tool_ok("debugfs", &["-w", "-f", s(&file), s(&raw)]);
+        install_raw(&p, &raw, name);
+    };
+    // A folder with a second name (debugfs links folders; the kernel never does): written
+    // once, then refused, to a folder and to a tar archive alike.
+    hostile("twice", "mkdir a\nmkdir a/x\nmkdir b\nln a b/a-again\n");
+    let err = p.fails(&["volume", "export", "twice", s(&work.path().join("out"))]);
+    assert!(
+        err.contains("b/a-again\" is reached a second time (a corrupt volume)"),
+        "{err}"
+    );
+    let err = p.fails(&["volume", "export", "twice", "-"]);
+    assert!(err.contains("is reached a second time"), "{err}");
+
+    // A FIFO with two names: both are left out, the rest is exported.
+    hostile(
+        "fifo",
+        "mknod pipe p\nln pipe pipe-again\nsif pipe links_count 2\nwrite /etc/hostname kept\n",
+    );
+    let out = work.path().join("fifo-out");
+    let said = p.ok(&["volume", "export", "fifo", s(&out)]).stderr;
+    assert!(
+        said.contains("pipe") && said.contains("pipe-again"),
+        "{said}"
+    );
+    assert!(out.join("kept").is_file());
+    assert!(!out.join("pipe").exists() && !out.join("pipe-again").exists());
 }
 
 #[test]

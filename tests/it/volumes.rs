@@ -244,11 +244,20 @@ fn hostile_names_and_paths_are_refused() {
         "-dash",
         "",
     ] {
-        let out = p.run(&["volume", "create", "--", name]);
-        assert_eq!(out.status.code(), Some(2), "{name:?} was accepted");
-        let stderr = text(&out.stderr);
-        assert!(stderr.contains("invalid volume name"), "{name:?}: {stderr}");
+        // Every command that takes a volume name, reading ones included: `../x` would
+        // otherwise name ../x/volume.qcow2 outside the volumes folder.
+        for args in [
+            &["volume", "create", "--", name][..],
+            &["volume", "inspect", "--", name],
+            &["volume", "export", "--", name, "out"],
+        ] {
+            let out = p.run(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+            let stderr = text(&out.stderr);
+            assert!(stderr.contains("invalid volume name"), "{args:?}: {stderr}");
+        }
     }
+    assert!(!p.join("out").exists());
     assert!(!p.join("x").exists() && !p.join(".qemu-compose/vms/x").exists());
 
     // A planted symlink in place of a volume folder must not be followed.
