@@ -39,7 +39,7 @@ fn merge_vm_key(key: &str, base: Node, over: Node) -> Node {
 
 /// Two mappings merged key by key (`merge_key` decides for keys both have; the base's order
 /// first, then the new keys); an override that is not a mapping replaces the base, except
-/// `null` (`db:` with nothing under it), which changes nothing.
+/// `null` (`db:` with nothing under it), which changes nothing at any depth.
 fn merge_entries(base: Node, over: Node, merge_key: impl Fn(&str, Node, Node) -> Node) -> Node {
     match (base.value, over.value) {
         (Value::Map(mut entries), Value::Map(over_entries)) => {
@@ -58,16 +58,13 @@ fn merge_entries(base: Node, over: Node, merge_key: impl Fn(&str, Node, Node) ->
                 ..base
             }
         }
-        (value @ Value::Map(_), Value::Null) => Node { value, ..base },
+        (value, Value::Null) => Node { value, ..base },
         (_, value) => Node { value, ..over },
     }
 }
 
 /// Mappings merge by key all the way down; anything else is replaced.
 fn merge_plain(base: Node, over: Node) -> Node {
-    if matches!(over.value, Value::Null) {
-        return over;
-    }
     merge_entries(base, over, |_, b, o| merge_plain(b, o))
 }
 
@@ -283,6 +280,15 @@ mod tests {
             "vms:\n  db:\n",
         );
         assert_eq!(show(&m), "{vms: {db: {image: x, environment: [A=1]}}}");
+        // Below the VMs too: a volume or a health check left empty keeps what the base says.
+        let m = merged(
+            "volumes: {data: {size: 2G}}\nvms:\n  db: {image: x, healthcheck: {test: [NONE]}}\n",
+            "volumes: {data: }\nvms:\n  db: {healthcheck: }\n",
+        );
+        assert_eq!(
+            show(&m),
+            "{volumes: {data: {size: 2G}}, vms: {db: {image: x, healthcheck: {test: [NONE]}}}}"
+        );
         let m = merged(
             "vms:\n  db: {image: x, environment: [A=1, broken]}\n",
             "vms:\n  db: {environment: {B: 2}}\n",

@@ -1,6 +1,9 @@
 //! The model written back as a compose file (`config`): every default filled in, sizes and
 //! paths as the validator resolved them (paths absolute), in a form that loads back to the
 //! same model, so `config` output can be given to `-f` (docs/compose.md, "config").
+//!
+//! Every string the user wrote is interpolated again when the output is loaded, so each `$`
+//! in one is written `$$` ([`text`]); otherwise `$$HOME` would come back as the host's home.
 
 use std::collections::BTreeMap;
 
@@ -41,10 +44,7 @@ pub fn compose_file(project: &Project) -> ComposeFile<'_> {
                 .map(|v| {
                     let entry = VolumeEntry {
                         size: format_size(v.size_bytes),
-                        init_from: v
-                            .init_from
-                            .as_ref()
-                            .map(|p| p.to_string_lossy().into_owned()),
+                        init_from: v.init_from.as_deref().map(path_text),
                     };
                     (v.name.clone(), entry)
                 })
@@ -121,15 +121,15 @@ struct VmEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     initrd: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cmdline: Option<&'a str>,
+    cmdline: Option<String>,
     #[serde(skip_serializing_if = "Dependencies::is_empty")]
     depends_on: Dependencies<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     healthcheck: Option<Healthcheck>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    environment: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    provision: &'a [String],
+    environment: BTreeMap<&'a str, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    provision: Vec<String>,
     #[serde(skip_serializing_if = "VmNetworks::is_empty")]
     networks: VmNetworks<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -240,9 +240,9 @@ fn healthcheck(check: &HealthCheck) -> Healthcheck {
     Healthcheck {
         test: match &check.test {
             HealthTest::Cmd(words) => std::iter::once("CMD".to_owned())
-                .chain(words.iter().cloned())
+                .chain(words.iter().map(|w| text(w)))
                 .collect(),
-            HealthTest::CmdShell(line) => vec!["CMD-SHELL".to_owned(), line.clone()],
+            HealthTest::CmdShell(line) => vec!["CMD-SHELL".to_owned(), text(line)],
         },
         interval: duration(check.interval_ms),
         timeout: duration(check.timeout_ms),
@@ -292,12 +292,20 @@ struct BindMount {
     security_model: Option<&'static str>,
 }
 
+/// A string as the file must spell it to load back as `s`: `$` doubled.
+fn text(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
+fn path_text(p: &std::path::Path) -> String {
+    text(&p.to_string_lossy())
+}
+
 fn vm_entry(vm: &Vm) -> VmEntry<'_> {
-    let path = |p: &std::path::Path| p.display().to_string();
     VmEntry {
         image: match &vm.image {
-            ImageSource::Url(url) => url.clone(),
-            ImageSource::Path(p) => path(p),
+            ImageSource::Url(url) => text(url),
+            ImageSource::Path(p) => path_text(p),
         },
         image_checksum: vm.image_checksum.as_deref(),
         cpu: vm.cpu,
@@ -314,13 +322,17 @@ fn vm_entry(vm: &Vm) -> VmEntry<'_> {
             super::Accel::Tcg => "tcg",
         },
         stop_grace_period: vm.stop_grace_period_secs.map(|s| format!("{s}s")),
-        kernel: vm.kernel.as_deref().map(path),
-        initrd: vm.initrd.as_deref().map(path),
-        cmdline: vm.cmdline.as_deref(),
+        kernel: vm.kernel.as_deref().map(path_text),
+        initrd: vm.initrd.as_deref().map(path_text),
+        cmdline: vm.cmdline.as_deref().map(text),
         depends_on: dependencies(vm),
         healthcheck: vm.healthcheck.as_ref().map(healthcheck),
-        environment: &vm.environment,
-        provision: &vm.provision,
+        environment: vm
+            .environment
+            .iter()
+            .map(|(k, v)| (k.as_str(), text(v)))
+            .collect(),
+        provision: vm.provision.iter().map(|c| text(c)).collect(),
         networks: vm_networks(vm),
         volumes: vm.volumes.iter().map(mount).collect(),
         profiles: &vm.profiles,
@@ -344,7 +356,7 @@ fn port_spec(p: &PortForward) -> String {
 
 fn mount(m: &VolumeMount) -> Mount {
     match &m.kind {
-        MountKind::Named { .. } => Mount::Short(m.to_string()),
+        MountKind::Named { .. } => Mount::Short(text(&m.to_string())),
         MountKind::Bind {
             source,
             automount,
@@ -352,16 +364,18 @@ fn mount(m: &VolumeMount) -> Mount {
             security_model,
             ..
         } => Mount::Long(BindMount {
-            source: source.display().to_string(),
-            target: m.target.clone(),
+            source: path_text(source),
+            target: text(&m.target),
             read_only: m.read_only,
             automount: *automount,
             mount_options: (!mount_options.is_empty()).then(|| {
-                mount_options
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
+                text(
+                    &mount_options
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
             }),
             security_model: security_model.map(|m| m.as_str()),
         }),

@@ -8,7 +8,6 @@
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -174,17 +173,15 @@ fn run(check: &HealthCheck, login: &ssh::Login) -> HealthResult {
 
 fn run_ssh(check: &HealthCheck, login: &ssh::Login) -> std::io::Result<(i32, String)> {
     let timeout = Duration::from_millis(check.timeout_ms);
-    let command = match &check.test {
-        HealthTest::Cmd(words) => words.clone(),
-        HealthTest::CmdShell(line) => vec![line.clone()],
+    // One line for the remote shell: CMD's words each one argument, as docker runs them;
+    // CMD-SHELL's line as the shell reads it.
+    let line = match &check.test {
+        HealthTest::Cmd(words) => ssh::quoted_line(words),
+        HealthTest::CmdShell(line) => line.clone(),
     };
     // stdout and stderr into one file, in the order they come, without a pipe to drain.
     let mut out = tempfile::tempfile()?;
-    let mut child = Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o"])
-        .arg(format!("ConnectTimeout={}", timeout.as_secs().max(1)))
-        .args(ssh::args(login, &[], &command))
-        .stdin(Stdio::null())
+    let mut child = ssh::batch_command(login, timeout, &[line])
         .stdout(out.try_clone()?)
         .stderr(out.try_clone()?)
         .spawn()?;

@@ -131,13 +131,7 @@ pub fn args(login: &Login, options: &[String], command: &[String]) -> Vec<String
         args.push("--".to_string());
         match command {
             [one] => args.push(one.clone()),
-            words => args.push(
-                words
-                    .iter()
-                    .map(|w| shell_quote(w))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
+            words => args.push(quoted_line(words)),
         }
     }
     args
@@ -180,23 +174,33 @@ const BOOT_FINISHED: &str = "/var/lib/cloud/instance/boot-finished";
 /// Whether an SSH login with the project key succeeds within `timeout`, to a guest that shows
 /// the pinned host key, and finds cloud-init finished.
 pub fn probe(login: &Login, timeout: Duration) -> bool {
-    let secs = timeout.as_secs().max(1).to_string();
+    let command = ["test", "-e", BOOT_FINISHED].map(String::from);
+    batch_command(login, timeout, &command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `ssh` running `command` in the VM (as [`args`] does) without a terminal or a password
+/// prompt, giving up on connecting after `timeout`: how qemu-compose runs commands of its own.
+pub fn batch_command(login: &Login, timeout: Duration, command: &[String]) -> Command {
     let mut cmd = Command::new("ssh");
     cmd.args(["-o", "BatchMode=yes", "-o"])
-        .arg(format!("ConnectTimeout={secs}"))
-        .args(args(
-            login,
-            &[],
-            &[
-                "test".to_string(),
-                "-e".to_string(),
-                BOOT_FINISHED.to_string(),
-            ],
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd.status().is_ok_and(|s| s.success())
+        .arg(format!("ConnectTimeout={}", timeout.as_secs().max(1)))
+        .args(args(login, &[], command))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `words` as one line for the remote shell that runs each as one argument, even a single
+/// one (`["/opt/my check"]` runs that program, not `/opt/my` with an argument).
+pub fn quoted_line(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

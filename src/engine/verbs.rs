@@ -26,19 +26,7 @@ pub fn start(
     reporter: &dyn Reporter,
     progress: &mut dyn Progress,
 ) -> Result<(), EngineError> {
-    let ws = Workspace::new(project, host);
-    let never: Vec<&str> = lifecycle::select(project, vms, true)?
-        .into_iter()
-        .filter(|vm| !ws.is_created(&vm.name))
-        .map(|vm| vm.name.as_str())
-        .collect();
-    if !never.is_empty() {
-        return Err(EngineError::Refused(format!(
-            "VM {} was never created (or was destroyed); `qemu-compose up {}` creates and starts it",
-            never.join(", "),
-            never.join(" ")
-        )));
-    }
+    refuse_never_created(project, host, vms)?;
     let opts = UpOptions {
         vms: vms.to_vec(),
         ..UpOptions::default()
@@ -54,19 +42,33 @@ pub fn restart(
     reporter: &dyn Reporter,
     progress: &mut dyn Progress,
 ) -> Result<(), EngineError> {
-    // Refuse a VM never created before stopping anything.
-    let ws = Workspace::new(project, host);
-    if let Some(vm) = lifecycle::select(project, &opts.vms, false)?
-        .into_iter()
-        .find(|vm| !ws.is_created(&vm.name))
-    {
-        return Err(EngineError::Refused(format!(
-            "VM {} was never created (or was destroyed); `qemu-compose up {}` creates and starts it",
-            vm.name, vm.name
-        )));
-    }
+    // Everything `start` will refuse, refused before anything stops.
+    refuse_never_created(project, host, &opts.vms)?;
     lifecycle::stop(project, host, opts, reporter)?;
     start(project, host, &opts.vms, reporter, progress)
+}
+
+/// Refuses `vms` (and the VMs they depend on, which `start` starts too) when one of them was
+/// never created.
+fn refuse_never_created(
+    project: &Project,
+    host: &HostEnv,
+    vms: &[String],
+) -> Result<(), EngineError> {
+    let ws = Workspace::new(project, host);
+    let never: Vec<&str> = lifecycle::select(project, vms, true)?
+        .into_iter()
+        .filter(|vm| !ws.is_created(&vm.name))
+        .map(|vm| vm.name.as_str())
+        .collect();
+    if never.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Refused(format!(
+        "VM {} was never created (or was destroyed); `qemu-compose up {}` creates and starts it",
+        never.join(", "),
+        never.join(" ")
+    )))
 }
 
 /// Freezes (`pause`) or thaws (`unpause`) the guests of running VMs through QMP `stop` and

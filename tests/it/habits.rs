@@ -93,6 +93,30 @@ fn config_output_loads_back_to_the_same_output() {
         std::fs::write(p.join("printed.yaml"), &first).unwrap();
         assert_eq!(p.ok(&config_of("printed.yaml")).stdout, first, "{args:?}");
     }
+    // A `$` the user wrote (as `$$`) stays a `$`: the printed file doubles it again, so
+    // loading it back does not put the host's $HOME into the guest.
+    let dollars = Project::new(
+        "vms:\n  a:\n    image: ./x.img\n    environment: {HOME_LITERAL: \"$$HOME\"}\n    provision: [\"echo $$PATH\"]\n    healthcheck: {test: [CMD-SHELL, \"echo $$USER\"]}\n",
+    );
+    let first = dollars.ok(&["config"]).stdout;
+    assert!(
+        first.contains("$$HOME") && first.contains("echo $$USER"),
+        "{first}"
+    );
+    std::fs::write(dollars.join("printed.yaml"), &first).unwrap();
+    assert_eq!(dollars.ok(&["-f", "printed.yaml", "config"]).stdout, first);
+    let model = dollars.json(&[
+        "-f",
+        "printed.yaml",
+        "config",
+        "--model",
+        "--format",
+        "json",
+    ]);
+    let vm = &model["vms"][0];
+    assert_eq!(vm["environment"]["HOME_LITERAL"], "$HOME", "{model}");
+    assert_eq!(vm["provision"][0], "echo $PATH", "{model}");
+
     // Every example of the design loads back the same way.
     for name in [
         "design-example",
@@ -261,6 +285,13 @@ fn start_pause_unpause_restart_and_down_with_a_real_qemu() {
     assert_eq!(p.pid("web"), Some(web_pid));
     assert_eq!(statuses(&p), ["db=starting", "web=starting"]);
 
+    // restart of a VM whose dependency was destroyed: refused before web stops.
+    p.ok(&["destroy", "--force", "db"]);
+    let refused = p.fails(&["restart", "web"]);
+    assert!(refused.contains("VM db was never created"), "{refused}");
+    assert_eq!(p.pid("web"), Some(web_pid));
+    p.ok(&["up", "--no-start", "db"]);
+
     // down is destroy: -v also removes the declared volumes.
     let said = p.ok(&["down", "-v"]).stderr;
     assert!(
@@ -269,7 +300,7 @@ fn start_pause_unpause_restart_and_down_with_a_real_qemu() {
     );
     assert_eq!(statuses(&p), ["db=not-created", "web=not-created"]);
     assert!(!p.join(".qemu-compose/volumes/data").exists());
-    assert!(!crate::harness::alive(new_db) && !crate::harness::alive(web_pid));
+    assert!(!crate::harness::alive(web_pid));
     assert_eq!(
         p.fails(&["pause"]),
         "error: no VM of the project is running\n"
@@ -623,4 +654,51 @@ fn config_writes_network_settings_and_conditions_in_the_long_form() {
         with_stdin(&p, p.path(), &["-f", "-", "config"], &first),
         first
     );
+}
+
+#[test]
+fn a_cmd_check_runs_its_words_as_arguments_not_as_shell_text() {
+    let _one = crate::harness::one_qemu_at_a_time();
+    let p = Project::empty();
+    crate::harness::qemu_img_create(&p.join("base.qcow2"), "64M");
+    // One word with a space and a `;`: docker runs it as one program; a shell reading it as
+    // text would run `…/my` and then `check`.
+    let program = p.join("my check;x");
+    std::fs::write(&program, "#!/bin/sh\necho checked \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    p.write_compose(&format!(
+        "vms:\n  db:\n    image: ./base.qcow2\n    memory: 128\n    stop_grace_period: 1s\n    healthcheck:\n      test: [CMD, {:?}, 'a b']\n      interval: 1s\n",
+        program.display().to_string()
+    ));
+    let path = stub_ssh(&p);
+    let out = p
+        .command(&["up", "--wait", "--wait-timeout", "30"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = p
+        .command(&["ps", "--format", "json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = ps[0]["health"]["log"].as_array().unwrap();
+    assert_eq!(log.last().unwrap()["output"], "checked a b\n", "{ps}");
+    // The single-word form too.
+    p.write_compose(&format!(
+        "vms:\n  db:\n    image: ./base.qcow2\n    memory: 128\n    stop_grace_period: 1s\n    healthcheck:\n      test: [CMD, {:?}]\n      interval: 1s\n",
+        program.display().to_string()
+    ));
+    let out = p
+        .command(&["up", "--wait", "--wait-timeout", "30", "--force-recreate"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    p.ok(&["down", "-t", "1"]);
 }
