@@ -1,13 +1,14 @@
 //! `cp SRC DEST`: files out of a named volume, or out of a stopped VM's named volume by the
-//! path the VM mounts it at, into a host folder or a tar archive on standard output.
+//! path the VM mounts it at, into a host folder or a tar archive (a `.tar` file, or `-` for
+//! standard output), as `volume export` writes them.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use qemu_compose::engine::volume_export::{self, ExportTarget};
+use qemu_compose::engine::volume_export;
 
 use super::output::note;
-use super::{CpArgs, GlobalArgs, StderrReporter, UsageError, output, project};
+use super::{CpArgs, GlobalArgs, UsageError, output, project};
 
 /// One side of `cp`.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,34 +58,10 @@ pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
     };
-    let from = (path != "/").then_some(path.as_str());
-    let summary = if args.dest == "-" {
-        let mut out = output::stdout();
-        volume_export::export(
-            &project,
-            &volume,
-            from,
-            ExportTarget::Tar(&mut out),
-            &StderrReporter,
-        )?
-    } else {
-        let dest = Path::new(&args.dest);
-        volume_export::export(
-            &project,
-            &volume,
-            from,
-            ExportTarget::Dir(dest),
-            &StderrReporter,
-        )?
-    };
+    let summary = super::volume::export_to(&project, &volume, Path::new(&args.dest), &path)?;
     note!(
         "copied {} from volume {volume}",
-        output::tree_counts(
-            summary.files,
-            summary.data_bytes,
-            summary.dirs,
-            summary.symlinks
-        )
+        output::tree_counts(&summary)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@
 
 use std::io::{self, Write};
 
+use qemu_compose::engine::volume_io::ImportSummary;
 use serde::Serialize;
 
 /// Standard output whose write errors are marked as [`StdoutError`].
@@ -71,14 +72,14 @@ pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> comfy_table::Tabl
 }
 
 /// "2 files (1.05 MiB), 1 folder, 0 symbolic links": what an import or export carried.
-pub fn tree_counts(files: u64, bytes: u64, folders: u64, links: u64) -> String {
+pub fn tree_counts(s: &ImportSummary) -> String {
     let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     format!(
         "{} ({}), {}, {}",
-        count(files, "file", "files"),
-        indicatif::HumanBytes(bytes),
-        count(folders, "folder", "folders"),
-        count(links, "symbolic link", "symbolic links")
+        count(s.files, "file", "files"),
+        indicatif::HumanBytes(s.data_bytes),
+        count(s.dirs, "folder", "folders"),
+        count(s.symlinks, "symbolic link", "symbolic links")
     )
 }
 

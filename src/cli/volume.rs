@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use indicatif::HumanBytes;
 use qemu_compose::compose::{self, Project};
 use qemu_compose::engine::volume_export::{self, ExportTarget};
-use qemu_compose::engine::volume_io::{self, ImportSource};
+use qemu_compose::engine::volume_io::{self, ImportSource, ImportSummary};
 use qemu_compose::engine::{Reporter, volumes};
 
 use super::output::note;
@@ -178,60 +178,47 @@ fn import(
     let source = ImportSource::from_arg(source);
     let into = (into != "/").then_some(into);
     let s = volume_io::import(project, name, &source, into, size, &StderrReporter)?;
-    note!(
-        "volume {name}: imported {}",
-        output::tree_counts(s.files, s.data_bytes, s.dirs, s.symlinks)
-    );
+    note!("volume {name}: imported {}", output::tree_counts(&s));
     writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn export(project: &Project, name: &str, dest: &Path, from: &str) -> anyhow::Result<ExitCode> {
+    let summary = export_to(project, name, dest, from)?;
+    note!("volume {name}: exported {}", output::tree_counts(&summary));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The files of volume `name` below `from` into `dest`: a tar archive on standard output
+/// (`-`), a new `.tar` file (removed again if the export fails), or a folder. `cp` copies out
+/// of a volume the same way.
+pub(super) fn export_to(
+    project: &Project,
+    name: &str,
+    dest: &Path,
+    from: &str,
+) -> anyhow::Result<ImportSummary> {
     let from = (from != "/").then_some(from);
-    let summary = if dest == Path::new("-") {
-        let mut out = output::stdout();
-        volume_export::export(
-            project,
-            name,
-            from,
-            ExportTarget::Tar(&mut out),
-            &StderrReporter,
-        )?
-    } else if dest.extension().is_some_and(|e| e == "tar") {
-        let mut file = std::fs::File::create_new(dest)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dest.display()))?;
-        let summary = volume_export::export(
-            project,
-            name,
-            from,
-            ExportTarget::Tar(&mut file),
-            &StderrReporter,
-        );
-        if summary.is_err() {
+    let export = |target| volume_export::export(project, name, from, target, &StderrReporter);
+    if dest == Path::new("-") {
+        return Ok(export(ExportTarget::Tar(&mut output::stdout()))?);
+    }
+    if dest.extension().is_none_or(|e| e != "tar") {
+        return Ok(export(ExportTarget::Dir(dest))?);
+    }
+    let mut file = std::fs::File::create_new(dest)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dest.display()))?;
+    match export(ExportTarget::Tar(&mut file)) {
+        Ok(summary) => {
+            file.sync_all()?;
+            Ok(summary)
+        }
+        Err(e) => {
             // The archive is ours and incomplete.
             let _ = std::fs::remove_file(dest);
+            Err(e.into())
         }
-        file.sync_all()?;
-        summary?
-    } else {
-        volume_export::export(
-            project,
-            name,
-            from,
-            ExportTarget::Dir(dest),
-            &StderrReporter,
-        )?
-    };
-    note!(
-        "volume {name}: exported {}",
-        output::tree_counts(
-            summary.files,
-            summary.data_bytes,
-            summary.dirs,
-            summary.symlinks
-        )
-    );
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn rm(
