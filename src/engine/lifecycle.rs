@@ -377,18 +377,15 @@ pub fn up(
                 known_hosts: &paths.known_hosts,
             };
             let record = InstanceRecord::load(&paths.record)?;
-            while !ssh::probe(&login, Duration::from_secs(5)) {
-                if Instant::now() >= deadline {
-                    return Err(EngineError::vm(
-                        &vm.name,
-                        format!(
-                            "did not answer SSH within {} s; `qemu-compose logs {}` shows its console",
-                            limit.as_secs(),
-                            vm.name
-                        ),
-                    ));
-                }
-                std::thread::sleep(Duration::from_secs(1));
+            if ssh::wait_ready(&login, deadline, || false) != ssh::Wait::Ready {
+                return Err(EngineError::vm(
+                    &vm.name,
+                    format!(
+                        "did not answer SSH within {} s; `qemu-compose logs {}` shows its console",
+                        limit.as_secs(),
+                        vm.name
+                    ),
+                ));
             }
             if let Some(record) = &record {
                 status::mark_ready(&paths, record);

@@ -230,20 +230,15 @@ impl Instance<'_> {
         };
         reporter.info(&format!("waiting for {name} to answer SSH"));
         let deadline = Instant::now() + opts.wait;
-        loop {
-            if interrupted.load(Ordering::Relaxed) {
-                return Ok(RunOutcome::Interrupted);
-            }
-            if ssh::probe(&login, Duration::from_secs(5)) {
-                break;
-            }
-            if Instant::now() >= deadline {
+        match ssh::wait_ready(&login, deadline, || interrupted.load(Ordering::Relaxed)) {
+            ssh::Wait::Ready => super::status::mark_ready(&self.paths, &record),
+            ssh::Wait::GaveUp => return Ok(RunOutcome::Interrupted),
+            ssh::Wait::TimedOut => {
                 return Err(EngineError::vm(
                     name,
                     format!("did not answer SSH within {} s", opts.wait.as_secs()),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(500));
         }
         let status = Command::new("ssh")
             .args(ssh::args(&login, &[], &opts.command))

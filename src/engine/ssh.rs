@@ -182,6 +182,34 @@ pub fn probe(login: &Login, timeout: Duration) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// How [`wait_ready`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The guest answered.
+    Ready,
+    /// The deadline passed first.
+    TimedOut,
+    /// The caller's `give_up` said so.
+    GaveUp,
+}
+
+/// Probes the guest every second until it answers an SSH login, `deadline` passes or
+/// `give_up` returns true (asked before each probe).
+pub fn wait_ready(login: &Login, deadline: Instant, give_up: impl Fn() -> bool) -> Wait {
+    loop {
+        if give_up() {
+            return Wait::GaveUp;
+        }
+        if probe(login, Duration::from_secs(5)) {
+            return Wait::Ready;
+        }
+        if Instant::now() >= deadline {
+            return Wait::TimedOut;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// `ssh` running `command` in the VM (as [`args`] does) without a terminal or a password
 /// prompt, giving up on connecting after `timeout`: how qemu-compose runs commands of its own.
 pub fn batch_command(login: &Login, timeout: Duration, command: &[String]) -> Command {
