@@ -94,8 +94,8 @@ impl Project {
 pub struct VolumeDecl {
     pub name: String,
     pub size_bytes: u64,
-    /// `init_from`: a host folder (resolved against the project folder) whose files fill the
-    /// volume when it is created, and never after.
+    /// `init_from`: a host folder or uncompressed tar archive (resolved against the project
+    /// folder) whose files fill the volume when it is created, and never after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
 }

@@ -8,16 +8,20 @@
 //! [`volumes::create_with`] makes every volume (a temporary file, synced, renamed) and recorded
 //! only once complete.
 //!
-//! Host files are read without following symbolic links below the source folder; symbolic
-//! links are stored as they are. Sockets, FIFOs and device nodes are refused, naming the path.
+//! Host files are read without following symbolic links below the source folder (folders
+//! through their descriptors, files checked to be the ones scanned); symbolic links are
+//! stored as they are. Sockets, FIFOs and device nodes are refused, naming the path.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::compose::Project;
 use crate::disk::SparseBuffer;
@@ -94,8 +98,9 @@ pub enum ImportError {
     /// The filesystem cannot hold the files (space, inodes, a reserved name).
     #[error("{0}")]
     Fit(Ext4Error),
-    /// A file changed while it was copied.
-    #[error("{} changed while it was imported (it is shorter than when it was first read)", .0.display())]
+    /// A file or folder changed while it was imported: shorter than when first read, or
+    /// replaced by another (a symbolic link swapped in, say).
+    #[error("{} changed while it was imported (shorter than when first read, or replaced); nothing was imported", .0.display())]
     Changed(PathBuf),
     /// The volume exists; files go only into new volumes.
     #[error(
@@ -144,8 +149,9 @@ pub struct ImportSummary {
 /// Where a file's contents are read from when the image is written.
 #[derive(Debug)]
 enum Content {
-    /// A host file, opened again (without following symbolic links) when written.
-    Host(PathBuf),
+    /// A host file, opened again (without following symbolic links) when written, and
+    /// refused unless it is still the file the scan saw (device and inode).
+    Host { path: PathBuf, identity: (u64, u64) },
     /// A tar member's bytes.
     Memory(Vec<u8>),
 }
@@ -190,7 +196,8 @@ pub fn import(
     Ok(loaded.summary)
 }
 
-/// A new volume filled from the host folder `source` (the compose file's `init_from`); the
+/// A new volume filled from the host folder or tar archive `source` (the compose file's
+/// `init_from`, an absolute path); the
 /// caller holds the project lock and registers the record.
 pub(super) fn create_filled(
     state: &StateDir,
@@ -198,11 +205,7 @@ pub(super) fn create_filled(
     size: u64,
     source: &Path,
 ) -> Result<VolumeRecord, VolumeError> {
-    let source = if source.is_dir() {
-        ImportSource::Dir(source.to_path_buf())
-    } else {
-        ImportSource::Tar(source.to_path_buf())
-    };
+    let source = ImportSource::from_arg(source);
     let loaded = load(&source, None, size).map_err(|e| import_error(name, e))?;
     write_new(state, name, size, &loaded)
 }
@@ -282,7 +285,9 @@ impl ContentReader<'_> {
                 buf.copy_from_slice(&bytes[from..from + buf.len()]);
                 Ok(())
             }
-            Some(Content::Host(path)) => self.read_host(run.node, path, offset, buf),
+            Some(Content::Host { path, identity }) => {
+                self.read_host(run.node, path, *identity, offset, buf)
+            }
             None => unreachable!("every file with data has contents"),
         };
         result.map_err(|e| {
@@ -296,14 +301,16 @@ impl ContentReader<'_> {
         &mut self,
         node: NodeId,
         path: &Path,
+        identity: (u64, u64),
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), ImportError> {
         if self.open.as_ref().is_none_or(|(n, _)| *n != node) {
-            let file = open_nofollow(path).map_err(|source| ImportError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let file = open_nofollow(path).map_err(|e| read_error(path, e))?;
+            let m = file.metadata().map_err(|e| read_error(path, e))?;
+            if (m.dev(), m.ino()) != identity {
+                return Err(ImportError::Changed(path.to_path_buf()));
+            }
             self.open = Some((node, file));
         }
         let (_, file) = self.open.as_ref().expect("opened above");
@@ -320,11 +327,18 @@ impl ContentReader<'_> {
     }
 }
 
+fn read_error(path: &Path, source: io::Error) -> ImportError {
+    ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Opens a host file for reading, refusing a symbolic link in its place.
 fn open_nofollow(path: &Path) -> io::Result<File> {
     fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
         .open(path)
 }
 
@@ -510,85 +524,122 @@ impl Loaded {
     }
 
     /// A host folder: its own metadata goes to `base`, its contents below it.
+    ///
+    /// Each folder is opened (without following a link) from its parent's descriptor and
+    /// read through that descriptor (`/proc/self/fd/N/…`), and must be the folder the scan
+    /// saw, so a folder swapped for a symbolic link while the import runs (a guest writing
+    /// through a share, say) cannot bring in files from elsewhere on the host.
     fn scan_dir(&mut self, root: &Path, base: NodeId) -> Result<(), ImportError> {
-        let read = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ImportError::Read { path, source }
-        };
-        let meta = fs::metadata(root).map_err(read(root))?;
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| read_error(root, e.into()))?;
+        let meta = File::from(fd.try_clone().map_err(|e| read_error(root, e))?)
+            .metadata()
+            .map_err(|e| read_error(root, e))?;
         self.tree.node_mut(base).meta = host_meta(&meta);
-        let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
-        let mut stack = vec![(root.to_path_buf(), base)];
-        while let Some((dir, node)) = stack.pop() {
-            let mut entries = fs::read_dir(&dir)
-                .map_err(read(&dir))?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<Vec<PathBuf>, io::Error>>()
-                .map_err(read(&dir))?;
-            entries.sort();
-            for path in entries {
-                let name = path.file_name().expect("a read_dir entry").as_bytes();
-                let m = fs::symlink_metadata(&path).map_err(read(&path))?;
-                let ft = m.file_type();
-                let key = (m.dev(), m.ino());
-                if !ft.is_dir()
-                    && m.nlink() > 1
-                    && let Some(&id) = links.get(&key)
-                {
-                    self.tree
-                        .link(node, name, id)
-                        .map_err(|error| ImportError::Name {
-                            path: path.clone(),
-                            error,
-                        })?;
-                    continue;
-                }
-                let kind = if ft.is_dir() {
-                    Kind::Dir(Default::default())
-                } else if ft.is_file() {
-                    // Only a file with fewer blocks than its size can have holes.
-                    let data = if m.blocks() * 512 >= m.len() {
-                        vec![(0, m.len())]
-                    } else {
-                        let file = open_nofollow(&path).map_err(read(&path))?;
-                        host_data_ranges(&file, m.len()).map_err(read(&path))?
-                    };
-                    Kind::File {
-                        size: m.len(),
-                        data,
-                    }
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&path).map_err(read(&path))?;
-                    Kind::Symlink(target.as_os_str().as_bytes().to_vec())
+        let mut links = HashMap::new();
+        self.scan_folder(root, &fd, base, &mut links)?;
+        self.drop_empty_lost_found(base);
+        Ok(())
+    }
+
+    /// The entries of the open folder `dir` (shown as `path`) below `node`, folders first
+    /// opened and checked, then scanned depth first (one descriptor per level).
+    fn scan_folder(
+        &mut self,
+        path: &Path,
+        dir: &OwnedFd,
+        node: NodeId,
+        links: &mut HashMap<(u64, u64), NodeId>,
+    ) -> Result<(), ImportError> {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let mut names = fs::read_dir(&via)
+            .map_err(|e| read_error(path, e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, io::Error>>()
+            .map_err(|e| read_error(path, e))?;
+        names.sort();
+        for name in names {
+            let shown = path.join(&name);
+            let at = via.join(&name);
+            let name = name.as_bytes();
+            let m = fs::symlink_metadata(&at).map_err(|e| read_error(&shown, e))?;
+            let ft = m.file_type();
+            let key = (m.dev(), m.ino());
+            if !ft.is_dir()
+                && m.nlink() > 1
+                && let Some(&id) = links.get(&key)
+            {
+                self.tree
+                    .link(node, name, id)
+                    .map_err(|error| ImportError::Name {
+                        path: shown.clone(),
+                        error,
+                    })?;
+                continue;
+            }
+            let kind = if ft.is_dir() {
+                Kind::Dir(Default::default())
+            } else if ft.is_file() {
+                // Only a file with fewer blocks than its size can have holes.
+                let data = if m.blocks() * 512 >= m.len() {
+                    vec![(0, m.len())]
                 } else {
-                    return Err(ImportError::Unsupported {
-                        path,
-                        kind: unsupported_kind(&ft),
-                    });
+                    let file = open_nofollow(&at).map_err(|e| read_error(&shown, e))?;
+                    host_data_ranges(&file, m.len()).map_err(|e| read_error(&shown, e))?
                 };
-                let is_dir = ft.is_dir();
-                let is_file = ft.is_file();
-                let id = self.add(
-                    node,
-                    name,
-                    Node {
-                        meta: host_meta(&m),
-                        kind,
+                Kind::File {
+                    size: m.len(),
+                    data,
+                }
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&at).map_err(|e| read_error(&shown, e))?;
+                Kind::Symlink(target.as_os_str().as_bytes().to_vec())
+            } else {
+                return Err(ImportError::Unsupported {
+                    path: shown,
+                    kind: unsupported_kind(&ft),
+                });
+            };
+            let id = self.add(
+                node,
+                name,
+                Node {
+                    meta: host_meta(&m),
+                    kind,
+                },
+                &shown,
+            )?;
+            if ft.is_file() {
+                self.contents.insert(
+                    id,
+                    Content::Host {
+                        path: shown.clone(),
+                        identity: key,
                     },
-                    &path,
-                )?;
-                if is_file {
-                    self.contents.insert(id, Content::Host(path.clone()));
+                );
+            }
+            if !ft.is_dir() && m.nlink() > 1 {
+                links.insert(key, id);
+            }
+            if ft.is_dir() {
+                let child = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| read_error(&shown, e.into()))?;
+                let opened = rustix::fs::fstat(&child).map_err(|e| read_error(&shown, e.into()))?;
+                if (opened.st_dev, opened.st_ino) != key {
+                    return Err(ImportError::Changed(shown));
                 }
-                if !is_dir && m.nlink() > 1 {
-                    links.insert(key, id);
-                }
-                if is_dir {
-                    stack.push((path, id));
-                }
+                self.scan_folder(&shown, &child, id, links)?;
             }
         }
-        self.drop_empty_lost_found(base);
         Ok(())
     }
 
@@ -909,5 +960,36 @@ mod tests {
             [(BLOCK as u64, BLOCK as u64), (3 * BLOCK as u64, 10)]
         );
         assert!(nonzero_ranges(&[0; 100]).is_empty());
+    }
+
+    /// What the scan saw is what is written: a file replaced (here by a symbolic link to a
+    /// host file, renamed into place) between the scan and the write stops the import.
+    #[test]
+    fn a_file_replaced_after_the_scan_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), b"scanned").unwrap();
+        let size = 16 << 20;
+        let loaded = load(&ImportSource::Dir(src.clone()), None, size).unwrap();
+        // The scanned file stays allocated, so no new file can get its inode number.
+        fs::hard_link(src.join("f"), dir.path().join("kept")).unwrap();
+        fs::write(dir.path().join("secret"), b"not scanned").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("link")).unwrap();
+        fs::rename(dir.path().join("link"), src.join("f")).unwrap();
+        let image = tempfile::tempfile().unwrap();
+        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded);
+        assert!(
+            matches!(result, Err(WriteError::Import(ImportError::Read { .. }))),
+            "a symbolic link in its place is not opened"
+        );
+        // Another file in its place (same name, another inode).
+        fs::write(dir.path().join("new"), b"swapped").unwrap();
+        fs::rename(dir.path().join("new"), src.join("f")).unwrap();
+        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded);
+        assert!(
+            matches!(result, Err(WriteError::Import(ImportError::Changed(ref p))) if p.ends_with("f")),
+            "another file in its place is refused"
+        );
     }
 }
