@@ -29,11 +29,12 @@ impl Project {
         StateDir::new(&self.path().canonicalize().unwrap())
     }
 
-    /// The pid in the switch's lock file, while a switch holds the lock.
+    /// The pid of the project's switch while a process holds its lock. The lock, not the
+    /// pid, is what says a switch runs: a killed switch's command line is gone before its
+    /// files are closed, and `up` in that gap still sees the lock held.
     fn switch_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.state().switch_dir().join("lock")).ok()?;
-        let pid: i32 = text.lines().next()?.parse().ok()?;
-        alive(pid).then_some(pid)
+        let running = qemu_compose::engine::network::switch_status(&self.state()).unwrap()?;
+        Some(running.pid as i32)
     }
 
     /// The socket of the `nth` project-network NIC, as QEMU's argv of `vm` names it.
