@@ -13,5 +13,6 @@ pub mod disk;
 pub mod engine;
 pub mod image;
 pub mod net;
+pub mod progress;
 pub mod qemu;
 pub mod state;

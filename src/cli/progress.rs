@@ -1,12 +1,12 @@
-//! Download progress on stderr: a bar on a terminal, plain lines in logs and CI.
+//! Progress on stderr: a bar on a terminal, plain lines in logs and CI.
 
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use qemu_compose::engine::{ImageProgress, LineProgress};
+use qemu_compose::engine::{LineProgress, Progress};
 
 /// The right reporter for stderr: a bar when it is a terminal, lines otherwise.
-pub fn for_stderr() -> Box<dyn ImageProgress> {
+pub fn for_stderr() -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
         Box::new(BarProgress::default())
     } else {
@@ -18,7 +18,7 @@ pub fn for_stderr() -> Box<dyn ImageProgress> {
 #[derive(Debug, Default)]
 pub struct BarProgress(Option<ProgressBar>);
 
-impl ImageProgress for BarProgress {
+impl Progress for BarProgress {
     fn start(&mut self, what: &str, total: Option<u64>) {
         let bar = match total {
             Some(total) => ProgressBar::new(total).with_style(
@@ -33,7 +33,7 @@ impl ImageProgress for BarProgress {
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             ),
         };
-        bar.set_message(format!("pulling {what}"));
+        bar.set_message(what.to_owned());
         self.0 = Some(bar);
     }
 

@@ -11,7 +11,9 @@ use qemu_compose::engine::volume_io::{self, ImportSource, ImportSummary};
 use qemu_compose::engine::{Reporter, volumes};
 
 use super::output::note;
-use super::{GlobalArgs, StderrReporter, TableFormat, TextFormat, VolumeCommand, output, project};
+use super::{
+    GlobalArgs, StderrReporter, TableFormat, TextFormat, VolumeCommand, output, progress, project,
+};
 
 pub fn run(global: &GlobalArgs, cmd: &VolumeCommand) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
@@ -107,7 +109,8 @@ fn size_arg(size: Option<&str>) -> anyhow::Result<Option<u64>> {
 
 fn create(project: &Project, name: &str, size: Option<&str>) -> anyhow::Result<ExitCode> {
     let size = size_arg(size)?;
-    volumes::create_recorded(project, name, size, &StderrReporter)?;
+    let mut progress = progress::for_stderr();
+    volumes::create_recorded(project, name, size, &StderrReporter, progress.as_mut())?;
     writeln!(output::stdout(), "{name}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -215,7 +215,7 @@ pub fn up(
         .collect::<Result<Vec<_>, _>>()?;
     let secrets = ProjectSecrets::ensure(&state, &project.name)?;
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
-    volumes::ensure_volumes(&state, project, &mut registry, reporter)?;
+    volumes::ensure_volumes(&state, project, &mut registry, reporter, progress)?;
 
     if qemu.is_some() && selected.iter().any(|vm| !vm.networks.is_empty()) {
         network::ensure_switch(&state, &networks, reporter)?;

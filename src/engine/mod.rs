@@ -33,7 +33,7 @@ pub use status::VmStatus;
 pub use workspace::{RunningVm, SshTarget, Workspace};
 
 /// How a download (`up`, `pull`) reports its progress, and a plain-lines reporter.
-pub use crate::image::progress::{LineProgress, Progress as ImageProgress};
+pub use crate::progress::{LineProgress, Progress};
 /// How a console session ended ([`RunningVm::attach_console`]).
 pub use crate::qemu::console::ConsoleEnd;
 /// A state file problem, the cause of [`EngineError::State`].

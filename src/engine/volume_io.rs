@@ -258,9 +258,14 @@ fn write_image(
         open: None,
         failure: None,
     };
-    let written = qcow2::write_data_image_with(file, size, &metadata, &runs, &mut |i, at, buf| {
-        reader.read(plan.data()[i], at, buf)
-    });
+    let written = qcow2::write_data_image_with(
+        file,
+        size,
+        &metadata,
+        &runs,
+        &mut |i, at, buf| reader.read(plan.data()[i], at, buf),
+        &mut |_, _| {},
+    );
     match (written, reader.failure) {
         (_, Some(failure)) => Err(WriteError::Import(failure)),
         (Err(e), None) => Err(WriteError::Qcow2(e)),

@@ -17,6 +17,7 @@ use crate::compose::{self, MountKind, Project, format_size};
 use crate::disk::ext4::{self, FormatOptions, SuperblockInfo};
 use crate::disk::qcow2::{self, Qcow2Image};
 use crate::disk::sink::SparseBuffer;
+use crate::progress::Progress;
 use crate::state::{ProjectLock, StateDir, StateError, VolumeRecord, VolumeRegistry, atomic};
 
 use super::{EngineError, HostEnv, Reporter};
@@ -201,20 +202,74 @@ pub fn label_for(name: &str) -> String {
 pub type WriteImage<'a> = dyn FnMut(&fs::File, &FormatOptions) -> Result<(), VolumeError> + 'a;
 
 /// Creates the image of volume `name`, an empty filesystem, and returns its record; the
-/// caller registers it.
-pub fn create(state: &StateDir, name: &str, size: u64) -> Result<VolumeRecord, VolumeError> {
+/// caller registers it. The writing of a large image is reported to `progress`.
+pub fn create(
+    state: &StateDir,
+    name: &str,
+    size: u64,
+    progress: &mut dyn Progress,
+) -> Result<VolumeRecord, VolumeError> {
     create_with(state, name, size, &mut |file, opts| {
         let mut contents = SparseBuffer::new(size);
         ext4::format(&mut contents, opts).map_err(|error| VolumeError::Format {
             name: name.to_string(),
             error,
         })?;
-        qcow2::write_data_image(file, size, &contents).map_err(|error| VolumeError::Qcow2 {
+        let mut report = WriteProgress::new(name, progress);
+        let written = qcow2::write_data_image_with(
+            file,
+            size,
+            &contents,
+            &[],
+            &mut |_, _, _| Ok(()),
+            &mut |done, total| report.advance(done, total),
+        );
+        report.finish(written.is_ok());
+        written.map_err(|error| VolumeError::Qcow2 {
             name: name.to_string(),
             error,
         })?;
         Ok(())
     })
+}
+
+/// Shows the writing of a volume's image once it is large enough to take a while: the
+/// metadata of a 64T volume is about 870 MiB, seconds of writing; a 10G volume's is 2 MiB and
+/// stays silent.
+struct WriteProgress<'a> {
+    name: &'a str,
+    progress: &'a mut dyn Progress,
+    shown: bool,
+}
+
+impl<'a> WriteProgress<'a> {
+    /// Bytes to write from which progress is shown.
+    const SHOWN_FROM: u64 = 128 << 20;
+
+    fn new(name: &'a str, progress: &'a mut dyn Progress) -> Self {
+        WriteProgress {
+            name,
+            progress,
+            shown: false,
+        }
+    }
+
+    fn advance(&mut self, done: u64, total: u64) {
+        if !self.shown && total >= Self::SHOWN_FROM {
+            self.shown = true;
+            self.progress
+                .start(&format!("writing volume {}", self.name), Some(total));
+        }
+        if self.shown {
+            self.progress.advance(done);
+        }
+    }
+
+    fn finish(self, ok: bool) {
+        if self.shown {
+            self.progress.finish(ok);
+        }
+    }
 }
 
 /// Creates the image of volume `name` with `write` and returns its record; the caller
@@ -341,6 +396,7 @@ pub fn ensure_volumes(
     project: &Project,
     registry: &mut VolumeRegistry,
     reporter: &dyn Reporter,
+    progress: &mut dyn Progress,
 ) -> Result<(), VolumeError> {
     for decl in &project.volumes {
         let image = state.volume_image(&decl.name);
@@ -404,7 +460,7 @@ pub fn ensure_volumes(
                         ));
                         super::volume_io::create_filled(state, &decl.name, decl.size_bytes, source)?
                     }
-                    None => create(state, &decl.name, decl.size_bytes)?,
+                    None => create(state, &decl.name, decl.size_bytes, progress)?,
                 };
                 registry.volumes.insert(decl.name.clone(), record);
                 registry.save(&state.volumes_json())?;
@@ -602,6 +658,7 @@ pub fn create_recorded(
     name: &str,
     size: Option<u64>,
     reporter: &dyn Reporter,
+    progress: &mut dyn Progress,
 ) -> Result<(), EngineError> {
     let state = StateDir::new(&project.dir);
     let decl = project.volumes.iter().find(|v| v.name == name);
@@ -613,7 +670,7 @@ pub fn create_recorded(
     }
     let record = match decl.and_then(|d| d.init_from.as_ref()) {
         Some(source) => super::volume_io::create_filled(&state, name, size, source)?,
-        None => create(&state, name, size)?,
+        None => create(&state, name, size, progress)?,
     };
     registry.volumes.insert(name.to_string(), record);
     registry.save(&state.volumes_json())?;

@@ -40,9 +40,9 @@ use sha2::{Digest, Sha256};
 
 use super::ImageError;
 use super::download::{ProxyEnv, Sha256Digest, fetch};
-use super::progress::Progress;
 use crate::cleanup::{self, TempGuard};
 use crate::disk::qcow2::{Header, HeaderExtension, Qcow2Image};
+use crate::progress::Progress;
 
 const SIDECAR_SUFFIX: &str = ".json";
 const USERS_SUFFIX: &str = ".users";

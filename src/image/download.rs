@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use ureq::http::Uri;
 
 use super::ImageError;
-use super::progress::Progress;
+use crate::progress::Progress;
 
 /// A SHA-256 digest, written `sha256:<64 hex digits>` as in `image_checksum:`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,7 +202,7 @@ pub(crate) fn fetch(
         .call()
         .map_err(|source| http_error(url, source))?;
     let total = response.body().content_length();
-    progress.start(label, total);
+    progress.start(&format!("pulling {label}"), total);
 
     let mut reader = response.body_mut().as_reader();
     let mut hasher = Sha256::new();

@@ -5,16 +5,15 @@
 
 pub mod cache;
 pub mod download;
-pub mod progress;
 
 use std::path::PathBuf;
 
+pub use crate::progress::Progress;
 pub use cache::{
     CachedImage, ImageCache, ImageMeta, check_self_contained, hash_file, overlay_base,
     record_overlay,
 };
 pub use download::{ProxyEnv, Sha256Digest};
-pub use progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

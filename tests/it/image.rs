@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qemu_compose::image::progress::{LineProgress, NoProgress};
 use qemu_compose::image::{ImageCache, ImageError, ProxyEnv, Sha256Digest};
+use qemu_compose::progress::{LineProgress, NoProgress};
 use sha2::{Digest, Sha256};
 
 use crate::harness::{Project, pattern, qemu_img_create_with, text};

@@ -90,6 +90,39 @@ fn volume_create_makes_a_clean_registered_volume() {
     assert!(text(&again.stderr).contains("volume data already exists"));
 }
 
+/// A volume of tens of terabytes has hundreds of MiB of metadata to write: its creation says
+/// how far it is (lines here, stderr being no terminal), a small one stays silent.
+#[test]
+fn a_very_large_volume_create_shows_progress() {
+    let p = Project::new(COMPOSE);
+    let small = p.ok(&["volume", "create", "small", "--size", "10G"]);
+    assert_eq!(small.stderr, "", "{}", small.stderr);
+
+    let large = p.ok(&["volume", "create", "large", "--size", "16T"]).stderr;
+    let lines: Vec<&str> = large.lines().collect();
+    assert!(lines.len() >= 3, "{large}");
+    assert!(
+        lines[0].starts_with("writing volume large (") && lines[0].ends_with(" MiB)"),
+        "{large}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("writing volume large: 50% (")),
+        "{large}"
+    );
+    assert!(
+        lines[lines.len() - 2].starts_with("writing volume large: 100% ("),
+        "{large}"
+    );
+    assert!(
+        lines[lines.len() - 1].starts_with("writing volume large: done, "),
+        "{large}"
+    );
+    // A raw copy of 16T cannot be made here for e2fsck; qemu-img checks the image.
+    tool_ok("qemu-img", &["check", s(&p.image("large"))]);
+}
+
 #[test]
 fn data_survives_destroy_and_a_new_up() {
     let p = Project::with_base(COMPOSE, "1G");

@@ -28,7 +28,7 @@ pub use plan::{Layout, plan_layout};
 pub use reader::{Qcow2Image, ReadAt};
 pub use resize::grow;
 pub use writer::{
-    Backing, Fill, WriteSummary, probe_format, write_data_image, write_data_image_with,
+    Advance, Backing, Fill, WriteSummary, probe_format, write_data_image, write_data_image_with,
     write_overlay,
 };
 

@@ -36,6 +36,10 @@ pub struct WriteSummary {
 /// (second argument).
 pub type Fill<'a> = dyn FnMut(usize, u64, &mut [u8]) -> io::Result<()> + 'a;
 
+/// Told the bytes written so far and the bytes to write in all, after each write: a volume of
+/// tens of terabytes has close to a gigabyte of metadata, seconds of writing.
+pub type Advance<'a> = dyn FnMut(u64, u64) + 'a;
+
 /// Writes a qcow2 image of `virtual_size` bytes whose contents are `contents` into `file`,
 /// replacing whatever the file held. Only 64 KiB clusters with a non-zero byte are allocated.
 ///
@@ -46,7 +50,14 @@ pub fn write_data_image(
     virtual_size: u64,
     contents: &SparseBuffer,
 ) -> Result<WriteSummary, Qcow2Error> {
-    write_data_image_with(file, virtual_size, contents, &[], &mut |_, _, _| Ok(()))
+    write_data_image_with(
+        file,
+        virtual_size,
+        contents,
+        &[],
+        &mut |_, _, _| Ok(()),
+        &mut |_, _| {},
+    )
 }
 
 /// Like [`write_data_image`], plus the guest byte ranges `streamed` (offset, length; ascending,
@@ -54,6 +65,7 @@ pub fn write_data_image(
 /// memory:
 /// `fill(i, at, buf)` must fill `buf` with the bytes of range `i` from `at` on. Those ranges'
 /// clusters are allocated whatever they hold, so a caller streams only bytes worth storing.
+/// `advance` follows the writing of data (tables are small next to it).
 ///
 /// The file is synced before this returns.
 pub fn write_data_image_with(
@@ -62,6 +74,7 @@ pub fn write_data_image_with(
     contents: &SparseBuffer,
     streamed: &[(u64, u64)],
     fill: &mut Fill<'_>,
+    advance: &mut Advance<'_>,
 ) -> Result<WriteSummary, Qcow2Error> {
     check_virtual_size(virtual_size)?;
     if contents.len() > virtual_size {
@@ -85,6 +98,17 @@ pub fn write_data_image_with(
         clusters.extend(at / CLUSTER_SIZE..=(at + len - 1) / CLUSTER_SIZE);
     }
     let layout = plan_layout(virtual_size, clusters)?;
+    let total = pieces
+        .iter()
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum::<u64>()
+        + streamed.iter().map(|(_, len)| len).sum::<u64>();
+    let mut done = 0;
+    let mut wrote = |n: usize| {
+        done = (done + n as u64).min(total);
+        advance(done, total);
+    };
+    wrote(0);
     let summary = write_layout(file, &layout, None)?;
     // Ranges are gathered into writes of up to STREAM_CHUNK bytes; a gap between two of them
     // is written as zeros when it lies in their own clusters (small files one after another).
@@ -104,6 +128,7 @@ pub fn write_data_image_with(
                 buf.resize(buf.len() + (piece_at - end) as usize, 0);
             } else {
                 write_guest(file, &layout, buf_at, &buf)?;
+                wrote(buf.len());
                 buf.clear();
                 buf_at = piece_at;
             }
@@ -115,7 +140,8 @@ pub fn write_data_image_with(
         }
     }
     write_guest(file, &layout, buf_at, &buf)?;
-    write_pieces(file, &layout, &pieces)?;
+    wrote(buf.len());
+    write_pieces(file, &layout, &pieces, &mut wrote)?;
     file.sync_all()
         .map_err(Qcow2Error::io("syncing the image file"))?;
     Ok(summary)
@@ -323,10 +349,17 @@ fn write_layout(
 
 /// Writes `pieces` (from [`nonzero_pieces`]) into their clusters: pieces that continue one
 /// another in the file are gathered into one write of at most 1 MiB.
-fn write_pieces(file: &File, layout: &Layout, pieces: &[(u64, &[u8])]) -> Result<(), Qcow2Error> {
-    let write = |bytes: &[u8], offset: u64| {
+fn write_pieces(
+    file: &File,
+    layout: &Layout,
+    pieces: &[(u64, &[u8])],
+    wrote: &mut dyn FnMut(usize),
+) -> Result<(), Qcow2Error> {
+    let mut write = |bytes: &[u8], offset: u64| {
         file.write_all_at(bytes, offset)
-            .map_err(Qcow2Error::io("writing the data"))
+            .map_err(Qcow2Error::io("writing the data"))?;
+        wrote(bytes.len());
+        Ok(())
     };
     let mut run: Vec<u8> = Vec::new();
     let mut run_at = 0;
@@ -445,6 +478,7 @@ mod tests {
                 }
                 Ok(())
             },
+            &mut |_, _| {},
         )
         .unwrap();
         assert_eq!(summary.data_clusters, 3);
@@ -473,6 +507,7 @@ mod tests {
                 b.fill(b'1' + i as u8);
                 Ok(())
             },
+            &mut |_, _| {},
         )
         .unwrap();
         assert_eq!(summary.data_clusters, 3);
@@ -484,6 +519,34 @@ mod tests {
         assert_eq!(&out[(1 << 16) + 4096..], b"22");
         image.read_at((5 << 16) + 1, &mut out[..1]).unwrap();
         assert_eq!(out[0], b'3');
+    }
+
+    #[test]
+    fn advance_counts_every_byte_written_once() {
+        let mut contents = SparseBuffer::new(1 << 30);
+        contents.write_at(0, &[1; 5000]).unwrap();
+        contents.write_at(3 << 20, &[2; 100]).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let streamed = [(1 << 20, 70_000)];
+        let mut seen = Vec::new();
+        write_data_image_with(
+            file.as_file(),
+            1 << 30,
+            &contents,
+            &streamed,
+            &mut |_, _, b| {
+                b.fill(7);
+                Ok(())
+            },
+            &mut |done, total| seen.push((done, total)),
+        )
+        .unwrap();
+        let total = seen[0].1;
+        assert_eq!(seen[0].0, 0);
+        assert!(seen.iter().all(|&(_, t)| t == total));
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        assert_eq!(seen.last().unwrap().0, total);
+        assert!(total >= 70_000 + 5100, "{total}");
     }
 
     #[test]

@@ -1,17 +1,18 @@
-//! Download progress: the interface downloads report through, and plain lines for logs and
-//! CI (the bar on a terminal is the CLI's, `cli::progress`).
+//! Progress of long byte-counted work (a download, writing a large volume): the interface it
+//! reports through, and plain lines for logs and CI (the bar on a terminal is the CLI's,
+//! `cli::progress`).
 
 use std::io::Write;
 
 use indicatif::HumanBytes;
 
-/// Receives the progress of one download.
+/// Receives the progress of one piece of work.
 pub trait Progress {
-    /// `total` is the announced size, when the server gave one.
+    /// `what` says what is done ("pulling debian.qcow2"); `total` is the byte count when known.
     fn start(&mut self, what: &str, total: Option<u64>);
     /// `done` bytes have been received so far.
     fn advance(&mut self, done: u64);
-    /// The download ended, successfully or not.
+    /// The work ended, successfully or not.
     fn finish(&mut self, ok: bool);
 }
 
@@ -25,7 +26,7 @@ impl Progress for NoProgress {
     fn finish(&mut self, _: bool) {}
 }
 
-/// One line per tenth of the download (or per 100 MiB when the size is unknown).
+/// One line per tenth of the work (or per 100 MiB when the size is unknown).
 #[derive(Debug)]
 pub struct LineProgress<W: Write> {
     out: W,
@@ -62,8 +63,8 @@ impl<W: Write> Progress for LineProgress<W> {
         self.reported = 0;
         self.done = 0;
         let size = total.map_or("size unknown".to_owned(), |t| HumanBytes(t).to_string());
-        // Progress output is best effort: a closed stderr must not fail the download.
-        let _ = writeln!(self.out, "pulling {what} ({size})");
+        // Progress output is best effort: a closed stderr must not fail the work.
+        let _ = writeln!(self.out, "{what} ({size})");
     }
 
     fn advance(&mut self, done: u64) {
@@ -76,13 +77,13 @@ impl<W: Write> Progress for LineProgress<W> {
             self.reported = step;
             let line = match self.total {
                 Some(total) => format!(
-                    "pulling {}: {}% ({} of {})",
+                    "{}: {}% ({} of {})",
                     self.what,
                     step * 10,
                     HumanBytes(done),
                     HumanBytes(total)
                 ),
-                None => format!("pulling {}: {}", self.what, HumanBytes(done)),
+                None => format!("{}: {}", self.what, HumanBytes(done)),
             };
             let _ = writeln!(self.out, "{line}");
         }
@@ -92,7 +93,7 @@ impl<W: Write> Progress for LineProgress<W> {
         let state = if ok { "done" } else { "failed" };
         let _ = writeln!(
             self.out,
-            "pulling {}: {state}, {}",
+            "{}: {state}, {}",
             self.what,
             HumanBytes(self.done)
         );
@@ -106,7 +107,7 @@ mod tests {
     #[test]
     fn lines_every_tenth() {
         let mut p = LineProgress::new(Vec::new());
-        p.start("x.img", Some(1000));
+        p.start("pulling x.img", Some(1000));
         for done in (0..=1000).step_by(50) {
             p.advance(done);
         }
@@ -123,7 +124,7 @@ mod tests {
     #[test]
     fn unknown_size_reports_by_volume() {
         let mut p = LineProgress::new(Vec::new());
-        p.start("y", None);
+        p.start("pulling y", None);
         p.advance(UNKNOWN_SIZE_STEP - 1);
         p.advance(UNKNOWN_SIZE_STEP * 2 + 5);
         p.finish(false);
