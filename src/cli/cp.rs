@@ -1,11 +1,11 @@
-//! `cp SRC DEST`: files out of a named volume, or out of a stopped VM's named volume by the
-//! path the VM mounts it at, into a host folder or a tar archive (a `.tar` file, or `-` for
-//! standard output), as `volume export` writes them.
+//! `cp SRC DEST`: files out of a named volume, or out of a stopped VM by a path in it (on a
+//! named volume it mounts, or on its own root disk), into a host folder or a tar archive (a
+//! `.tar` file, or `-` for standard output), as `volume export` writes them.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use qemu_compose::engine::volume_export;
+use qemu_compose::engine::volume_export::{self, ExportSource, VmPlace};
 
 use super::output::note;
 use super::{CpArgs, GlobalArgs, UsageError, output, project};
@@ -39,11 +39,28 @@ fn place(arg: &str) -> Place<'_> {
 
 pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
-    let (volume, path) = match (place(&args.src), place(&args.dest)) {
-        (Place::Volume(name, path), Place::Host(_)) => (name.to_string(), path.to_string()),
+    // Set in the arm that reads a VM, and borrowed by what it returns.
+    let (host, volume);
+    let (source, path, what) = match (place(&args.src), place(&args.dest)) {
+        (Place::Volume(name, path), Place::Host(_)) => (
+            ExportSource::Volume(name),
+            path.to_string(),
+            format!("volume {name}"),
+        ),
         (Place::Vm(vm, path), Place::Host(_)) => {
-            let host = project::host(global)?;
-            volume_export::vm_path(&project, &host, vm, path)?
+            host = project::host(global)?;
+            match volume_export::vm_path(&project, &host, vm, path)? {
+                VmPlace::Volume(name, path) => {
+                    volume = name;
+                    let what = format!("volume {volume}");
+                    (ExportSource::Volume(&volume), path, what)
+                }
+                VmPlace::RootDisk(path) => (
+                    ExportSource::RootDisk { vm, host: &host },
+                    path,
+                    format!("the disk of VM {vm}"),
+                ),
+            }
         }
         (Place::Host(_), Place::Volume(..) | Place::Vm(..)) => {
             anyhow::bail!(
@@ -58,11 +75,8 @@ pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
     };
-    let summary = super::volume::export_to(&project, &volume, Path::new(&args.dest), &path)?;
-    note!(
-        "copied {} from volume {volume}",
-        output::tree_counts(&summary)
-    );
+    let summary = super::volume::export_to(&project, source, Path::new(&args.dest), &path, true)?;
+    note!("copied {} from {what}", output::tree_counts(&summary));
     Ok(ExitCode::SUCCESS)
 }
 

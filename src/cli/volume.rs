@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 use qemu_compose::compose::{self, Project};
-use qemu_compose::engine::volume_export::{self, ExportTarget};
+use qemu_compose::engine::volume_export::{self, ExportSource, ExportTarget};
 use qemu_compose::engine::volume_io::{self, ImportSource, ImportSummary};
 use qemu_compose::engine::{Reporter, volumes};
 
@@ -187,27 +187,33 @@ fn import(
 }
 
 fn export(project: &Project, name: &str, dest: &Path, from: &str) -> anyhow::Result<ExitCode> {
-    let summary = export_to(project, name, dest, from)?;
+    let summary = export_to(project, ExportSource::Volume(name), dest, from, false)?;
     note!("volume {name}: exported {}", output::tree_counts(&summary));
     Ok(ExitCode::SUCCESS)
 }
 
-/// The files of volume `name` below `from` into `dest`: a tar archive on standard output
-/// (`-`), a new `.tar` file (removed again if the export fails), or a folder. `cp` copies out
-/// of a volume the same way.
+/// The files of `source` below `from` into `dest`: a tar archive on standard output (`-`), a
+/// new `.tar` file (removed again if the export fails), or a host path: a folder they go
+/// into, or with `cp_rules` `docker cp`'s rules (see [`ExportTarget::Path`]).
 pub(super) fn export_to(
     project: &Project,
-    name: &str,
+    source: ExportSource<'_>,
     dest: &Path,
     from: &str,
+    cp_rules: bool,
 ) -> anyhow::Result<ImportSummary> {
     let from = (from != "/").then_some(from);
-    let export = |target| volume_export::export(project, name, from, target, &StderrReporter);
+    let export = |target| volume_export::export(project, source, from, target, &StderrReporter);
     if dest == Path::new("-") {
         return Ok(export(ExportTarget::Tar(&mut output::stdout()))?);
     }
     if dest.extension().is_none_or(|e| e != "tar") {
-        return Ok(export(ExportTarget::Dir(dest))?);
+        let target = if cp_rules {
+            ExportTarget::Path(dest)
+        } else {
+            ExportTarget::Dir(dest)
+        };
+        return Ok(export(target)?);
     }
     let mut file = std::fs::File::create_new(dest)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dest.display()))?;

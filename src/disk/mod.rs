@@ -4,6 +4,7 @@
 
 pub mod ext4;
 pub mod fat;
+pub mod partition;
 pub mod qcow2;
 pub mod signature;
 pub mod sink;

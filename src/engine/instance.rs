@@ -197,6 +197,45 @@ fn kept_cached_base(disk: &Path, base: PathBuf, host: &HostEnv) -> PathBuf {
     }
 }
 
+/// The base image that instance disk `disk` of `vm` is read through, chosen as `up` chooses it
+/// and without downloading anything: the cached image the disk was made on, else the local
+/// image the compose file names. The disk's header must name that file; a header naming any
+/// other (changed through a share, say) is refused, never followed.
+pub fn base_for_reading(vm: &Vm, host: &HostEnv, disk: &Path) -> Result<PathBuf, EngineError> {
+    let made_on = crate::image::overlay_base(disk).ok_or_else(|| {
+        EngineError::vm(
+            &vm.name,
+            format!("instance disk {} names no base image", disk.display()),
+        )
+    })?;
+    let cache = host.images.dir().canonicalize();
+    if cache.is_ok_and(|c| made_on.starts_with(c) && made_on.is_file()) {
+        return Ok(made_on);
+    }
+    let named = local_image(vm).ok_or_else(|| {
+        EngineError::vm(
+            &vm.name,
+            format!(
+                "instance disk {} names {}, which is not in the image cache",
+                disk.display(),
+                made_on.display()
+            ),
+        )
+    })?;
+    if named.canonicalize().ok().as_ref() != Some(&made_on) {
+        return Err(EngineError::vm(
+            &vm.name,
+            format!(
+                "instance disk {} names base image {}, not the VM's image {}; it is not read",
+                disk.display(),
+                made_on.display(),
+                named.display()
+            ),
+        ));
+    }
+    Ok(made_on)
+}
+
 /// Everything about one VM that `up` needs, computed without writing anything.
 #[derive(Debug, Clone)]
 pub struct PreparedVm {

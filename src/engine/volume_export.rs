@@ -1,5 +1,6 @@
-//! `volume export`: a volume's files copied out, without booting, into a host folder or a tar
-//! archive, read with our own qcow2 and ext4 readers.
+//! `volume export` and `cp`: a volume's files, or a stopped VM's own root filesystem, copied
+//! out without booting into a host folder or a tar archive, read with our own qcow2, partition
+//! table and ext4 readers.
 //!
 //! Writing into a host folder never follows a symbolic link: every file is created relative
 //! to an open descriptor of its folder (`openat`, `mkdirat`, `symlinkat`) with `O_EXCL` and
@@ -19,15 +20,17 @@ use std::rc::Rc;
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 
 use crate::compose::Project;
+use crate::disk::BlockSource;
 use crate::disk::ext4::Ext4Error;
 use crate::disk::ext4::read::{FileType, Filesystem, Stat};
 use crate::disk::ext4::tree::Time;
+use crate::disk::partition::{self, Found, Partition};
 use crate::disk::qcow2::Qcow2Image;
 use crate::state::{StateDir, VolumeRegistry};
 
 use super::volume_io::ImportSummary;
 use super::volumes::{self, VolumeError};
-use super::{EngineError, Reporter};
+use super::{EngineError, HostEnv, Reporter};
 
 /// Bytes copied at a time.
 const CHUNK: usize = 1 << 20;
@@ -57,8 +60,11 @@ pub enum ExportError {
 
 /// Where the files go.
 pub enum ExportTarget<'a> {
-    /// A host folder, made if missing.
+    /// A host folder, made if missing: what is exported goes inside it.
     Dir(&'a Path),
+    /// A host path, by `docker cp`'s rules: inside it when it is a folder, else the copy takes
+    /// its name (a file copied as `./name`, a folder's contents into a new `./name`).
+    Path(&'a Path),
     /// A tar archive written here.
     Tar(&'a mut dyn Write),
 }
@@ -67,22 +73,48 @@ impl std::fmt::Debug for ExportTarget<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Dir(dir) => f.debug_tuple("Dir").field(dir).finish(),
+            Self::Path(path) => f.debug_tuple("Path").field(path).finish(),
             Self::Tar(_) => f.write_str("Tar(..)"),
         }
     }
 }
 
-/// `volume export`: the files of volume `name` below `from` (an absolute path in the volume;
-/// `/` when `None`) into `target`, under the project lock. Refuses a volume a QEMU has open.
+/// What the files are read from.
+#[derive(Debug, Clone, Copy)]
+pub enum ExportSource<'a> {
+    /// A named volume.
+    Volume(&'a str),
+    /// The root filesystem of a stopped VM's own disk, read through the base image below it.
+    RootDisk {
+        /// The VM.
+        vm: &'a str,
+        /// Where its instance lives and the image cache its base is in.
+        host: &'a HostEnv,
+    },
+}
+
+/// `volume export` and `cp`: the files of `source` below `from` (an absolute path in it; `/`
+/// when `None`) into `target`, under the project lock. Refuses an image a QEMU has open.
 pub fn export(
     project: &Project,
-    name: &str,
+    source: ExportSource<'_>,
     from: Option<&str>,
     target: ExportTarget<'_>,
     reporter: &dyn Reporter,
 ) -> Result<ImportSummary, EngineError> {
     let state = StateDir::new(&project.dir);
     let _guard = super::lifecycle::lock(&state, reporter)?;
+    let name = match source {
+        ExportSource::Volume(name) => name,
+        ExportSource::RootDisk { vm, host } => {
+            let (fs, found) = open_root_disk(project, host, &state, vm)?;
+            let fail = |error: ExportError| {
+                EngineError::vm(vm, format!("root filesystem ({}): {error}", found.what))
+            };
+            let what = format!("VM {vm}");
+            return copy_out(&fs, from, target, reporter, &what).map_err(fail);
+        }
+    };
     let registry = VolumeRegistry::load(&state.volumes_json())?;
     let image = volumes::image_path(&state, name)?;
     if !registry.volumes.contains_key(name) && !image.exists() {
@@ -104,10 +136,55 @@ pub fn export(
         return Err(bad("it has a backing file".to_string()).into());
     }
     let fs = Filesystem::open(qcow2).map_err(|e| fail(e.into()))?;
+    let what = format!("volume {name}");
+    Ok(copy_out(&fs, from, target, reporter, &what).map_err(fail)?)
+}
+
+/// The ext4 root filesystem of stopped VM `vm`: its instance disk over the base `up` gives
+/// QEMU (a header naming any other file is refused, as before a start), and the Linux
+/// partition on it.
+fn open_root_disk(
+    project: &Project,
+    host: &HostEnv,
+    state: &StateDir,
+    vm: &str,
+) -> Result<(Filesystem<Partition<Qcow2Image>>, Found), EngineError> {
+    let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
+    let disk = super::workspace::instance_paths(state, host, vm).disk;
+    if !disk.exists() {
+        return Err(EngineError::Refused(format!(
+            "VM {vm} has no disk yet: `qemu-compose up {vm}` makes it"
+        )));
+    }
+    crate::state::layout::refuse_symlink(&disk)?;
+    if volumes::image_in_use(&disk)? {
+        return Err(EngineError::Refused(format!(
+            "VM {vm}: its disk {} is open in a QEMU process; stop the VM first",
+            disk.display()
+        )));
+    }
+    let base = super::instance::base_for_reading(decl, host, &disk)?;
+    let image = Qcow2Image::open_over(&disk, &base)
+        .map_err(|e| EngineError::vm(vm, format!("instance disk {}: {e}", disk.display())))?;
+    let found = partition::find_linux_filesystem(&image)
+        .map_err(|e| EngineError::vm(vm, format!("disk {}: {e}", disk.display())))?;
+    let fs = Filesystem::open(Partition::new(image, &found))
+        .map_err(|e| EngineError::vm(vm, format!("root filesystem ({}): {e}", found.what)))?;
+    Ok((fs, found))
+}
+
+/// Copies the files below `from` of an open filesystem (`what` names it in warnings).
+fn copy_out<D: BlockSource>(
+    fs: &Filesystem<D>,
+    from: Option<&str>,
+    target: ExportTarget<'_>,
+    reporter: &dyn Reporter,
+    what: &str,
+) -> Result<ImportSummary, ExportError> {
     let path = from.unwrap_or("/");
-    let start = fs.lookup(path.as_bytes()).map_err(|e| fail(e.into()))?;
+    let start = fs.lookup(path.as_bytes())?;
     let mut copier = Copier {
-        fs: &fs,
+        fs,
         summary: ImportSummary::default(),
         links: HashMap::new(),
         folders: HashSet::new(),
@@ -118,26 +195,54 @@ pub fn export(
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
     match target {
         ExportTarget::Dir(dir) => copier.write_dir(&start, dir, &base),
+        ExportTarget::Path(dest) => {
+            let (parent, name) = if dest.is_dir() {
+                (dest, base.as_path())
+            } else {
+                match (dest.parent(), dest.file_name()) {
+                    (Some(parent), Some(name)) => (parent, Path::new(name)),
+                    _ => {
+                        return Err(ExportError::Write {
+                            path: dest.to_path_buf(),
+                            source: io::ErrorKind::InvalidInput.into(),
+                        });
+                    }
+                }
+            };
+            if start.kind == FileType::Dir {
+                copier.write_dir(&start, &parent.join(name), name)
+            } else {
+                copier.write_dir(&start, parent, name)
+            }
+        }
         ExportTarget::Tar(out) => copier.write_tar(&start, out, &base),
-    }
-    .map_err(fail)?;
+    }?;
     for skipped in &copier.skipped {
         reporter.warn(&format!(
-            "volume {name}: {skipped} is a socket, FIFO or device node: not exported"
+            "{what}: {skipped} is a socket, FIFO or device node: not exported"
         ));
     }
     Ok(copier.summary)
 }
 
+/// Where a path of a stopped VM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmPlace {
+    /// On a named volume the VM mounts: the volume and the path inside it.
+    Volume(String, String),
+    /// On the VM's own root filesystem.
+    RootDisk(String),
+}
+
 /// Where path `path` of stopped VM `vm` lives: the named volume the VM mounts there (the
-/// mount with the longest target that contains it) and the path inside that volume. A path
-/// on the VM's own disk is refused: reading the root disk is not implemented.
+/// mount with the longest target that contains it) and the path inside that volume, else the
+/// VM's own disk. A bind-mounted path is the host's own folder: it is refused, with where it is.
 pub fn vm_path(
     project: &Project,
-    host: &super::HostEnv,
+    host: &HostEnv,
     vm: &str,
     path: &str,
-) -> Result<(String, String), EngineError> {
+) -> Result<VmPlace, EngineError> {
     let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
     if super::running_vms(project, host).contains(vm) {
         return Err(EngineError::Refused(format!(
@@ -157,21 +262,32 @@ pub fn vm_path(
             _ => None,
         }
     };
-    decl.volumes
+    let mount = decl
+        .volumes
         .iter()
-        .filter_map(|m| match &m.kind {
+        .filter(|m| {
+            !matches!(
+                m.kind,
+                crate::compose::MountKind::Bind {
+                    automount: false,
+                    ..
+                }
+            )
+        })
+        .filter_map(|m| inside(&m.target).map(|rest| (m.target.len(), m, rest)))
+        .max_by_key(|(len, _, _)| *len);
+    match mount {
+        Some((_, m, rest)) => match &m.kind {
             crate::compose::MountKind::Named { volume } => {
-                inside(&m.target).map(|rest| (m.target.len(), volume.clone(), rest))
+                Ok(VmPlace::Volume(volume.clone(), rest))
             }
-            crate::compose::MountKind::Bind { .. } => None,
-        })
-        .max_by_key(|(len, _, _)| *len)
-        .map(|(_, volume, rest)| (volume, rest))
-        .ok_or_else(|| {
-            EngineError::Refused(format!(
-                "{vm}:{path} is not on a named volume of VM {vm}; cp reads named volumes (reading the VM's own disk is not implemented)"
-            ))
-        })
+            crate::compose::MountKind::Bind { source, .. } => Err(EngineError::Refused(format!(
+                "{vm}:{path} is on a bind mount of {}; copy from that host folder directly",
+                source.display()
+            ))),
+        },
+        None => Ok(VmPlace::RootDisk(path.to_string())),
+    }
 }
 
 /// Walks the volume and writes what it finds.
@@ -228,7 +344,7 @@ fn owner(stat: &Stat) -> Option<(rustix::fs::Uid, rustix::fs::Gid)> {
     )
 }
 
-impl<D: crate::disk::BlockSource> Copier<'_, D> {
+impl<D: BlockSource> Copier<'_, D> {
     /// The entries of a folder, `lost+found` of the volume's root left out when it is empty
     /// (the filesystem's own, not the user's).
     fn entries(&self, dir: &Stat) -> Result<Vec<(Vec<u8>, Stat)>, ExportError> {
@@ -505,7 +621,7 @@ struct DataReader<'f, D> {
     at: u64,
 }
 
-impl<D: crate::disk::BlockSource> Read for DataReader<'_, D> {
+impl<D: BlockSource> Read for DataReader<'_, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.at >= self.size || buf.is_empty() {
             return Ok(0);

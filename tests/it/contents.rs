@@ -885,10 +885,16 @@ fn cp_reads_named_volumes_by_volume_or_by_vm_path() {
     assert_eq!(fs::read(by_volume.join("PG_VERSION")).unwrap(), b"16\n");
     assert!(!by_volume.join("lost+found").exists());
 
+    // Elsewhere is the VM's own disk: this base is empty.
     let err = p.fails(&["cp", "db:/etc/hostname", s(&work.path().join("x"))]);
-    assert!(err.contains("not on a named volume of VM db"), "{err}");
-    let err = p.fails(&["cp", "db:/mnt/share", s(&work.path().join("x"))]);
-    assert!(err.contains("not on a named volume"), "{err}");
+    assert!(err.contains("VM db: disk "), "{err}");
+    assert!(err.contains("no Linux filesystem on the disk"), "{err}");
+    let err = p.fails(&["cp", "db:/mnt/share/PG_VERSION", s(&work.path().join("x"))]);
+    assert!(
+        err.contains("db:/mnt/share/PG_VERSION is on a bind mount of ")
+            && err.contains("copy from that host folder directly"),
+        "{err}"
+    );
     let err = p.fails(&["cp", s(&by_vm), "db:/var/lib/pg"]);
     assert!(
         err.contains("copying into a volume is not implemented"),
@@ -896,6 +902,122 @@ fn cp_reads_named_volumes_by_volume_or_by_vm_path() {
     );
     let out = p.run(&["cp", "nosuchvm:/x", s(&work.path().join("x"))]);
     assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
+}
+
+/// `cp` out of a stopped VM's own disk reads through the instance disk and the base below it,
+/// to the root partition of a GPT laid out as Debian's cloud images are (BIOS boot partition
+/// 14 at 1 MiB, root partition 1 from 4 MiB). A disk whose header was changed to name another
+/// base is refused, never followed.
+#[test]
+fn cp_reads_a_vm_root_disk_through_its_base_and_partition_table() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_source(&src);
+    let source = source_snapshot(&src);
+
+    let root = work.path().join("root.raw");
+    File::create(&root).unwrap().set_len(160 << 20).unwrap();
+    tool_ok(
+        "mkfs.ext4",
+        &["-q", "-F", "-b", "4096", "-d", s(&src), s(&root)],
+    );
+    let disk = work.path().join("disk.raw");
+    File::create(&disk).unwrap().set_len(165 << 20).unwrap();
+    let mut sfdisk = crate::harness::tool("sfdisk")
+        .args(["-q", s(&disk)])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"label: gpt\n\
+              start=2048, size=6144, type=21686148-6449-6E6F-744E-656564454649\n\
+              start=8192, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        )
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let part_at = 4u64 << 20;
+    std::os::unix::fs::FileExt::write_all_at(
+        &fs::OpenOptions::new().write(true).open(&disk).unwrap(),
+        &fs::read(&root).unwrap(),
+        part_at,
+    )
+    .unwrap();
+    let base = p.join("base.qcow2");
+    tool_ok(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", s(&disk), s(&base)],
+    );
+    p.ok(&["up", "--no-start"]);
+
+    // The whole root filesystem, as mkfs.ext4 -d wrote it (times are its own business).
+    let out = work.path().join("out");
+    let stderr = p.ok(&["cp", "app:/", s(&out)]).stderr;
+    assert!(stderr.contains("from the disk of VM app"), "{stderr}");
+    let no_times = |e: &mut Entry| {
+        e.mtime = (0, 0);
+        e.atime = (0, 0);
+        e.ctime = (0, 0);
+    };
+    assert_same_trees(
+        &project(&source, no_times),
+        &project(&snapshot(&out), no_times),
+    );
+
+    // A block the guest changed lives in the instance disk, not in the base.
+    let bmap = tool_ok("debugfs", &["-R", "bmap /a/file4096 0", s(&root)]);
+    let block: u64 = bmap.trim().parse().unwrap();
+    let instance = p.join(".qemu-compose/vms/app/disk.qcow2");
+    let at = (part_at + block * 4096).to_string();
+    tool_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P 0x41 {at} 4096"),
+            s(&instance),
+        ],
+    );
+    let changed = work.path().join("changed");
+    p.ok(&["cp", "app:/a/file4096", s(&changed)]);
+    assert_eq!(fs::read(&changed).unwrap(), vec![b'A'; 4096]);
+    // Into a folder that exists, as docker cp does; a folder's copy keeps its name there.
+    p.ok(&["cp", "app:/a/file1", s(&out)]);
+    p.ok(&["cp", "app:/a/b", s(&out)]);
+    assert_eq!(fs::read(out.join("file1")).unwrap(), pattern(1, 1));
+    assert_eq!(fs::read(out.join("b/linked")).unwrap(), b"three names");
+    tool_ok("qemu-img", &["compare", "-q", s(&base), s(&disk)]);
+
+    // A header naming another file is not followed.
+    tool_ok(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&root),
+            "-F",
+            "raw",
+            s(&instance),
+        ],
+    );
+    let refused = work.path().join("refused");
+    let err = p.fails(&["cp", "app:/a", s(&refused)]);
+    assert!(
+        err.contains(&format!(
+            "names base image {}, not the VM's image",
+            root.display()
+        )),
+        "{err}"
+    );
+    assert!(!refused.exists());
 }
 
 /// A lock on the image, as QEMU holds one on every image it has open, stops import and export

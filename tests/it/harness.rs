@@ -330,6 +330,7 @@ fn package(tool: &str) -> &str {
         Some("ssh" | "ssh-keygen") => "openssh-client",
         Some("sshd") => "openssh-server",
         Some("mount" | "umount" | "blkid" | "script") => "util-linux",
+        Some("sfdisk") => "fdisk",
         _ => tool,
     }
 }

@@ -147,6 +147,35 @@ impl Qcow2Image<File> {
         Ok(image)
     }
 
+    /// Opens the overlay at `overlay` over `base`, a file the caller chose (never one its
+    /// header names: the caller checks the header names `base`). The base must stand alone: a
+    /// qcow2 base with a backing file of its own is refused.
+    pub fn open_over(overlay: &Path, base: &Path) -> Result<Self, Qcow2Error> {
+        let file = File::open(overlay)
+            .map_err(Qcow2Error::io(format!("opening {}", overlay.display())))?;
+        let mut image = Self::from_source(file)?;
+        let what = || format!("opening {}", base.display());
+        image.backing = match probe_format(base)?.backing_format() {
+            BackingFormat::Qcow2 => {
+                let file = File::open(base).map_err(Qcow2Error::io(what()))?;
+                let base_image = Self::from_source(file)?;
+                if base_image.backing_file.is_some() {
+                    return Err(Qcow2Error::Unsupported(format!(
+                        "base image {} has a backing file of its own",
+                        base.display()
+                    )));
+                }
+                BackingLayer::Qcow2(Box::new(base_image))
+            }
+            BackingFormat::Raw => {
+                let file = File::open(base).map_err(Qcow2Error::io(what()))?;
+                let len = ReadAt::size(&file).map_err(Qcow2Error::io(what()))?;
+                BackingLayer::Raw { file, len }
+            }
+        };
+        Ok(image)
+    }
+
     fn open_backing(
         path: &Path,
         format: Option<&str>,
