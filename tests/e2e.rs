@@ -1500,7 +1500,23 @@ fn image_alone(guest: &Guest) {
         first > 2900 << 20,
         "growpart did not grow the root to the 3G disk: {first} bytes"
     );
+    qc(&[
+        "ssh",
+        "cloud",
+        "echo written-by-the-guest | sudo tee /var/tmp/marker >/dev/null && sync",
+    ]);
     qc(&["stop", "-t", &STOP_SECS.to_string()]);
+    // The stopped VM's own disk, read without booting: the guest's writes (in the instance
+    // disk, over the base) on a root filesystem growpart and the kernel have grown.
+    let out = dir.path().join("from-the-disk");
+    fs::create_dir(&out).unwrap();
+    qc(&["cp", "cloud:/var/tmp/marker", out.to_str().unwrap()]);
+    qc(&["cp", "cloud:/etc/hostname", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read_to_string(out.join("marker")).unwrap(),
+        "written-by-the-guest\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("hostname")).unwrap(), "cloud\n");
     fs::write(dir.path().join("qemu-compose.yaml"), compose("4G")).unwrap();
     let said = qc(&["up", "--wait", "--wait-timeout", &WAIT_SECS.to_string()]);
     assert!(said.contains("disk grown from 3G to 4G"), "{said}");
