@@ -555,10 +555,11 @@ done
 
     /// Step 1 and 2: `up --wait`, then every mount checked from inside the guest.
     fn first_boot(&self) {
-        let (_, took) = self.qc_ok(&["up", "--wait", "--wait-timeout", &WAIT_SECS.to_string()]);
+        let (said, took) = self.qc_ok(&["up", "--wait", "--wait-timeout", &WAIT_SECS.to_string()]);
         eprintln!("e2e: up --wait to ready {:.1} s", took.as_secs_f64());
         let r = self.guest("first boot", &self.survey_script());
         self.check_cloud_init(&r);
+        self.check_share_writability(&said, &r);
 
         let uid: u32 = r.one("uid").parse().unwrap_or(0);
         self.check(uid != 0, || {
@@ -694,6 +695,39 @@ done
         );
     }
 
+    /// ./manual is the host user's, mode 0755. As an ordinary user the guest user is that
+    /// user and writes it; as root the guest user cannot (shares keep the host's owners), and
+    /// `up` says so, naming the folder and the fix (issue 20, item 16).
+    fn check_share_writability(&self, up_said: &str, r: &Report) {
+        // `up` runs in the folder, so it names the folder as getcwd does: canonical.
+        let manual = self.dir.path().canonicalize().unwrap().join("manual");
+        let warned = up_said.lines().any(|l| {
+            l.contains("cannot write the shared folder")
+                && l.contains(&*manual.to_string_lossy())
+                && l.contains("chmod o+w")
+        });
+        let wrote = r.one("manualwrite");
+        if rustix::process::geteuid().is_root() {
+            self.check(warned, || {
+                format!(
+                    "as root, up did not warn that the guest user cannot write {}:
+{up_said}",
+                    manual.display()
+                )
+            });
+            self.check(wrote.contains("Permission denied"), || {
+                format!("as root, the guest user wrote the root-owned 0755 share, or failed otherwise: {wrote:?}")
+            });
+        } else {
+            self.check(!warned, || {
+                format!("as an ordinary user, up warned:\n{up_said}")
+            });
+            self.check(wrote == "written" && self.path("manual/guest-wrote").is_file(), || {
+                format!("as an ordinary user, the guest user could not write its own share: {wrote:?}")
+            });
+        }
+    }
+
     /// The script of the first boot: a report of the mounts, then writes that must fail or
     /// succeed, then the markers.
     fn survey_script(&self) -> String {
@@ -715,6 +749,9 @@ for p in /mnt/ro/readme /etc/app.conf /mnt/comma/which; do echo "read|$p|$(cat "
 su_ mkdir -p /mnt/manual
 su_ mount -t 9p -o trans=virtio,version=9p2000.L,ro mount2 /mnt/manual 2>&1
 echo "manual|$(cat /mnt/manual/which 2>&1)"
+su_ umount /mnt/manual
+su_ mount -t 9p -o trans=virtio,version=9p2000.L mount2 /mnt/manual 2>&1
+echo "manualwrite|$(touch /mnt/manual/guest-wrote 2>&1 && echo written)"
 su_ umount /mnt/manual
 echo guest > /mnt/rw/from-guest
 echo guest > "/mnt/comma/from-guest"
