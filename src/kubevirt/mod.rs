@@ -100,6 +100,7 @@ pub fn translate(
         let (user_data, network_data) = seed(project, vm, facts)?;
         let mut objs = vec![
             cx.secret(vm, &user_data, &network_data),
+            cx.root_volume(vm),
             cx.virtual_machine(vm),
         ];
         objs.extend(cx.services(vm));

@@ -110,19 +110,35 @@ impl Context<'_> {
             "metadata": metadata,
             "spec": {
                 "runStrategy": "Always",
-                "dataVolumeTemplates": [{
-                    "metadata": {"name": names::root_disk(&vm.name)},
-                    "spec": {
-                        "source": root_source(vm),
-                        "storage": storage(vm.disk_size_bytes),
-                    },
-                }],
                 "template": {
                     "metadata": {"labels": self.labels(Some(&vm.name))},
                     "spec": template_spec,
                 },
             },
         })
+    }
+
+    /// The root disk: the image URL imported by CDI, which checks `image_checksum`, or an
+    /// upload of the local file. A DataVolume of its own rather than one of the VM's
+    /// `dataVolumeTemplates`: KubeVirt 1.9 embeds CDI 1.64's types there, which have no
+    /// `checksum` (the API server would drop it).
+    pub fn root_volume(&self, vm: &Vm) -> Value {
+        let source = match &vm.image {
+            ImageSource::Url(url) => {
+                let mut http = json!({ "url": url });
+                if let Some(sum) = &vm.image_checksum {
+                    http["checksum"] = sum.as_str().into();
+                }
+                json!({ "http": http })
+            }
+            ImageSource::Path(_) => json!({"upload": {}}),
+        };
+        self.data_volume(
+            &names::root_disk(&vm.name),
+            Some(&vm.name),
+            source,
+            vm.disk_size_bytes,
+        )
     }
 
     /// A headless Service named after the VM (and one per network alias), so that `db`
@@ -229,35 +245,25 @@ impl Context<'_> {
     /// A named volume: an empty claim of the declared size that `virtctl image-upload` fills
     /// with the volume's image (our ext4, so the UUID in the guest's fstab matches).
     pub fn upload_volume(&self, name: &str, size_bytes: u64) -> Value {
-        let mut metadata = self.metadata(name, None);
-        metadata["annotations"] = json!({ BIND_IMMEDIATE: "true" });
+        self.data_volume(name, None, json!({"upload": {}}), size_bytes)
+    }
+
+    /// A DataVolume of `size_bytes` (CDI adds the filesystem overhead) filled from `source`.
+    fn data_volume(&self, name: &str, vm: Option<&str>, source: Value, size_bytes: u64) -> Value {
+        let mut metadata = self.metadata(name, vm);
+        if source.get("upload").is_some() {
+            metadata["annotations"] = json!({ BIND_IMMEDIATE: "true" });
+        }
         json!({
             "apiVersion": "cdi.kubevirt.io/v1beta1",
             "kind": "DataVolume",
             "metadata": metadata,
-            "spec": {"source": {"upload": {}}, "storage": storage(size_bytes)},
+            "spec": {
+                "source": source,
+                "storage": {"resources": {"requests": {"storage": quantity(size_bytes)}}},
+            },
         })
     }
-}
-
-/// The root disk's source: the image URL (CDI checks `image_checksum`), or an upload of the
-/// local file.
-fn root_source(vm: &Vm) -> Value {
-    match &vm.image {
-        ImageSource::Url(url) => {
-            let mut http = json!({ "url": url });
-            if let Some(sum) = &vm.image_checksum {
-                http["checksum"] = sum.as_str().into();
-            }
-            json!({ "http": http })
-        }
-        ImageSource::Path(_) => json!({"upload": {}}),
-    }
-}
-
-/// A DataVolume's `storage`: the size requested; CDI adds the filesystem overhead.
-fn storage(size_bytes: u64) -> Value {
-    json!({"resources": {"requests": {"storage": quantity(size_bytes)}}})
 }
 
 /// Bytes as a Kubernetes quantity, in the largest binary unit that divides them.
