@@ -148,7 +148,7 @@ fn vm_errors(project: &Project, vm: &Vm, errors: &mut Vec<ComposeError>) {
 fn shared_volumes(project: &Project, errors: &mut Vec<ComposeError>) {
     let mut users: BTreeMap<&str, &str> = BTreeMap::new();
     for vm in &project.vms {
-        for (i, (volume, _)) in cluster_volumes(vm).into_iter().enumerate() {
+        for (i, volume, _) in cluster_volumes(vm) {
             match users.get(volume) {
                 Some(first) if *first != vm.name => errors.push(project.places.error(
                     Some(&vm.name),
@@ -166,14 +166,15 @@ fn shared_volumes(project: &Project, errors: &mut Vec<ComposeError>) {
 }
 
 /// The named volumes a VM has in the cluster (its own, and those its bind mounts become),
-/// with whether it mounts each read-only.
-pub(super) fn cluster_volumes(vm: &Vm) -> Vec<(&str, bool)> {
+/// each with its index in `volumes:` and whether it is mounted read-only.
+pub(super) fn cluster_volumes(vm: &Vm) -> Vec<(usize, &str, bool)> {
     vm.volumes
         .iter()
-        .filter_map(|m| match &m.kind {
-            MountKind::Named { volume } => Some((volume.as_str(), m.read_only)),
+        .enumerate()
+        .filter_map(|(i, m)| match &m.kind {
+            MountKind::Named { volume } => Some((i, volume.as_str(), m.read_only)),
             MountKind::Bind { .. } => match vm.kubevirt_binds.get(&m.target) {
-                Some(BindExport::Volume { name, .. }) => Some((name.as_str(), m.read_only)),
+                Some(BindExport::Volume { name, .. }) => Some((i, name.as_str(), m.read_only)),
                 _ => None,
             },
         })

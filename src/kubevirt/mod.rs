@@ -263,4 +263,116 @@ pub fn to_yaml(objects: &[Value]) -> Result<String, serde_saphyr::SerializeError
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::compose::test_project;
+
+    const IMAGE: &str = "https://example.org/debian.qcow2";
+
+    #[test]
+    fn upload_commands_quote_what_the_shell_would_split() {
+        let upload = Upload {
+            data_volume: "pgdata".into(),
+            image: "/home/me/my project/v.qcow2".into(),
+            checksum: None,
+        };
+        assert_eq!(
+            upload.command(Some("shop")),
+            "virtctl image-upload dv pgdata --namespace shop --no-create --image-path='/home/me/my project/v.qcow2'"
+        );
+        assert_eq!(shell_word("/a/b-c_d.qcow2"), "/a/b-c_d.qcow2");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn bind_mounts_are_skipped_or_become_volumes_as_x_kubevirt_says() {
+        let project = test_project(&format!(
+            "vms:
+  app:
+    image: {IMAGE}
+    volumes: [./site:/srv/site:ro, ./a.conf:/etc/a.conf, ./logs:/var/log/app]
+    x-kubevirt:
+      bind_mounts:
+        /srv/site: {{volume: site, size: 64M}}
+        /etc/a.conf: skip
+"
+        ));
+        let vm = cluster_vm(&project.vms[0]);
+        assert_eq!(
+            vm.volumes,
+            [VolumeMount {
+                target: "/srv/site".into(),
+                read_only: true,
+                kind: MountKind::Named {
+                    volume: "site".into()
+                },
+            }]
+        );
+        assert_eq!(volume_sizes(&project), [("site".to_owned(), 64 << 20)]);
+        assert_eq!(
+            bind_volume_sources(&project),
+            [("site".to_owned(), PathBuf::from("/p/site"))]
+        );
+        // The mount no rule covers is refused, with its place; so is a folder that is not
+        // there (/p/site).
+        let errors = check(&project).unwrap_err().to_string();
+        assert!(
+            errors.contains(
+                "/p/qemu-compose.yaml:4:58: vms.app.volumes[2]: bind mount ./logs:/var/log/app"
+            ),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("7:20: vms.app.x-kubevirt.bind_mounts./srv/site: only a folder can become a volume; /p/site is not one"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_project_of_plain_vms_passes_the_check() {
+        let project = test_project(&format!(
+            "networks: {{back: {{}}}}
+volumes: {{data: {{}}}}
+vms:
+  db: {{image: {IMAGE}, networks: {{back: {{aliases: [pg]}}}}, volumes: [data:/d]}}
+  web: {{image: {IMAGE}, ports: ['8080:80'], depends_on: [db], networks: [back]}}
+"
+        ));
+        check(&project).unwrap();
+    }
+
+    #[test]
+    fn x_kubevirt_rules_are_checked_when_the_file_loads() {
+        let opts = crate::compose::LoadOptions {
+            project_name: Some("t"),
+            env: &BTreeMap::new(),
+        };
+        let text = format!(
+            "volumes: {{data: {{}}}}
+vms:
+  app:
+    image: {IMAGE}
+    volumes: [./site:/srv/site]
+    x-kubevirt:
+      bind_mounts:
+        /srv/other: skip
+        /srv/site: {{volume: data}}
+      bind_mount: {{}}
+"
+        );
+        let errors = crate::compose::parse_str(
+            &text,
+            std::path::Path::new("/p/qemu-compose.yaml"),
+            std::path::Path::new("/p"),
+            &opts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(errors.contains("8:9: vms.app.x-kubevirt.bind_mounts./srv/other: the VM has no bind mount at \"/srv/other\""), "{errors}");
+        assert!(errors.contains("9:29: vms.app.x-kubevirt.bind_mounts./srv/site.volume: volume \"data\" is declared already"), "{errors}");
+        assert!(
+            errors.contains("10:7: vms.app.x-kubevirt.bind_mount: unknown key \"bind_mount\" (did you mean \"bind_mounts\"?)"),
+            "{errors}"
+        );
+    }
+}

@@ -70,7 +70,7 @@ impl Context<'_> {
                 "networkDataSecretRef": {"name": secret},
             }}),
         ];
-        for (volume, read_only) in cluster_volumes(vm) {
+        for (_, volume, read_only) in cluster_volumes(vm) {
             let mut disk = json!({"name": volume, "disk": {"bus": "virtio"}});
             if read_only {
                 disk["disk"]["readonly"] = true.into();
