@@ -239,6 +239,27 @@ fn three_vm_project_matches_golden_and_every_object_is_valid() {
 }
 
 #[test]
+fn config_prints_x_kubevirt_back() {
+    let project = load("kubevirt-three-vms");
+    let printed = serde_saphyr::to_string(&compose::compose_file(&project)).unwrap();
+    assert!(printed.contains("x-kubevirt:"), "{printed}");
+    let again = compose::parse_str(
+        &printed,
+        &project.file,
+        &project.dir,
+        &LoadOptions {
+            project_name: None,
+            env: &BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    for (a, b) in again.vms.iter().zip(&project.vms) {
+        assert_eq!(a.kubevirt_binds, b.kubevirt_binds);
+    }
+    assert_eq!(again.vms[1].kubevirt_binds.len(), 2);
+}
+
+#[test]
 fn a_typo_or_a_missing_field_fails_the_schemas() {
     let project = load("kubevirt-three-vms");
     let export = kubevirt::translate(&project, &golden_facts(&project), None).unwrap();
