@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::compose::{
-    Accel, BindExport, ComposeError, ComposeErrors, MountKind, Project, Subnet, Vm,
+    Accel, BindExport, ComposeError, ComposeErrors, ImageSource, MountKind, Project, Subnet, Vm,
 };
 
 use super::names;
@@ -77,6 +77,27 @@ fn vm_errors(project: &Project, vm: &Vm, errors: &mut Vec<ComposeError>) {
                 names::MAX_VM_NAME
             ),
         );
+    }
+    if let ImageSource::Path(path) = &vm.image
+        && !path.is_file()
+    {
+        push(
+            "image",
+            format!(
+                "{} is not a file: the upload command would have nothing to send",
+                path.display()
+            ),
+        );
+    }
+    for (target, rule) in &vm.kubevirt_binds {
+        if let BindExport::Volume { name, .. } = rule
+            && !names::is_volume_name(name)
+        {
+            push(
+                &format!("x-kubevirt.bind_mounts.{target}.volume"),
+                names::not_a_name("volume", name),
+            );
+        }
     }
     let direct_boot = "KubeVirt boots a kernel directly only from a container image (kernelBoot.container), not from a file";
     if vm.kernel.is_some() {

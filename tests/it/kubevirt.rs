@@ -478,3 +478,30 @@ vms:
     );
     assert_schema_valid(&user_data);
 }
+
+#[test]
+fn a_local_image_is_uploaded_into_the_root_data_volume() {
+    let p = Project::with_base(
+        "vms:\n  vm1:\n    image: ./base.qcow2\n    image_checksum: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n",
+        "64M",
+    );
+    let out = p.ok(&["export", "kubevirt"]);
+    let objects = documents(&out.stdout);
+    assert_all_valid(&objects);
+    let root = objects
+        .iter()
+        .find(|o| o["kind"] == "DataVolume" && o["metadata"]["name"] == "vm1-root")
+        .unwrap();
+    assert_eq!(root["spec"]["source"], json!({"upload": {}}));
+    let command = format!(
+        "virtctl image-upload dv vm1-root --no-create --image-path={}",
+        p.join("base.qcow2").display()
+    );
+    assert!(out.stderr.contains(&command), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("check first that `sha256sum` prints 0123456789abcdef"),
+        "{}",
+        out.stderr
+    );
+}
