@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::error::ComposeError;
+use super::error::{ComposeError, Here, located};
 use super::tree::{Node, Pos, Value};
 
 /// Field paths as errors spell them (`vms.db.kernel`, `vms.db.volumes[1]`) to positions.
@@ -62,18 +62,34 @@ impl Places {
                 None => break Pos::default(),
             }
         };
-        ComposeError {
-            file: self
-                .files
-                .get(pos.file)
-                .or(self.files.first())
-                .cloned()
-                .unwrap_or_default(),
-            line: pos.line,
-            column: pos.column,
+        let here = Here {
             vm: vm.map(str::to_owned),
-            field: Some(field.to_owned()),
-            message: message.into(),
-        }
+            path: field.to_owned(),
+        };
+        located(&self.files, pos, &here, message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::compose::test_project;
+
+    #[test]
+    fn a_field_is_blamed_where_written_else_on_its_nearest_written_parent() {
+        let project =
+            test_project("vms:\n  db:\n    image: https://e/x.img\n    volumes: [./a:/a]\n");
+        let at = |field: &str| {
+            let e = project.places.error(Some("db"), field, "m");
+            (e.line, e.column, e.field.unwrap())
+        };
+        assert_eq!(
+            at("vms.db.volumes[0]"),
+            (4, 15, "vms.db.volumes[0]".to_owned())
+        );
+        assert_eq!(at("vms.db.image"), (3, 12, "vms.db.image".to_owned()));
+        // `cpu` was not written: the VM's own place.
+        assert_eq!(at("vms.db.cpu"), (3, 5, "vms.db.cpu".to_owned()));
+        let e = project.places.error(None, "nowhere", "m");
+        assert_eq!((e.line, e.file.to_str()), (0, Some("/p/qemu-compose.yaml")));
     }
 }
