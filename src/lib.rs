@@ -12,6 +12,7 @@ pub mod compose;
 pub mod disk;
 pub mod engine;
 pub mod image;
+pub mod kubevirt;
 pub mod net;
 pub mod progress;
 pub mod qemu;

@@ -16,6 +16,7 @@ mod config;
 mod console;
 mod cp;
 mod doctor;
+mod export;
 mod image;
 mod inspect;
 mod lifecycle;
@@ -139,6 +140,9 @@ enum Command {
     Config(ConfigArgs),
     /// Check this host: QEMU, acceleration, 9p, ssh, socket paths, disk space
     Doctor(DoctorArgs),
+    /// Write the project for another engine
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -471,6 +475,32 @@ struct ConfigArgs {
     format: ModelFormat,
 }
 
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// Kubernetes manifests for KubeVirt and CDI: VMs, volumes, Services, NetworkPolicies
+    Kubevirt(KubevirtArgs),
+}
+
+#[derive(Debug, Args)]
+struct KubevirtArgs {
+    /// A folder for the manifests (one file per VM, volumes.yaml, README.txt with the upload
+    /// commands), or - for one YAML stream on standard output
+    #[arg(short, long, value_name = "DIR", default_value = "-")]
+    output: PathBuf,
+    /// The namespace of every object [default: none: kubectl's current namespace]
+    #[arg(long, value_name = "NS", value_parser = namespace)]
+    namespace: Option<String>,
+}
+
+/// A namespace is an RFC 1123 label.
+fn namespace(text: &str) -> Result<String, String> {
+    if qemu_compose::kubevirt::names::is_label(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a namespace is lowercase letters, digits and '-', at most 63, not beginning or ending with '-'".into())
+    }
+}
+
 #[derive(Debug, Args)]
 struct DoctorArgs {
     /// Output format
@@ -663,6 +693,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cp(args) => cp::run(&cli.global, &args),
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Doctor(args) => doctor::run(&cli.global, &args),
+        Command::Export(ExportCommand::Kubevirt(args)) => export::kubevirt(&cli.global, &args),
         Command::NetworkSwitch(args) => {
             qemu_compose::engine::network::run_switch(&args.lock, &args.networks)?;
             Ok(ExitCode::SUCCESS)

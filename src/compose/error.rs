@@ -130,19 +130,24 @@ impl Errors<'_> {
     }
 
     fn located(&self, pos: Pos, here: &Here, message: String) -> ComposeError {
-        ComposeError {
-            file: self
-                .files
-                .get(pos.file)
-                .or(self.files.first())
-                .cloned()
-                .unwrap_or_default(),
-            line: pos.line,
-            column: pos.column,
-            vm: here.vm.clone(),
-            field: (!here.path.is_empty()).then(|| here.path.clone()),
-            message,
-        }
+        located(self.files, pos, here, message)
+    }
+}
+
+/// The error `message` about `here`, at `pos` in one of `files` (the first when `pos` names
+/// none).
+pub(super) fn located(files: &[PathBuf], pos: Pos, here: &Here, message: String) -> ComposeError {
+    ComposeError {
+        file: files
+            .get(pos.file)
+            .or(files.first())
+            .cloned()
+            .unwrap_or_default(),
+        line: pos.line,
+        column: pos.column,
+        vm: here.vm.clone(),
+        field: (!here.path.is_empty()).then(|| here.path.clone()),
+        message,
     }
 }
 

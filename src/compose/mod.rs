@@ -10,6 +10,7 @@ mod interpolate;
 mod merge;
 mod model;
 mod normalised;
+mod places;
 mod raw;
 mod size;
 mod tree;
@@ -29,10 +30,11 @@ pub use discover::{
 pub use error::{ComposeError, ComposeErrors};
 pub use interpolate::{Env, Layered, ProcessEnv, interpolate, parse_dotenv};
 pub use model::{
-    Accel, HealthCheck, HealthTest, ImageSource, MountKind, MountOption, Network, PortForward,
-    Project, Protocol, SecurityModel, Subnet, Vm, VmNetwork, VolumeDecl, VolumeMount,
+    Accel, BindExport, HealthCheck, HealthTest, ImageSource, MountKind, MountOption, Network,
+    PortForward, Project, Protocol, SecurityModel, Subnet, Vm, VmNetwork, VolumeDecl, VolumeMount,
 };
 pub use normalised::{ComposeFile, compose_file};
+pub use places::Places;
 pub use size::{MAX_VOLUME_SIZE, MIN_VOLUME_SIZE, SizeError, format_size, parse_size};
 pub use validate::{
     DEFAULT_MEMORY_MIB, DEFAULT_SIZE, MAX_CPU, MAX_DISK_SIZE, MAX_MEMORY_MIB, MAX_NAME_LEN,
@@ -202,6 +204,7 @@ pub fn parse_files(
         Some(root) if syntax.is_empty() => root,
         _ => return Err(ComposeErrors(syntax)),
     };
+    let places = Places::record(&root, &paths);
     let raw = raw::read(&root, opts.env, &mut errors);
     let main = paths.first().map_or(Path::new(""), PathBuf::as_path);
     let cx = validate::Context {
@@ -213,6 +216,7 @@ pub fn parse_files(
     let mut project = validate::validate(raw, &cx, &mut errors);
     if errors.list.is_empty() {
         project.warnings = errors.warnings;
+        project.places = places;
         Ok(project)
     } else {
         let mut list = errors.list;

@@ -28,6 +28,9 @@ pub struct Project {
     /// VMs of the file left out by [`Project::with_profiles`]: not orphans, just not used.
     #[serde(skip)]
     pub inactive: Vec<String>,
+    /// Where each field was written, for errors found after validation.
+    #[serde(skip)]
+    pub places: super::Places,
 }
 
 impl Project {
@@ -190,6 +193,20 @@ pub struct Vm {
     /// The VM is used only when one of these profiles is active (none: always).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+    /// `x-kubevirt:` bind mount rules by guest target, for `export kubevirt` only (left out
+    /// when empty, so that the configuration hash does not change).
+    #[serde(rename = "x-kubevirt", skip_serializing_if = "BTreeMap::is_empty")]
+    pub kubevirt_binds: BTreeMap<String, BindExport>,
+}
+
+/// What `export kubevirt` does with one bind mount, which a cluster has no equivalent of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindExport {
+    /// Leave it out of the cluster VM.
+    Skip,
+    /// Fill a new named volume with the folder's files and mount that instead.
+    Volume { name: String, size_bytes: u64 },
 }
 
 /// docker's `healthcheck:`, run in the guest over SSH (docs/compose.md, "Health checks").

@@ -136,6 +136,21 @@ struct VmEntry<'a> {
     volumes: Vec<Mount>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     profiles: &'a [String],
+    #[serde(rename = "x-kubevirt", skip_serializing_if = "Option::is_none")]
+    kubevirt: Option<Kubevirt<'a>>,
+}
+
+/// `x-kubevirt:`, kept so that `config`'s output exports as the file does.
+#[derive(Debug, Serialize)]
+struct Kubevirt<'a> {
+    bind_mounts: BTreeMap<&'a str, BindRule>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BindRule {
+    Skip(&'static str),
+    Volume { volume: String, size: String },
 }
 
 /// `depends_on`: the short form, unless a condition other than the default is needed.
@@ -336,6 +351,22 @@ fn vm_entry(vm: &Vm) -> VmEntry<'_> {
         networks: vm_networks(vm),
         volumes: vm.volumes.iter().map(mount).collect(),
         profiles: &vm.profiles,
+        kubevirt: (!vm.kubevirt_binds.is_empty()).then(|| Kubevirt {
+            bind_mounts: vm
+                .kubevirt_binds
+                .iter()
+                .map(|(target, rule)| {
+                    let rule = match rule {
+                        super::BindExport::Skip => BindRule::Skip("skip"),
+                        super::BindExport::Volume { name, size_bytes } => BindRule::Volume {
+                            volume: text(name),
+                            size: format_size(*size_bytes),
+                        },
+                    };
+                    (target.as_str(), rule)
+                })
+                .collect(),
+        }),
     }
 }
 

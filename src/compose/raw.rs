@@ -62,6 +62,20 @@ pub struct RawVm {
     pub networks: Vec<RawVmNetwork>,
     pub volumes: Vec<RawMount>,
     pub profiles: Vec<At<String>>,
+    /// `x-kubevirt:` bind mount rules, by guest target.
+    pub kubevirt_binds: Vec<(At<String>, RawBindExport)>,
+}
+
+/// What `x-kubevirt: {bind_mounts: {TARGET: …}}` says to do with one bind mount.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawBindExport {
+    /// `skip`
+    Skip,
+    /// `{volume: NAME, size: SIZE}`
+    Volume {
+        name: At<String>,
+        size: Option<At<SizeValue>>,
+    },
 }
 
 /// `depends_on` conditions: the VM depended on, and the condition.
@@ -188,6 +202,16 @@ keys! {
         StopGracePeriod = "stop_grace_period",
         Profiles = "profiles",
         Healthcheck = "healthcheck",
+        Kubevirt = "x-kubevirt",
+    }
+    /// `vms.<name>.x-kubevirt`
+    KubevirtKey {
+        BindMounts = "bind_mounts",
+    }
+    /// `vms.<name>.x-kubevirt.bind_mounts.<target>` in the long form
+    BindVolumeKey {
+        Volume = "volume",
+        Size = "size",
     }
     /// `vms.<name>.healthcheck`
     HealthKey {
@@ -369,9 +393,64 @@ impl Reader<'_, '_> {
                 VmKey::Networks => vm.networks = self.vm_networks(node, &here),
                 VmKey::Volumes => vm.volumes = self.mounts(node, &here),
                 VmKey::Profiles => vm.profiles = self.string_list(node, &here, false),
+                VmKey::Kubevirt => vm.kubevirt_binds = self.kubevirt(node, &here),
             }
         }
         vm
+    }
+
+    /// `x-kubevirt:` (docs/kubevirt.md): each bind mount target, `skip` or
+    /// `{volume: NAME, size: SIZE}`.
+    fn kubevirt(&mut self, node: &Node, here: &Here) -> Vec<(At<String>, RawBindExport)> {
+        let mut out = Vec::new();
+        for (key, node, here) in self
+            .mapping::<KubevirtKey>(node, here, false)
+            .unwrap_or_default()
+        {
+            match key {
+                KubevirtKey::BindMounts => {
+                    for (target, rule) in self.named_map(node, &here) {
+                        let here = here.field(&target.name);
+                        if let Some(rule) = self.bind_export(rule, &here) {
+                            out.push((at(target), rule));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn bind_export(&mut self, node: &Node, here: &Here) -> Option<RawBindExport> {
+        if let Value::Str(s) = &node.value {
+            if s == "skip" {
+                return Some(RawBindExport::Skip);
+            }
+            self.errors.push(
+                node.pos,
+                here,
+                format!("expected `skip` or {{volume: NAME}}, found {s:?}"),
+            );
+            return None;
+        }
+        let (mut name, mut size) = (None, None);
+        for (key, node, here) in self.mapping::<BindVolumeKey>(node, here, false)? {
+            match key {
+                BindVolumeKey::Volume => name = self.string(node, &here),
+                BindVolumeKey::Size => size = self.size(node, &here),
+            }
+        }
+        match name {
+            Some(name) => Some(RawBindExport::Volume { name, size }),
+            None => {
+                self.errors.push(
+                    node.pos,
+                    here,
+                    "`volume:` is required (the new volume's name)",
+                );
+                None
+            }
+        }
     }
 
     /// `depends_on`: a list of names, or docker's long form `{db: {condition: …}}` (the

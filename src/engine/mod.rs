@@ -11,6 +11,7 @@ pub mod host;
 pub mod images;
 pub mod inspect;
 pub mod instance;
+pub mod kubevirt;
 pub mod lifecycle;
 pub mod mounts;
 pub mod network;

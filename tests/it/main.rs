@@ -16,6 +16,7 @@ mod ext4;
 mod habits;
 mod image;
 mod interact;
+mod kubevirt;
 mod lifecycle;
 mod network;
 mod qcow2;

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::harness::{assert_golden, run_tool, text, tool};
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0d1ZpR3Jvb3Qtbm90LWEtcmVhbC1rZXktanVzdC1ieXRlcw qemu-compose-demo";
+pub(crate) const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0d1ZpR3Jvb3Qtbm90LWEtcmVhbC1rZXktanVzdC1ieXRlcw qemu-compose-demo";
 /// A host key made for these tests with `ssh-keygen -t ed25519 -N '' -C ''`; it guards
 /// nothing.
 const HOST_KEY_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
@@ -37,7 +37,7 @@ const HOST_KEY_PUBLIC: &str =
 const CLOUD_INIT_PYTHON: &str = "/usr/bin/python3";
 
 /// Hashed once: 5000 rounds of SHA-512 are slow in a debug build.
-static PASSWORD_HASH: LazyLock<String> =
+pub(crate) static PASSWORD_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password("correct-horse", "qcsalt0123456789").unwrap());
 
 fn base() -> SeedInput {
@@ -58,7 +58,7 @@ fn base() -> SeedInput {
     }
 }
 
-fn host_key() -> HostKey {
+pub(crate) fn host_key() -> HostKey {
     HostKey {
         private_openssh: HOST_KEY_PRIVATE.into(),
         public: HOST_KEY_PUBLIC.into(),
@@ -227,7 +227,7 @@ fn documents_match_golden_files() {
 }
 
 /// Runs `cloud-init schema --config-file` on each document, a few at a time.
-fn assert_schema_valid(docs: &[(String, String)]) {
+pub(crate) fn assert_schema_valid(docs: &[(String, String)]) {
     let dir = tempfile::tempdir().unwrap();
     for chunk in docs.chunks(4) {
         let children: Vec<_> = chunk

@@ -64,6 +64,7 @@ pub fn validate(raw: RawFile, cx: &Context, errors: &mut Errors) -> Project {
         networks,
         warnings: Vec::new(),
         inactive: Vec::new(),
+        places: Default::default(),
     }
 }
 

@@ -11,8 +11,9 @@ use super::ports::{forwards, ssh_port};
 use super::references::{Lookups, referenced_names};
 use super::sizes::{DEFAULT_SIZE, MAX_DISK_SIZE, MIN_DISK_SIZE, memory_mib, size_bytes};
 use crate::compose::error::{At, Errors, Here};
-use crate::compose::model::{Accel, ImageSource, Vm};
-use crate::compose::raw::{RawVm, SizeValue};
+use crate::compose::model::{Accel, BindExport, ImageSource, MountKind, Vm, VolumeMount};
+use crate::compose::raw::{RawBindExport, RawVm, SizeValue};
+use crate::compose::size::{MAX_VOLUME_SIZE, MIN_VOLUME_SIZE};
 use crate::compose::tree::Pos;
 
 /// Most vCPUs accepted (QEMU's q35 limit is higher; this catches typos).
@@ -65,6 +66,7 @@ pub(super) fn vm(
         .as_ref()
         .and_then(|h| health::healthcheck(h, &field("healthcheck"), errors));
     let healthy_dependencies = health::healthy_dependencies(raw, &field("depends_on"), errors);
+    let kubevirt_binds = kubevirt_binds(raw, &volumes, &field("x-kubevirt"), lookups, errors);
     let vm = Vm {
         name: name.value.clone(),
         image,
@@ -89,8 +91,62 @@ pub(super) fn vm(
         networks,
         volumes,
         profiles,
+        kubevirt_binds,
     };
     (vm, positions)
+}
+
+/// `x-kubevirt: {bind_mounts: …}`: each target is one of the VM's bind mounts, and each new
+/// volume a valid name that no declared volume has.
+fn kubevirt_binds(
+    raw: &RawVm,
+    mounts: &[VolumeMount],
+    here: &Here,
+    lookups: &Lookups,
+    errors: &mut Errors,
+) -> BTreeMap<String, BindExport> {
+    let here = here.field("bind_mounts");
+    let mut out = BTreeMap::new();
+    for (target, rule) in &raw.kubevirt_binds {
+        let here = here.field(&target.value);
+        let is_bind = mounts
+            .iter()
+            .any(|m| m.target == target.value && matches!(m.kind, MountKind::Bind { .. }));
+        if !is_bind {
+            errors.push(
+                target.pos,
+                &here,
+                format!("the VM has no bind mount at {:?}", target.value),
+            );
+            continue;
+        }
+        let export = match rule {
+            RawBindExport::Skip => BindExport::Skip,
+            RawBindExport::Volume { name, size } => {
+                super::names::check_name(name, "volume", &here.field("volume"), errors);
+                if lookups.volumes.contains(&name.value) {
+                    errors.push(
+                        name.pos,
+                        &here.field("volume"),
+                        format!(
+                            "volume {:?} is declared already; name a new one",
+                            name.value
+                        ),
+                    );
+                }
+                let size_bytes = size.as_ref().map_or(DEFAULT_SIZE, |size| {
+                    let here = here.field("size");
+                    size_bytes(size, &here, errors, MIN_VOLUME_SIZE, MAX_VOLUME_SIZE)
+                });
+                BindExport::Volume {
+                    name: name.value.clone(),
+                    size_bytes,
+                }
+            }
+        };
+        out.insert(target.value.clone(), export);
+    }
+    out
 }
 
 /// Profile names as docker compose allows them, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, each once.

@@ -1,0 +1,79 @@
+//! `export kubevirt`: refuse what a cluster cannot carry, make the state the manifests need
+//! as `up` would, and write the manifests with the commands that upload the volumes.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use qemu_compose::engine;
+use qemu_compose::kubevirt::{self, Export};
+use qemu_compose::state::write_atomic;
+
+use super::output::note;
+use super::{GlobalArgs, KubevirtArgs, StderrReporter, output, project};
+
+pub fn kubevirt(global: &GlobalArgs, args: &KubevirtArgs) -> anyhow::Result<ExitCode> {
+    let project = project::load(global)?;
+    kubevirt::check(&project)?;
+    let facts = engine::kubevirt::facts(&project, &StderrReporter)?;
+    let export = kubevirt::translate(&project, &facts, args.namespace.as_deref())?;
+    let ns = args.namespace.as_deref();
+    if args.output.as_os_str() == "-" {
+        let objects: Vec<_> = export.files.iter().flat_map(|(_, o)| o.clone()).collect();
+        output::stdout().write_all(kubevirt::to_yaml(&objects)?.as_bytes())?;
+        for line in after_apply(&export, ns).lines() {
+            note!("{line}");
+        }
+    } else {
+        write_folder(&args.output, &export, ns)?;
+        note!(
+            "wrote the manifests to {}; see {} for what to run",
+            args.output.display(),
+            args.output.join("README.txt").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One file per VM, `volumes.yaml`, and `README.txt`, each written atomically.
+fn write_folder(dir: &Path, export: &Export, ns: Option<&str>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (stem, objects) in &export.files {
+        let path = dir.join(format!("{stem}.yaml"));
+        write_atomic(&path, kubevirt::to_yaml(objects)?.as_bytes(), 0o644)?;
+    }
+    let ns_flag = ns.map_or(String::new(), |ns| format!(" --namespace {ns}"));
+    let readme = format!(
+        "Made by qemu-compose export kubevirt.\n\nApply the manifests:\n\n    kubectl apply{ns_flag} -f .\n\n{}",
+        after_apply(export, ns)
+    );
+    write_atomic(&dir.join("README.txt"), readme.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// The upload commands, and what no manifest says.
+fn after_apply(export: &Export, ns: Option<&str>) -> String {
+    let mut text = String::new();
+    if !export.uploads.is_empty() {
+        text.push_str(
+            "Then upload the images into their DataVolumes (the VMs start once they are filled):\n\n",
+        );
+        for upload in &export.uploads {
+            let _ = writeln!(text, "    {}", upload.command(ns));
+            if let Some(sum) = &upload.checksum {
+                let _ = writeln!(
+                    text,
+                    "      (CDI does not check an upload: check first that `sha256sum` prints {} for it)",
+                    sum.trim_start_matches("sha256:")
+                );
+            }
+        }
+        text.push('\n');
+    }
+    for line in &export.notes {
+        let _ = writeln!(text, "Note: {line}");
+    }
+    text
+}
