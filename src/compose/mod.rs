@@ -29,8 +29,8 @@ pub use discover::{
 pub use error::{ComposeError, ComposeErrors};
 pub use interpolate::{Env, Layered, ProcessEnv, interpolate, parse_dotenv};
 pub use model::{
-    Accel, HealthCheck, HealthTest, ImageSource, MountKind, MountOption, Network, PortForward,
-    Project, Protocol, SecurityModel, Subnet, Vm, VmNetwork, VolumeDecl, VolumeMount,
+    Accel, Arch, HealthCheck, HealthTest, ImageSource, MountKind, MountOption, Network,
+    PortForward, Project, Protocol, SecurityModel, Subnet, Vm, VmNetwork, VolumeDecl, VolumeMount,
 };
 pub use normalised::{ComposeFile, compose_file};
 pub use size::{MAX_VOLUME_SIZE, MIN_VOLUME_SIZE, SizeError, format_size, parse_size};

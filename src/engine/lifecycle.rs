@@ -162,20 +162,29 @@ pub fn up(
         .iter()
         .map(|vm| instance::check(vm))
         .collect::<Result<Vec<_>, _>>()?;
+    // Each VM's QEMU binary (per architecture), in the order of `selected`.
     let qemu = if opts.no_start {
         None
     } else {
-        Some(host.qemu()?)
+        Some(
+            selected
+                .iter()
+                .map(|vm| host.qemu(vm.guest_arch().into()))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     };
-    let networked: Vec<&str> = selected
-        .iter()
-        .filter(|vm| !vm.networks.is_empty())
-        .map(|vm| vm.name.as_str())
-        .collect();
-    if let Some(qemu) = &qemu
-        && !networked.is_empty()
-    {
-        network::check_qemu(qemu, &networked)?;
+    if let Some(binaries) = &qemu {
+        for binary in binaries.iter().collect::<BTreeSet<_>>() {
+            let networked: Vec<&str> = selected
+                .iter()
+                .zip(binaries)
+                .filter(|(vm, b)| !vm.networks.is_empty() && *b == binary)
+                .map(|(vm, _)| vm.name.as_str())
+                .collect();
+            if !networked.is_empty() {
+                network::check_qemu(binary, &networked)?;
+            }
+        }
     }
 
     let guard = lock(&state, reporter)?;
@@ -233,7 +242,7 @@ pub fn up(
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
     let mut running = Vec::new();
     let mut tcg_said = false;
-    for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
+    for (i, ((vm, checked), base)) in selected.iter().zip(&checked).zip(bases).enumerate() {
         if qemu.is_some() {
             let key = &secrets.private_key_path;
             health::wait_for_dependencies(project, host, vm, key, opts.health_wait, reporter)?;
@@ -331,7 +340,7 @@ pub fn up(
                 total >> 20
             ));
         }
-        let Some(qemu) = &qemu else {
+        let Some(qemu) = qemu.as_ref().map(|binaries| &binaries[i]) else {
             if change == DiskChange::Created {
                 reporter.info(&format!("created VM {} (not started)", vm.name));
             } else {
