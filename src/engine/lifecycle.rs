@@ -241,7 +241,7 @@ pub fn up(
     };
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
     let mut running = Vec::new();
-    let mut tcg_said = false;
+    let mut tcg_said = BTreeSet::new();
     for (i, ((vm, checked), base)) in selected.iter().zip(&checked).zip(bases).enumerate() {
         if qemu.is_some() {
             let key = &secrets.private_key_path;
@@ -349,13 +349,14 @@ pub fn up(
             continue;
         };
         if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
-            // The host's reason is the same for every VM: said once per `up`.
-            let host_wide = prepared.accel.reason.starts_with("TCG (slow)");
-            if !host_wide {
-                reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
-            } else if !tcg_said {
-                reporter.warn(&prepared.accel.reason);
-                tcg_said = true;
+            // A host-wide reason (no KVM here, or none for this guest architecture) is the
+            // same for every such VM: each is said once per `up`.
+            let reason = &prepared.accel.reason;
+            if !reason.starts_with("TCG (slow)") {
+                reporter.warn(&format!("VM {}: {reason}", vm.name));
+            } else if !tcg_said.contains(reason) {
+                reporter.warn(reason);
+                tcg_said.insert(reason.clone());
             }
         }
         instance::check_images_before_start(&prepared)?;
