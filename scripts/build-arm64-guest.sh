@@ -12,8 +12,10 @@
 #   initrd.img   a newc cpio: busybox, the modules and /init
 #   guest.env    KERNEL_APPEND, the kernel version and the build key
 #
-# /init loads virtio, ext4 and 9p modules in dependency order, mounts the ext4 volume
-# (/dev/vdb, the first named volume) and the 9p share with tag mount0, writes the line
+# /init loads virtio, ext4 and 9p modules in dependency order, mounts the ext4 volume whose
+# virtio serial is named by `qc.volume=SERIAL` on the kernel command line (qemu-compose gives
+# a named volume its name as serial; the vd* letters need not follow the command line) and
+# the 9p share with tag mount0, writes the line
 # `arm64-marker <uname -m>` into `arm64-marker` on each, prints `ARM64-GUEST-DONE` on the
 # serial console and powers off.
 #
@@ -115,7 +117,7 @@ done
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,mnt/vol,mnt/share,lib/modules}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
-for applet in sh mount umount insmod echo cat mkdir sync poweroff uname sleep; do
+for applet in sh [ mount umount insmod echo cat mkdir sync poweroff uname sleep; do
   ln -s busybox "$root/bin/$applet"
 done
 : >"$root/modules.order"
@@ -138,7 +140,15 @@ while read -r module; do
 done </modules.order
 sleep 1
 marker="arm64-marker $(uname -m)"
-if mount -t ext4 /dev/vdb /mnt/vol; then
+volume=
+for word in $(cat /proc/cmdline); do
+  case $word in qc.volume=*) volume=${word#qc.volume=} ;; esac
+done
+device=/dev/missing
+for block in /sys/block/vd*; do
+  [ "$(cat "$block/serial" 2>/dev/null)" = "$volume" ] && device=/dev/${block##*/}
+done
+if mount -t ext4 "$device" /mnt/vol; then
   echo "$marker" >/mnt/vol/arm64-marker
   umount /mnt/vol
 else

@@ -1,8 +1,8 @@
 //! aarch64 guests (issue 17): a real arm64 Linux under TCG next to an x86 VM, through the
 //! real CLI, and what `doctor` says about the other architecture on this host.
 //!
-//! The guest is Debian's arm64 kernel with a busybox initramfs whose /init mounts the first
-//! named volume (ext4, made by us) and the first 9p share, writes a marker into each, prints
+//! The guest is Debian's arm64 kernel with a busybox initramfs whose /init mounts the named
+//! volume whose serial the kernel command line names (ext4, made by us) and the first 9p share, writes a marker into each, prints
 //! to the serial console and powers off (scripts/build-arm64-guest.sh; built without root,
 //! cached under /var/tmp, so only the first run needs the Debian mirror). It boots in seconds,
 //! which is why it lives here rather than in the long opt-in tests/e2e.rs: every test run
@@ -65,7 +65,7 @@ vms:
     image: ./base.qcow2
     kernel: {kernel}
     initrd: {initrd}
-    cmdline: \"{cmdline}\"
+    cmdline: \"{cmdline} qc.volume=armdata\"
     cpu: 2
     memory: 256
     volumes: ['armdata:/data', './share:/share']
