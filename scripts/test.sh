@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything the test suite needs, from a fresh machine (as root): installs the reference tools
-# the tests use as oracles (qemu-img, qemu-system-x86_64, e2fsprogs, dosfstools, mtools,
-# cloud-init, openssh-client, debootstrap), then checks formatting and lints and runs every
-# test, including the real-guest end-to-end test, as root and then as an ordinary user
-# (scripts/e2e-rootless.sh; QEMU_COMPOSE_E2E=0 leaves both out).
+# the tests use as oracles (qemu-img, qemu-system-x86_64, qemu-system-aarch64 and its UEFI
+# firmware, e2fsprogs, dosfstools, mtools, cloud-init, openssh-client, debootstrap), then
+# checks formatting and lints and runs every test, including the real-guest end-to-end test,
+# as root and then as an ordinary user (scripts/e2e-rootless.sh; QEMU_COMPOSE_E2E=0 leaves both
+# out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

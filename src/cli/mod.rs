@@ -77,12 +77,18 @@ struct GlobalArgs {
         value_parser = project_name
     )]
     project_name: Option<String>,
-    /// The QEMU binary: a path, or a name looked up on PATH [default: qemu-system-x86_64]
+    /// The QEMU binary of the VMs of this host's architecture: a path, or a name looked up on
+    /// PATH [default: qemu-system-x86_64 on x86_64, qemu-system-aarch64 on arm64; other VMs
+    /// always use qemu-system-<arch>]
     #[arg(long, value_name = "PROGRAM", env = "QEMU_COMPOSE_QEMU")]
     qemu: Option<OsString>,
     /// The accelerator of every VM, over their `accel:` keys: auto, kvm or tcg
     #[arg(long, value_name = "MODE", env = "QEMU_COMPOSE_ACCEL")]
     accel: Option<String>,
+    /// The UEFI code image (64 MiB) of aarch64 VMs that boot their image and have no
+    /// `firmware:` key [default: /usr/share/AAVMF/AAVMF_CODE.fd, from qemu-efi-aarch64]
+    #[arg(long, value_name = "PATH", env = "QEMU_COMPOSE_AARCH64_FIRMWARE")]
+    aarch64_firmware: Option<PathBuf>,
     /// Print the full error chain and what qemu-compose does (the variable takes 1/0,
     /// true/false, yes/no, on/off; empty is off)
     #[arg(

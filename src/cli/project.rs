@@ -44,9 +44,16 @@ pub fn load_naming(global: &GlobalArgs, names: &[String]) -> anyhow::Result<Proj
     Ok(project.with_profiles(&global.profile, names))
 }
 
-/// The host as the engine sees it, with the user's `--qemu` and `--accel`.
+/// The host as the engine sees it, with the user's `--qemu`, `--accel` and
+/// `--aarch64-firmware` (made absolute: QEMU is given absolute paths only).
 pub fn host(global: &GlobalArgs) -> Result<HostEnv, EngineError> {
-    HostEnv::from_process(global.qemu.clone(), global.accel.clone())
+    let firmware = global
+        .aarch64_firmware
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| EngineError::Refused(format!("--aarch64-firmware: {e}")))?;
+    HostEnv::from_process(global.qemu.clone(), global.accel.clone(), firmware)
 }
 
 /// Loads the project and finds the running VM `name`, or says why it cannot be used.

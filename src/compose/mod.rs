@@ -30,7 +30,7 @@ pub use discover::{
 pub use error::{ComposeError, ComposeErrors};
 pub use interpolate::{Env, Layered, ProcessEnv, interpolate, parse_dotenv};
 pub use model::{
-    Accel, BindExport, HealthCheck, HealthTest, ImageSource, MountKind, MountOption, Network,
+    Accel, Arch, BindExport, HealthCheck, HealthTest, ImageSource, MountKind, MountOption, Network,
     PortForward, Project, Protocol, SecurityModel, Subnet, Vm, VmNetwork, VolumeDecl, VolumeMount,
 };
 pub use normalised::{ComposeFile, compose_file};

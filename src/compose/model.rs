@@ -166,6 +166,15 @@ pub struct Vm {
     /// Fixed host port for SSH; `None`: allocated from 2222 upward at `up`.
     pub ssh_port: Option<u16>,
     pub accel: Accel,
+    /// `None`: the host's architecture. Left out of the serialised model when unset, as is
+    /// `firmware`, so that the configuration hash of VMs written before these keys existed
+    /// stays what it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    /// The UEFI code image of an aarch64 VM booting its image (absolute); `None`: searched
+    /// for on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
     /// How long `stop` waits for the guest to power off (docker's `stop_grace_period`);
     /// `None`: the command's default.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,6 +216,13 @@ pub enum BindExport {
     Skip,
     /// Fill a new named volume with the folder's files and mount that instead.
     Volume { name: String, size_bytes: u64 },
+}
+
+impl Vm {
+    /// The guest's architecture: `arch:`, else the host's.
+    pub fn guest_arch(&self) -> Arch {
+        self.arch.unwrap_or_else(Arch::host)
+    }
 }
 
 /// docker's `healthcheck:`, run in the guest over SSH (docs/compose.md, "Health checks").
@@ -288,6 +304,33 @@ pub enum Accel {
     Auto,
     Kvm,
     Tcg,
+}
+
+/// A guest CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The host's architecture (the one qemu-compose was built for): a VM's default.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The canonical spelling (`uname -m`'s).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
 }
 
 /// One entry of a VM's `volumes:`.

@@ -115,6 +115,10 @@ struct VmEntry<'a> {
     ssh: Option<Ssh>,
     accel: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firmware: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stop_grace_period: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel: Option<String>,
@@ -336,6 +340,8 @@ fn vm_entry(vm: &Vm) -> VmEntry<'_> {
             super::Accel::Kvm => "kvm",
             super::Accel::Tcg => "tcg",
         },
+        arch: vm.arch.map(super::Arch::as_str),
+        firmware: vm.firmware.as_deref().map(path_text),
         stop_grace_period: vm.stop_grace_period_secs.map(|s| format!("{s}s")),
         kernel: vm.kernel.as_deref().map(path_text),
         initrd: vm.initrd.as_deref().map(path_text),

@@ -1207,3 +1207,42 @@ fn unused_new_keys_leave_the_serialised_vm_as_before() {
         assert!(json.get(key).is_none(), "{key} in {json}");
     }
 }
+
+#[test]
+fn arch_and_firmware() {
+    use crate::compose::Arch;
+    let p = ok(&one_vm("", "arch: aarch64\nfirmware: fw/CODE.fd"));
+    assert_eq!(p.vms[0].arch, Some(Arch::Aarch64));
+    assert_eq!(
+        p.vms[0].firmware.as_deref(),
+        Some(Path::new("/proj/fw/CODE.fd"))
+    );
+    // Debian's and docker's names are taken, and the default is the host's.
+    assert_eq!(
+        ok(&one_vm("", "arch: arm64")).vms[0].arch,
+        Some(Arch::Aarch64)
+    );
+    assert_eq!(
+        ok(&one_vm("", "arch: amd64")).vms[0].arch,
+        Some(Arch::X86_64)
+    );
+    let p = ok(&one_vm("", ""));
+    assert_eq!(p.vms[0].arch, None);
+    assert_eq!(p.vms[0].guest_arch(), Arch::host());
+
+    let e = error(&one_vm("", "arch: riscv64"));
+    assert_eq!(
+        e,
+        "qemu-compose.yaml:4:11: vms.a.arch: arch \"riscv64\" must be x86_64 or aarch64 (or amd64, arm64)"
+    );
+    let e = error(&one_vm("", "arch: x86_64\nfirmware: /fw.fd"));
+    assert!(
+        e.starts_with("qemu-compose.yaml:5:15: vms.a.firmware: `firmware` is for aarch64 VMs"),
+        "{e}"
+    );
+    let e = error(&one_vm("", "arch: aarch64\nkernel: /k\nfirmware: /fw.fd"));
+    assert!(
+        e.contains("vms.a.firmware: `firmware` and `kernel` exclude each other"),
+        "{e}"
+    );
+}

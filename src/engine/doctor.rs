@@ -2,8 +2,9 @@
 //!
 //! Each check is one line, `ok`, `warn` or `FAIL`. Only what makes `up` fail is a `FAIL`: no
 //! QEMU, a QEMU without 9p while the project has bind mounts, an accelerator the project
-//! demands but the host lacks, a socket path that cannot be made short enough. Slow TCG, a
-//! missing ssh client and low disk space are warnings.
+//! demands but the host lacks, a missing QEMU or firmware for the project's aarch64 VMs, a
+//! socket path that cannot be made short enough. Slow TCG, a missing ssh client, what guests
+//! of the other architecture would lack, and low disk space are warnings.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +13,7 @@ use indicatif::HumanBytes;
 
 use crate::compose::{MountKind, Project};
 use crate::qemu::accel::{self, Accel, AccelError, AccelMode};
+use crate::qemu::arch::{self, Arch};
 use crate::qemu::argv::MAX_SOCKET_PATH;
 use crate::state::{InstancePaths, StateDir};
 
@@ -65,7 +67,8 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
         })
     });
 
-    match host.qemu() {
+    let host_arch = host.probe.arch;
+    match host.qemu(host_arch) {
         Err(e) => out.push(Check::new(Level::Fail, "qemu", e.to_string())),
         Ok(qemu) => {
             let version = first_line(&qemu, &["--version"]).unwrap_or_else(|e| e);
@@ -103,7 +106,7 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
 
     out.push(match &host.probe.kvm_device {
         Err(why) => Check::new(Level::Warn, "kvm", format!("not usable: {why}")),
-        Ok(()) => match accel::decide(AccelMode::Kvm, None, &host.probe) {
+        Ok(()) => match accel::decide(host_arch, AccelMode::Kvm, None, &host.probe) {
             Ok(_) => Check::new(Level::Ok, "kvm", "usable"),
             Err(AccelError::KvmUnusable { why, .. }) => {
                 Check::new(Level::Warn, "kvm", format!("not usable: {why}"))
@@ -112,7 +115,12 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
         },
     });
     out.push(
-        match accel::decide(AccelMode::Auto, host.accel_override.as_deref(), &host.probe) {
+        match accel::decide(
+            host_arch,
+            AccelMode::Auto,
+            host.accel_override.as_deref(),
+            &host.probe,
+        ) {
             Ok(choice) if choice.accel == Accel::Kvm => {
                 Check::new(Level::Ok, "accelerator", choice.reason)
             }
@@ -128,9 +136,12 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
     );
     if let Some(p) = project {
         for vm in &p.vms {
-            if let Err(e) =
-                accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
-            {
+            if let Err(e) = accel::decide(
+                vm.guest_arch().into(),
+                vm.accel.into(),
+                host.accel_override.as_deref(),
+                &host.probe,
+            ) {
                 out.push(Check::new(
                     Level::Fail,
                     "accelerator",
@@ -139,6 +150,8 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
             }
         }
     }
+
+    out.extend(other_arch_checks(host, project));
 
     out.push(match first_line(Path::new("ssh"), &["-V"]) {
         Ok(version) => Check::new(Level::Ok, "ssh", version),
@@ -159,6 +172,78 @@ pub fn report(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
         out.push(space_check("state folder", state.root()));
     }
     out.push(space_check("image cache", host.images.dir()));
+    out
+}
+
+/// What guests of the architecture other than the host's would run with: their QEMU, the
+/// aarch64 UEFI firmware, and the accelerator. `FAIL` only for what the project's VMs need.
+fn other_arch_checks(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
+    let mut out = Vec::new();
+    let vms = project.map(|p| p.vms.as_slice()).unwrap_or_default();
+    let guest = match host.probe.arch {
+        Arch::X86_64 => Arch::Aarch64,
+        Arch::Aarch64 => Arch::X86_64,
+    };
+    let used: Vec<&str> = vms
+        .iter()
+        .filter(|vm| Arch::from(vm.guest_arch()) == guest)
+        .map(|vm| vm.name.as_str())
+        .collect();
+    let needed = |needed: bool| if needed { Level::Fail } else { Level::Warn };
+    out.push(match host.qemu(guest) {
+        Ok(qemu) => {
+            let version = first_line(&qemu, &["--version"]).unwrap_or_else(|e| e);
+            Check::new(Level::Ok, "qemu", format!("{} ({version})", qemu.display()))
+        }
+        Err(e) => Check::new(
+            needed(!used.is_empty()),
+            "qemu",
+            format!("{guest} VMs cannot start: {e}"),
+        ),
+    });
+
+    // Firmware: only aarch64 VMs booting their image use it, whatever the host.
+    let firmware_users: Vec<&str> = vms
+        .iter()
+        .filter(|vm| Arch::from(vm.guest_arch()) == Arch::Aarch64 && vm.kernel.is_none())
+        .map(|vm| vm.name.as_str())
+        .collect();
+    let chosen = host
+        .aarch64_firmware
+        .as_deref()
+        .map(|p| (p, "--aarch64-firmware/QEMU_COMPOSE_AARCH64_FIRMWARE"));
+    out.push(
+        match arch::find_aarch64_firmware(chosen, arch::AARCH64_FIRMWARE) {
+            Ok(code) => Check::new(
+                Level::Ok,
+                "firmware",
+                format!(
+                    "aarch64 UEFI {} (cloud images boot; kernel: boots need none)",
+                    code.display()
+                ),
+            ),
+            Err(e) => Check::new(
+                needed(!firmware_users.is_empty()),
+                "firmware",
+                format!("aarch64 VMs with kernel: only: {e}"),
+            ),
+        },
+    );
+
+    // KVM never runs a guest of another architecture: TCG it is, unless --accel says kvm.
+    out.push(
+        match accel::decide(guest, AccelMode::Auto, host.accel_override.as_deref(), &host.probe) {
+            Ok(_) => Check::new(
+                Level::Warn,
+                guest.as_str(),
+                format!(
+                    "TCG (host is {}): {guest} guests are emulated, several times slower than native",
+                    host.probe.arch
+                ),
+            ),
+            Err(e) => Check::new(needed(!used.is_empty()), guest.as_str(), e.to_string()),
+        },
+    );
     out
 }
 

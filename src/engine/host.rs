@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::image::ImageCache;
 use crate::qemu::accel::{self, HostProbe};
+use crate::qemu::arch::Arch;
 use crate::qemu::process;
 
 use super::EngineError;
@@ -13,9 +14,13 @@ use super::EngineError;
 /// The host as the engine sees it.
 #[derive(Debug, Clone)]
 pub struct HostEnv {
-    /// The QEMU binary the user named (`--qemu`, `$QEMU_COMPOSE_QEMU`), else
-    /// `qemu-system-x86_64` on `$PATH`; found lazily because only starting VMs needs it.
+    /// The QEMU binary the user named (`--qemu`, `$QEMU_COMPOSE_QEMU`) for VMs of the host's
+    /// architecture; else, and for the others, `qemu-system-<arch>` on `$PATH`. Found lazily
+    /// because only starting VMs needs it.
     pub qemu_override: Option<OsString>,
+    /// The aarch64 UEFI code image the user named (`--aarch64-firmware`,
+    /// `$QEMU_COMPOSE_AARCH64_FIRMWARE`), used by VMs without a `firmware:` key.
+    pub aarch64_firmware: Option<PathBuf>,
     /// `$PATH`.
     pub path: Option<OsString>,
     /// The accelerator the user asked for every VM (`--accel`, `$QEMU_COMPOSE_ACCEL`).
@@ -37,10 +42,12 @@ impl HostEnv {
     pub fn from_process(
         qemu_override: Option<OsString>,
         accel_override: Option<String>,
+        aarch64_firmware: Option<PathBuf>,
     ) -> Result<Self, EngineError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Ok(Self {
             qemu_override,
+            aarch64_firmware,
             path: std::env::var_os("PATH"),
             accel_override,
             runtime_dir: var("XDG_RUNTIME_DIR")
@@ -57,10 +64,15 @@ impl HostEnv {
         self.uid == 0
     }
 
-    /// The QEMU binary.
-    pub fn qemu(&self) -> Result<PathBuf, EngineError> {
+    /// The QEMU binary for guests of architecture `arch`.
+    pub fn qemu(&self, arch: Arch) -> Result<PathBuf, EngineError> {
+        let override_bin = self
+            .qemu_override
+            .as_deref()
+            .filter(|_| arch == self.probe.arch);
         Ok(process::find_qemu(
-            self.qemu_override.as_deref(),
+            override_bin,
+            arch,
             self.path.as_deref(),
         )?)
     }

@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use crate::compose::{ImageSource, MountKind, PortForward, Project, Vm};
 use crate::disk::qcow2::{self, Qcow2Image};
+use crate::qemu::Arch;
 use crate::qemu::accel;
 use crate::qemu::argv::build_argv;
 use crate::qemu::ports::allocate_ssh_port;
-use crate::qemu::process::DEFAULT_QEMU;
 use crate::state::{
     InstancePaths, InstanceRecord, NetworkRegistry, StateDir, VolumeRecord, VolumeRegistry,
 };
@@ -533,7 +533,12 @@ pub fn inspect<'a>(
         .ok()
         .map(|f| f.backing_format().as_str().to_string());
 
-    let accel_choice = accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe);
+    let accel_choice = accel::decide(
+        vm.guest_arch().into(),
+        vm.accel.into(),
+        host.accel_override.as_deref(),
+        &host.probe,
+    );
     let accel = match &accel_choice {
         Ok(choice) => AccelInfo {
             accel: Some(choice.accel.as_str()),
@@ -568,12 +573,14 @@ pub fn inspect<'a>(
                     ImageSource::Path(_) => format!("image {}: {e}", base.display()),
                 })?;
                 let accel = accel_choice.as_ref().map_err(|e| e.to_string())?.accel;
+                let firmware = instance::firmware_for(vm, host).map_err(|e| e.to_string())?;
                 let (ssh_port, ssh_port_basis) =
                     planned_ssh_port(project, host, &state, vm, record.as_ref())?;
                 let facts = instance::LaunchFacts {
                     paths: &paths,
                     mounts: &plan,
                     accel,
+                    firmware: firmware.as_deref(),
                     mac: instance::mac_for(project, vm),
                     links: &links,
                     base: &base,
@@ -583,7 +590,9 @@ pub fn inspect<'a>(
                 let argv = build_argv(&spec).map_err(|e| e.to_string())?;
                 Ok::<_, String>(QemuLaunch {
                     planned: true,
-                    binary: host.qemu().unwrap_or_else(|_| PathBuf::from(DEFAULT_QEMU)),
+                    binary: host.qemu(vm.guest_arch().into()).unwrap_or_else(|_| {
+                        PathBuf::from(Arch::from(vm.guest_arch()).qemu_binary())
+                    }),
                     argv,
                     started: None,
                     ssh_port,

@@ -21,8 +21,10 @@ use crate::disk::qcow2::{self, Backing, Header, ImageFormat, Qcow2Error, Qcow2Im
 use crate::disk::{fat, signature};
 use crate::image::{Progress, Sha256Digest};
 use crate::qemu::accel::{self, Accel, AccelChoice};
+use crate::qemu::arch::{self, Arch};
 use crate::qemu::argv::{
-    BaseImage, DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward,
+    BaseImage, DriveFormat, DriveSpec, Firmware, KernelBoot, LaunchSpec, MacAddress, NetSpec,
+    PortForward,
 };
 use crate::state::secrets::InstanceHostKey;
 use crate::state::{InstancePaths, ProjectSecrets, StateDir, StateError, VolumeRegistry, atomic};
@@ -73,10 +75,61 @@ pub fn check(vm: &Vm) -> Result<Checked, EngineError> {
             });
         }
     }
+    check_kernel_arch(vm)?;
     check_local_checksum(vm)?;
     Ok(Checked {
         source_kinds: mounts::check_bind_sources(vm)?,
     })
+}
+
+/// Refuses a `kernel:` whose header names another architecture than the VM's: QEMU would
+/// start it and the guest would hang with nothing on its console. Compressed kernels say
+/// nothing and pass.
+fn check_kernel_arch(vm: &Vm) -> Result<(), EngineError> {
+    use std::io::Read as _;
+    let Some(kernel) = &vm.kernel else {
+        return Ok(());
+    };
+    let mut head = Vec::with_capacity(arch::KERNEL_HEAD_LEN);
+    fs::File::open(kernel)
+        .and_then(|f| f.take(arch::KERNEL_HEAD_LEN as u64).read_to_end(&mut head))
+        .map_err(|e| StateError::io(kernel, e))?;
+    let guest = Arch::from(vm.guest_arch());
+    match arch::kernel_arch(&head) {
+        Some(found) if found != guest => Err(EngineError::vm(
+            &vm.name,
+            format!(
+                "kernel {} is an {found} kernel but the VM is {guest}{}; set `arch: {found}` or use a {guest} kernel",
+                kernel.display(),
+                if vm.arch.is_none() {
+                    " (the host's architecture, as no `arch:` is set)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The UEFI code image an aarch64 VM booting its image needs (`None` for the others): the
+/// VM's `firmware:`, else `--aarch64-firmware` (`$QEMU_COMPOSE_AARCH64_FIRMWARE`), else the
+/// first one installed in the usual places.
+pub fn firmware_for(vm: &Vm, host: &HostEnv) -> Result<Option<PathBuf>, EngineError> {
+    if Arch::from(vm.guest_arch()) != Arch::Aarch64 || vm.kernel.is_some() {
+        return Ok(None);
+    }
+    let chosen = match (&vm.firmware, &host.aarch64_firmware) {
+        (Some(path), _) => Some((path.as_path(), "the VM's firmware key")),
+        (None, Some(path)) => Some((
+            path.as_path(),
+            "--aarch64-firmware/QEMU_COMPOSE_AARCH64_FIRMWARE",
+        )),
+        (None, None) => None,
+    };
+    arch::find_aarch64_firmware(chosen, arch::AARCH64_FIRMWARE)
+        .map(Some)
+        .map_err(|e| EngineError::vm(&vm.name, e))
 }
 
 /// Checks a local image against the VM's `image_checksum` (downloads are checked by the
@@ -261,6 +314,8 @@ pub struct PreparedVm {
     pub host_key: InstanceHostKey,
     /// The accelerator and why.
     pub accel: AccelChoice,
+    /// The UEFI code image (aarch64 VMs booting their image).
+    pub firmware: Option<PathBuf>,
     /// The NIC's address, stable per project and VM.
     pub mac: MacAddress,
     /// Its NICs on project networks.
@@ -370,14 +425,23 @@ pub fn prepare(
     })
     .map_err(|e| EngineError::vm(&vm.name, e))?;
 
-    let accel = accel::decide(vm.accel.into(), host.accel_override.as_deref(), &host.probe)
-        .map_err(|e| EngineError::vm(&vm.name, e))?;
+    let accel = accel::decide(
+        vm.guest_arch().into(),
+        vm.accel.into(),
+        host.accel_override.as_deref(),
+        &host.probe,
+    )
+    .map_err(|e| EngineError::vm(&vm.name, e))?;
+    let firmware = firmware_for(vm, host)?;
 
     let mut hash = Sha256::new();
     hash.update(serde_json::to_vec(vm).expect("the model serialises"));
     hash.update(seed.instance_id.as_bytes());
     hash.update(base.as_os_str().as_encoded_bytes());
     hash.update(accel.accel.as_str());
+    if let Some(firmware) = &firmware {
+        hash.update(firmware.as_os_str().as_encoded_bytes());
+    }
     let config_hash = base16ct::lower::encode_string(&hash.finalize()[..16]);
 
     Ok(PreparedVm {
@@ -392,6 +456,7 @@ pub fn prepare(
         seed,
         host_key,
         accel,
+        firmware,
         mac,
         links,
         config_hash,
@@ -608,11 +673,33 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<DiskChange, Engi
         link_or_copy(&share.source, &share.link)?;
     }
 
+    if vm.firmware.is_some() && !paths.efi_vars.exists() {
+        make_efi_vars(&paths.efi_vars)?;
+    }
+
     vm.host_key.save(paths, &ssh::host_alias(&vm.name))?;
     let image = fat::build_fat_image(fat::CIDATA_LABEL, &vm.seed.files())
         .map_err(|e| EngineError::vm(&vm.name, e))?;
     atomic::write_atomic(&paths.seed, &image, 0o600)?;
     Ok(change)
+}
+
+/// The UEFI variable store: a sparse file of zeros at the pflash size, which EDK2 formats
+/// on its first boot. Kept across restarts (boot entries live there); removed with the
+/// instance.
+fn make_efi_vars(path: &Path) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".efi-vars-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| StateError::io(dir, e))?;
+    tmp.as_file()
+        .set_len(arch::PFLASH_SIZE)
+        .map_err(|e| StateError::io(path, e))?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| StateError::io(path, e.error))?;
+    atomic::sync_dir(dir)
 }
 
 /// Grows the existing instance disk to the size asked for, when that is larger; a smaller
@@ -672,6 +759,8 @@ pub struct LaunchFacts<'a> {
     pub mounts: &'a MountPlan,
     /// The accelerator.
     pub accel: Accel,
+    /// The UEFI code image, if the VM boots with one.
+    pub firmware: Option<&'a Path>,
     /// The NIC's address.
     pub mac: MacAddress,
     /// The NICs on project networks.
@@ -689,6 +778,7 @@ impl PreparedVm {
             paths: &self.paths,
             mounts: &self.mounts,
             accel: self.accel.accel,
+            firmware: self.firmware.as_deref(),
             mac: self.mac,
             links: &self.links,
             base: &self.base,
@@ -750,6 +840,7 @@ pub fn launch_spec_from(
         .collect();
     LaunchSpec {
         name: format!("{}-{}", project.name, vm.name),
+        arch: vm.guest_arch().into(),
         accel: facts.accel,
         cpus: vm.cpu,
         memory_mib: vm.memory_mib,
@@ -757,6 +848,10 @@ pub fn launch_spec_from(
             kernel: kernel.clone(),
             initrd: vm.initrd.clone(),
             cmdline: vm.cmdline.clone(),
+        }),
+        firmware: facts.firmware.map(|code| Firmware {
+            code: code.to_path_buf(),
+            vars: paths.efi_vars.clone(),
         }),
         drives,
         shares: facts.mounts.shares.clone(),

@@ -25,7 +25,13 @@ pub fn facts(project: &Project, reporter: &dyn Reporter) -> Result<Facts, Engine
     let _guard = super::lifecycle::lock(&state, reporter)?;
     let secrets = ProjectSecrets::ensure(&state, &project.name)?;
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
-    ensure_volumes(&state, project, &mut registry, reporter)?;
+    ensure_volumes(
+        &state,
+        project,
+        &mut registry,
+        reporter,
+        &mut crate::progress::NoProgress,
+    )?;
     let sizes: BTreeMap<String, u64> = kubevirt::volume_sizes(project).into_iter().collect();
     for (name, source) in kubevirt::bind_volume_sources(project) {
         if registry.volumes.contains_key(&name) {

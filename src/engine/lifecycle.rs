@@ -162,20 +162,29 @@ pub fn up(
         .iter()
         .map(|vm| instance::check(vm))
         .collect::<Result<Vec<_>, _>>()?;
+    // Each VM's QEMU binary (per architecture), in the order of `selected`.
     let qemu = if opts.no_start {
         None
     } else {
-        Some(host.qemu()?)
+        Some(
+            selected
+                .iter()
+                .map(|vm| host.qemu(vm.guest_arch().into()))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     };
-    let networked: Vec<&str> = selected
-        .iter()
-        .filter(|vm| !vm.networks.is_empty())
-        .map(|vm| vm.name.as_str())
-        .collect();
-    if let Some(qemu) = &qemu
-        && !networked.is_empty()
-    {
-        network::check_qemu(qemu, &networked)?;
+    if let Some(binaries) = &qemu {
+        for binary in binaries.iter().collect::<BTreeSet<_>>() {
+            let networked: Vec<&str> = selected
+                .iter()
+                .zip(binaries)
+                .filter(|(vm, b)| !vm.networks.is_empty() && *b == binary)
+                .map(|(vm, _)| vm.name.as_str())
+                .collect();
+            if !networked.is_empty() {
+                network::check_qemu(binary, &networked)?;
+            }
+        }
     }
 
     let guard = lock(&state, reporter)?;
@@ -232,8 +241,8 @@ pub fn up(
     };
     // Every VM that runs once `up` is done, with its SSH port: what `--wait` waits for.
     let mut running = Vec::new();
-    let mut tcg_said = false;
-    for ((vm, checked), base) in selected.iter().zip(&checked).zip(bases) {
+    let mut tcg_said = BTreeSet::new();
+    for (i, ((vm, checked), base)) in selected.iter().zip(&checked).zip(bases).enumerate() {
         if qemu.is_some() {
             let key = &secrets.private_key_path;
             health::wait_for_dependencies(project, host, vm, key, opts.health_wait, reporter)?;
@@ -331,7 +340,7 @@ pub fn up(
                 total >> 20
             ));
         }
-        let Some(qemu) = &qemu else {
+        let Some(qemu) = qemu.as_ref().map(|binaries| &binaries[i]) else {
             if change == DiskChange::Created {
                 reporter.info(&format!("created VM {} (not started)", vm.name));
             } else {
@@ -340,13 +349,14 @@ pub fn up(
             continue;
         };
         if prepared.accel.accel == crate::qemu::accel::Accel::Tcg {
-            // The host's reason is the same for every VM: said once per `up`.
-            let host_wide = prepared.accel.reason.starts_with("TCG (slow)");
-            if !host_wide {
-                reporter.warn(&format!("VM {}: {}", vm.name, prepared.accel.reason));
-            } else if !tcg_said {
-                reporter.warn(&prepared.accel.reason);
-                tcg_said = true;
+            // A host-wide reason (no KVM here, or none for this guest architecture) is the
+            // same for every such VM: each is said once per `up`.
+            let reason = &prepared.accel.reason;
+            if !reason.starts_with("TCG (slow)") {
+                reporter.warn(&format!("VM {}: {reason}", vm.name));
+            } else if !tcg_said.contains(reason) {
+                reporter.warn(reason);
+                tcg_said.insert(reason.clone());
             }
         }
         instance::check_images_before_start(&prepared)?;

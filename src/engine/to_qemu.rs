@@ -5,6 +5,7 @@
 //! matches are exhaustive, so a new compose value cannot reach QEMU unmapped.
 
 use crate::compose;
+use crate::qemu::Arch;
 use crate::qemu::accel::AccelMode;
 use crate::qemu::argv::{Protocol, SecurityModel};
 
@@ -14,6 +15,15 @@ impl From<compose::Accel> for AccelMode {
             compose::Accel::Auto => AccelMode::Auto,
             compose::Accel::Kvm => AccelMode::Kvm,
             compose::Accel::Tcg => AccelMode::Tcg,
+        }
+    }
+}
+
+impl From<compose::Arch> for Arch {
+    fn from(arch: compose::Arch) -> Self {
+        match arch {
+            compose::Arch::X86_64 => Arch::X86_64,
+            compose::Arch::Aarch64 => Arch::Aarch64,
         }
     }
 }
@@ -47,6 +57,14 @@ mod tests {
         for model in compose::SecurityModel::ALL {
             assert_eq!(SecurityModel::from(model).as_str(), model.as_str());
         }
+    }
+
+    #[test]
+    fn architectures_keep_their_spelling() {
+        for arch in [compose::Arch::X86_64, compose::Arch::Aarch64] {
+            assert_eq!(Arch::from(arch).as_str(), arch.as_str());
+        }
+        assert_eq!(Arch::from(compose::Arch::host()), Arch::host());
     }
 
     #[test]

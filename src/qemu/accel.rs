@@ -2,11 +2,15 @@
 //!
 //! `/dev/kvm` opening is not enough to trust KVM: hosts running a paravirtual KVM (PVM) expose
 //! a working `/dev/kvm` while the CPU shows neither `vmx` nor `svm`, and QEMU with
-//! `-accel kvm` then hangs right after the firmware banner. So KVM is picked only when both
-//! facts hold; everything else runs under TCG, which is slow but always works.
+//! `-accel kvm` then hangs right after the firmware banner. So on x86 KVM is picked only when
+//! both facts hold (arm64 CPUs have no such flag: there `/dev/kvm` is trusted). KVM also runs
+//! only guests of the host's own architecture. Everything else runs under TCG, which is slow
+//! but always works.
 
 use std::fmt;
 use std::str::FromStr;
+
+use super::arch::Arch;
 
 /// The accelerator QEMU is started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +58,11 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-/// The two host facts the decision rests on, gathered by [`probe_host`].
+/// The host facts the decision rests on, gathered by [`probe_host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostProbe {
+    /// The host's architecture: KVM runs guests of this one only.
+    pub arch: Arch,
     /// `Ok` when `/dev/kvm` opened read-write, else why it did not.
     pub kvm_device: Result<(), String>,
     /// `vmx` or `svm` when `/proc/cpuinfo` lists it, else `None`.
@@ -83,6 +89,7 @@ pub fn probe_host() -> HostProbe {
         .ok()
         .and_then(|text| virt_flag(&text));
     HostProbe {
+        arch: Arch::host(),
         kvm_device,
         cpu_virt_flag,
     }
@@ -99,9 +106,11 @@ pub fn virt_flag(cpuinfo: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Decides the accelerator. `override_mode` (the user's `--accel` or `$QEMU_COMPOSE_ACCEL`;
-/// empty means unset) wins over `requested` (the VM's `accel:` key), which wins over the guess.
+/// Decides the accelerator for a guest of architecture `guest`. `override_mode` (the user's
+/// `--accel` or `$QEMU_COMPOSE_ACCEL`; empty means unset) wins over `requested` (the VM's
+/// `accel:` key), which wins over the guess.
 pub fn decide(
+    guest: Arch,
     requested: AccelMode,
     override_mode: Option<&str>,
     probe: &HostProbe,
@@ -110,7 +119,7 @@ pub fn decide(
         Some(text) => (text.parse()?, "--accel/QEMU_COMPOSE_ACCEL"),
         None => (requested, "the VM's accel key"),
     };
-    let kvm_problem = kvm_problem(probe);
+    let kvm_problem = kvm_problem(guest, probe);
     match mode {
         AccelMode::Tcg => Ok(AccelChoice {
             accel: Accel::Tcg,
@@ -129,10 +138,10 @@ pub fn decide(
         AccelMode::Auto => Ok(match kvm_problem {
             None => AccelChoice {
                 accel: Accel::Kvm,
-                reason: format!(
-                    "KVM: /dev/kvm opens read-write and the CPU has {}",
-                    probe.cpu_virt_flag.as_deref().unwrap_or("?")
-                ),
+                reason: match &probe.cpu_virt_flag {
+                    Some(flag) => format!("KVM: /dev/kvm opens read-write and the CPU has {flag}"),
+                    None => "KVM: /dev/kvm opens read-write".to_owned(),
+                },
             },
             Some(why) => AccelChoice {
                 accel: Accel::Tcg,
@@ -142,12 +151,18 @@ pub fn decide(
     }
 }
 
-/// Why KVM cannot be trusted on this host, or `None` when it can.
-fn kvm_problem(probe: &HostProbe) -> Option<String> {
+/// Why KVM cannot run a `guest` on this host, or `None` when it can.
+fn kvm_problem(guest: Arch, probe: &HostProbe) -> Option<String> {
+    if guest != probe.arch {
+        return Some(format!(
+            "the guest is {guest} and the host {}: KVM runs only guests of the host's architecture",
+            probe.arch
+        ));
+    }
     if let Err(why) = &probe.kvm_device {
         return Some(why.clone());
     }
-    if probe.cpu_virt_flag.is_none() {
+    if probe.arch == Arch::X86_64 && probe.cpu_virt_flag.is_none() {
         return Some(
             "/dev/kvm opens but /proc/cpuinfo shows neither vmx nor svm \
              (a paravirtual KVM host, where QEMU hangs under -accel kvm)"
@@ -169,6 +184,7 @@ mod tests {
 
     fn probe(kvm: bool, flag: Option<&str>) -> HostProbe {
         HostProbe {
+            arch: Arch::X86_64,
             kvm_device: if kvm {
                 Ok(())
             } else {
@@ -207,7 +223,7 @@ mod tests {
             (M::Kvm, Some("auto"), true, None, Some(Tcg)),
         ];
         for (requested, over, kvm, flag, want) in rows {
-            let got = decide(*requested, *over, &probe(*kvm, *flag));
+            let got = decide(Arch::X86_64, *requested, *over, &probe(*kvm, *flag));
             assert_eq!(
                 got.as_ref().ok().map(|c| c.accel),
                 *want,
@@ -218,24 +234,65 @@ mod tests {
 
     #[test]
     fn reasons_explain_the_choice() {
-        let pvm = decide(AccelMode::Auto, None, &probe(true, None)).unwrap();
+        let pvm = decide(Arch::X86_64, AccelMode::Auto, None, &probe(true, None)).unwrap();
         assert!(pvm.reason.contains("neither vmx nor svm"), "{}", pvm.reason);
-        let err = decide(AccelMode::Kvm, None, &probe(true, None)).unwrap_err();
+        let err = decide(Arch::X86_64, AccelMode::Kvm, None, &probe(true, None)).unwrap_err();
         assert!(err.to_string().contains("accel key"), "{err}");
         assert!(err.to_string().contains("neither vmx nor svm"), "{err}");
-        let err = decide(AccelMode::Auto, Some("kvm"), &probe(false, None)).unwrap_err();
+        let err = decide(
+            Arch::X86_64,
+            AccelMode::Auto,
+            Some("kvm"),
+            &probe(false, None),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("QEMU_COMPOSE_ACCEL"), "{err}");
         assert!(
             err.to_string().contains("/dev/kvm cannot be opened"),
             "{err}"
         );
-        let tcg = decide(AccelMode::Tcg, None, &probe(true, Some("vmx"))).unwrap();
+        let tcg = decide(
+            Arch::X86_64,
+            AccelMode::Tcg,
+            None,
+            &probe(true, Some("vmx")),
+        )
+        .unwrap();
         assert_eq!(tcg.reason, "TCG requested by the VM's accel key");
     }
 
     #[test]
+    fn kvm_runs_only_the_hosts_architecture() {
+        let x86 = probe(true, Some("vmx"));
+        let choice = decide(Arch::Aarch64, AccelMode::Auto, None, &x86).unwrap();
+        assert_eq!(choice.accel, Accel::Tcg);
+        assert_eq!(
+            choice.reason,
+            "TCG (slow): the guest is aarch64 and the host x86_64: KVM runs only guests of the host's architecture"
+        );
+        let err = decide(Arch::Aarch64, AccelMode::Kvm, None, &x86).unwrap_err();
+        assert!(err.to_string().contains("guest is aarch64"), "{err}");
+        // An arm64 host has no vmx/svm flag: a working /dev/kvm is enough there.
+        let arm = HostProbe {
+            arch: Arch::Aarch64,
+            ..probe(true, None)
+        };
+        let choice = decide(Arch::Aarch64, AccelMode::Auto, None, &arm).unwrap();
+        assert_eq!(choice.accel, Accel::Kvm);
+        assert_eq!(choice.reason, "KVM: /dev/kvm opens read-write");
+        let choice = decide(Arch::X86_64, AccelMode::Auto, None, &arm).unwrap();
+        assert_eq!(choice.accel, Accel::Tcg);
+    }
+
+    #[test]
     fn bad_override_is_an_error() {
-        let err = decide(AccelMode::Auto, Some("hvf"), &probe(true, Some("vmx"))).unwrap_err();
+        let err = decide(
+            Arch::X86_64,
+            AccelMode::Auto,
+            Some("hvf"),
+            &probe(true, Some("vmx")),
+        )
+        .unwrap_err();
         assert_eq!(err, AccelError::BadMode("hvf".into()));
     }
 
@@ -253,7 +310,7 @@ mod tests {
     #[test]
     fn this_host_never_picks_kvm_without_flags() {
         let probe = probe_host();
-        let choice = decide(AccelMode::Auto, None, &probe).unwrap();
+        let choice = decide(probe.arch, AccelMode::Auto, None, &probe).unwrap();
         if probe.cpu_virt_flag.is_none() {
             assert_eq!(choice.accel, Accel::Tcg);
         }

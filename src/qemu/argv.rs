@@ -33,6 +33,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::accel::Accel;
+use super::arch::Arch;
 
 /// The longest unix socket path QEMU can bind and we can connect to: the kernel's `sun_path`
 /// is 108 bytes including the terminating NUL, so 107 usable bytes.
@@ -43,11 +44,15 @@ pub const MAX_SOCKET_PATH: usize = 107;
 pub struct LaunchSpec {
     /// Shown by QEMU in window titles and `query-name`; usually `<project>-<vm>`.
     pub name: String,
+    /// Picks the machine (`q35` or `virt`); the binary is the caller's choice.
+    pub arch: Arch,
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u64,
     /// Direct kernel boot instead of the firmware's boot from the first disk.
     pub kernel: Option<KernelBoot>,
+    /// UEFI in pflash (aarch64 cloud images); `None`: QEMU's default firmware, or none.
+    pub firmware: Option<Firmware>,
     /// In the order they are attached: instance disk, named volumes, then the seed.
     pub drives: Vec<DriveSpec>,
     /// 9p shares (bind mounts), in the order of the VM's bind mounts.
@@ -65,6 +70,15 @@ pub struct KernelBoot {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
+}
+
+/// The two pflash images of the aarch64 `virt` machine, each exactly 64 MiB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    /// The EDK2 code, opened read-only (shared by every VM).
+    pub code: PathBuf,
+    /// The instance's own UEFI variable store, writable.
+    pub vars: PathBuf,
 }
 
 /// Image formats QEMU is told about explicitly (never probed by QEMU, which would let a raw
@@ -273,11 +287,34 @@ pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
         "-name",
         &format!("guest={}", escape(&text("VM name", &spec.name)?)),
     ]);
-    let (machine, cpu) = match spec.accel {
-        Accel::Kvm => ("q35,accel=kvm", "host"),
-        Accel::Tcg => ("q35,accel=tcg", "max"),
+    // aarch64: gic-version=max gives GICv3 (more than 8 vCPUs) under TCG and the host's GIC
+    // under KVM; under TCG pauth-impdef=on swaps the architected pointer-authentication hash
+    // for a cheap one, which speeds emulation up several times.
+    let (machine, cpu) = match (spec.arch, spec.accel) {
+        (Arch::X86_64, Accel::Kvm) => ("q35", "host"),
+        (Arch::X86_64, Accel::Tcg) => ("q35", "max"),
+        (Arch::Aarch64, Accel::Kvm) => ("virt,gic-version=max", "host"),
+        (Arch::Aarch64, Accel::Tcg) => ("virt,gic-version=max", "max,pauth-impdef=on"),
     };
-    args.push(["-machine", machine, "-cpu", cpu]);
+    let mut machine = format!("{machine},accel={}", spec.accel.as_str());
+    if spec.firmware.is_some() {
+        machine.push_str(",pflash0=firmware-code,pflash1=firmware-vars");
+    }
+    args.push(["-machine", &machine, "-cpu", cpu]);
+    if let Some(firmware) = &spec.firmware {
+        for (id, file, read_only) in [
+            ("firmware-code", &firmware.code, true),
+            ("firmware-vars", &firmware.vars, false),
+        ] {
+            let node = serde_json::json!({
+                "driver": "file",
+                "node-name": id,
+                "filename": path("firmware", file)?,
+                "read-only": read_only,
+            });
+            args.push(["-blockdev", &node.to_string()]);
+        }
+    }
     args.push(["-smp", &spec.cpus.to_string()]);
     args.push(["-m", &spec.memory_mib.to_string()]);
     // Without -nodefaults QEMU adds an empty CD-ROM, a VGA card and a parallel port.
@@ -330,10 +367,16 @@ pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
         netdev.push_str(",hostfwd=");
         netdev.push_str(&forward.rule());
     }
+    // QEMU's default option ROM for virtio-net-pci is iPXE for x86; an aarch64 guest has no
+    // use for it (its UEFI drives the NIC itself) and the file may not be installed.
+    let romfile = match spec.arch {
+        Arch::X86_64 => "",
+        Arch::Aarch64 => ",romfile=",
+    };
     args.push(["-netdev", &netdev]);
     args.push([
         "-device",
-        &format!("virtio-net-pci,netdev=net0,mac={}", spec.net.mac),
+        &format!("virtio-net-pci,netdev=net0,mac={}{romfile}", spec.net.mac),
     ]);
     for (n, link) in spec.net.links.iter().enumerate() {
         let id = format!("link{n}");
@@ -347,7 +390,7 @@ pub fn build_argv(spec: &LaunchSpec) -> Result<Vec<String>, ArgvError> {
         ]);
         args.push([
             "-device",
-            &format!("virtio-net-pci,netdev={id},mac={}", link.mac),
+            &format!("virtio-net-pci,netdev={id},mac={}{romfile}", link.mac),
         ]);
     }
 
@@ -472,10 +515,12 @@ mod tests {
         let dir = Path::new("/srv/demo/.qemu-compose/web");
         LaunchSpec {
             name: "demo-web".into(),
+            arch: Arch::X86_64,
             accel: Accel::Tcg,
             cpus: 2,
             memory_mib: 2048,
             kernel: None,
+            firmware: None,
             drives: vec![
                 DriveSpec {
                     id: "disk".into(),
@@ -638,6 +683,52 @@ mod tests {
             ..plain()
         };
         golden("direct-kernel", &spec);
+    }
+
+    /// An aarch64 VM as `plain()`, with a volume, a share and a project network, so the
+    /// golden shows every device on the `virt` machine.
+    fn arm64() -> LaunchSpec {
+        let mut spec = plain();
+        spec.arch = Arch::Aarch64;
+        spec.drives.insert(1, volume("pgdata", false));
+        spec.shares = vec![share(0, "/srv/demo/config", false, SecurityModel::None)];
+        spec.net.links = vec![LinkSpec {
+            mac: MacAddress::derived_from("demo/web/backend"),
+            socket: "/run/user/1000/qemu-compose/ab12/.net/backend.sock".into(),
+        }];
+        spec
+    }
+
+    #[test]
+    fn golden_aarch64_uefi() {
+        let spec = LaunchSpec {
+            firmware: Some(Firmware {
+                code: "/usr/share/AAVMF/AAVMF_CODE.fd".into(),
+                vars: "/srv/demo/.qemu-compose/web/efi-vars.fd".into(),
+            }),
+            ..arm64()
+        };
+        golden("aarch64-uefi", &spec);
+        golden(
+            "aarch64-uefi-kvm",
+            &LaunchSpec {
+                accel: Accel::Kvm,
+                ..spec
+            },
+        );
+    }
+
+    #[test]
+    fn golden_aarch64_direct_kernel() {
+        let spec = LaunchSpec {
+            kernel: Some(KernelBoot {
+                kernel: "/srv/demo/boot/Image".into(),
+                initrd: Some("/srv/demo/boot/initrd.img".into()),
+                cmdline: Some("console=ttyAMA0".into()),
+            }),
+            ..arm64()
+        };
+        golden("aarch64-direct-kernel", &spec);
     }
 
     #[test]

@@ -16,11 +16,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::arch::Arch;
 use super::argv::{ArgvError, LaunchSpec, build_argv};
 use super::qmp::{Qmp, QmpError};
-
-/// The binary started when the caller names none.
-pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
 /// How long one QMP read or write may take before QEMU counts as not answering.
 const QMP_IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,22 +47,30 @@ impl From<&LaunchSpec> for VmHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum FindError {
     #[error(
-        "{name} not found on PATH; install QEMU (Debian: apt install qemu-system-x86) or name it with --qemu or QEMU_COMPOSE_QEMU"
+        "{name} not found on PATH; install QEMU (Debian: apt install {package}){}",
+        if *host_arch { " or name it with --qemu or QEMU_COMPOSE_QEMU" } else { "" }
     )]
-    NotOnPath { name: String },
+    NotOnPath {
+        name: String,
+        package: &'static str,
+        /// The binary is for the host's architecture, where `--qemu` applies.
+        host_arch: bool,
+    },
     #[error("QEMU binary {path:?} (from --qemu or QEMU_COMPOSE_QEMU) is not an executable file")]
     NotExecutable { path: PathBuf },
 }
 
-/// The QEMU binary: `override_bin` (the user's `--qemu` or `$QEMU_COMPOSE_QEMU`) if set, as a path
-/// when it contains `/` and otherwise as a name looked up on `path_env` (`$PATH`).
+/// The QEMU binary for `arch` guests: `override_bin` (the user's `--qemu` or
+/// `$QEMU_COMPOSE_QEMU`) if set, as a path when it contains `/` and otherwise as a name looked
+/// up on `path_env` (`$PATH`); else `qemu-system-<arch>` on `path_env`.
 pub fn find_qemu(
     override_bin: Option<&OsStr>,
+    arch: Arch,
     path_env: Option<&OsStr>,
 ) -> Result<PathBuf, FindError> {
     let name = override_bin
         .filter(|s| !s.is_empty())
-        .unwrap_or(OsStr::new(DEFAULT_QEMU));
+        .unwrap_or(OsStr::new(arch.qemu_binary()));
     if name.as_bytes().contains(&b'/') {
         let path = PathBuf::from(name);
         return if is_executable(&path) {
@@ -78,6 +84,8 @@ pub fn find_qemu(
         .find(|candidate| is_executable(candidate))
         .ok_or_else(|| FindError::NotOnPath {
             name: name.to_string_lossy().into_owned(),
+            package: arch.qemu_package(),
+            host_arch: arch == Arch::host(),
         })
 }
 
@@ -483,23 +491,28 @@ mod tests {
         let path_env =
             std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
         assert_eq!(
-            find_qemu(Some(OsStr::new("my-qemu")), Some(&path_env)).ok(),
+            find_qemu(Some(OsStr::new("my-qemu")), Arch::X86_64, Some(&path_env)).ok(),
             None,
             "not executable yet"
         );
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(
-            find_qemu(Some(OsStr::new("my-qemu")), Some(&path_env)).unwrap(),
+            find_qemu(Some(OsStr::new("my-qemu")), Arch::X86_64, Some(&path_env)).unwrap(),
             bin
         );
-        assert_eq!(find_qemu(Some(bin.as_os_str()), None).unwrap(), bin);
+        assert_eq!(
+            find_qemu(Some(bin.as_os_str()), Arch::X86_64, None).unwrap(),
+            bin
+        );
+        let err = find_qemu(None, Arch::Aarch64, Some(&path_env)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("qemu-system-aarch64 not found on PATH; install QEMU (Debian: apt install qemu-system-arm)"),
+            "{err}"
+        );
         assert!(matches!(
-            find_qemu(None, Some(&path_env)),
-            Err(FindError::NotOnPath { .. })
-        ));
-        assert!(matches!(
-            find_qemu(Some(OsStr::new("/nonexistent/qemu")), None),
+            find_qemu(Some(OsStr::new("/nonexistent/qemu")), Arch::X86_64, None),
             Err(FindError::NotExecutable { .. })
         ));
     }

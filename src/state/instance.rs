@@ -32,6 +32,8 @@ pub struct InstancePaths {
     pub disk: PathBuf,
     /// The cloud-init seed image.
     pub seed: PathBuf,
+    /// The UEFI variable store of an aarch64 VM booting its image (made at create time).
+    pub efi_vars: PathBuf,
     /// QEMU's pidfile.
     pub pidfile: PathBuf,
     /// The serial console log (QEMU appends to it).
@@ -78,6 +80,7 @@ impl InstancePaths {
             disk: dir.join("disk.qcow2"),
             file_shares: dir.join("file-shares"),
             seed: private_dir.join("seed.img"),
+            efi_vars: private_dir.join("efi-vars.fd"),
             pidfile: private_dir.join("qemu.pid"),
             serial_log: private_dir.join("serial.log"),
             record: private_dir.join("instance.json"),

@@ -5,10 +5,11 @@
 //! One binary links once, and its tests share one process: one environment policy for every
 //! command they start, and one lock that keeps QEMU guests one at a time. Run a part with a
 //! filter on the module: `cargo test --test it seed::`. The real-guest test stays in
-//! `tests/e2e.rs`.
+//! `tests/e2e.rs`, apart from the tiny arm64 guest of `arm64`, which boots in seconds.
 
 mod harness;
 
+mod arm64;
 mod cli;
 mod compose;
 mod contents;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use qemu_compose::qemu::Arch;
 use qemu_compose::qemu::accel::Accel;
 use qemu_compose::qemu::argv::{
     BaseImage, DriveFormat, DriveSpec, KernelBoot, LaunchSpec, MacAddress, NetSpec, PortForward,
@@ -25,9 +26,13 @@ use crate::harness::{
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn qemu_binary() -> PathBuf {
-    process::find_qemu(None, std::env::var_os("PATH").as_deref()).unwrap_or_else(|e| {
-        panic!("these tests need the real qemu-system-x86_64 (apt install qemu-system-x86): {e}")
-    })
+    process::find_qemu(None, Arch::X86_64, std::env::var_os("PATH").as_deref()).unwrap_or_else(
+        |e| {
+            panic!(
+                "these tests need the real qemu-system-x86_64 (apt install qemu-system-x86): {e}"
+            )
+        },
+    )
 }
 
 /// A small TCG VM whose every file lives in `dir`.
@@ -36,10 +41,12 @@ fn spec(dir: &Path, ssh_port: u16) -> LaunchSpec {
     qemu_img_create(&disk, "64M");
     LaunchSpec {
         name: "test-vm".into(),
+        arch: Arch::X86_64,
         accel: Accel::Tcg,
         cpus: 1,
         memory_mib: 64,
         kernel: None,
+        firmware: None,
         drives: vec![DriveSpec {
             id: "disk".into(),
             path: disk,

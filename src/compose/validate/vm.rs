@@ -11,7 +11,7 @@ use super::ports::{forwards, ssh_port};
 use super::references::{Lookups, referenced_names};
 use super::sizes::{DEFAULT_SIZE, MAX_DISK_SIZE, MIN_DISK_SIZE, memory_mib, size_bytes};
 use crate::compose::error::{At, Errors, Here};
-use crate::compose::model::{Accel, BindExport, ImageSource, MountKind, Vm, VolumeMount};
+use crate::compose::model::{Accel, Arch, BindExport, ImageSource, MountKind, Vm, VolumeMount};
 use crate::compose::raw::{RawBindExport, RawVm, SizeValue};
 use crate::compose::size::{MAX_VOLUME_SIZE, MIN_VOLUME_SIZE};
 use crate::compose::tree::Pos;
@@ -43,11 +43,13 @@ pub(super) fn vm(
     let ports = forwards(&raw.ports, &field("ports"), errors);
     let ssh_port = ssh_port(raw.ssh_port.as_ref(), &field("ssh").field("port"), errors);
     let accel = accel(raw.accel.as_ref(), &field("accel"), errors);
+    let arch = arch(raw.arch.as_ref(), &field("arch"), errors);
     let stop_grace_period_secs = raw
         .stop_grace_period
         .as_ref()
         .and_then(|g| grace_period(g, &field("stop_grace_period"), errors));
     let (kernel, initrd, cmdline) = direct_boot(raw, here, cx, errors);
+    let firmware = firmware(raw, arch, here, cx, errors);
     let depends_on = referenced_names(
         &raw.depends_on,
         &field("depends_on"),
@@ -79,6 +81,8 @@ pub(super) fn vm(
         ports,
         ssh_port,
         accel,
+        arch,
+        firmware,
         stop_grace_period_secs,
         kernel,
         initrd,
@@ -342,6 +346,60 @@ fn accel(accel: Option<&At<String>>, here: &Here, errors: &mut Errors) -> Accel 
             Accel::Auto
         }
     }
+}
+
+/// `None` (the host's) unless given. `arm64` and `amd64` are taken too: Debian and docker
+/// name architectures so, and cloud image file names carry those words.
+fn arch(arch: Option<&At<String>>, here: &Here, errors: &mut Errors) -> Option<Arch> {
+    let arch = arch?;
+    match arch.value.as_str() {
+        "x86_64" | "amd64" => Some(Arch::X86_64),
+        "aarch64" | "arm64" => Some(Arch::Aarch64),
+        other => {
+            errors.push(
+                arch.pos,
+                here,
+                format!("arch {other:?} must be x86_64 or aarch64 (or amd64, arm64)"),
+            );
+            None
+        }
+    }
+}
+
+/// `firmware`: a host path, for aarch64 VMs that boot their image (x86 VMs use QEMU's own
+/// BIOS; a `kernel:` boots without firmware).
+fn firmware(
+    raw: &RawVm,
+    arch: Option<Arch>,
+    here: &Here,
+    cx: &Context,
+    errors: &mut Errors,
+) -> Option<PathBuf> {
+    let firmware = raw.firmware.as_ref()?;
+    let here = here.field("firmware");
+    let arch = arch.unwrap_or_else(Arch::host);
+    if arch != Arch::Aarch64 {
+        errors.push(
+            firmware.pos,
+            &here,
+            format!(
+                "`firmware` is for aarch64 VMs (this one is {}: QEMU's own BIOS boots it)",
+                arch.as_str()
+            ),
+        );
+        return None;
+    }
+    if raw.kernel.is_some() {
+        errors.push(
+            firmware.pos,
+            &here,
+            "`firmware` and `kernel` exclude each other: a kernel boots without firmware",
+        );
+        return None;
+    }
+    resolve_path(&firmware.value, cx)
+        .map_err(|why| errors.push(firmware.pos, &here, why))
+        .ok()
 }
 
 /// `kernel`, `initrd` and `cmdline`, for booting a kernel directly instead of the image's
