@@ -1,14 +1,15 @@
 //! `cp SRC DEST`: files out of a named volume, or out of a stopped VM's named volume by the
 //! path the VM mounts it at, into a host folder or a tar archive (a `.tar` file, or `-` for
-//! standard output), as `volume export` writes them.
+//! standard output), as `volume export` writes them; or a host file or folder (or a tar
+//! archive on standard input, `-`) into one, as `docker cp` places them.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use qemu_compose::engine::volume_export;
+use qemu_compose::engine::{volume_export, volume_update};
 
 use super::output::note;
-use super::{CpArgs, GlobalArgs, UsageError, output, project};
+use super::{CpArgs, GlobalArgs, StderrReporter, UsageError, output, project};
 
 /// One side of `cp`.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,16 +40,30 @@ fn place(arg: &str) -> Place<'_> {
 
 pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
+    let into = match place(&args.dest) {
+        Place::Volume(name, path) => Some((name.to_string(), path.to_string())),
+        Place::Vm(vm, path) => Some(volume_export::vm_path(
+            &project,
+            &project::host(global)?,
+            vm,
+            path,
+        )?),
+        Place::Host(_) => None,
+    };
+    if let (Place::Host(src), Some((volume, path))) = (place(&args.src), into) {
+        let summary =
+            volume_update::copy_in(&project, &volume, Path::new(src), &path, &StderrReporter)?;
+        note!(
+            "copied {} into volume {volume}",
+            output::tree_counts(&summary)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (volume, path) = match (place(&args.src), place(&args.dest)) {
         (Place::Volume(name, path), Place::Host(_)) => (name.to_string(), path.to_string()),
         (Place::Vm(vm, path), Place::Host(_)) => {
             let host = project::host(global)?;
             volume_export::vm_path(&project, &host, vm, path)?
-        }
-        (Place::Host(_), Place::Volume(..) | Place::Vm(..)) => {
-            anyhow::bail!(
-                "copying into a volume is not implemented; `qemu-compose volume import` fills a new volume"
-            )
         }
         _ => {
             return Err(UsageError(
