@@ -59,8 +59,8 @@ pub(super) fn merge_into(
     qcow2
         .read_at(1024, &mut raw)
         .map_err(|e| bad(e.to_string()))?;
-    let opts = rewrite_options(&raw).map_err(fit)?;
     let fs = Filesystem::open(qcow2).map_err(fit)?;
+    let opts = rewrite_options(&raw).map_err(fit)?;
     let mut merged = read_volume(&fs).map_err(fit)?;
     let source = load(&merged.tree, size)?;
     let summary = source.summary.clone();
@@ -382,4 +382,101 @@ fn copy_in_locked(
         }
         load_entry(src, &into, target, size).map_err(fail)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::ext4::tree::Time;
+
+    fn meta(perm: u16) -> Meta {
+        Meta {
+            perm,
+            uid: 0,
+            gid: 0,
+            atime: Time::default(),
+            mtime: Time::default(),
+            ctime: Time::default(),
+        }
+    }
+
+    fn loaded() -> Loaded {
+        Loaded {
+            tree: Tree::new(meta(0o755)),
+            contents: HashMap::new(),
+            summary: ImportSummary::default(),
+            tar_budget: 0,
+        }
+    }
+
+    fn dir(perm: u16) -> Node {
+        Node {
+            meta: meta(perm),
+            kind: Kind::Dir(Default::default()),
+        }
+    }
+
+    fn file(bytes: &[u8]) -> Node {
+        Node {
+            meta: meta(0o644),
+            kind: Kind::File {
+                size: bytes.len() as u64,
+                data: vec![(0, bytes.len() as u64)],
+            },
+        }
+    }
+
+    fn bytes_of(l: &Loaded, id: NodeId) -> Vec<u8> {
+        match l.contents.get(&id) {
+            Some(Content::Memory(b)) => b.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn folders_merge_files_are_replaced_and_hard_links_stay_links() {
+        let mut volume = loaded();
+        let d = volume.tree.add(Tree::ROOT, b"d", dir(0o700)).unwrap();
+        let old = volume.tree.add(d, b"f", file(b"old")).unwrap();
+        volume
+            .contents
+            .insert(old, Content::Memory(b"old".to_vec()));
+        volume.tree.link(Tree::ROOT, b"other-name", old).unwrap();
+
+        let mut source = loaded();
+        let sd = source.tree.add(Tree::ROOT, b"d", dir(0o777)).unwrap();
+        let new = source.tree.add(sd, b"f", file(b"new")).unwrap();
+        source
+            .contents
+            .insert(new, Content::Memory(b"new".to_vec()));
+        source.tree.link(Tree::ROOT, b"second", new).unwrap();
+        merge(&mut volume, source).unwrap();
+
+        let t = &volume.tree;
+        assert_eq!(t.lookup(Tree::ROOT, b"d"), Some(d));
+        assert_eq!(
+            t.node(d).meta.perm,
+            0o700,
+            "an existing folder keeps its metadata"
+        );
+        let f = t.lookup(d, b"f").unwrap();
+        assert_eq!(bytes_of(&volume, f), b"new");
+        assert_eq!(t.lookup(Tree::ROOT, b"second"), Some(f));
+        assert_eq!(t.lookup(Tree::ROOT, b"other-name"), Some(old));
+        assert_eq!(bytes_of(&volume, old), b"old");
+    }
+
+    #[test]
+    fn a_folder_meeting_a_file_is_a_conflict() {
+        let mut volume = loaded();
+        volume.tree.add(Tree::ROOT, b"x", file(b"")).unwrap();
+        let mut source = loaded();
+        let x = source.tree.add(Tree::ROOT, b"x", dir(0o755)).unwrap();
+        source.tree.add(x, b"y", file(b"")).unwrap();
+        let err = merge(&mut volume, source).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/x is a file in the volume and a folder in the source; nothing was changed"
+        );
+    }
 }
