@@ -131,7 +131,7 @@ pub fn export(
 
 /// Where path `path` of stopped VM `vm` lives: the named volume the VM mounts there (the
 /// mount with the longest target that contains it) and the path inside that volume. A path
-/// on the VM's own disk is refused: reading the root disk is not implemented.
+/// on the VM's own disk is refused: reading or writing the root disk is not implemented.
 pub fn vm_path(
     project: &Project,
     host: &super::HostEnv,
@@ -141,7 +141,7 @@ pub fn vm_path(
     let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
     if super::running_vms(project, host).contains(vm) {
         return Err(EngineError::Refused(format!(
-            "VM {vm} is running; cp reads the disks of a stopped VM only: stop it first"
+            "VM {vm} is running; cp reads and writes the disks of a stopped VM only: stop it first"
         )));
     }
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
@@ -169,7 +169,7 @@ pub fn vm_path(
         .map(|(_, volume, rest)| (volume, rest))
         .ok_or_else(|| {
             EngineError::Refused(format!(
-                "{vm}:{path} is not on a named volume of VM {vm}; cp reads named volumes (reading the VM's own disk is not implemented)"
+                "{vm}:{path} is not on a named volume of VM {vm}; cp works on named volumes (the VM's own disk is not implemented)"
             ))
         })
 }

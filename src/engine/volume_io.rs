@@ -1,5 +1,6 @@
 //! `volume import` and `init_from`: files from a host folder or a tar archive laid down in a
-//! new volume at format time, in-process.
+//! new volume at format time, in-process (an existing volume is rewritten the same way with
+//! its own files and the new ones: see [`super::volume_update`]).
 //!
 //! The source is read into a [`Tree`] first (names, types, metadata, where each file holds
 //! data), the filesystem is planned from it (refusing, before anything is written, a tree that
@@ -114,6 +115,16 @@ pub enum ImportError {
         /// What the source has there.
         new: &'static str,
     },
+    /// `--size` given for an existing volume of another size.
+    #[error(
+        "the volume exists and is {size} bytes; --size {requested} applies to a new volume only (nothing was changed)"
+    )]
+    SizeOfExisting {
+        /// The size asked for.
+        requested: u64,
+        /// The volume's size.
+        size: u64,
+    },
 }
 
 /// Where the files come from.
@@ -191,12 +202,19 @@ pub fn import(
     reporter: &dyn Reporter,
 ) -> Result<ImportSummary, EngineError> {
     let state = StateDir::new(&project.dir);
+    let requested = size;
     let size = volumes::size_or_declared(project, name, size);
     let _guard = super::lifecycle::lock(&state, reporter)?;
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
     if registry.volumes.contains_key(name) || state.volume_image(name).exists() {
         let summary = super::volume_update::merge_into(&state, name, |_, size| {
-            load(source, into, size).map_err(|e| import_error(name, e))
+            match requested {
+                Some(requested) if requested != size => {
+                    Err(ImportError::SizeOfExisting { requested, size })
+                }
+                _ => load(source, into, size),
+            }
+            .map_err(|e| import_error(name, e))
         })?;
         return Ok(summary);
     }

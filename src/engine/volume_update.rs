@@ -148,6 +148,7 @@ fn read_volume(fs: &OldVolume) -> Result<Loaded, Ext4Error> {
                     .map_err(name_error)?;
                 continue;
             }
+            let mut mappings = None;
             let kind = match stat.kind {
                 FileType::Dir => {
                     if !dirs.insert(stat.ino) {
@@ -159,9 +160,9 @@ fn read_volume(fs: &OldVolume) -> Result<Loaded, Ext4Error> {
                     Kind::Dir(Default::default())
                 }
                 FileType::File => {
-                    let mappings = fs.data(&stat)?;
+                    let mapped = mappings.insert(fs.data(&stat)?);
                     let mut data: Vec<(u64, u64)> = Vec::new();
-                    for m in mappings.iter().filter(|m| m.offset.is_some()) {
+                    for m in mapped.iter().filter(|m| m.offset.is_some()) {
                         match data.last_mut() {
                             Some((at, len)) if *at + *len == m.file_offset => *len += m.len,
                             _ => data.push((m.file_offset, m.len)),
@@ -191,13 +192,11 @@ fn read_volume(fs: &OldVolume) -> Result<Loaded, Ext4Error> {
             if stat.kind != FileType::Dir && stat.links > 1 {
                 links.insert(stat.ino, id);
             }
-            match stat.kind {
-                FileType::Dir => pending.push((stat, id, shown)),
-                FileType::File => {
-                    let mappings = fs.data(&stat)?;
-                    loaded.contents.insert(id, Content::Volume(mappings));
-                }
-                _ => {}
+            if let Some(mappings) = mappings {
+                loaded.contents.insert(id, Content::Volume(mappings));
+            }
+            if stat.kind == FileType::Dir {
+                pending.push((stat, id, shown));
             }
         }
     }

@@ -1255,6 +1255,13 @@ fn import_into_an_existing_volume_refuses_before_changing_anything() {
     assert!(err.contains("volume t: not enough space"), "{err}");
     unchanged(&p);
 
+    let err = p.fails(&["volume", "import", "t", s(&src), "--size", "32M"]);
+    assert!(
+        err.contains("is 16777216 bytes; --size 33554432 applies to a new volume only"),
+        "{err}"
+    );
+    unchanged(&p);
+
     let many = work.path().join("many");
     fs::create_dir(&many).unwrap();
     for i in 0..5000 {
