@@ -1375,3 +1375,40 @@ proptest! {
         );
     }
 }
+
+/// A real QEMU runs the VM: `cp` into it is refused by the VM's name and by the volume's (its
+/// image lock), and so is `volume import`, the image untouched; once it is stopped, both work.
+#[test]
+fn cp_into_a_running_vm_is_refused() {
+    let _one = crate::harness::one_qemu_at_a_time();
+    let p = Project::with_base(
+        "volumes:\n  pgdata: {size: 16M}\nvms:\n  db:\n    image: ./base.qcow2\n    memory: 128\n    volumes: [\"pgdata:/var/lib/pg\"]\n",
+        "64M",
+    );
+    p.ok(&["up", "--no-start"]);
+    p.ok(&["start", "db"]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    fs::write(&file, b"f").unwrap();
+    let before = fs::read(image(&p, "pgdata")).unwrap();
+    let err = p.fails(&["cp", s(&file), "db:/var/lib/pg/f"]);
+    assert!(err.contains("VM db is running"), "{err}");
+    for args in [
+        &["cp", s(&file), "volume:pgdata:/f"][..],
+        &["volume", "import", "pgdata", s(work.path())],
+    ] {
+        let err = p.fails(args);
+        assert!(
+            err.contains("volume pgdata is attached to a running VM"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(fs::read(image(&p, "pgdata")).unwrap(), before);
+    // The blank base disk boots nothing that could power off.
+    p.ok(&["stop", "-t", "0", "db"]);
+    p.ok(&["cp", s(&file), "db:/var/lib/pg/f"]);
+    let out = work.path().join("out");
+    p.ok(&["cp", "db:/var/lib/pg/f", s(&out)]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"f");
+    p.ok(&["down"]);
+}
