@@ -1262,6 +1262,48 @@ fn import_into_an_existing_volume_refuses_before_changing_anything() {
     );
     unchanged(&p);
 
+    // What a rewrite would lose: refused, naming it. An extended attribute the kernel
+    // writes; a FIFO debugfs makes (a snapshot of the mounted tree would block opening it).
+    kernel_writes(&p, work.path(), "t", |root| {
+        rustix::fs::setxattr(
+            root.join("g"),
+            "user.origin",
+            b"host",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap()
+    });
+    let written = fs::read(image(&p, "t")).unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&src), "--into", "/x"]);
+    assert!(
+        err.contains("/g has extended attributes, which rewriting the volume would lose"),
+        "{err}"
+    );
+    assert!(
+        fs::read(image(&p, "t")).unwrap() == written,
+        "the image changed"
+    );
+    fs::write(image(&p, "t"), &before).unwrap();
+    let raw = work.path().join("fifo.raw");
+    tool_ok(
+        "qemu-img",
+        &["convert", "-O", "raw", s(&image(&p, "t")), s(&raw)],
+    );
+    tool_ok("debugfs", &["-w", "-R", "mknod fifo p", s(&raw)]);
+    fs::remove_file(image(&p, "t")).unwrap();
+    install_raw(&p, &raw, "t");
+    let written = fs::read(image(&p, "t")).unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&src), "--into", "/x"]);
+    assert!(
+        err.contains("/fifo is a socket, FIFO or device node"),
+        "{err}"
+    );
+    assert!(
+        fs::read(image(&p, "t")).unwrap() == written,
+        "the image changed"
+    );
+    fs::write(image(&p, "t"), &before).unwrap();
+
     let many = work.path().join("many");
     fs::create_dir(&many).unwrap();
     for i in 0..5000 {
