@@ -300,8 +300,9 @@ pub fn replace_with(
     write_temporary(&dir, &image, opts, write, true)
 }
 
-/// Writes an image into a temporary file of `dir` (removed if interrupted by a signal or a
-/// failure) and renames it to `image`, replacing one only when `replace` says so.
+/// Writes an image into a temporary file of `dir` (removed on a failure, and for a
+/// replacement on SIGINT, SIGTERM or SIGHUP too) and renames it to `image`, replacing one
+/// only when `replace` says so.
 fn write_temporary(
     dir: &Path,
     image: &Path,
@@ -314,7 +315,13 @@ fn write_temporary(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| StateError::io(dir, e))?;
-    let _guard = crate::cleanup::register(tmp.path()).map_err(|e| StateError::io(dir, e))?;
+    // A replacement (an import) is a command of its own and may be interrupted; `up` and
+    // `run` create volumes too, and keep their own signal handling.
+    let _guard = if replace {
+        Some(crate::cleanup::register(tmp.path()).map_err(|e| StateError::io(dir, e))?)
+    } else {
+        None
+    };
     write(tmp.as_file(), opts)?;
     if replace {
         tmp.persist(image)

@@ -1330,6 +1330,8 @@ fn an_import_into_an_existing_volume_killed_at_any_point_leaves_old_or_new() {
         }
     }
     p.ok(&["volume", "import", "k", s(&src), "--size", "256M"]);
+    // Reading the source moves its atimes once (relatime): settled before any import reads it.
+    source_snapshot(&src2);
     let original = work.path().join("original.qcow2");
     fs::copy(image(&p, "k"), &original).unwrap();
     let old = mounted_tree(&check_image(&original, work.path()), work.path(), "/");
@@ -1366,6 +1368,32 @@ fn an_import_into_an_existing_volume_killed_at_any_point_leaves_old_or_new() {
             tree == old || tree == new,
             "killed after {delay_ms} ms: neither the old tree nor the new"
         );
+    }
+    // SIGTERM (as Ctrl-C) removes the temporary image at once.
+    let files = || -> Vec<_> {
+        fs::read_dir(p.join(".qemu-compose/volumes/k"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let child = p
+        .command(&["volume", "import", "k", s(&src2)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_child(&child);
+    let mut child = child;
+    while files().len() < 2 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The temporary file is registered for removal right after it is made.
+    std::thread::sleep(Duration::from_millis(20));
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    if !status.success() {
+        assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+        assert_eq!(files(), ["volume.qcow2"]);
     }
 }
 
