@@ -22,6 +22,7 @@ mod to_qemu;
 pub mod verbs;
 pub mod volume_export;
 pub mod volume_io;
+pub mod volume_update;
 pub mod volumes;
 pub mod workspace;
 

@@ -246,7 +246,7 @@ pub fn vm_path(
     let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
     if super::running_vms(project, host).contains(vm) {
         return Err(EngineError::Refused(format!(
-            "VM {vm} is running; cp reads the disks of a stopped VM only: stop it first"
+            "VM {vm} is running; cp reads and writes the disks of a stopped VM only: stop it first"
         )));
     }
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
@@ -282,7 +282,7 @@ pub fn vm_path(
                 Ok(VmPlace::Volume(volume.clone(), rest))
             }
             crate::compose::MountKind::Bind { source, .. } => Err(EngineError::Refused(format!(
-                "{vm}:{path} is on a bind mount of {}; copy from that host folder directly",
+                "{vm}:{path} is on a bind mount of {}: that host folder is the VM's, use it directly",
                 source.display()
             ))),
         },

@@ -1,5 +1,6 @@
 //! `volume import` and `init_from`: files from a host folder or a tar archive laid down in a
-//! new volume at format time, in-process.
+//! new volume at format time, in-process (an existing volume is rewritten the same way with
+//! its own files and the new ones: see [`super::volume_update`]).
 //!
 //! The source is read into a [`Tree`] first (names, types, metadata, where each file holds
 //! data), the filesystem is planned from it (refusing, before anything is written, a tree that
@@ -25,6 +26,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::compose::Project;
 use crate::disk::SparseBuffer;
+use crate::disk::ext4::read::Mapping;
 use crate::disk::ext4::tree::{Kind, Meta, Node, NodeId, Time, Tree, TreeError};
 use crate::disk::ext4::{self, DataRun, Ext4Error, FormatOptions};
 use crate::disk::qcow2;
@@ -102,11 +104,27 @@ pub enum ImportError {
     /// replaced by another (a symbolic link swapped in, say).
     #[error("{} changed while it was imported (shorter than when first read, or replaced); nothing was imported", .0.display())]
     Changed(PathBuf),
-    /// The volume exists; files go only into new volumes.
+    /// A folder and a file (or symbolic link) of the same path, one in the volume and the
+    /// other in the source.
+    #[error("{path} is a {existing} in the volume and a {new} in the source; nothing was changed")]
+    TypeConflict {
+        /// The path in the volume.
+        path: String,
+        /// What the volume has there.
+        existing: &'static str,
+        /// What the source has there.
+        new: &'static str,
+    },
+    /// `--size` given for an existing volume of another size.
     #[error(
-        "volume {0} already exists; `volume import` fills new volumes only (importing into an existing volume is not implemented). Nothing was changed"
+        "the volume exists and is {size} bytes; --size {requested} applies to a new volume only (nothing was changed)"
     )]
-    Exists(String),
+    SizeOfExisting {
+        /// The size asked for.
+        requested: u64,
+        /// The volume's size.
+        size: u64,
+    },
 }
 
 /// Where the files come from.
@@ -148,30 +166,33 @@ pub struct ImportSummary {
 
 /// Where a file's contents are read from when the image is written.
 #[derive(Debug)]
-enum Content {
+pub(super) enum Content {
     /// A host file, opened again (without following symbolic links) when written, and
     /// refused unless it is still the file the scan saw (device and inode).
     Host { path: PathBuf, identity: (u64, u64) },
     /// A tar member's bytes.
     Memory(Vec<u8>),
+    /// A file of the volume being rewritten: where its bytes are in the old image.
+    Volume(Vec<Mapping>),
 }
 
 /// A source read into a tree, with the contents of its files.
 #[derive(Debug)]
-struct Loaded {
-    tree: Tree,
+pub(super) struct Loaded {
+    pub(super) tree: Tree,
     /// By node: the contents of regular files.
-    contents: HashMap<NodeId, Content>,
-    summary: ImportSummary,
+    pub(super) contents: HashMap<NodeId, Content>,
+    pub(super) summary: ImportSummary,
     /// Bytes of tar members still allowed in memory: the volume's size, so an archive (a
     /// GNU sparse member declaring a terabyte, say) cannot make the import allocate more
     /// than the volume could hold.
-    tar_budget: u64,
+    pub(super) tar_budget: u64,
 }
 
-/// `volume import`: a new volume `name` holding the files of `source`, under `into` (an
-/// absolute path in the volume; `/` when `None`), recorded under the project lock. Its size is
-/// `size`, else the compose file's, else the default.
+/// `volume import`: the files of `source` under `into` (an absolute path in the volume; `/`
+/// when `None`), under the project lock. A new volume `name` is made and recorded (its size
+/// `size`, else the compose file's, else the default); an existing one gets the files merged
+/// into its tree (see [`super::volume_update`]).
 pub fn import(
     project: &Project,
     name: &str,
@@ -181,13 +202,21 @@ pub fn import(
     reporter: &dyn Reporter,
 ) -> Result<ImportSummary, EngineError> {
     let state = StateDir::new(&project.dir);
+    let requested = size;
     let size = volumes::size_or_declared(project, name, size);
     let _guard = super::lifecycle::lock(&state, reporter)?;
     let mut registry = VolumeRegistry::load(&state.volumes_json())?;
     if registry.volumes.contains_key(name) || state.volume_image(name).exists() {
-        // A QEMU's lock is the more useful thing to report when there is one.
-        volumes::check_not_in_use(&state, name)?;
-        return Err(import_error(name, ImportError::Exists(name.to_string())).into());
+        let summary = super::volume_update::merge_into(&state, name, |_, size| {
+            match requested {
+                Some(requested) if requested != size => {
+                    Err(ImportError::SizeOfExisting { requested, size })
+                }
+                _ => load(source, into, size),
+            }
+            .map_err(|e| import_error(name, e))
+        })?;
+        return Ok(summary);
     }
     let loaded = load(source, into, size).map_err(|e| import_error(name, e))?;
     let record = write_new(&state, name, size, &loaded)?;
@@ -210,7 +239,7 @@ pub(super) fn create_filled(
     write_new(state, name, size, &loaded)
 }
 
-fn import_error(name: &str, error: ImportError) -> VolumeError {
+pub(super) fn import_error(name: &str, error: ImportError) -> VolumeError {
     VolumeError::Import {
         name: name.to_string(),
         error: Box::new(error),
@@ -225,28 +254,36 @@ fn write_new(
     loaded: &Loaded,
 ) -> Result<VolumeRecord, VolumeError> {
     volumes::create_with(state, name, size, &mut |file, opts| {
-        write_image(file, size, opts, loaded).map_err(|e| match e {
+        write_image(file, size, opts, loaded, None).map_err(|e| e.for_volume(name))
+    })
+}
+
+pub(super) enum WriteError {
+    Import(ImportError),
+    Qcow2(qcow2::Qcow2Error),
+}
+
+impl WriteError {
+    pub(super) fn for_volume(self, name: &str) -> VolumeError {
+        match self {
             WriteError::Import(e) => import_error(name, e),
             WriteError::Qcow2(error) => VolumeError::Qcow2 {
                 name: name.to_string(),
                 error,
             },
-        })
-    })
-}
-
-enum WriteError {
-    Import(ImportError),
-    Qcow2(qcow2::Qcow2Error),
+        }
+    }
 }
 
 /// The whole image: the plan's metadata from memory, then each file's data streamed from its
-/// source into the clusters allocated for it.
-fn write_image(
+/// source into the clusters allocated for it (from `old`, the volume's former filesystem,
+/// for files it held).
+pub(super) fn write_image(
     file: &File,
     size: u64,
     opts: &FormatOptions,
     loaded: &Loaded,
+    old: Option<&OldVolume>,
 ) -> Result<(), WriteError> {
     let fit = |e| WriteError::Import(ImportError::Fit(e));
     let plan = ext4::plan(size, &loaded.tree, opts).map_err(fit)?;
@@ -255,6 +292,7 @@ fn write_image(
     let runs: Vec<(u64, u64)> = plan.data().iter().map(|r| (r.offset, r.len)).collect();
     let mut reader = ContentReader {
         contents: &loaded.contents,
+        old,
         open: None,
         failure: None,
     };
@@ -277,6 +315,7 @@ fn write_image(
 /// is kept whole (the writer only sees an I/O error).
 struct ContentReader<'a> {
     contents: &'a HashMap<NodeId, Content>,
+    old: Option<&'a OldVolume>,
     open: Option<(NodeId, File)>,
     failure: Option<ImportError>,
 }
@@ -292,6 +331,10 @@ impl ContentReader<'_> {
             }
             Some(Content::Host { path, identity }) => {
                 self.read_host(run.node, path, *identity, offset, buf)
+            }
+            Some(Content::Volume(mappings)) => {
+                let old = self.old.expect("volume contents come with the old volume");
+                read_old(old, mappings, offset, buf).map_err(ImportError::Fit)
             }
             None => unreachable!("every file with data has contents"),
         };
@@ -332,6 +375,29 @@ impl ContentReader<'_> {
     }
 }
 
+/// The former filesystem of a volume being rewritten.
+pub(super) type OldVolume = ext4::read::Filesystem<qcow2::Qcow2Image<File>>;
+
+/// Reads `buf.len()` bytes from file offset `offset` of a file of the old volume mapped by
+/// `mappings`; what no mapping covers reads as zeros.
+fn read_old(
+    old: &OldVolume,
+    mappings: &[Mapping],
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), Ext4Error> {
+    buf.fill(0);
+    let end = offset + buf.len() as u64;
+    for m in mappings {
+        let (from, to) = (m.file_offset.max(offset), (m.file_offset + m.len).min(end));
+        if let (Some(at), true) = (m.offset, from < to) {
+            let dest = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            old.read_mapped(at + (from - m.file_offset), dest)?;
+        }
+    }
+    Ok(())
+}
+
 fn read_error(path: &Path, source: io::Error) -> ImportError {
     ImportError::Read {
         path: path.to_path_buf(),
@@ -347,9 +413,57 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Reads `source` into a tree whose files sit under `into`.
-/// Reads `source` into a tree for a volume of `size` bytes.
-fn load(source: &ImportSource, into: Option<&str>, size: u64) -> Result<Loaded, ImportError> {
+/// Reads `source` into a tree for a volume of `size` bytes, its files under `into`.
+pub(super) fn load(
+    source: &ImportSource,
+    into: Option<&str>,
+    size: u64,
+) -> Result<Loaded, ImportError> {
+    let (mut loaded, base, folder) = start(into, size)?;
+    match source {
+        ImportSource::Dir(dir) => loaded.scan_dir(dir, base)?,
+        ImportSource::Tar(path) => {
+            let file = File::open(path).map_err(|source| ImportError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            loaded.scan_tar(io::BufReader::new(file), base, folder)?
+        }
+        ImportSource::Stdin => loaded.scan_tar(io::stdin().lock(), base, folder)?,
+    }
+    Ok(loaded)
+}
+
+/// Reads the one host file, folder or symbolic link `path` (not followed) into a tree, as
+/// `name` in folder `into` (`cp`'s source).
+pub(super) fn load_entry(
+    path: &Path,
+    into: &str,
+    name: &[u8],
+    size: u64,
+) -> Result<Loaded, ImportError> {
+    let (mut loaded, base, _) = start(Some(into), size)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let host_name = path
+        .file_name()
+        .ok_or_else(|| read_error(path, io::ErrorKind::InvalidInput.into()))?;
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| read_error(parent, e.into()))?;
+    let mut links = HashMap::new();
+    loaded.scan_entry(path, &dir, host_name.as_bytes(), base, name, &mut links)?;
+    Ok(loaded)
+}
+
+/// An empty tree holding the folders of `into` (made now, owned by root) and where the files
+/// go, with the metadata of those folders.
+fn start(into: Option<&str>, size: u64) -> Result<(Loaded, NodeId, Meta), ImportError> {
     let now = now();
     let folder = Meta {
         perm: 0o755,
@@ -375,18 +489,7 @@ fn load(source: &ImportSource, into: Option<&str>, size: u64) -> Result<Loaded, 
             loaded.ensure_dirs(Tree::ROOT, &components, folder, Path::new(path))?
         }
     };
-    match source {
-        ImportSource::Dir(dir) => loaded.scan_dir(dir, base)?,
-        ImportSource::Tar(path) => {
-            let file = File::open(path).map_err(|source| ImportError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            loaded.scan_tar(io::BufReader::new(file), base, folder)?
-        }
-        ImportSource::Stdin => loaded.scan_tar(io::stdin().lock(), base, folder)?,
-    }
-    Ok(loaded)
+    Ok((loaded, base, folder))
 }
 
 fn now() -> Time {
@@ -401,7 +504,7 @@ fn now() -> Time {
 
 /// The components of `--into`: absolute, without `.`, `..` or empty components (a trailing
 /// `/` is fine).
-fn into_components(path: &str) -> Result<Vec<&[u8]>, ImportError> {
+pub(super) fn into_components(path: &str) -> Result<Vec<&[u8]>, ImportError> {
     let bad = || ImportError::BadInto(path.to_string());
     let rest = path.strip_prefix('/').ok_or_else(bad)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -569,8 +672,26 @@ impl Loaded {
         names.sort();
         for name in names {
             let shown = path.join(&name);
-            let at = via.join(&name);
-            let name = name.as_bytes();
+            self.scan_entry(&shown, dir, name.as_bytes(), node, name.as_bytes(), links)?;
+        }
+        Ok(())
+    }
+
+    /// The entry `host_name` of the open folder `dir`, shown as `shown`, as `name` in the
+    /// tree's folder `node` (a folder scanned whole).
+    fn scan_entry(
+        &mut self,
+        shown: &Path,
+        dir: &OwnedFd,
+        host_name: &[u8],
+        node: NodeId,
+        name: &[u8],
+        links: &mut HashMap<(u64, u64), NodeId>,
+    ) -> Result<(), ImportError> {
+        let shown = shown.to_path_buf();
+        let at = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .join(std::ffi::OsStr::from_bytes(host_name));
+        {
             let m = fs::symlink_metadata(&at).map_err(|e| read_error(&shown, e))?;
             let ft = m.file_type();
             let key = (m.dev(), m.ino());
@@ -584,7 +705,7 @@ impl Loaded {
                         path: shown.clone(),
                         error,
                     })?;
-                continue;
+                return Ok(());
             }
             let kind = if ft.is_dir() {
                 Kind::Dir(Default::default())
@@ -633,7 +754,7 @@ impl Loaded {
             if ft.is_dir() {
                 let child = rustix::fs::openat(
                     dir,
-                    name,
+                    host_name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
@@ -983,7 +1104,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("link")).unwrap();
         fs::rename(dir.path().join("link"), src.join("f")).unwrap();
         let image = tempfile::tempfile().unwrap();
-        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded);
+        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded, None);
         assert!(
             matches!(result, Err(WriteError::Import(ImportError::Read { .. }))),
             "a symbolic link in its place is not opened"
@@ -991,7 +1112,7 @@ mod tests {
         // Another file in its place (same name, another inode).
         fs::write(dir.path().join("new"), b"swapped").unwrap();
         fs::rename(dir.path().join("new"), src.join("f")).unwrap();
-        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded);
+        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded, None);
         assert!(
             matches!(result, Err(WriteError::Import(ImportError::Changed(ref p))) if p.ends_with("f")),
             "another file in its place is refused"

@@ -327,15 +327,7 @@ fn create_in(
 
     let label = label_for(name);
     let opts = FormatOptions::new(label.clone());
-    let tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| StateError::io(dir, e))?;
-    write(tmp.as_file(), &opts)?;
-    tmp.persist_noclobber(image)
-        .map_err(|e| StateError::io(image, e.error))?;
-    atomic::sync_dir(dir)?;
+    write_temporary(dir, image, &opts, write, false)?;
     Ok(VolumeRecord {
         name: name.to_string(),
         size: format_size(size),
@@ -344,6 +336,57 @@ fn create_in(
         uuid: uuid::Uuid::from_bytes(opts.uuid).hyphenated().to_string(),
         label,
     })
+}
+
+/// Replaces the image of the existing volume `name` by one `write` makes with `opts` (the
+/// volume's own label, UUID and hash seed), in a temporary file of the volume's folder that
+/// is synced and then renamed over the image: a crash at any point leaves the old image whole
+/// (and at worst a stray temporary file, which the next creation or replacement removes).
+/// Call under the project lock, having checked that no QEMU holds the image.
+pub fn replace_with(
+    state: &StateDir,
+    name: &str,
+    opts: &FormatOptions,
+    write: &mut WriteImage<'_>,
+) -> Result<(), VolumeError> {
+    let dir = state.volume_dir(name);
+    let image = image_path(state, name)?;
+    remove_stale_temporaries(&dir)?;
+    write_temporary(&dir, &image, opts, write, true)
+}
+
+/// Writes an image into a temporary file of `dir` (removed on a failure, and for a
+/// replacement on SIGINT, SIGTERM or SIGHUP too) and renames it to `image`, replacing one
+/// only when `replace` says so.
+fn write_temporary(
+    dir: &Path,
+    image: &Path,
+    opts: &FormatOptions,
+    write: &mut WriteImage<'_>,
+    replace: bool,
+) -> Result<(), VolumeError> {
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| StateError::io(dir, e))?;
+    // A replacement (an import) is a command of its own and may be interrupted; `up` and
+    // `run` create volumes too, and keep their own signal handling.
+    let _guard = if replace {
+        Some(crate::cleanup::register(tmp.path()).map_err(|e| StateError::io(dir, e))?)
+    } else {
+        None
+    };
+    write(tmp.as_file(), opts)?;
+    if replace {
+        tmp.persist(image)
+            .map_err(|e| StateError::io(image, e.error))?;
+    } else {
+        tmp.persist_noclobber(image)
+            .map_err(|e| StateError::io(image, e.error))?;
+    }
+    atomic::sync_dir(dir)?;
+    Ok(())
 }
 
 /// Temporary files of a creation that was interrupted; only ever ours, under the lock.
@@ -518,6 +561,20 @@ pub fn check_not_in_use(state: &StateDir, name: &str) -> Result<(), VolumeError>
         });
     }
     Ok(())
+}
+
+/// Like [`check_not_in_use`], but keeps the lock: the image, opened with our lock on it, which
+/// no QEMU can open until it is dropped. Refuses a volume without an image.
+pub(super) fn lock_unused(state: &StateDir, name: &str) -> Result<fs::File, VolumeError> {
+    let image = image_path(state, name)?;
+    match lock_image(&image)? {
+        ImageLock::Free(file) => Ok(file),
+        ImageLock::Held => Err(VolumeError::InUse {
+            name: name.to_string(),
+            path: image,
+        }),
+        ImageLock::Missing => Err(VolumeError::Unknown(name.to_string())),
+    }
 }
 
 /// Removes volume `name`: its folder first, then its record, so an interruption leaves at

@@ -486,11 +486,15 @@ fn refusals_name_the_problem_and_change_nothing() {
         assert_nothing_made(&p, "v");
     }
 
-    // An existing volume is left as it is.
+    // An existing volume too small for more files is left as it is.
+    let half = work.path().join("half");
+    fs::create_dir(&half).unwrap();
+    fs::write(half.join("f"), pattern(3, 6 << 20)).unwrap();
     p.ok(&["volume", "create", "kept", "--size", "16M"]);
+    p.ok(&["volume", "import", "kept", s(&half)]);
     let before = fs::read(image(&p, "kept")).unwrap();
-    let err = p.fails(&["volume", "import", "kept", s(&big)]);
-    assert!(err.contains("volume kept already exists"), "{err}");
+    let err = p.fails(&["volume", "import", "kept", s(&half), "--into", "/again"]);
+    assert!(err.contains("volume kept: not enough space"), "{err}");
     assert_eq!(fs::read(image(&p, "kept")).unwrap(), before);
 }
 
@@ -863,6 +867,14 @@ fn export_refuses_a_journal_that_needs_recovery() {
         "{err}"
     );
     assert!(!out.exists());
+    // Nor is anything imported into it.
+    let before = fs::read(image(&p, "dirty")).unwrap();
+    let err = p.fails(&["volume", "import", "dirty", s(work.path())]);
+    assert!(
+        err.contains("volume dirty: the filesystem needs journal recovery"),
+        "{err}"
+    );
+    assert_eq!(fs::read(image(&p, "dirty")).unwrap(), before);
 }
 
 #[test]
@@ -892,14 +904,41 @@ fn cp_reads_named_volumes_by_volume_or_by_vm_path() {
     let err = p.fails(&["cp", "db:/mnt/share/PG_VERSION", s(&work.path().join("x"))]);
     assert!(
         err.contains("db:/mnt/share/PG_VERSION is on a bind mount of ")
-            && err.contains("copy from that host folder directly"),
+            && err.contains("that host folder is the VM's, use it directly"),
         "{err}"
     );
-    let err = p.fails(&["cp", s(&by_vm), "db:/var/lib/pg"]);
+    let err = p.fails(&["cp", s(&by_vm), "db:/etc/x"]);
+    assert!(err.contains("db:/etc/x is on the VM's own disk"), "{err}");
+
+    // Into the volume, as docker cp places things: a folder into an existing folder under
+    // its own name, a file over a file, a file to a new name in an existing folder.
+    p.ok(&["cp", s(&by_vm), "db:/var/lib/pg"]);
+    let version = work.path().join("PG_VERSION");
+    fs::write(&version, b"17\n").unwrap();
+    p.ok(&["cp", s(&version), "volume:pgdata:/PG_VERSION"]);
+    p.ok(&["cp", s(&version), "db:/var/lib/pg/base/renamed"]);
+    let back = work.path().join("back");
+    p.ok(&["cp", "volume:pgdata:/", s(&back)]);
+    assert_eq!(
+        fs::read(back.join("by-vm/global/pg_control")).unwrap(),
+        b"ctl"
+    );
+    assert_eq!(fs::read(back.join("PG_VERSION")).unwrap(), b"17\n");
+    assert_eq!(fs::read(back.join("base/renamed")).unwrap(), b"17\n");
+    assert_eq!(
+        fs::read(back.join("base/global/pg_control")).unwrap(),
+        b"ctl"
+    );
+    // A folder onto a file, and a file into a folder that does not exist: refused.
+    let before = fs::read(image(&p, "pgdata")).unwrap();
+    let err = p.fails(&["cp", s(&by_vm), "volume:pgdata:/PG_VERSION"]);
     assert!(
-        err.contains("copying into a volume is not implemented"),
+        err.contains("/PG_VERSION is a file in the volume and a folder in the source"),
         "{err}"
     );
+    let err = p.fails(&["cp", s(&version), "db:/var/lib/pg/nodir/x"]);
+    assert!(err.contains("its folder does not exist"), "{err}");
+    assert_eq!(fs::read(image(&p, "pgdata")).unwrap(), before);
     let out = p.run(&["cp", "nosuchvm:/x", s(&work.path().join("x"))]);
     assert_eq!(out.status.code(), Some(2), "{}", all_text(&out));
 }
@@ -1040,6 +1079,7 @@ fn a_volume_in_use_is_refused() {
         &["volume", "export", "busy", s(&out)][..],
         &["cp", "volume:busy:/", s(&out)],
         &["volume", "import", "busy", s(&src)],
+        &["cp", s(&src), "volume:busy:/"],
     ] {
         let err = p.fails(args);
         assert!(
@@ -1187,4 +1227,382 @@ fn multi_gigabyte_sparse_files_stay_sparse_both_ways() {
         blocks <= 3 * 8 * 2,
         "the exported file has {blocks} sectors"
     );
+}
+
+// ---- Import into an existing volume ---------------------------------------------------------
+
+/// `expected` with `added` laid over it, as an import into an existing volume merges: a path
+/// of `added` replaces the same path of `expected`, except a folder both have, which keeps
+/// its metadata.
+fn overlay(
+    expected: &BTreeMap<PathBuf, Entry>,
+    added: &BTreeMap<PathBuf, Entry>,
+) -> BTreeMap<PathBuf, Entry> {
+    let mut out = expected.clone();
+    for (path, e) in added {
+        if out.get(path).is_some_and(|old| old.kind == 'd') && e.kind == 'd' {
+            continue;
+        }
+        out.insert(path.clone(), e.clone());
+    }
+    out
+}
+
+/// The files the kernel writes into volume `volume`, through a loop mount of its raw
+/// conversion turned back into its image; returns what the kernel then shows.
+fn kernel_writes(
+    p: &Project,
+    work: &Path,
+    volume: &str,
+    write: impl FnOnce(&Path),
+) -> BTreeMap<PathBuf, Entry> {
+    let raw = work.join("kernel.raw");
+    tool_ok(
+        "qemu-img",
+        &["convert", "-O", "raw", s(&image(p, volume)), s(&raw)],
+    );
+    let seen = {
+        let m = Mounted::new(&raw, work.join("kernel-mnt"));
+        write(&m.dir);
+        source_snapshot(&m.dir)
+    };
+    fs::remove_file(image(p, volume)).unwrap();
+    install_raw(p, &raw, volume);
+    fs::remove_file(&raw).unwrap();
+    seen
+}
+
+/// A second import merges into a volume that our import and the kernel wrote: new files in
+/// existing folders (a linear folder of the kernel's growing past one block into a hashed
+/// one), a replaced file whose other hard link keeps the old contents, a sparse file of ten
+/// extents, new hard links. The kernel sees exactly the union, e2fsck and qemu-img are clean.
+#[test]
+fn import_into_an_existing_volume_merges_the_trees() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_source(&src);
+    p.ok(&["volume", "import", "merged", s(&src), "--size", "256M"]);
+    let before = kernel_writes(&p, work.path(), "merged", |root| {
+        fs::write(root.join("a/by-kernel"), pattern(7, 10_000)).unwrap();
+        fs::create_dir(root.join("kdir")).unwrap();
+        fs::hard_link(root.join("a/by-kernel"), root.join("kdir/link")).unwrap();
+        symlink("by-kernel", root.join("a/klink")).unwrap();
+    });
+
+    let src2 = work.path().join("src2");
+    fs::create_dir_all(src2.join("a/more")).unwrap();
+    fs::create_dir_all(src2.join("kdir")).unwrap();
+    fs::write(src2.join("a/file1"), b"replaced").unwrap();
+    fs::write(src2.join("a/by-kernel"), b"replaced too").unwrap();
+    fs::write(src2.join("a/more/new"), pattern(8, 5000)).unwrap();
+    fs::hard_link(src2.join("a/more/new"), src2.join("new-link")).unwrap();
+    for i in 0..3000 {
+        File::create(src2.join(format!("kdir/entry-{i:05}"))).unwrap();
+    }
+    let sparse = File::create(src2.join("a/sparse2")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    for i in 0..10u64 {
+        std::os::unix::fs::FileExt::write_all_at(&sparse, &pattern(200 + i, 4096), i * (5 << 20))
+            .unwrap();
+    }
+    drop(sparse);
+    let added = source_snapshot(&src2);
+    let out = p.ok(&["volume", "import", "merged", s(&src2)]);
+    assert!(out.stderr.contains("imported 3004 files"), "{}", out.stderr);
+
+    let mut expected = overlay(&before, &added);
+    // kdir/link was a second name of a/by-kernel, which was replaced: it keeps the old file.
+    expected.get_mut(Path::new("./kdir/link")).unwrap().nlink = 1;
+    let raw = check_image(&image(&p, "merged"), work.path());
+    assert_same_trees(&expected, &mounted_tree(&raw, work.path(), "/"));
+    let htree = tool_ok("debugfs", &["-R", "htree /kdir", s(&raw)]);
+    assert!(htree.contains("Root node dump"), "{htree}");
+    let stat = tool_ok("debugfs", &["-R", "stat /a/sparse2", s(&raw)]);
+    assert!(stat.contains("ETB0"), "no extent index: {stat}");
+    // Nothing is left beside the image.
+    let leftovers: Vec<_> = fs::read_dir(p.join(".qemu-compose/volumes/merged"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["volume.qcow2"]);
+}
+
+/// A folder where the volume has a file (or the reverse), more data than free space, more
+/// files than free inodes: refused, naming the problem, the image byte for byte as it was.
+#[test]
+fn import_into_an_existing_volume_refuses_before_changing_anything() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/f"), b"f").unwrap();
+    fs::write(src.join("g"), b"g").unwrap();
+    p.ok(&["volume", "import", "t", s(&src), "--size", "16M"]);
+    let before = fs::read(image(&p, "t")).unwrap();
+    let unchanged = |p: &Project| {
+        assert!(
+            fs::read(image(p, "t")).unwrap() == before,
+            "the image changed"
+        );
+        let names: Vec<_> = fs::read_dir(p.join(".qemu-compose/volumes/t"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["volume.qcow2"]);
+    };
+
+    let file_for_folder = work.path().join("file-for-folder");
+    fs::create_dir(&file_for_folder).unwrap();
+    fs::write(file_for_folder.join("a"), b"x").unwrap();
+    fs::write(file_for_folder.join("new"), b"x").unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&file_for_folder)]);
+    assert!(
+        err.contains("/a is a folder in the volume and a file in the source; nothing was changed"),
+        "{err}"
+    );
+    unchanged(&p);
+
+    let folder_for_file = work.path().join("folder-for-file");
+    fs::create_dir_all(folder_for_file.join("g")).unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&folder_for_file)]);
+    assert!(
+        err.contains("/g is a file in the volume and a folder in the source"),
+        "{err}"
+    );
+    unchanged(&p);
+
+    let big = work.path().join("big");
+    fs::create_dir(&big).unwrap();
+    fs::write(big.join("f"), pattern(1, 12 << 20)).unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&big)]);
+    assert!(err.contains("volume t: not enough space"), "{err}");
+    unchanged(&p);
+
+    let err = p.fails(&["volume", "import", "t", s(&src), "--size", "32M"]);
+    assert!(
+        err.contains("is 16777216 bytes; --size 33554432 applies to a new volume only"),
+        "{err}"
+    );
+    unchanged(&p);
+
+    // What a rewrite would lose: refused, naming it. An extended attribute the kernel
+    // writes; a FIFO debugfs makes (a snapshot of the mounted tree would block opening it).
+    kernel_writes(&p, work.path(), "t", |root| {
+        rustix::fs::setxattr(
+            root.join("g"),
+            "user.origin",
+            b"host",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap()
+    });
+    let written = fs::read(image(&p, "t")).unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&src), "--into", "/x"]);
+    assert!(
+        err.contains("/g has extended attributes, which rewriting the volume would lose"),
+        "{err}"
+    );
+    assert!(
+        fs::read(image(&p, "t")).unwrap() == written,
+        "the image changed"
+    );
+    fs::write(image(&p, "t"), &before).unwrap();
+    let raw = work.path().join("fifo.raw");
+    tool_ok(
+        "qemu-img",
+        &["convert", "-O", "raw", s(&image(&p, "t")), s(&raw)],
+    );
+    tool_ok("debugfs", &["-w", "-R", "mknod fifo p", s(&raw)]);
+    fs::remove_file(image(&p, "t")).unwrap();
+    install_raw(&p, &raw, "t");
+    let written = fs::read(image(&p, "t")).unwrap();
+    let err = p.fails(&["volume", "import", "t", s(&src), "--into", "/x"]);
+    assert!(
+        err.contains("/fifo is a socket, FIFO or device node"),
+        "{err}"
+    );
+    assert!(
+        fs::read(image(&p, "t")).unwrap() == written,
+        "the image changed"
+    );
+    fs::write(image(&p, "t"), &before).unwrap();
+
+    let many = work.path().join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..5000 {
+        File::create(many.join(i.to_string())).unwrap();
+    }
+    let err = p.fails(&["volume", "import", "t", s(&many)]);
+    assert!(err.contains("volume t: not enough inodes"), "{err}");
+    unchanged(&p);
+}
+
+/// SIGKILL at any point of an import into an existing volume leaves the old image or the new
+/// one, each whole: the new one is written beside the old and renamed over it once synced.
+/// The next import removes what a killed one left.
+#[test]
+fn an_import_into_an_existing_volume_killed_at_any_point_leaves_old_or_new() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let src2 = work.path().join("src2");
+    for (dir, seed) in [(&src, 0), (&src2, 100)] {
+        fs::create_dir(dir).unwrap();
+        for i in 0..16 {
+            fs::write(dir.join(format!("f{seed}-{i}")), pattern(seed + i, 4 << 20)).unwrap();
+        }
+    }
+    p.ok(&["volume", "import", "k", s(&src), "--size", "256M"]);
+    // Reading the source moves its atimes once (relatime): settled before any import reads it.
+    source_snapshot(&src2);
+    let original = work.path().join("original.qcow2");
+    fs::copy(image(&p, "k"), &original).unwrap();
+    let old = mounted_tree(&check_image(&original, work.path()), work.path(), "/");
+
+    let mut seen = Vec::new();
+    let mut killed = 0;
+    for delay_ms in [1, 5, 10, 20, 40, 70, 100, 150, 250, 400, 600] {
+        let mut child = p
+            .command(&["volume", "import", "k", s(&src2)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        if !child.wait().unwrap().success() {
+            killed += 1;
+        }
+        let raw = check_image(&image(&p, "k"), work.path());
+        seen.push((delay_ms, mounted_tree(&raw, work.path(), "/")));
+        fs::copy(&original, image(&p, "k")).unwrap();
+    }
+    assert!(killed > 0, "every import finished before it was killed");
+    p.ok(&["volume", "import", "k", s(&src2)]);
+    let leftovers: Vec<_> = fs::read_dir(p.join(".qemu-compose/volumes/k"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["volume.qcow2"]);
+    let new = mounted_tree(&check_image(&image(&p, "k"), work.path()), work.path(), "/");
+    assert_ne!(old, new);
+    for (delay_ms, tree) in seen {
+        assert!(
+            tree == old || tree == new,
+            "killed after {delay_ms} ms: neither the old tree nor the new"
+        );
+    }
+    // SIGTERM (as Ctrl-C) removes the temporary image at once.
+    let files = || -> Vec<_> {
+        fs::read_dir(p.join(".qemu-compose/volumes/k"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let child = p
+        .command(&["volume", "import", "k", s(&src2)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_child(&child);
+    let mut child = child;
+    while files().len() < 2 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The temporary file is registered for removal right after it is made.
+    std::thread::sleep(Duration::from_millis(20));
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    if !status.success() {
+        assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+        assert_eq!(files(), ["volume.qcow2"]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..Default::default() })]
+
+    /// A random tree imported in two steps (its files split at random between them) into one
+    /// volume holds what a one-step import holds, and e2fsck stays clean.
+    #[test]
+    fn two_imports_equal_one(tree in gen_tree(), split in any::<u64>()) {
+        let p = Project::new(COMPOSE);
+        let work = tempfile::tempdir().unwrap();
+        let whole = work.path().join("whole");
+        let root = match tree {
+            Gen::Dir(_) => tree,
+            leaf => Gen::Dir(vec![("only".into(), leaf)]),
+        };
+        write_gen(&whole, &root, &mut 0);
+        let parts = [work.path().join("part0"), work.path().join("part1")];
+        for (k, part) in parts.iter().enumerate() {
+            tool_ok("cp", &["-a", s(&whole), s(part)]);
+            // Each leaf stays in one part only, chosen by a bit of `split` and its path.
+            for (path, e) in snapshot(part) {
+                let bit = path.as_os_str().len() as u64 % 64;
+                if e.kind != 'd' && ((split >> bit) & 1) as usize != k {
+                    fs::remove_file(part.join(&path)).unwrap();
+                }
+            }
+        }
+        p.ok(&["volume", "import", "one", s(&whole), "--size", "64M"]);
+        p.ok(&["volume", "import", "two", s(&parts[0]), "--size", "64M"]);
+        p.ok(&["volume", "import", "two", s(&parts[1])]);
+        check_image(&image(&p, "two"), work.path());
+        let export = |volume: &str| {
+            let out = work.path().join(format!("out-{volume}"));
+            p.ok(&["volume", "export", volume, s(&out)]);
+            snapshot(&out)
+        };
+        // Folders keep the metadata of the first import, whose part had fewer entries.
+        let contents_only = |e: &mut Entry| {
+            (e.atime, e.ctime) = ((0, 0), (0, 0));
+            if e.kind == 'd' {
+                e.mtime = (0, 0);
+            }
+        };
+        assert_same_trees(
+            &project(&export("one"), contents_only),
+            &project(&export("two"), contents_only),
+        );
+    }
+}
+
+/// A real QEMU runs the VM: `cp` into it is refused by the VM's name and by the volume's (its
+/// image lock), and so is `volume import`, the image untouched; once it is stopped, both work.
+#[test]
+fn cp_into_a_running_vm_is_refused() {
+    let _one = crate::harness::one_qemu_at_a_time();
+    let p = Project::with_base(
+        "volumes:\n  pgdata: {size: 16M}\nvms:\n  db:\n    image: ./base.qcow2\n    memory: 128\n    volumes: [\"pgdata:/var/lib/pg\"]\n",
+        "64M",
+    );
+    p.ok(&["up", "--no-start"]);
+    p.ok(&["start", "db"]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    fs::write(&file, b"f").unwrap();
+    let before = fs::read(image(&p, "pgdata")).unwrap();
+    let err = p.fails(&["cp", s(&file), "db:/var/lib/pg/f"]);
+    assert!(err.contains("VM db is running"), "{err}");
+    for args in [
+        &["cp", s(&file), "volume:pgdata:/f"][..],
+        &["volume", "import", "pgdata", s(work.path())],
+    ] {
+        let err = p.fails(args);
+        assert!(
+            err.contains("volume pgdata is attached to a running VM"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(fs::read(image(&p, "pgdata")).unwrap(), before);
+    // The blank base disk boots nothing that could power off.
+    p.ok(&["stop", "-t", "0", "db"]);
+    p.ok(&["cp", s(&file), "db:/var/lib/pg/f"]);
+    let out = work.path().join("out");
+    p.ok(&["cp", "db:/var/lib/pg/f", s(&out)]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"f");
+    p.ok(&["down"]);
 }

@@ -87,6 +87,15 @@ pub struct Stat {
     pub ctime: Time,
     flags: u32,
     block: [u8; 60],
+    xattrs: bool,
+}
+
+impl Stat {
+    /// Whether the inode has extended attributes (in an xattr block or in the inode's own
+    /// spare bytes), which this reader does not read.
+    pub fn has_xattrs(&self) -> bool {
+        self.xattrs
+    }
 }
 
 /// Bytes of a file stored on the device: `len` bytes from `file_offset` on are at device
@@ -275,6 +284,11 @@ impl<D: BlockSource> Filesystem<D> {
             |at: usize| (128 + extra_isize >= at + 4 && b.len() >= at + 4).then(|| le32(&b, at));
         let mut block = [0u8; 60];
         block.copy_from_slice(&b[0x28..0x64]);
+        // i_file_acl (lo at 0x68, hi at 0x76) names an xattr block; the in-inode area starts
+        // after the extra fields with the magic 0xEA020000.
+        let xattr_block = le32(&b, 0x68) != 0 || le16(&b, 0x76) != 0;
+        let in_inode =
+            128 + extra_isize + 4 <= b.len() && le32(&b, 128 + extra_isize) == 0xEA02_0000;
         Ok(Stat {
             ino,
             kind,
@@ -288,6 +302,7 @@ impl<D: BlockSource> Filesystem<D> {
             mtime: decode_time(le32(&b, 0x10), extra(0x88)),
             flags: le32(&b, 0x20),
             block,
+            xattrs: xattr_block || in_inode,
         })
     }
 
