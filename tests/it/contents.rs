@@ -1603,6 +1603,6 @@ fn cp_into_a_running_vm_is_refused() {
     p.ok(&["cp", s(&file), "db:/var/lib/pg/f"]);
     let out = work.path().join("out");
     p.ok(&["cp", "db:/var/lib/pg/f", s(&out)]);
-    assert_eq!(fs::read(out.join("f")).unwrap(), b"f");
+    assert_eq!(fs::read(&out).unwrap(), b"f");
     p.ok(&["down"]);
 }
