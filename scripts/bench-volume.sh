@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Creates formatted qcow2 volumes of 1G, 10G and 1T with qemu-compose's in-process writers and
-# with the rootless peer pipeline (qemu-img create + mkfs.ext4 + qemu-img convert) in one
-# criterion run, then prints the medians, the speed-up and the file sizes.
+# Creates formatted qcow2 volumes of 1G, 10G and 1T with `qemu-compose volume create` (the whole
+# command) and with the rootless peer pipeline (qemu-img create + mkfs.ext4 + qemu-img convert +
+# fsync) in one criterion run, then prints the medians, the speed-up and the file sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
