@@ -731,8 +731,9 @@ fn resize_disk(vm: &PreparedVm) -> Result<DiskChange, EngineError> {
 }
 
 /// Puts the file `source` names (a symbolic link is followed) at `link`: a hard link, so host
-/// edits in place reach the guest, or a copy when it cannot be linked (another file system,
-/// another user's file under `protected_hardlinks`, ...); the mount plan shares such a file
+/// edits in place reach the guest, or a copy when it cannot be linked (another file system
+/// than the private folder, another user's file under `protected_hardlinks`, ...); the mount
+/// plan shares such a file
 /// read-only (`mounts::settle_file_sources`).
 fn link_or_copy(source: &Path, link: &Path) -> Result<(), StateError> {
     let target = fs::canonicalize(source).map_err(|e| StateError::io(source, e))?;

@@ -209,13 +209,11 @@ pub fn up(
     let networks = network::update(&state, host, project, &starting)?;
     let mut checked = checked;
     for (vm, checked) in selected.iter().zip(&mut checked) {
-        let copies = super::mounts::settle_file_sources(&mut checked.source_kinds, state.root());
-        for (source, why) in copies {
-            reporter.warn(&format!(
-                "VM {}: {} cannot be hard-linked into the instance ({why}); it is shared as a read-only copy, and host edits are not seen until the next `up`",
-                vm.name,
-                source.display()
-            ));
+        let private = state.private();
+        for warning in
+            super::mounts::settle_file_sources(&vm.name, &mut checked.source_kinds, private)
+        {
+            reporter.warn(&warning);
         }
     }
     let bases = selected

@@ -7,15 +7,17 @@
 //! on both sides.
 //!
 //! A bind mount whose source is a file cannot be shared directly (9p exports folders). Its
-//! share is a folder of the instance holding one hard link to the file (a copy when the file
-//! is on another file system), mounted on a hidden folder under `/run/qemu-compose/` in the
-//! guest, and a bind mount puts that one file on the target. Nothing else of the host folder is
-//! exposed. An editor that saves by writing a new file and renaming it breaks the hard link:
-//! the guest then keeps seeing the old content until the next `up`. A symbolic link as the
-//! source is followed: the share holds the file it names. A file that cannot be hard-linked
-//! there (another file system, or a file of another user under `protected_hardlinks`) is
-//! copied instead, and that share is read-only on both sides, since guest writes to a copy
-//! would be lost and host edits are not seen until the next `up`.
+//! share is a folder in the instance's private folder holding one hard link to the file,
+//! mounted on a hidden folder under `/run/qemu-compose/` in the guest, and a bind mount puts
+//! that one file on the target. Nothing else of the host folder is exposed. The folder is
+//! never in the project: a hard link there would let any guest given the project (`.:/src`)
+//! write the file, whatever its own mount says. An editor that saves by writing a new file and
+//! renaming it breaks the hard link: the guest then keeps seeing the old content until the
+//! next `up`. A symbolic link as the source is followed: the share holds the file it names. A
+//! file that cannot be hard-linked there (on another file system than the private folder, or a
+//! file of another user under `protected_hardlinks`) is copied instead, and that share is
+//! read-only on both sides, since guest writes to a copy would be lost and host edits are not
+//! seen until the next `up`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -155,16 +157,18 @@ pub fn check_bind_sources(vm: &Vm) -> Result<BTreeMap<PathBuf, SourceKind>, Plan
     Ok(kinds)
 }
 
-/// Finds out which file sources can be hard-linked into the state folder `state_root` (the
-/// instance folders are inside it, on the same file system) by making a link under a
+/// Finds out which file sources can be hard-linked into the private state folder `private`
+/// (the file-share folders are inside it, on the same file system) by making a link under a
 /// temporary name there and removing it at once. Each file source that cannot be linked
-/// becomes [`SourceKind::FileCopy`]; it is returned with the reason. Symbolic links are
-/// followed. Call under the project lock (a probe left by a crash is swept as a temporary).
+/// becomes [`SourceKind::FileCopy`]; it is returned with the warning to show. Symbolic links
+/// are followed. Call under the project lock (a probe left by a crash is swept as a
+/// temporary).
 pub fn settle_file_sources(
+    vm: &str,
     kinds: &mut BTreeMap<PathBuf, SourceKind>,
-    state_root: &Path,
-) -> Vec<(PathBuf, std::io::Error)> {
-    let mut copies = Vec::new();
+    private: &Path,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
     for (source, kind) in kinds.iter_mut() {
         if *kind != SourceKind::File {
             continue;
@@ -172,14 +176,33 @@ pub fn settle_file_sources(
         let probe = std::fs::canonicalize(source).and_then(|target| {
             tempfile::Builder::new()
                 .prefix(".tmp-link-")
-                .make_in(state_root, |path| std::fs::hard_link(&target, path))
+                .make_in(private, |path| std::fs::hard_link(&target, path))
         });
         if let Err(e) = probe {
             *kind = SourceKind::FileCopy;
-            copies.push((source.clone(), e));
+            warnings.push(copy_warning(vm, source, private, &e));
         }
     }
-    copies
+    warnings
+}
+
+/// Why `source` is shared as a copy, and what that means for the user.
+fn copy_warning(vm: &str, source: &Path, private: &Path, e: &std::io::Error) -> String {
+    let why = if e.kind() == std::io::ErrorKind::CrossesDevices {
+        format!(
+            "it is on another file system than the private state folder {}",
+            private.display()
+        )
+    } else {
+        format!(
+            "it cannot be hard-linked into the private state folder {} ({e})",
+            private.display()
+        )
+    };
+    format!(
+        "VM {vm}: {}: {why}; it is shared as a read-only copy, and host edits are not seen until the next `up`",
+        source.display()
+    )
 }
 
 /// Plans the mounts of `vm`. Pure: the file system was looked at by [`check_bind_sources`].
@@ -446,7 +469,7 @@ vms:
             host_is_root: root,
             volumes: &volumes,
             source_kinds: &kinds,
-            file_shares_dir: Path::new("/p/.qemu-compose/app/file-shares"),
+            file_shares_dir: Path::new("/s/vms/app/file-shares"),
             hosts_dir: None,
         };
         plan(&p.vms[0], &facts).unwrap()
@@ -477,7 +500,7 @@ vms:
                 ("mount0", "/p/manual", false),
                 ("mount1", "/p/src", false),
                 ("mount2", "/p/conf", true),
-                ("mount3", "/p/.qemu-compose/app/file-shares/mount3", true),
+                ("mount3", "/s/vms/app/file-shares/mount3", true),
             ]
         );
         // mount0 has automount: false, so the guest mounts start at mount1.
@@ -539,8 +562,8 @@ vms:
             plan.file_shares,
             [FileShare {
                 source: "/p/nginx.conf".into(),
-                dir: "/p/.qemu-compose/app/file-shares/mount3".into(),
-                link: "/p/.qemu-compose/app/file-shares/mount3/nginx.conf".into(),
+                dir: "/s/vms/app/file-shares/mount3".into(),
+                link: "/s/vms/app/file-shares/mount3/nginx.conf".into(),
                 copy: false,
             }]
         );
@@ -596,7 +619,7 @@ vms:
             host_is_root: false,
             volumes: &volumes,
             source_kinds: &kinds,
-            file_shares_dir: Path::new("/p/.qemu-compose/a/file-shares"),
+            file_shares_dir: Path::new("/s/vms/a/file-shares"),
             hosts_dir: None,
         };
         let plan = plan(&p.vms[0], &facts).unwrap();
@@ -604,6 +627,38 @@ vms:
         assert!(plan.file_shares[0].copy);
         assert!(plan.guest[0].options.split(',').any(|o| o == "ro"));
         assert_eq!(plan.guest[1].options, "bind,ro,nofail");
+    }
+
+    #[test]
+    fn a_file_on_another_file_system_than_the_private_folder_is_copied_and_says_why() {
+        use std::os::unix::fs::MetadataExt;
+        let here = tempfile::tempdir().unwrap();
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            dev(here.path()),
+            dev(shm.path()),
+            "/dev/shm must be another file system"
+        );
+        let source = here.path().join("app.conf");
+        std::fs::write(&source, "x").unwrap();
+        let mut kinds: BTreeMap<_, _> = [(source.clone(), SourceKind::File)].into();
+
+        assert!(settle_file_sources("app", &mut kinds, here.path()).is_empty());
+        assert_eq!(kinds[&source], SourceKind::File);
+        // The probe left nothing behind.
+        assert_eq!(std::fs::read_dir(here.path()).unwrap().count(), 1);
+
+        let warnings = settle_file_sources("app", &mut kinds, shm.path());
+        assert_eq!(kinds[&source], SourceKind::FileCopy);
+        assert_eq!(
+            warnings,
+            [format!(
+                "VM app: {}: it is on another file system than the private state folder {}; it is shared as a read-only copy, and host edits are not seen until the next `up`",
+                source.display(),
+                shm.path().display()
+            )]
+        );
     }
 
     #[test]

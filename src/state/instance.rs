@@ -24,7 +24,7 @@ use crate::qemu::argv::MAX_SOCKET_PATH;
 /// The files of one VM instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstancePaths {
-    /// The instance folder in the project (disk and file shares).
+    /// The instance folder in the project (the disk).
     pub dir: PathBuf,
     /// The instance's private folder (everything else).
     pub private_dir: PathBuf,
@@ -47,7 +47,8 @@ pub struct InstancePaths {
     pub host_key: PathBuf,
     /// The known_hosts file that pins it.
     pub known_hosts: PathBuf,
-    /// Folders that hold a single bind-mounted file each (see the mount plan).
+    /// Folders that hold a single bind-mounted file each (see the mount plan). Private: a hard
+    /// link there writes the host file, so no guest may reach it through a project share.
     pub file_shares: PathBuf,
     /// The folder of the guest's `/etc/hosts` on project networks (shared read-only).
     pub hosts: PathBuf,
@@ -78,7 +79,7 @@ impl InstancePaths {
         let socket_dir = sockets.path().to_path_buf();
         Self {
             disk: dir.join("disk.qcow2"),
-            file_shares: dir.join("file-shares"),
+            file_shares: private_dir.join("file-shares"),
             seed: private_dir.join("seed.img"),
             efi_vars: private_dir.join("efi-vars.fd"),
             pidfile: private_dir.join("qemu.pid"),
@@ -311,6 +312,10 @@ mod tests {
         assert!(paths.seed.starts_with(state.private()));
         assert!(paths.pidfile.starts_with(state.private()));
         assert!(paths.serial_log.starts_with(state.private()));
+        // A file share's hard link writes the host file: never in the project, which a
+        // guest may have whole (`.:/src`).
+        assert!(paths.file_shares.starts_with(state.private()));
+        assert!(!paths.file_shares.starts_with(state.root()));
         assert!(!paths.sockets_relocated());
     }
 

@@ -10,7 +10,6 @@
 //!   volumes.json                        the volume registry (paths relative to this folder)
 //!   volumes/<name>/volume.qcow2         named volumes
 //!   vms/<vm>/disk.qcow2                 instance disks
-//!   vms/<vm>/file-shares/               one-file folders for file bind mounts
 //!
 //! $XDG_STATE_HOME/qemu-compose/projects/<dir>-<hash>/   0700 (default ~/.local/state)
 //!   project                             the project folder's path, for people
@@ -19,14 +18,17 @@
 //!   console-password                    the guest user's console password and salt
 //!   vms/<vm>/                           seed, pidfile, QMP and serial sockets, serial log,
 //!                                       record, SSH host key and known_hosts
+//!   vms/<vm>/file-shares/               one-file folders for file bind mounts (hard links
+//!                                       that write the host files)
 //! ```
 //!
 //! The private folder is named by a hash of the project folder's canonical path, so a copied
 //! or moved project gets its own (stop the VMs before moving a project). Every name a user can
 //! write (a VM, a volume) selects a folder under `vms/` or `volumes/` and nothing else.
 //!
-//! Earlier versions kept instance folders at `.qemu-compose/<vm>/` and the secrets in the
-//! project folder; [`super::migrate`] moves them on the first state-changing command.
+//! Earlier versions kept instance folders at `.qemu-compose/<vm>/`, the secrets and the
+//! file-share folders in the project folder; [`super::migrate`] moves (or removes) them on
+//! the first state-changing command.
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -2,6 +2,10 @@
 //! the key and console password inside the project) to the current one (see
 //! [`super::layout`]). Runs under the project lock at the start of every state-changing
 //! command; a folder already in the current layout is left alone.
+//!
+//! Earlier versions also kept the file-share folders (hard links to host files) in the
+//! project, where a guest given the project (`.:/src`) could write those files. `up` makes
+//! them again in the private folder, so the project's are removed, never followed.
 
 use std::fs;
 use std::io;
@@ -10,7 +14,9 @@ use std::path::Path;
 use super::{StateDir, StateError, atomic};
 
 /// Files of an earlier instance folder that stay in the project.
-const PROJECT_FILES: [&str; 2] = ["disk.qcow2", "file-shares"];
+const PROJECT_FILES: [&str; 1] = ["disk.qcow2"];
+/// The folder of an instance's file shares, removed from the project (see the module doc).
+const FILE_SHARES: &str = "file-shares";
 /// Files of an earlier instance folder that move to the private folder.
 const PRIVATE_FILES: [&str; 4] = ["seed.img", "serial.log", "instance.json", "known_hosts"];
 /// Files of an earlier instance folder that only mean something while its QEMU runs.
@@ -40,13 +46,15 @@ pub fn migrate(state: &StateDir) -> Result<Vec<String>, StateError> {
             .iter()
             .chain(&PRIVATE_FILES)
             .chain(&RUNTIME_FILES)
+            .chain(&[FILE_SHARES])
             .any(|f| has(f));
         if !instance {
             continue;
         }
-        if has("qemu.pid") && legacy_qemu_runs(&path) {
+        remove_if_present(&path.join(FILE_SHARES))?;
+        if has("qemu.pid") && qemu_runs_from(&path) {
             notes.push(format!(
-                "VM {name} still runs from the earlier state layout and was left at {}; stop it with `kill $(cat {})`, then run the command again",
+                "VM {name} still runs from the earlier state layout and was left at {} (without its file shares, which guests could reach there); stop it with `kill $(cat {})`, then run the command again",
                 path.display(),
                 path.join("qemu.pid").display()
             ));
@@ -83,10 +91,40 @@ pub fn migrate(state: &StateDir) -> Result<Vec<String>, StateError> {
         move_entry(&old_password, &state.console_password())?;
     }
     remove_if_present(&root.join("lock"))?;
+    remove_project_file_shares(state, &mut notes)?;
     Ok(notes)
 }
 
-fn legacy_qemu_runs(dir: &Path) -> bool {
+/// Removes `vms/<vm>/file-shares/` from the project folder, with a note for a VM whose QEMU
+/// still exports it (its file bind mounts are gone until it restarts).
+fn remove_project_file_shares(state: &StateDir, notes: &mut Vec<String>) -> Result<(), StateError> {
+    let vms = state.root().join("vms");
+    let entries = match fs::read_dir(&vms) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StateError::io(&vms, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StateError::io(&vms, e))?;
+        let shares = entry.path().join(FILE_SHARES);
+        if !fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
+            || fs::symlink_metadata(&shares).is_err()
+        {
+            continue;
+        }
+        remove_if_present(&shares)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if crate::compose::is_valid_name(&name) && qemu_runs_from(&state.vm_private_dir(&name)) {
+            notes.push(format!(
+                "VM {name} runs with its file shares in the project folder, where a guest given the project could write the shared files; they were removed, so its file bind mounts are gone until `qemu-compose up --force-recreate {name}` restarts it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the QEMU of the pidfile in `dir` runs.
+fn qemu_runs_from(dir: &Path) -> bool {
     let pidfile = dir.join("qemu.pid");
     let Ok(Some(text)) = atomic::read_optional(&pidfile) else {
         return false;
@@ -117,6 +155,8 @@ fn move_entry(from: &Path, to: &Path) -> Result<(), StateError> {
     }
 }
 
+/// Removes a file, a symbolic link (not what it names) or a folder tree; `remove_dir_all`
+/// does not follow symbolic links inside the tree either.
 fn remove_if_present(path: &Path) -> Result<(), StateError> {
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -166,5 +206,64 @@ mod tests {
         // A second run changes nothing.
         assert!(migrate(&state).unwrap().is_empty());
         assert_eq!(fs::read_to_string(state.ssh_key()).unwrap(), "key");
+    }
+
+    #[test]
+    fn file_shares_leave_the_project_without_following_links() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let proj = dir.path().join("proj");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("tree")).unwrap();
+        fs::write(outside.join("app.conf"), "host file").unwrap();
+        fs::write(outside.join("tree/kept"), "kept").unwrap();
+        let root = proj.join(".qemu-compose");
+        // The current layout: a hard link and a planted symlink to a folder outside.
+        let shares = root.join("vms/app/file-shares");
+        fs::create_dir_all(shares.join("mount0")).unwrap();
+        fs::hard_link(outside.join("app.conf"), shares.join("mount0/app.conf")).unwrap();
+        symlink(outside.join("tree"), shares.join("mount1")).unwrap();
+        fs::write(root.join("vms/app/disk.qcow2"), "disk").unwrap();
+        // `file-shares` itself a symlink to a folder outside.
+        fs::create_dir_all(root.join("vms/db")).unwrap();
+        symlink(outside.join("tree"), root.join("vms/db/file-shares")).unwrap();
+        // The earlier layout: dropped, not moved.
+        fs::create_dir_all(root.join("web/file-shares/mount0")).unwrap();
+        fs::write(root.join("web/file-shares/mount0/x"), "x").unwrap();
+        fs::write(root.join("web/disk.qcow2"), "web").unwrap();
+        let state = StateDir::with_private_home(&proj, &dir.path().join("home"));
+        state.ensure().unwrap();
+
+        assert!(migrate(&state).unwrap().is_empty());
+        for gone in [
+            "vms/app/file-shares",
+            "vms/db/file-shares",
+            "web",
+            "vms/web/file-shares",
+        ] {
+            assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone}");
+        }
+        assert_eq!(
+            fs::read_to_string(root.join("vms/app/disk.qcow2")).unwrap(),
+            "disk"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("vms/web/disk.qcow2")).unwrap(),
+            "web"
+        );
+        let host = fs::metadata(outside.join("app.conf")).unwrap();
+        assert_eq!(
+            (
+                host.nlink(),
+                fs::read_to_string(outside.join("app.conf"))
+                    .unwrap()
+                    .as_str()
+            ),
+            (1, "host file")
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("tree/kept")).unwrap(),
+            "kept"
+        );
     }
 }

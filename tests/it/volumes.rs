@@ -572,7 +572,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     let _qemu = KillOnDrop(p.pid("app").expect("a pidfile"));
 
     // The symlink is followed: the share holds a hard link to the file it names.
-    let shares = p.join(".qemu-compose/vms/app/file-shares");
+    let shares = p.private_dir("app").join("file-shares");
     let linked = shares.join("mount0/app.conf");
     let meta = std::fs::symlink_metadata(&linked).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
@@ -590,7 +590,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
     );
     assert!(
         stderr.contains(&format!(
-            "{} cannot be hard-linked into the instance",
+            "VM app: {}: it is on another file system than the private state folder",
             s(&other_fs.0)
         )) && stderr.contains(
             "shared as a read-only copy, and host edits are not seen until the next `up`"
@@ -598,7 +598,7 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         "{stderr}"
     );
     assert!(
-        !stderr.contains("app.conf cannot be hard-linked"),
+        !stderr.contains("app.conf: it is on another file system"),
         "{stderr}"
     );
     let record = p.record("app");
@@ -624,7 +624,161 @@ fn file_bind_sources_follow_symlinks_and_fall_back_to_read_only_copies() {
         "{}",
         virtfs("mount1")
     );
+    assert!(virtfs("mount0").contains(&format!("path={},", s(&shares.join("mount0")))));
+
+    // A VM still running from the project's file shares of an earlier version: they go, and
+    // the note says how to get the file mounts back.
+    let old = p.join(".qemu-compose/vms/app/file-shares/mount0");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::hard_link(&real, old.join("app.conf")).unwrap();
+    let again = p.run(&["up"]);
+    let stderr = text(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("VM app runs with its file shares in the project folder, where a guest given the project could write the shared files; they were removed, so its file bind mounts are gone until `qemu-compose up --force-recreate app` restarts it"),
+        "{stderr}"
+    );
+    assert!(!p.join(".qemu-compose/vms/app/file-shares").exists());
+    assert_eq!(std::fs::metadata(&real).unwrap().nlink(), 2);
     p.ok(&["destroy", "--force"]);
+}
+
+/// Every hard link to `file` under `dir` (same device and inode), symbolic links not followed.
+fn hard_links_under(dir: &Path, file: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(file).unwrap();
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(folder) = todo.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path);
+            } else if (meta.dev(), meta.ino()) == (want.dev(), want.ino()) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The `path=` of the `-virtfs` that exports `tag` in an `inspect --format json` answer.
+fn virtfs_path(inspect: &serde_json::Value, tag: &str) -> PathBuf {
+    let argv = inspect["qemu"]["argv"].as_array().expect("an argv");
+    let arg = argv
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.starts_with("local,") && a.contains(&format!(",mount_tag={tag},")))
+        .unwrap_or_else(|| panic!("no -virtfs for {tag}: {inspect}"));
+    let path = arg.split(',').find_map(|o| o.strip_prefix("path="));
+    PathBuf::from(path.expect("a path="))
+}
+
+#[test]
+fn file_shares_live_in_the_private_folder_never_in_the_shared_project() {
+    use std::os::unix::fs::MetadataExt;
+    // A file outside the project, as `~/.gitconfig` would be.
+    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let gitconfig = outside.path().join("gitconfig");
+    std::fs::write(&gitconfig, "[user]\n").unwrap();
+    let p = Project::with_base(
+        &format!(
+            "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - .:/src\n      - ./nginx.conf:/etc/nginx/nginx.conf:ro\n      - {}:/home/u/.gitconfig:ro\n",
+            s(&gitconfig)
+        ),
+        "1G",
+    );
+    let conf = p.join("nginx.conf");
+    std::fs::write(&conf, "events {}\n").unwrap();
+    // What an earlier version left in the project: the guest's `/src` reached it.
+    let old = p.join(".qemu-compose/vms/app/file-shares/mount1");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::hard_link(&conf, old.join("nginx.conf")).unwrap();
+
+    p.ok(&["up", "--no-start"]);
+
+    let state = p.join(".qemu-compose");
+    for file in [&conf, &gitconfig] {
+        let links = hard_links_under(&state, file);
+        assert!(
+            links.is_empty(),
+            "{} is linked at {links:?}",
+            file.display()
+        );
+    }
+    assert!(!state.join("vms/app/file-shares").exists());
+    // Still hard links (host edits reach the guest), in the private folder.
+    let shares = p.private_dir("app").join("file-shares");
+    for (tag, file) in [("mount1", &conf), ("mount2", &gitconfig)] {
+        let link = shares.join(tag).join(file.file_name().unwrap());
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert_eq!(
+            meta.ino(),
+            std::fs::metadata(file).unwrap().ino(),
+            "{}",
+            link.display()
+        );
+    }
+    // The folders QEMU exports are those.
+    let inspect = p.json(&["inspect", "app", "--format", "json"]);
+    assert_eq!(inspect["qemu"]["planned"], true, "{inspect}");
+    assert_eq!(
+        virtfs_path(&inspect, "mount0"),
+        p.path().canonicalize().unwrap()
+    );
+    for tag in ["mount1", "mount2"] {
+        assert_eq!(virtfs_path(&inspect, tag), shares.join(tag));
+    }
+}
+
+#[test]
+fn a_file_on_another_file_system_than_the_private_folder_is_shared_as_a_copy() {
+    use std::os::unix::fs::MetadataExt;
+    let state_home = tempfile::tempdir_in("/dev/shm").unwrap();
+    let p = Project::with_base(
+        "vms:\n  app:\n    image: ./base.qcow2\n    memory: 128\n    volumes:\n      - .:/src\n      - ./app.conf:/etc/app.conf\n",
+        "1G",
+    );
+    let conf = p.join("app.conf");
+    std::fs::write(&conf, "the content\n").unwrap();
+    assert_ne!(
+        std::fs::metadata(state_home.path()).unwrap().dev(),
+        std::fs::metadata(&conf).unwrap().dev(),
+        "/dev/shm must be another file system than the test's temporary folder"
+    );
+    let run = |args: &[&str]| {
+        let out = p
+            .command(args)
+            .env("XDG_STATE_HOME", state_home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+
+    let out = run(&["up", "--no-start"]);
+    let private = qemu_compose::state::StateDir::with_private_home(
+        &p.path().canonicalize().unwrap(),
+        &state_home.path().join("qemu-compose"),
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "app.conf: it is on another file system than the private state folder {}; it is shared as a read-only copy, and host edits are not seen until the next `up`",
+            private.private().display()
+        )),
+        "{stderr}"
+    );
+    let copy = private
+        .vm_private_dir("app")
+        .join("file-shares/mount1/app.conf");
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "the content\n");
+    assert_eq!(std::fs::metadata(&conf).unwrap().nlink(), 1);
+    assert!(hard_links_under(&p.join(".qemu-compose"), &conf).is_empty());
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&run(&["inspect", "app", "--format", "json"]).stdout).unwrap();
+    assert_eq!(virtfs_path(&inspect, "mount1"), copy.parent().unwrap());
 }
 
 #[test]
