@@ -462,7 +462,7 @@ fn a_namespace_that_is_no_label_is_a_usage_error() {
 }
 
 #[test]
-fn the_design_example_is_refused_for_direct_boot_and_bind_mounts() {
+fn the_design_example_is_refused_for_direct_boot_bind_mounts_and_host_ip() {
     assert_refusal_golden("design-example");
 }
 
