@@ -6,10 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use qemu_compose::engine;
-use qemu_compose::kubevirt::{self, Export};
-use qemu_compose::state::write_atomic;
+use qemu_compose::engine::kubevirt::{self, Export};
 
 use super::output::note;
 use super::{GlobalArgs, KubevirtArgs, StderrReporter, output, project};
@@ -17,7 +14,7 @@ use super::{GlobalArgs, KubevirtArgs, StderrReporter, output, project};
 pub fn kubevirt(global: &GlobalArgs, args: &KubevirtArgs) -> anyhow::Result<ExitCode> {
     let project = project::load(global)?;
     kubevirt::check(&project)?;
-    let facts = engine::kubevirt::facts(&project, &StderrReporter)?;
+    let facts = kubevirt::facts(&project, &StderrReporter)?;
     let export = kubevirt::translate(&project, &facts, args.namespace.as_deref())?;
     let ns = args.namespace.as_deref();
     if args.output.as_os_str() == "-" {
@@ -37,19 +34,20 @@ pub fn kubevirt(global: &GlobalArgs, args: &KubevirtArgs) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// One file per VM, `volumes.yaml`, and `README.txt`, each written atomically.
+/// One file per VM, `volumes.yaml`, and `README.txt`, written by the engine for their owner
+/// only.
 fn write_folder(dir: &Path, export: &Export, ns: Option<&str>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut files = Vec::new();
     for (stem, objects) in &export.files {
-        let path = dir.join(format!("{stem}.yaml"));
-        write_atomic(&path, kubevirt::to_yaml(objects)?.as_bytes(), 0o644)?;
+        files.push((format!("{stem}.yaml"), kubevirt::to_yaml(objects)?));
     }
     let ns_flag = ns.map_or(String::new(), |ns| format!(" --namespace {ns}"));
     let readme = format!(
         "Made by qemu-compose export kubevirt.\n\nApply the manifests:\n\n    kubectl apply{ns_flag} -f .\n\n{}",
         after_apply(export, ns)
     );
-    write_atomic(&dir.join("README.txt"), readme.as_bytes(), 0o644)?;
+    files.push(("README.txt".to_owned(), readme));
+    kubevirt::write_private_files(dir, &files)?;
     Ok(())
 }
 

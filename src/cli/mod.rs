@@ -500,7 +500,7 @@ struct KubevirtArgs {
 
 /// A namespace is an RFC 1123 label.
 fn namespace(text: &str) -> Result<String, String> {
-    if qemu_compose::kubevirt::names::is_label(text) {
+    if qemu_compose::engine::kubevirt::is_namespace(text) {
         Ok(text.to_owned())
     } else {
         Err("a namespace is lowercase letters, digits and '-', at most 63, not beginning or ending with '-'".into())

@@ -49,6 +49,11 @@ impl Places {
         self.at.insert(path, node.pos);
     }
 
+    /// Whether `field` was written, rather than left to its default.
+    pub fn is_written(&self, field: &str) -> bool {
+        self.at.contains_key(field)
+    }
+
     /// An error about `field` of VM `vm` (or of the project), at the place the field was
     /// written, else at its nearest written parent (a default was not written anywhere).
     pub fn error(&self, vm: Option<&str>, field: &str, message: impl Into<String>) -> ComposeError {
@@ -89,6 +94,8 @@ mod tests {
         assert_eq!(at("vms.db.image"), (3, 12, "vms.db.image".to_owned()));
         // `cpu` was not written: the VM's own place.
         assert_eq!(at("vms.db.cpu"), (3, 5, "vms.db.cpu".to_owned()));
+        assert!(project.places.is_written("vms.db.image"));
+        assert!(!project.places.is_written("vms.db.cpu"));
         let e = project.places.error(None, "nowhere", "m");
         assert_eq!((e.line, e.file.to_str()), (0, Some("/p/qemu-compose.yaml")));
     }

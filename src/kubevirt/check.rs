@@ -112,6 +112,29 @@ fn vm_errors(project: &Project, vm: &Vm, errors: &mut Vec<ComposeError>) {
             "a kernel command line goes with direct kernel boot, which KubeVirt does only from a container image".into(),
         );
     }
+    if vm.firmware.is_some() {
+        push(
+            "firmware",
+            "a UEFI code file on the host has no KubeVirt equivalent: KubeVirt boots the firmware its virt-launcher image carries (domain.firmware.bootloader chooses BIOS or EFI, not a file)".into(),
+        );
+    }
+    for (i, port) in vm.ports.iter().enumerate() {
+        if let Some(ip) = port.host_ip.filter(|ip| !ip.is_unspecified()) {
+            push(
+                &format!("ports[{i}]"),
+                format!(
+                    "host_ip {ip}: a Service has no host address to bind to; it is reached in the cluster (or through `kubectl port-forward`); leave the address out, or write 0.0.0.0"
+                ),
+            );
+        }
+    }
+    let start_interval = format!("{here}.healthcheck.start_interval");
+    if vm.healthcheck.is_some() && project.places.is_written(&start_interval) {
+        push(
+            "healthcheck.start_interval",
+            "a probe has one period, and KubeVirt VMs have no startupProbe to run at another during the start period".into(),
+        );
+    }
     if vm.accel == Accel::Tcg {
         push(
             "accel",
@@ -127,11 +150,13 @@ fn vm_errors(project: &Project, vm: &Vm, errors: &mut Vec<ComposeError>) {
                     .into(),
             );
         }
-        for alias in &network.aliases {
+        for (i, alias) in network.aliases.iter().enumerate() {
             if !names::is_service_name(alias) {
                 push(
-                    &format!("networks.{}.aliases", network.name),
-                    names::not_a_name("alias", alias),
+                    &format!("networks.{}.aliases[{i}]", network.name),
+                    format!(
+                        "alias {alias:?} cannot name a Kubernetes Service (a lowercase letter, then lowercase letters, digits or '-', at most 63, not ending with '-')"
+                    ),
                 );
             }
         }
@@ -247,8 +272,8 @@ fn duplicate_names(project: &Project, errors: &mut Vec<ComposeError>) {
             vm_name,
         );
         for network in &vm.networks {
-            for alias in &network.aliases {
-                let field = format!("{here}.networks.{}.aliases", network.name);
+            for (i, alias) in network.aliases.iter().enumerate() {
+                let field = format!("{here}.networks.{}.aliases[{i}]", network.name);
                 claim("Service", alias.clone(), field, vm_name);
             }
         }

@@ -5,8 +5,9 @@ use serde_json::{Map, Value, json};
 use super::check::cluster_volumes;
 use super::names::{self, CLOUDINIT_DISK, ROOT_DISK};
 use super::{PROJECT_LABEL, VM_LABEL};
-use crate::compose::{HealthTest, ImageSource, Project, Protocol, Vm};
+use crate::compose::{Arch, HealthTest, ImageSource, Project, Protocol, Vm};
 use crate::engine::instance::mac_for;
+use crate::engine::ssh::quoted_line;
 
 /// Asks CDI to bind an upload DataVolume's claim at once, so that the upload can start before
 /// any VM uses it (with `WaitForFirstConsumer` storage it would wait for its VM, and the VM
@@ -94,6 +95,9 @@ impl Context<'_> {
             "networks": [{"name": "default", "pod": {}}],
             "volumes": volumes,
         });
+        if let Some(arch) = vm.arch {
+            template_spec["architecture"] = architecture(arch).into();
+        }
         if let Some(secs) = vm.stop_grace_period_secs {
             template_spec["terminationGracePeriodSeconds"] = secs.into();
         }
@@ -276,6 +280,14 @@ fn quantity(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// KubeVirt's name of an architecture (Go's `GOARCH`).
+fn architecture(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "amd64",
+        Arch::Aarch64 => "arm64",
+    }
+}
+
 fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
@@ -285,11 +297,12 @@ fn protocol(p: Protocol) -> &'static str {
 
 /// The health check as a readiness probe run by the guest agent (an `exec` probe needs
 /// qemu-guest-agent in the image): the same command, interval, timeout, retries and start
-/// period. Kubernetes counts whole seconds, at least one.
+/// period. Kubernetes counts whole seconds, at least one. `CMD` words are quoted for the
+/// shell as `up` quotes them for SSH, so each stays one argument.
 fn readiness_probe(vm: &Vm) -> Option<Value> {
     let check = vm.healthcheck.as_ref()?;
     let command = match &check.test {
-        HealthTest::Cmd(words) => words.join(" "),
+        HealthTest::Cmd(words) => quoted_line(words),
         HealthTest::CmdShell(line) => line.clone(),
     };
     let secs = |ms: u64| ms.div_ceil(1000).max(1);
@@ -304,7 +317,52 @@ fn readiness_probe(vm: &Vm) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::quantity;
+    use super::*;
+    use crate::compose::test_project;
+
+    /// The VirtualMachine of the one VM of `compose`.
+    fn vm_object(compose: &str) -> Value {
+        let project = test_project(compose);
+        let cx = Context {
+            project: &project,
+            namespace: None,
+        };
+        cx.virtual_machine(&project.vms[0])
+    }
+
+    #[test]
+    fn a_cmd_health_check_keeps_each_word_one_argument() {
+        let vm = vm_object(
+            r#"vms:
+  a:
+    image: https://e/x.img
+    healthcheck: {test: ["CMD", "printf", "%s|", "b c", "it's", "$$HOME"]}
+"#,
+        );
+        let exec = &vm["spec"]["template"]["spec"]["readinessProbe"]["exec"]["command"];
+        assert_eq!(exec[0], "/bin/sh");
+        assert_eq!(exec[1], "-c");
+        let line = exec[2].as_str().unwrap();
+        assert_eq!(line, r"'printf' '%s|' 'b c' 'it'\''s' '$HOME'");
+        // What the guest's shell makes of it: the words as written, none split or expanded.
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", line])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "b c|it's|$HOME|");
+    }
+
+    #[test]
+    fn arch_is_the_vm_architecture_and_unset_is_the_cluster_default() {
+        let spec = |arch: &str| {
+            vm_object(&format!("vms:\n  a:\n    image: https://e/x.img\n{arch}"))["spec"]
+                ["template"]["spec"]
+                .clone()
+        };
+        assert_eq!(spec("    arch: aarch64\n")["architecture"], "arm64");
+        assert_eq!(spec("    arch: x86_64\n")["architecture"], "amd64");
+        assert!(spec("").get("architecture").is_none());
+    }
 
     #[test]
     fn quantities_use_the_largest_exact_unit() {

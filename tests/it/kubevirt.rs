@@ -328,6 +328,11 @@ fn export_to_a_folder_makes_the_volumes_it_names() {
             "web.yaml"
         ]
     );
+    // The manifests hold the guests' SSH host keys and the password hash: the owner's only.
+    assert_eq!(mode(&p.join("k8s")), 0o700);
+    for file in &files {
+        assert_eq!(mode(&p.join("k8s").join(file)), 0o600, "{file}");
+    }
     let mut objects = Vec::new();
     for file in &files[1..] {
         objects.extend(documents(
@@ -377,19 +382,35 @@ fn export_to_a_folder_makes_the_volumes_it_names() {
     let out = p.ok(&["cp", "volume:site:/index.html", "-"]);
     assert!(out.stdout.contains("<h1>shop</h1>"));
 
-    // Again: the same volumes, keys and so the same manifests.
+    // Again: the same volumes, keys and so the same manifests. A folder that was there keeps
+    // its mode; a file written before with another mode is replaced by one of 0600.
     let before = std::fs::read_to_string(p.join("k8s/db.yaml")).unwrap();
+    set_mode(&p.join("k8s"), 0o755);
+    set_mode(&p.join("k8s/db.yaml"), 0o644);
     p.ok(&["export", "kubevirt", "-o", "k8s", "--namespace", "shop"]);
     assert_eq!(
         std::fs::read_to_string(p.join("k8s/db.yaml")).unwrap(),
         before
     );
+    assert_eq!(mode(&p.join("k8s")), 0o755);
+    assert_eq!(mode(&p.join("k8s/db.yaml")), 0o600);
 
     // On standard output: the same objects, the upload commands on standard error.
     let out = p.ok(&["export", "kubevirt", "--namespace", "shop"]);
     let streamed = documents(&out.stdout);
     assert_eq!(streamed.len(), objects.len());
     assert!(out.stderr.contains("virtctl image-upload dv site"));
+}
+
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Compares the refusal of fixture `name` with `tests/golden/kubevirt/NAME.txt`, and checks
@@ -416,8 +437,32 @@ fn every_refusal_is_listed_with_its_place() {
     assert_refusal_golden("kubevirt-refusals");
 }
 
+/// A project name that is no label value, aliases and an `x-kubevirt` volume that cannot name
+/// a Service or a DataVolume, a VM name one character too long (the longest allowed passes).
 #[test]
-fn the_design_example_is_refused_for_direct_boot_and_bind_mounts() {
+fn names_kubernetes_does_not_take_are_refused_with_their_place() {
+    assert_refusal_golden("kubevirt-bad-names");
+}
+
+#[test]
+fn a_namespace_that_is_no_label_is_a_usage_error() {
+    let p = Project::new("vms:\n  a: {image: https://e/x.img}\n");
+    for bad in ["Shop", "shop_1", "shop-", &"n".repeat(64)] {
+        let out = p.run(&["export", "kubevirt", "-o", "k8s", "--namespace", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert_eq!(
+            text(&out.stderr).lines().next().unwrap(),
+            format!(
+                "error: invalid value '{bad}' for '--namespace <NS>': a namespace is lowercase letters, digits and '-', at most 63, not beginning or ending with '-'"
+            )
+        );
+        assert!(!p.join("k8s").exists());
+        assert!(!p.join(".qemu-compose").exists());
+    }
+}
+
+#[test]
+fn the_design_example_is_refused_for_direct_boot_bind_mounts_and_host_ip() {
     assert_refusal_golden("design-example");
 }
 
@@ -450,10 +495,15 @@ vms:
         "{err}"
     );
     assert!(
+        err.contains("qemu-compose.yaml:13:13: vms.db.ports[0]: host_ip 127.0.0.1: a Service has no host address to bind to"),
+        "{err}"
+    );
+    assert!(
         err.contains("qemu-compose.yaml:11:9: vms.db.volumes[1]: bind mount ./config:/etc/app:ro"),
         "{err}"
     );
 
+    let readme_example = readme_example.replace("127.0.0.1:5433", "5433");
     p.write_compose(&format!(
         "{readme_example}    x-kubevirt:\n      bind_mounts:\n        /etc/app: {{volume: appconfig, size: 64M}}\n        /etc/nginx/nginx.conf: skip\n"
     ));
