@@ -3,18 +3,43 @@
 //! "Several files"): mappings merge by key, scalars and other lists are replaced, and a VM's
 //! `environment` merges by name, `ports` by published port, `volumes` by guest path,
 //! `depends_on`, `networks` and `profiles` are united and `provision` is appended to.
+//! docker compose's tags change that for one key of a later file: `!reset` removes the key
+//! (the earlier files' value and its own), `!override` replaces the earlier value whole.
 //!
 //! Merging happens before the strict reader, so the merged tree is read and validated as one
 //! file, and each node keeps the position (file, line, column) where it was written.
 
-use super::tree::{Key, Node, Value};
+use super::tree::{Key, Node, Tag, Value};
 
-/// `over` merged onto `base`, both whole files.
+/// `over` merged onto `base`, both whole files, `base` already without tags (the main file
+/// through [`resolve_tags`], or an earlier merge). The result has no tags left.
 pub fn merge_files(base: Node, over: Node) -> Node {
-    merge_entries(base, over, |key, b, o| match key {
+    resolve_tags(merge_entries(base, over, |key, b, o| match key {
         "vms" => merge_entries(b, o, |_, b, o| merge_entries(b, o, merge_vm_key)),
         _ => merge_plain(b, o),
-    })
+    }))
+}
+
+/// The tree without its tags: a key whose value is tagged `!reset` is left out, and an
+/// `!override` value is kept as it is. What the tags mean in the main file, and in a later
+/// one once merged (a tagged value of a later file has replaced the earlier one whole).
+pub fn resolve_tags(node: Node) -> Node {
+    let value = match node.value {
+        Value::Map(entries) => Value::Map(
+            entries
+                .into_iter()
+                .filter(|(_, v)| v.tag != Some(Tag::Reset))
+                .map(|(k, v)| (k, resolve_tags(v)))
+                .collect(),
+        ),
+        Value::Seq(items) => Value::Seq(items.into_iter().map(resolve_tags).collect()),
+        value => value,
+    };
+    Node {
+        value,
+        tag: None,
+        ..node
+    }
 }
 
 /// One key of a VM.
@@ -37,14 +62,16 @@ fn merge_vm_key(key: &str, base: Node, over: Node) -> Node {
     }
 }
 
-/// Two mappings merged key by key (`merge_key` decides for keys both have; the base's order
-/// first, then the new keys); an override that is not a mapping replaces the base, except
-/// `null` (`db:` with nothing under it), which changes nothing at any depth.
+/// Two mappings merged key by key (`merge_key` decides for keys both have, unless the
+/// override's value is tagged: it then replaces the base's, for [`resolve_tags`] to finish;
+/// the base's order first, then the new keys); an override that is not a mapping replaces
+/// the base, except `null` (`db:` with nothing under it), which changes nothing at any depth.
 fn merge_entries(base: Node, over: Node, merge_key: impl Fn(&str, Node, Node) -> Node) -> Node {
     match (base.value, over.value) {
         (Value::Map(mut entries), Value::Map(over_entries)) => {
             for (key, value) in over_entries {
                 match entries.iter().position(|(k, _)| k.name == key.name) {
+                    Some(i) if value.tag.is_some() => entries[i].1 = value,
                     Some(i) => {
                         let old =
                             std::mem::replace(&mut entries[i].1, Node::at(value.pos, Value::Null));
@@ -183,7 +210,20 @@ mod tests {
     /// The merged tree of `base` and `over`, with every position's file index and the values,
     /// printed as flow YAML for comparison.
     fn merged(base: &str, over: &str) -> Node {
-        merge_files(parse(base, 0).unwrap(), parse(over, 1).unwrap())
+        merge_files(
+            resolve_tags(parse(base, 0).unwrap()),
+            parse(over, 1).unwrap(),
+        )
+    }
+
+    /// Every tag left in the tree (none once merged).
+    fn tags(node: &Node) -> Vec<Tag> {
+        let below: Vec<Tag> = match &node.value {
+            Value::Seq(items) => items.iter().flat_map(tags).collect(),
+            Value::Map(entries) => entries.iter().flat_map(|(_, v)| tags(v)).collect(),
+            _ => vec![],
+        };
+        node.tag.iter().cloned().chain(below).collect()
     }
 
     fn show(node: &Node) -> String {
@@ -294,5 +334,72 @@ mod tests {
             "vms:\n  db: {environment: {B: 2}}\n",
         );
         assert_eq!(show(&m), "{vms: {db: {image: x, environment: {B: 2}}}}");
+    }
+
+    #[test]
+    fn reset_removes_the_key_and_override_replaces_the_value_whole() {
+        let base = "vms:\n  db:\n    image: x\n    cpu: 2\n    memory: 2G\n    ports: ['80:80', '443:443']\n    volumes: ['d:/d']\n    environment: {A: 0, B: 2}\n    healthcheck: {test: [CMD, a], interval: 5s}\n  web: {image: w, depends_on: [db]}\n";
+        // Block style, each tag with a value of its own type, or none.
+        let m = merged(
+            base,
+            "vms:\n  db:\n    cpu: !reset 4\n    ports: !reset []\n    volumes: !reset\n    environment: !override {A: 1}\n    healthcheck: !override\n      test: [CMD, b]\n  web:\n    depends_on: !reset [db]\n",
+        );
+        assert_eq!(
+            show(&m),
+            "{vms: {db: {image: x, memory: 2G, environment: {A: 1}, healthcheck: {test: [CMD, b]}}, web: {image: w}}}"
+        );
+        assert!(tags(&m).is_empty(), "{m:?}");
+        // Flow style; `!override` on a list replaces instead of merging by published port,
+        // and on a whole VM drops the VM's other keys.
+        let m = merged(
+            base,
+            "vms: {db: {ports: !override ['8080:80'], memory: !reset null, environment: !reset {}}, web: !override {image: w2}}\n",
+        );
+        assert_eq!(
+            show(&m),
+            "{vms: {db: {image: x, cpu: 2, ports: [8080:80], volumes: [d:/d], healthcheck: {test: [CMD, a], interval: 5s}}, web: {image: w2}}}"
+        );
+        assert!(tags(&m).is_empty(), "{m:?}");
+    }
+
+    #[test]
+    fn a_later_file_sets_again_what_an_earlier_one_reset() {
+        let base = parse("vms:\n  db: {image: x, ports: ['80:80']}\n", 0).unwrap();
+        let reset = parse("vms:\n  db: {ports: !reset []}\n", 1).unwrap();
+        let again = parse("vms:\n  db: {ports: ['81:81']}\n", 2).unwrap();
+        let m = merge_files(merge_files(resolve_tags(base), reset), again);
+        assert_eq!(show(&m), "{vms: {db: {image: x, ports: [81:81]}}}");
+        let Value::Map(top) = &m.value else { panic!() };
+        let Value::Map(vms) = &top[0].1.value else {
+            panic!()
+        };
+        let Value::Map(db) = &vms[0].1.value else {
+            panic!()
+        };
+        assert_eq!(db[1].1.pos.file, 2);
+    }
+
+    #[test]
+    fn tags_in_the_main_file_and_in_new_keys_resolve_alone() {
+        // In the main file `!reset` leaves the key out and `!override` is its value.
+        let main = resolve_tags(
+            parse(
+                "vms:\n  db: {image: x, cpu: !reset 2, memory: !override 1G}\n",
+                0,
+            )
+            .unwrap(),
+        );
+        assert_eq!(show(&main), "{vms: {db: {image: x, memory: 1G}}}");
+        assert!(tags(&main).is_empty());
+        // So in what a later file adds: a new VM, or a list item replacing the base's.
+        let m = merged(
+            "vms:\n  db: {image: x, volumes: [{source: a, target: /a, read_only: true}]}\n",
+            "vms:\n  db: {volumes: [{source: b, target: /a, read_only: !reset true}]}\n  new: {image: n, cpu: !reset 1, environment: !override {A: 1}}\n",
+        );
+        assert_eq!(
+            show(&m),
+            "{vms: {db: {image: x, volumes: [{source: b, target: /a}]}, new: {image: n, environment: {A: 1}}}}"
+        );
+        assert!(tags(&m).is_empty());
     }
 }

@@ -186,18 +186,18 @@ pub fn parse_files(
         match tree::parse(&f.text, i) {
             Ok(root) => {
                 merged = Some(match merged {
-                    None => root,
+                    None => merge::resolve_tags(root),
                     Some(base) => merge::merge_files(base, root),
                 });
             }
-            Err(e) => syntax.push(ComposeError {
+            Err(refused) => syntax.extend(refused.into_iter().map(|e| ComposeError {
                 file: f.file.clone(),
                 line: e.pos.line,
                 column: e.pos.column,
                 vm: None,
                 field: None,
-                message: format!("invalid YAML: {}", e.message),
-            }),
+                message: e.message,
+            })),
         }
     }
     let root = match merged {

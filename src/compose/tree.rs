@@ -4,11 +4,17 @@
 //! untyped tree whose every node carries its line and column, so that the strict phase can
 //! report *all* unknown keys at once, with positions, instead of stopping at the first one as a
 //! derived `deny_unknown_fields` struct would.
+//!
+//! Tags: YAML's core ones (`!!str`, `!!int`...) are serde-saphyr's to interpret; docker
+//! compose's merge tags `!reset` and `!override` are kept on their node for the merge; any
+//! other tag is refused with its position rather than read as its bare value.
 
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{Budget, Location, MessageFormatter, Options, Spanned, UserMessageFormatter};
+use serde_saphyr::{
+    Budget, Location, MessageFormatter, Options, Spanned, Tagged, UserMessageFormatter,
+};
 
 /// A place in one of the project's compose files: line and column, both 1-based (0 when
 /// unknown), and which file (an index into the files loaded, in `-f` order; 0 is the main
@@ -40,6 +46,56 @@ pub struct Node {
     pub spelling: Option<String>,
     /// Byte range of the node's definition in the source, used to find `spelling`.
     pub(super) span: Option<(usize, usize)>,
+    /// The tag written on the node, if it is not one of YAML's core tags. After [`parse`],
+    /// only [`Tag::Reset`] or [`Tag::Override`], and only on a mapping's value.
+    pub tag: Option<Tag>,
+}
+
+/// A tag on a node other than YAML's core ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tag {
+    /// docker compose's `!reset`: the key is removed from the merged file.
+    Reset,
+    /// docker compose's `!override`: the value replaces the earlier files' one whole.
+    Override,
+    /// Any other tag, as written (`!foo`, `!!binary`; a tag through a `%TAG` handle as the
+    /// parser resolved it); [`parse`] refuses it.
+    Other(String),
+}
+
+/// The prefix of YAML's core tags as the parser resolves them (`!!str`).
+const CORE_TAGS: &str = "tag:yaml.org,2002:";
+
+impl Tag {
+    /// The tag of a node as the parser resolved it: `None` for the core tags serde-saphyr
+    /// interprets itself (and the non-specific `!`, which makes a scalar a string).
+    fn read(resolved: String) -> Option<Tag> {
+        let core = resolved == "!"
+            || resolved.strip_prefix(CORE_TAGS).is_some_and(|name| {
+                matches!(
+                    name,
+                    "str" | "int" | "float" | "bool" | "null" | "seq" | "map"
+                )
+            });
+        match resolved.as_str() {
+            _ if core => None,
+            "!reset" => Some(Tag::Reset),
+            "!override" => Some(Tag::Override),
+            _ => Some(Tag::Other(match resolved.strip_prefix(CORE_TAGS) {
+                Some(name) => format!("!!{name}"),
+                None => resolved,
+            })),
+        }
+    }
+
+    /// The tag as it is usually written in the file.
+    fn spelling(&self) -> &str {
+        match self {
+            Tag::Reset => "!reset",
+            Tag::Override => "!override",
+            Tag::Other(t) => t,
+        }
+    }
 }
 
 impl Node {
@@ -50,13 +106,38 @@ impl Node {
             value,
             spelling: None,
             span: None,
+            tag: None,
         }
     }
 
     /// Fills in `spelling` for every number scalar from the source text, and the file
-    /// index of every position.
-    fn fill_spellings(&mut self, source: &str, file: usize) {
+    /// index of every position; collects the tags that are refused: any but the core ones
+    /// and the merge tags, and a merge tag anywhere but on a mapping's value (`map_value`).
+    fn finish(
+        &mut self,
+        source: &str,
+        file: usize,
+        map_value: bool,
+        refused: &mut Vec<SyntaxError>,
+    ) {
         self.pos.file = file;
+        match &self.tag {
+            None => {}
+            Some(Tag::Reset | Tag::Override) if map_value => {}
+            Some(tag) => refused.push(SyntaxError {
+                pos: self.tag_pos(source, tag.spelling()),
+                message: match tag {
+                    Tag::Other(t) => format!(
+                        "unknown YAML tag `{t}`: only docker compose's `!reset` and `!override`, \
+                         and YAML's own tags (`!!str`, `!!int`...), are read"
+                    ),
+                    _ => format!(
+                        "`{}` applies to the value of a key, not to a list item or the whole file",
+                        tag.spelling()
+                    ),
+                },
+            }),
+        }
         match &mut self.value {
             Value::Int(_) | Value::Float(_) => {
                 self.spelling = self
@@ -73,12 +154,41 @@ impl Node {
             }
             Value::Seq(items) => items
                 .iter_mut()
-                .for_each(|n| n.fill_spellings(source, file)),
+                .for_each(|n| n.finish(source, file, false, refused)),
             Value::Map(entries) => entries.iter_mut().for_each(|(k, n)| {
                 k.pos.file = file;
-                n.fill_spellings(source, file);
+                n.finish(source, file, true, refused);
             }),
             _ => {}
+        }
+    }
+
+    /// Where the tag `spelling` is written: the node's position is its value's, after the
+    /// tag, or on the next line for a block mapping or list. Found in the source before the
+    /// node's span, with only blanks, comments and an anchor between; the node's position
+    /// when it is not (a tag written through a `%TAG` handle).
+    fn tag_pos(&self, source: &str, spelling: &str) -> Pos {
+        let at = self.span.and_then(|(start, _)| {
+            let before = source.get(..start)?;
+            let at = before.rfind(spelling)?;
+            let gap = &before[at + spelling.len()..];
+            let only_blanks = gap.lines().all(|line| {
+                let code = line.split('#').next().unwrap_or_default();
+                code.split_whitespace().all(|word| word.starts_with('&'))
+            });
+            (only_blanks && gap.chars().next().is_none_or(char::is_whitespace)).then_some(at)
+        });
+        match at {
+            Some(at) => {
+                let before = &source[..at];
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                Pos {
+                    line: before.matches('\n').count() as u64 + 1,
+                    column: before[line_start..].chars().count() as u64 + 1,
+                    file: self.pos.file,
+                }
+            }
+            None => self.pos,
         }
     }
 }
@@ -150,37 +260,47 @@ fn options() -> Options {
     opts
 }
 
-/// Parses one YAML document, the `file`th of the project, into a located tree.
-pub fn parse(text: &str, file: usize) -> Result<Node, SyntaxError> {
-    let spanned: Spanned<Value> =
-        serde_saphyr::from_str_with_options(text, options()).map_err(|e| SyntaxError {
-            pos: e
-                .location()
-                .as_ref()
-                .map(|l| Pos::at(l, file))
-                .unwrap_or(Pos {
-                    file,
-                    ..Pos::default()
-                }),
-            message: UserMessageFormatter.format_message(&e).into_owned(),
+/// Parses one YAML document, the `file`th of the project, into a located tree. Errors: the
+/// YAML one, or every refused tag.
+pub fn parse(text: &str, file: usize) -> Result<Node, Vec<SyntaxError>> {
+    let spanned: Spanned<Tagged<Value>> = serde_saphyr::from_str_with_options(text, options())
+        .map_err(|e| {
+            vec![SyntaxError {
+                pos: e
+                    .location()
+                    .as_ref()
+                    .map(|l| Pos::at(l, file))
+                    .unwrap_or(Pos {
+                        file,
+                        ..Pos::default()
+                    }),
+                message: format!("invalid YAML: {}", UserMessageFormatter.format_message(&e)),
+            }]
         })?;
     let mut root = Node::from(spanned);
-    root.fill_spellings(text, file);
-    Ok(root)
+    let mut refused = Vec::new();
+    root.finish(text, file, false, &mut refused);
+    if refused.is_empty() {
+        Ok(root)
+    } else {
+        Err(refused)
+    }
 }
 
-impl From<Spanned<Value>> for Node {
-    fn from(s: Spanned<Value>) -> Self {
+impl From<Spanned<Tagged<Value>>> for Node {
+    fn from(s: Spanned<Tagged<Value>>) -> Self {
         let span = s.defined.span();
         let span = span
             .byte_offset()
             .zip(span.byte_len())
             .and_then(|(o, l)| Some((usize::try_from(o).ok()?, usize::try_from(l).ok()?)));
+        let Tagged(value, tag) = s.value;
         Node {
             pos: Pos::at(&s.referenced, 0),
-            value: s.value,
+            value,
             spelling: None,
             span,
+            tag: tag.and_then(Tag::read),
         }
     }
 }
@@ -241,7 +361,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Value>>()? {
+        while let Some(item) = seq.next_element::<Spanned<Tagged<Value>>>()? {
             items.push(Node::from(item));
         }
         Ok(Value::Seq(items))
@@ -249,9 +369,15 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Vec::new();
         // Keys are read as text, exactly as written (`05:` stays "05").
-        while let Some(key) = map.next_key::<Spanned<String>>()? {
-            let name = key.value;
-            let value = map.next_value::<Spanned<Value>>()?;
+        while let Some(key) = map.next_key::<Spanned<Tagged<String>>>()? {
+            let Tagged(name, tag) = key.value;
+            if let Some(tag) = tag.and_then(Tag::read) {
+                return Err(de::Error::custom(format_args!(
+                    "the key `{name}` has the tag `{}`: a key takes no tag",
+                    tag.spelling()
+                )));
+            }
+            let value = map.next_value::<Spanned<Tagged<Value>>>()?;
             entries.push((
                 Key {
                     pos: Pos::at(&key.referenced, 0),
@@ -314,10 +440,87 @@ mod tests {
     }
 
     #[test]
+    fn merge_tags_stay_on_values_in_block_and_flow_style_and_core_tags_are_read() {
+        let n = parse(
+            "a: !reset []\nb: !override\n  # the whole mapping\n  x: 1\nc: {d: !reset null, e: !override [1]}\nf: !reset\ng: !!str 5\nh: !!int '7'\ni: ! 8\n",
+            0,
+        )
+        .unwrap();
+        assert_eq!(get(&n, "a").tag, Some(Tag::Reset));
+        assert_eq!(get(&n, "a").value, Value::Seq(vec![]));
+        assert_eq!(get(&n, "b").tag, Some(Tag::Override));
+        assert_eq!(get(get(&n, "b"), "x").value, Value::Int(1));
+        assert_eq!(get(get(&n, "c"), "d").tag, Some(Tag::Reset));
+        assert_eq!(get(get(&n, "c"), "e").tag, Some(Tag::Override));
+        assert_eq!(get(&n, "f").tag, Some(Tag::Reset));
+        assert_eq!(get(&n, "f").value, Value::Null);
+        for (key, value) in [
+            ("g", Value::Str("5".into())),
+            ("h", Value::Int(7)),
+            ("i", Value::Str("8".into())),
+        ] {
+            assert_eq!(
+                (get(&n, key).tag.as_ref(), &get(&n, key).value),
+                (None, &value)
+            );
+        }
+    }
+
+    #[test]
+    fn other_tags_are_refused_where_they_are_written() {
+        let errors = parse(
+            "vms:\n  db:\n    cpu: !foo 2\n    memory: &m !bar\n      x: 1\n    ports: [!override '1:1']\n    disk: {size: !!binary aGk=}\n",
+            1,
+        )
+        .unwrap_err();
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.pos.file, e.pos.line, e.pos.column, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    1,
+                    3,
+                    10,
+                    "unknown YAML tag `!foo`: only docker compose's `!reset` and `!override`, and YAML's own tags (`!!str`, `!!int`...), are read"
+                ),
+                (
+                    1,
+                    4,
+                    16,
+                    "unknown YAML tag `!bar`: only docker compose's `!reset` and `!override`, and YAML's own tags (`!!str`, `!!int`...), are read"
+                ),
+                (
+                    1,
+                    6,
+                    13,
+                    "`!override` applies to the value of a key, not to a list item or the whole file"
+                ),
+                (
+                    1,
+                    7,
+                    18,
+                    "unknown YAML tag `!!binary`: only docker compose's `!reset` and `!override`, and YAML's own tags (`!!str`, `!!int`...), are read"
+                ),
+            ]
+        );
+        let root = parse("!reset\nvms: {}\n", 0).unwrap_err();
+        assert_eq!((root[0].pos.line, root[0].pos.column), (1, 1), "{root:?}");
+        let key = parse("vms:\n  !reset db: {}\n", 0).unwrap_err();
+        assert_eq!(key[0].pos.line, 2, "{key:?}");
+        assert!(
+            key[0].message.contains("the key `db` has the tag `!reset`"),
+            "{key:?}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_are_located() {
-        let e = parse("vms:\n  a: [1, 2\n", 0).unwrap_err();
+        let e = parse("vms:\n  a: [1, 2\n", 0).unwrap_err().remove(0);
         assert!(e.pos.line >= 2, "{e:?}");
-        let dup = parse("a: 1\na: 2\n", 0).unwrap_err();
+        let dup = parse("a: 1\na: 2\n", 0).unwrap_err().remove(0);
         assert_eq!(dup.pos.line, 2, "{dup:?}");
         assert!(dup.message.contains("duplicate"), "{dup:?}");
     }
@@ -332,7 +535,7 @@ mod tests {
         }
         // Refused by the node budget, before expanding 9^10 nodes (no wall-clock check: the
         // budget is what bounds the time, and CI machines are busy).
-        let err = parse(&text, 0).unwrap_err();
+        let err = parse(&text, 0).unwrap_err().remove(0);
         assert!(err.message.contains("too large or too complex"), "{err:?}");
     }
 
@@ -341,7 +544,7 @@ mod tests {
         let items = vec!["lol"; 2000].join(", ");
         let refs = vec!["*w"; 2000].join(", ");
         let text = format!("w: &w [{items}]\nx: [{refs}]\n");
-        let err = parse(&text, 0).unwrap_err();
+        let err = parse(&text, 0).unwrap_err().remove(0);
         assert!(err.message.contains("too large or too complex"), "{err:?}");
     }
 

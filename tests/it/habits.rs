@@ -702,3 +702,142 @@ fn a_cmd_check_runs_its_words_as_arguments_not_as_shell_text() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     p.ok(&["down", "-t", "1"]);
 }
+
+/// The main file of the tag tests: everything that a later file's tags take away.
+const TAGGED_BASE: &str = "name: tags
+vms:
+  db:
+    image: ./base.qcow2
+    cpu: 4
+    ports: [\"5432:5432\"]
+    volumes: [\"./conf:/etc/db:ro\"]
+    environment: {MODE: dev, LOG: info}
+";
+
+/// `config` of `TAGGED_BASE` once docker's tags have reset `cpu`, `ports` and `volumes` and
+/// replaced `environment`: the defaults, and only the override's variable.
+const TAGGED_CONFIG: &str = "name: tags
+vms:
+  db:
+    image: $DIR/base.qcow2
+    cpu: 1
+    memory: 1024
+    disk:
+      size: 10G
+    user: ubuntu
+    accel: auto
+    environment:
+      A: \"1\"
+";
+
+#[test]
+fn reset_and_override_tags_change_the_merge_as_docker_does() {
+    let p = Project::new(TAGGED_BASE);
+    let dir = p.path().canonicalize().unwrap();
+    let config = |args: &[&str]| {
+        let out = p.ok(args);
+        assert_eq!(out.stderr, "", "{args:?}");
+        out.stdout.replace(dir.to_str().unwrap(), "$DIR")
+    };
+    // Without tags the same keys merge: the base's port, volume and variables stay.
+    std::fs::write(
+        p.join("qemu-compose.override.yaml"),
+        "vms:\n  db:\n    cpu: 8\n    ports: []\n    volumes: []\n    environment: {A: 1}\n",
+    )
+    .unwrap();
+    let merged = config(&["config"]);
+    for kept in [
+        "cpu: 8",
+        "5432:5432/tcp",
+        "target: /etc/db",
+        "MODE: dev",
+        "A: \"1\"",
+    ] {
+        assert!(merged.contains(kept), "{kept}: {merged}");
+    }
+    // Block style, in the override file; the tags are gone from what config prints.
+    std::fs::write(
+        p.join("qemu-compose.override.yaml"),
+        "vms:\n  db:\n    cpu: !reset 8\n    ports: !reset []\n    volumes: !reset []\n    environment: !override\n      A: 1\n",
+    )
+    .unwrap();
+    assert_eq!(config(&["config"]), TAGGED_CONFIG);
+    // Flow style, in a file given with -f.
+    std::fs::write(
+        p.join("flow.yaml"),
+        "vms: {db: {cpu: !reset null, ports: !reset [], volumes: !reset [], environment: !override {A: 1}}}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config(&["-f", "qemu-compose.yaml", "-f", "flow.yaml", "config"]),
+        TAGGED_CONFIG
+    );
+    // A later file sets again what an earlier one reset.
+    std::fs::write(
+        p.join("again.yaml"),
+        "vms:\n  db:\n    ports: ['2222:22']\n",
+    )
+    .unwrap();
+    let again = config(&[
+        "-f",
+        "qemu-compose.yaml",
+        "-f",
+        "flow.yaml",
+        "-f",
+        "again.yaml",
+        "config",
+    ]);
+    assert!(
+        again.contains("ports:\n    - 2222:22/tcp\n") && !again.contains("5432"),
+        "{again}"
+    );
+    // In the main file, `!reset` leaves the key out and `!override` is the value.
+    p.write_compose(
+        "name: tags\nvms:\n  db:\n    image: ./base.qcow2\n    cpu: !reset 4\n    memory: !override 2048\n",
+    );
+    std::fs::remove_file(p.join("qemu-compose.override.yaml")).unwrap();
+    let main = config(&["config"]);
+    assert!(
+        main.contains("cpu: 1\n") && main.contains("memory: 2048\n") && !main.contains('!'),
+        "{main}"
+    );
+}
+
+#[test]
+fn other_tags_are_refused_with_their_place() {
+    let p = Project::new(TAGGED_BASE);
+    let over = p
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("qemu-compose.override.yaml");
+    std::fs::write(
+        &over,
+        "vms:\n  db:\n    memory: !foo 2048\n    environment: {A: !secret x}\n    ports: [!reset '80:80']\n",
+    )
+    .unwrap();
+    let out = p.run(&["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let unknown = "only docker compose's `!reset` and `!override`, and YAML's own tags (`!!str`, `!!int`...), are read";
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {o}:3:13: unknown YAML tag `!foo`: {unknown}\n\
+             error: {o}:4:22: unknown YAML tag `!secret`: {unknown}\n\
+             error: {o}:5:13: `!reset` applies to the value of a key, not to a list item or the whole file\n",
+            o = over.display()
+        )
+    );
+    // YAML's own tags are read as YAML says: a string, a number.
+    std::fs::write(
+        &over,
+        "vms:\n  db:\n    memory: !!str 2048\n    cpu: !!int '2'\n",
+    )
+    .unwrap();
+    let ok = p.ok(&["config"]);
+    assert!(
+        ok.stdout.contains("memory: 2048\n") && ok.stdout.contains("cpu: 2\n"),
+        "{}",
+        ok.stdout
+    );
+}
