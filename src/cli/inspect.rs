@@ -95,6 +95,13 @@ fn text(i: &Inspection) -> String {
             .map(|f| format!(" ({f})"))
             .unwrap_or_default()
     );
+    if let Some(new) = &d.instance.base_changed {
+        let _ = writeln!(
+            o,
+            "             the compose file names {}: {}",
+            new.compose_image, new.hint
+        );
+    }
     for v in &d.volumes {
         let _ = writeln!(
             o,

@@ -237,7 +237,7 @@ pub fn current_base_change(project: &Project, host: &HostEnv, vm: &Vm) -> Option
 /// was made on (`up` warns, see [`base_change`]). Only a file inside the image cache qualifies,
 /// so a disk header changed through a share cannot name any other host file; for anything
 /// else the base the compose file names is used and the pre-start check refuses a mismatch.
-fn kept_cached_base(disk: &Path, base: PathBuf, host: &HostEnv) -> PathBuf {
+pub(crate) fn kept_cached_base(disk: &Path, base: PathBuf, host: &HostEnv) -> PathBuf {
     let Some(made_on) = crate::image::overlay_base(disk) else {
         return base;
     };
