@@ -309,6 +309,8 @@ mod tests {
 
     #[test]
     fn this_host_never_picks_kvm_without_flags() {
+        // The engine hands in the host's architecture; x86_64 here, the one whose CPU flags
+        // (`vmx`, `svm`) this reads.
         let probe = probe_host(Arch::X86_64);
         let choice = decide(probe.arch, AccelMode::Auto, None, &probe).unwrap();
         if probe.cpu_virt_flag.is_none() {
