@@ -29,18 +29,9 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Deterministic bytes that do not compress to nothing.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "../tests/common/pattern.rs"]
+mod common_pattern;
+use common_pattern::pattern;
 
 fn small_files(dir: &Path) {
     for d in 0..100 {

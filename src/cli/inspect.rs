@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 use qemu_compose::compose::format_size;
-use qemu_compose::engine::VmStatus;
 use qemu_compose::engine::inspect::{self, Inspection};
+use qemu_compose::engine::{VmStatus, ssh};
 
 use super::{GlobalArgs, InspectArgs, TextFormat, output, project};
 
@@ -95,6 +95,13 @@ fn text(i: &Inspection) -> String {
             .map(|f| format!(" ({f})"))
             .unwrap_or_default()
     );
+    if let Some(new) = &d.instance.base_changed {
+        let _ = writeln!(
+            o,
+            "             the compose file names {}: {}",
+            new.compose_image, new.hint
+        );
+    }
     for v in &d.volumes {
         let _ = writeln!(
             o,
@@ -169,7 +176,7 @@ fn text(i: &Inspection) -> String {
         }
     }
     if let Some(cmd) = &i.ssh_command {
-        let _ = writeln!(o, "SSH command\n  {}", shell_words(cmd));
+        let _ = writeln!(o, "SSH command\n  {}", ssh::readable_line(cmd));
     }
     let _ = writeln!(
         o,
@@ -200,8 +207,8 @@ fn text(i: &Inspection) -> String {
         while let Some(arg) = args.next() {
             let value = args.next_if(|next| !next.starts_with('-'));
             let line = match value {
-                Some(v) => format!("{} {}", shell_quote(arg), shell_quote(v)),
-                None => shell_quote(arg),
+                Some(v) => format!("{} {}", ssh::readable_word(arg), ssh::readable_word(v)),
+                None => ssh::readable_word(arg),
             };
             let more = if args.peek().is_some() { " \\" } else { "" };
             let _ = writeln!(o, "    {line}{more}");
@@ -224,39 +231,5 @@ fn image_text(image: &qemu_compose::compose::ImageSource) -> String {
     match image {
         qemu_compose::compose::ImageSource::Url(u) => u.clone(),
         qemu_compose::compose::ImageSource::Path(p) => p.display().to_string(),
-    }
-}
-
-/// Quotes a word for a POSIX shell when it needs it, so the lines can be pasted.
-fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
-fn shell_words(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| shell_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words_are_quoted_only_when_needed() {
-        assert_eq!(shell_quote("-nodefaults"), "-nodefaults");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use qemu_compose::cleanup::SIGNALS;
-use qemu_compose::engine::run::{self, RunOptions, RunOutcome};
+use qemu_compose::engine::run::{self, RunOptions, RunOutcome, SIGNALS};
 
 use super::{GlobalArgs, RunArgs, StderrReporter, progress, project};
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use qemu_compose::engine::{SshTarget, ssh};
 
+use super::output::note;
 use super::project;
 use super::{GlobalArgs, SshArgs};
 
@@ -34,7 +35,7 @@ fn wait_for_sshd(vm: &str, target: &SshTarget, limit: Duration) -> anyhow::Resul
     if target.known_ready() || ssh::banner_seen(target.port(), Duration::from_millis(300)) {
         return Ok(());
     }
-    eprintln!(
+    note!(
         "VM {vm} is starting: its SSH server does not answer yet; waiting up to {} s (Ctrl+C gives up)",
         limit.as_secs()
     );

@@ -54,7 +54,7 @@ impl HostEnv {
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),
             uid: rustix::process::getuid().as_raw(),
-            probe: accel::probe_host(),
+            probe: accel::probe_host(crate::compose::Arch::host().into()),
             images: ImageCache::new(ImageCache::default_dir(var)?),
         })
     }
@@ -73,6 +73,7 @@ impl HostEnv {
         Ok(process::find_qemu(
             override_bin,
             arch,
+            self.probe.arch,
             self.path.as_deref(),
         )?)
     }

@@ -288,10 +288,22 @@ pub struct InstanceDisk {
     pub device: String,
     /// Size and allocation, once created.
     pub usage: Option<DiskUsage>,
-    /// The base image the overlay names (or, before `up`, the one it will name).
+    /// The base image the overlay is on (or, before `up`, the one it will be made on).
     pub base_image: String,
     /// The base's format (`qcow2`, `raw`), when known.
     pub base_format: Option<String>,
+    /// Set when the compose file now names another image than the disk's base: the disk
+    /// stays on its base until it is made again.
+    pub base_changed: Option<NewBase>,
+}
+
+/// The image the compose file names when the instance disk is on another one.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewBase {
+    /// The image the compose file resolves to now (a URL not downloaded yet: the URL).
+    pub compose_image: String,
+    /// How the disk moves to it, and what that costs.
+    pub hint: String,
 }
 
 /// A named volume attached as a drive.
@@ -520,18 +532,32 @@ pub fn inspect<'a>(
         })
         .collect();
 
-    // The base QEMU is given (never what the overlay's header names, which a guest could
-    // have rewritten).
-    let base = match &vm.image {
+    // The base QEMU is given, as `up` chooses it (never a file outside the image cache that
+    // the overlay's header names, which a guest could have rewritten).
+    let named = match &vm.image {
         ImageSource::Path(p) => p.clone(),
         ImageSource::Url(url) => host.images.path_for(url),
     };
+    let base = instance::kept_cached_base(&paths.disk, named, host);
     let base_probe = qcow2::probe_format(&base);
-    let base_image = base.display().to_string();
+    // The base the disk is on, which stays until the disk is made again, and the image the
+    // compose file names now when that is another. Only the base QEMU is given is read for
+    // its format.
+    let base_change = instance::current_base_change(project, host, vm);
+    let on = base_change.as_ref().map_or(&base, |change| &change.made_on);
+    let base_image = on.display().to_string();
     let base_format = base_probe
         .as_ref()
         .ok()
+        .filter(|_| *on == base)
         .map(|f| f.backing_format().as_str().to_string());
+    let base_changed = base_change.map(|change| NewBase {
+        compose_image: change.now,
+        hint: format!(
+            "`qemu-compose up --force-recreate {}` makes the disk again on it (the changes the guest made to its root disk are lost; volumes are kept)",
+            vm.name
+        ),
+    });
 
     let accel_choice = accel::decide(
         vm.guest_arch().into(),
@@ -638,6 +664,7 @@ pub fn inspect<'a>(
                 usage: disk_usage(&paths.disk),
                 base_image,
                 base_format,
+                base_changed,
             },
             seed: SeedDisk {
                 path: paths.seed.clone(),

@@ -237,7 +237,7 @@ pub fn current_base_change(project: &Project, host: &HostEnv, vm: &Vm) -> Option
 /// was made on (`up` warns, see [`base_change`]). Only a file inside the image cache qualifies,
 /// so a disk header changed through a share cannot name any other host file; for anything
 /// else the base the compose file names is used and the pre-start check refuses a mismatch.
-fn kept_cached_base(disk: &Path, base: PathBuf, host: &HostEnv) -> PathBuf {
+pub(crate) fn kept_cached_base(disk: &Path, base: PathBuf, host: &HostEnv) -> PathBuf {
     let Some(made_on) = crate::image::overlay_base(disk) else {
         return base;
     };
@@ -388,7 +388,9 @@ pub fn prepare(
             // The header only: QEMU gets the base without its backing file (if it names one).
             let file = fs::File::open(&base).map_err(|e| StateError::io(&base, e))?;
             Qcow2Image::from_source(file)
-                .map_err(|e| EngineError::vm(&vm.name, format!("image {}: {e}", base.display())))?
+                .map_err(|e| {
+                    EngineError::vm_step(&vm.name, format!("image {}", base.display()), e)
+                })?
                 .virtual_size()
         }
         ImageFormat::Raw => check_raw_disk(vm, &base)?,
@@ -530,7 +532,7 @@ fn check_local_base(vm: &str, base: &Path) -> Result<(), EngineError> {
     }
     let file = fs::File::open(base).map_err(|e| StateError::io(base, e))?;
     let image = Qcow2Image::from_source(file)
-        .map_err(|e| EngineError::vm(vm, format!("image {}: {e}", base.display())))?;
+        .map_err(|e| EngineError::vm_step(vm, format!("image {}", base.display()), e))?;
     if let Some(name) = image.backing_file() {
         return Err(flatten(format!("has a backing file of its own ({name:?})")));
     }
@@ -561,7 +563,7 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
             crate::state::layout::refuse_symlink(path)?;
         }
         let header = qcow2_header(path)
-            .map_err(|e| EngineError::vm(vm, format!("{what} {}: {e}", path.display())))?;
+            .map_err(|e| EngineError::vm_step(vm, format!("{what} {}", path.display()), e))?;
         if header.incompatible_features & EXTERNAL_DATA_FILE != 0 {
             return Err(EngineError::vm(
                 vm,
@@ -576,7 +578,7 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
     }
     let file = fs::File::open(disk).map_err(|e| StateError::io(disk, e))?;
     let overlay = Qcow2Image::from_source(file)
-        .map_err(|e| EngineError::vm(vm, format!("instance disk {}: {e}", disk.display())))?;
+        .map_err(|e| EngineError::vm_step(vm, format!("instance disk {}", disk.display()), e))?;
     let expected = prepared.base.to_string_lossy();
     if overlay.backing_file() != Some(expected.as_ref()) {
         return Err(EngineError::vm(
@@ -717,9 +719,10 @@ fn resize_disk(vm: &PreparedVm) -> Result<DiskChange, EngineError> {
         .size;
     if vm.disk_size > size {
         qcow2::grow(&file, vm.disk_size).map_err(|e| {
-            EngineError::vm(
+            EngineError::vm_step(
                 &vm.name,
-                format!("cannot grow the disk {}: {e}", disk.display()),
+                format!("cannot grow the disk {}", disk.display()),
+                e,
             )
         })?;
         Ok(DiskChange::Grown { from: size })

@@ -124,6 +124,16 @@ pub enum EngineError {
     FindQemu(#[from] crate::qemu::process::FindError),
 }
 
+/// What a VM's step was doing (`image /path`, `cannot run ssh`), with the error that stopped it
+/// kept as the source rather than flattened into the text.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct StepError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 impl EngineError {
     /// A failed step of VM `vm`, caused by `source` (an error, or a message).
     pub(crate) fn vm(
@@ -134,6 +144,22 @@ impl EngineError {
             vm: vm.to_string(),
             source: source.into(),
         }
+    }
+
+    /// A failed step of VM `vm`: `what` names the step or its file, `source` is why; the
+    /// one-line message reads `VM vm: what: source` and `--debug` shows `source`'s own chain.
+    pub(crate) fn vm_step(
+        vm: &str,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::vm(
+            vm,
+            StepError {
+                what: what.into(),
+                source: source.into(),
+            },
+        )
     }
 
     /// The process exit status this error calls for: 2 when the command line asked for

@@ -23,6 +23,10 @@ use super::lifecycle::{self, DestroyOptions, StopOptions, UpOptions};
 use super::workspace::instance_paths;
 use super::{EngineError, HostEnv, Reporter, Workspace, ssh};
 
+/// The signals the CLI turns into the `interrupted` flag [`run`] watches: the same ones that
+/// remove the temporary files of an interrupted command.
+pub use crate::cleanup::SIGNALS;
+
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -243,7 +247,7 @@ impl Instance<'_> {
         let status = Command::new("ssh")
             .args(ssh::args(&login, &[], &opts.command))
             .status()
-            .map_err(|e| EngineError::vm(name, format!("cannot run ssh: {e}")))?;
+            .map_err(|e| EngineError::vm_step(name, "cannot run ssh", e))?;
         if interrupted.load(Ordering::Relaxed) {
             return Ok(RunOutcome::Interrupted);
         }

@@ -137,9 +137,29 @@ pub fn args(login: &Login, options: &[String], command: &[String]) -> Vec<String
     args
 }
 
-/// `word` as one word for a POSIX shell: in single quotes, each `'` written as `'\''`.
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
+/// `word` as one word for a POSIX shell: in single quotes, each `'` written as `'\''`; or
+/// bare when `bare_if_plain` and it holds only characters no shell treats specially. Bare
+/// words are for people to read: a bare first word could still be a keyword (`if`) or an
+/// assignment (`A=b`), so a command that is run is always quoted.
+fn shell_quote(word: &str, bare_if_plain: bool) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
+    if bare_if_plain && plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// `words` joined by spaces, each quoted by [`shell_quote`].
+fn shell_line(words: &[String], bare_if_plain: bool) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w, bare_if_plain))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether an SSH server's banner (`SSH-…`) arrives on the forwarded port within `budget`.
@@ -224,11 +244,18 @@ pub fn batch_command(login: &Login, timeout: Duration, command: &[String]) -> Co
 /// `words` as one line for the remote shell that runs each as one argument, even a single
 /// one (`["/opt/my check"]` runs that program, not `/opt/my` with an argument).
 pub fn quoted_line(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| shell_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
+    shell_line(words, false)
+}
+
+/// `words` as a command line to show (`inspect`'s SSH command): quoted only where a shell
+/// needs it, so that it reads as typed and can be pasted.
+pub fn readable_line(words: &[String]) -> String {
+    shell_line(words, true)
+}
+
+/// One word as [`readable_line`] writes it.
+pub fn readable_word(word: &str) -> String {
+    shell_quote(word, true)
 }
 
 #[cfg(test)]
@@ -243,6 +270,18 @@ mod tests {
             vm: "web",
             known_hosts: Path::new("/state/known_hosts"),
         }
+    }
+
+    #[test]
+    fn words_are_quoted_for_people_only_when_needed() {
+        assert_eq!(readable_word("-nodefaults"), "-nodefaults");
+        assert_eq!(readable_word("a b"), "'a b'");
+        assert_eq!(readable_word("it's"), r"'it'\''s'");
+        assert_eq!(readable_word(""), "''");
+        let words = ["A=b".to_string(), "if".to_string(), "it's".to_string()];
+        assert_eq!(readable_line(&words), r"A=b if 'it'\''s'");
+        // A command that runs is quoted word by word: `A=b` is no assignment, `if` no keyword.
+        assert_eq!(quoted_line(&words), r"'A=b' 'if' 'it'\''s'");
     }
 
     #[test]

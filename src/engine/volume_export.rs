@@ -109,7 +109,7 @@ pub fn export(
         ExportSource::RootDisk { vm, host } => {
             let (fs, found) = open_root_disk(project, host, &state, vm)?;
             let fail = |error: ExportError| {
-                EngineError::vm(vm, format!("root filesystem ({}): {error}", found.what))
+                EngineError::vm_step(vm, format!("root filesystem ({})", found.what), error)
             };
             let what = format!("VM {vm}");
             return copy_out(&fs, from, target, reporter, &what).map_err(fail);
@@ -165,11 +165,11 @@ fn open_root_disk(
     }
     let base = super::instance::base_for_reading(decl, host, &disk)?;
     let image = Qcow2Image::open_over(&disk, &base)
-        .map_err(|e| EngineError::vm(vm, format!("instance disk {}: {e}", disk.display())))?;
+        .map_err(|e| EngineError::vm_step(vm, format!("instance disk {}", disk.display()), e))?;
     let found = partition::find_linux_filesystem(&image)
-        .map_err(|e| EngineError::vm(vm, format!("disk {}: {e}", disk.display())))?;
+        .map_err(|e| EngineError::vm_step(vm, format!("disk {}", disk.display()), e))?;
     let fs = Filesystem::open(Partition::new(image, &found))
-        .map_err(|e| EngineError::vm(vm, format!("root filesystem ({}): {e}", found.what)))?;
+        .map_err(|e| EngineError::vm_step(vm, format!("root filesystem ({})", found.what), e))?;
     Ok((fs, found))
 }
 

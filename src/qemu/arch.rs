@@ -34,21 +34,11 @@ pub const AARCH64_FIRMWARE: &[&str] = &[
 pub const AARCH64_FIRMWARE_PACKAGE: &str = "qemu-efi-aarch64";
 
 impl Arch {
-    /// The architecture qemu-compose was built for, which is the host's.
-    pub fn host() -> Arch {
-        if cfg!(target_arch = "aarch64") {
-            Arch::Aarch64
-        } else {
-            Arch::X86_64
-        }
-    }
-
-    /// The compose file's spelling, also `uname -m`'s.
+    /// `uname -m`'s spelling, which is also the compose file's: QEMU names each system
+    /// emulator after the architecture it runs. (The host's architecture is the compose
+    /// model's default, which the engine hands down.)
     pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        }
+        &self.qemu_binary()["qemu-system-".len()..]
     }
 
     /// The QEMU system emulator for guests of this architecture.

@@ -62,10 +62,12 @@ pub enum FindError {
 
 /// The QEMU binary for `arch` guests: `override_bin` (the user's `--qemu` or
 /// `$QEMU_COMPOSE_QEMU`) if set, as a path when it contains `/` and otherwise as a name looked
-/// up on `path_env` (`$PATH`); else `qemu-system-<arch>` on `path_env`.
+/// up on `path_env` (`$PATH`); else `qemu-system-<arch>` on `path_env`. `host` is the
+/// host's architecture, the one `override_bin` is for.
 pub fn find_qemu(
     override_bin: Option<&OsStr>,
     arch: Arch,
+    host: Arch,
     path_env: Option<&OsStr>,
 ) -> Result<PathBuf, FindError> {
     let name = override_bin
@@ -85,7 +87,7 @@ pub fn find_qemu(
         .ok_or_else(|| FindError::NotOnPath {
             name: name.to_string_lossy().into_owned(),
             package: arch.qemu_package(),
-            host_arch: arch == Arch::host(),
+            host_arch: arch == host,
         })
 }
 
@@ -491,28 +493,45 @@ mod tests {
         let path_env =
             std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
         assert_eq!(
-            find_qemu(Some(OsStr::new("my-qemu")), Arch::X86_64, Some(&path_env)).ok(),
+            find_qemu(
+                Some(OsStr::new("my-qemu")),
+                Arch::X86_64,
+                Arch::X86_64,
+                Some(&path_env)
+            )
+            .ok(),
             None,
             "not executable yet"
         );
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(
-            find_qemu(Some(OsStr::new("my-qemu")), Arch::X86_64, Some(&path_env)).unwrap(),
+            find_qemu(
+                Some(OsStr::new("my-qemu")),
+                Arch::X86_64,
+                Arch::X86_64,
+                Some(&path_env)
+            )
+            .unwrap(),
             bin
         );
         assert_eq!(
-            find_qemu(Some(bin.as_os_str()), Arch::X86_64, None).unwrap(),
+            find_qemu(Some(bin.as_os_str()), Arch::X86_64, Arch::X86_64, None).unwrap(),
             bin
         );
-        let err = find_qemu(None, Arch::Aarch64, Some(&path_env)).unwrap_err();
+        let err = find_qemu(None, Arch::Aarch64, Arch::X86_64, Some(&path_env)).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("qemu-system-aarch64 not found on PATH; install QEMU (Debian: apt install qemu-system-arm)"),
             "{err}"
         );
         assert!(matches!(
-            find_qemu(Some(OsStr::new("/nonexistent/qemu")), Arch::X86_64, None),
+            find_qemu(
+                Some(OsStr::new("/nonexistent/qemu")),
+                Arch::X86_64,
+                Arch::X86_64,
+                None
+            ),
             Err(FindError::NotExecutable { .. })
         ));
     }

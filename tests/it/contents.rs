@@ -1606,3 +1606,32 @@ fn cp_into_a_running_vm_is_refused() {
     assert_eq!(fs::read(&out).unwrap(), b"f");
     p.ok(&["down"]);
 }
+
+/// A failed step keeps its cause as the error's source: `--debug` shows it as a link of the
+/// chain, and the one-line message names the VM, the step and the cause once each.
+#[test]
+fn a_root_disk_read_failure_keeps_its_cause_for_debug() {
+    let p = Project::with_base("vms:\n  db:\n    image: ./base.qcow2\n", "64M");
+    p.ok(&["up", "--no-start"]);
+    let disk = p.join(".qemu-compose/vms/db/disk.qcow2");
+    let target = p.join("out");
+    let args = ["cp", "db:/etc/hostname", s(&target)];
+
+    let err = p.fails(&args);
+    let line = format!(
+        "error: VM db: disk {}: no Linux filesystem on the disk",
+        disk.display()
+    );
+    assert!(err.starts_with(&line), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("no Linux filesystem").count(), 1, "{err}");
+    assert_eq!(err.matches("VM db").count(), 1, "{err}");
+
+    let debug = p.fails(&["--debug", args[0], args[1], args[2]]);
+    let chain = format!(
+        "error: VM db\n\nCaused by:\n    0: disk {}\n    1: no Linux filesystem on the disk",
+        disk.display()
+    );
+    assert!(debug.contains(&chain), "{debug}");
+    assert!(!target.exists());
+}

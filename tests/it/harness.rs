@@ -29,18 +29,9 @@ pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Deterministic, non-repeating bytes that differ per seed (file contents, served images).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "../common/pattern.rs"]
+mod common_pattern;
+pub use common_pattern::pattern;
 
 /// The fixture project `tests/fixtures/compose/NAME`, canonical.
 pub fn fixture(name: &str) -> PathBuf {

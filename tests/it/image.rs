@@ -423,6 +423,21 @@ fn a_new_download_never_replaces_a_base_that_disks_use() {
         rows[0]["base_changed"]["now"],
         new_base.display().to_string()
     );
+    // `inspect` shows the disk on its old base, and QEMU would be given that one.
+    let stdout = cli.ok(&["inspect", "app", "--format", "json"]).stdout;
+    let inspected: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let instance = &inspected["disks"]["instance"];
+    assert_eq!(instance["base_image"], old_base.to_str().unwrap());
+    assert_eq!(instance["base_format"], "qcow2");
+    assert_eq!(
+        instance["base_changed"]["compose_image"],
+        new_base.to_str().unwrap()
+    );
+    let argv = inspected["qemu"]["argv"].to_string();
+    assert!(
+        argv.contains(old_base.to_str().unwrap()) && !argv.contains(new_base.to_str().unwrap()),
+        "{argv}"
+    );
 
     // The old base cannot be removed while the disk uses it, even from a folder without a
     // compose file (the cache's own record of users); the new one can.

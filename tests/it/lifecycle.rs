@@ -228,12 +228,44 @@ fn disk_changes_are_applied_or_said() {
     );
     let backing = |p: &Project| disk_info(p, "app")["full-backing-filename"].clone();
     assert!(backing(&p).as_str().unwrap().ends_with("/base.qcow2"));
+    // inspect shows the base the disk is on, the compose file's image and what moves it.
+    let base = p.path().join("base.qcow2").canonicalize().unwrap();
+    let other = other.canonicalize().unwrap();
+    let hint = "`qemu-compose up --force-recreate app` makes the disk again on it (the changes the guest made to its root disk are lost; volumes are kept)";
+    let shown = p.ok(&["inspect", "app"]).stdout;
+    assert!(
+        shown.contains(&format!(
+            "             base {}\n             the compose file names {}: {hint}\n",
+            base.display(),
+            other.display()
+        )),
+        "{shown}"
+    );
+    let inspect_json = |p: &Project| -> serde_json::Value {
+        serde_json::from_str(&p.ok(&["inspect", "app", "--format", "json"]).stdout).unwrap()
+    };
+    let instance = inspect_json(&p)["disks"]["instance"].clone();
+    assert_eq!(instance["base_image"], base.to_str().unwrap());
+    // Only the base QEMU would be given is read (the header naming it is the guest's to write).
+    assert_eq!(instance["base_format"], serde_json::Value::Null);
+    assert_eq!(
+        instance["base_changed"],
+        serde_json::json!({"compose_image": other.to_str().unwrap(), "hint": hint})
+    );
     let said = p.ok(&["up", "--no-start", "--force-recreate"]).stderr;
     assert!(
         said.contains("its disk was made again on the new image"),
         "{said}"
     );
     assert!(backing(&p).as_str().unwrap().ends_with("/other.qcow2"));
+    let instance = inspect_json(&p)["disks"]["instance"].clone();
+    assert_eq!(instance["base_image"], other.to_str().unwrap());
+    assert_eq!(instance["base_changed"], serde_json::Value::Null);
+    assert!(
+        !p.ok(&["inspect", "app"])
+            .stdout
+            .contains("the compose file names")
+    );
     assert_eq!(disk_info(&p, "app")["virtual-size"], 1u64 << 30);
 }
 

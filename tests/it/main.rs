@@ -18,6 +18,7 @@ mod habits;
 mod image;
 mod interact;
 mod kubevirt;
+mod layering;
 mod lifecycle;
 mod network;
 mod qcow2;

@@ -26,13 +26,15 @@ use crate::harness::{
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn qemu_binary() -> PathBuf {
-    process::find_qemu(None, Arch::X86_64, std::env::var_os("PATH").as_deref()).unwrap_or_else(
-        |e| {
-            panic!(
-                "these tests need the real qemu-system-x86_64 (apt install qemu-system-x86): {e}"
-            )
-        },
+    process::find_qemu(
+        None,
+        Arch::X86_64,
+        Arch::X86_64,
+        std::env::var_os("PATH").as_deref(),
     )
+    .unwrap_or_else(|e| {
+        panic!("these tests need the real qemu-system-x86_64 (apt install qemu-system-x86): {e}")
+    })
 }
 
 /// A small TCG VM whose every file lives in `dir`.
