@@ -16,18 +16,9 @@ use std::process::Command;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
-const BIN: &str = env!("CARGO_BIN_EXE_qemu-compose");
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} must run for this benchmark: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{BIN, allocated, project, remove_volume, run};
 
 #[path = "../tests/common/pattern.rs"]
 mod common_pattern;
@@ -58,21 +49,9 @@ fn large_files(dir: &Path) {
 /// A tree to import: its name, the volume size, and what makes it.
 type Tree = (&'static str, &'static str, fn(&Path));
 
-/// Bytes the file occupies on disk (holes excluded).
-fn allocated(path: &Path) -> u64 {
-    std::os::unix::fs::MetadataExt::blocks(&fs::metadata(path).unwrap()) * 512
-}
-
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("project");
-    fs::create_dir(&project).unwrap();
-    fs::write(project.join("base.img"), b"").unwrap();
-    fs::write(
-        project.join("qemu-compose.yaml"),
-        "vms:\n  app: {image: ./base.img}\n",
-    )
-    .unwrap();
+    let project = project(dir.path());
     let trees: [Tree; 2] = [
         ("10k-small", "1G", small_files),
         ("1GiB-large", "2G", large_files),
@@ -86,12 +65,7 @@ fn bench(c: &mut Criterion) {
         let ours_image = volume_dir.join("volume.qcow2");
         group.bench_function("qemu-compose", |b| {
             b.iter_batched(
-                || {
-                    let _ = Command::new(BIN)
-                        .args(["volume", "rm", "--force", "v"])
-                        .current_dir(&project)
-                        .output();
-                },
+                || remove_volume(&project, "v"),
                 |()| {
                     run(Command::new(BIN)
                         .args([

@@ -12,39 +12,17 @@
 //! the ratios of the medians. The formatter alone is `benches/ext4.rs`.
 
 use std::fs::{self, File};
-use std::path::Path;
 use std::process::Command;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
-const BIN: &str = env!("CARGO_BIN_EXE_qemu-compose");
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} must run for this benchmark: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Bytes the file occupies on disk (holes excluded).
-fn allocated(path: &Path) -> u64 {
-    std::os::unix::fs::MetadataExt::blocks(&fs::metadata(path).unwrap()) * 512
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{BIN, allocated, project, remove_volume, run};
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("project");
-    fs::create_dir(&project).unwrap();
-    fs::write(project.join("base.img"), b"").unwrap();
-    fs::write(
-        project.join("qemu-compose.yaml"),
-        "vms:\n  app: {image: ./base.img}\n",
-    )
-    .unwrap();
+    let project = project(dir.path());
     let ours_image = project.join(".qemu-compose/volumes/v/volume.qcow2");
     let raw = dir.path().join("peer.raw");
     let peer_image = dir.path().join("peer.qcow2");
@@ -53,12 +31,7 @@ fn bench(c: &mut Criterion) {
         group.sample_size(20);
         group.bench_function("qemu-compose", |b| {
             b.iter_batched(
-                || {
-                    let _ = Command::new(BIN)
-                        .args(["volume", "rm", "--force", "v"])
-                        .current_dir(&project)
-                        .output();
-                },
+                || remove_volume(&project, "v"),
                 |()| {
                     run(Command::new(BIN)
                         .args(["volume", "create", "v", "--size", size])
