@@ -692,8 +692,8 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<DiskChange, Engi
 fn make_efi_vars(path: &Path) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
-        .prefix(".efi-vars-")
-        .suffix(".tmp")
+        // A name the sweep of stale temporaries knows (`atomic::is_temporary_name`).
+        .prefix(".tmp-efi-vars-")
         .tempfile_in(dir)
         .map_err(|e| StateError::io(dir, e))?;
     tmp.as_file()

@@ -203,6 +203,10 @@ mod tests {
             "ssh/.tmp-key",
             "volumes/data/.volume-q.tmp",
             "volumes/data/volume.qcow2",
+            "vms/web/.disk-y.tmp",
+            "vms/web/.tmp-efi-vars-z",
+            "vms/web/efi-vars.fd",
+            "vms/web/file-shares/mount1/.tmp-user-file",
         ];
         for f in files {
             let path = root.join(f);
@@ -222,6 +226,8 @@ mod tests {
                 "app/.disk-x1.tmp",
                 "app/.tmp-seed",
                 "ssh/.tmp-key",
+                "vms/web/.disk-y.tmp",
+                "vms/web/.tmp-efi-vars-z",
                 "volumes/data/.volume-q.tmp"
             ]
         );
@@ -230,6 +236,8 @@ mod tests {
             "app/disk.qcow2",
             "app/file-shares/mount0/.tmp-user-file",
             "volumes/data/volume.qcow2",
+            "vms/web/efi-vars.fd",
+            "vms/web/file-shares/mount1/.tmp-user-file",
         ] {
             assert!(root.join(kept).exists(), "{kept}");
         }
