@@ -275,8 +275,46 @@ impl Session {
             assert!(stat.contains("Links: 1"), "{stat}");
             assert!(stat.contains("(ETB1)"), "a depth-2 extent tree: {stat}");
         }
+        let big = all_text(&run_tool("debugfs", &["-R", "stat /ed/big", s(image)]));
+        assert!(
+            big.contains("Flags: 0x81000"),
+            "an indexed directory: {big}"
+        );
+        // debugfs's `ls -p` lines: /inode/mode/uid/gid/name/size/.
+        let ls = all_text(&run_tool("debugfs", &["-R", "ls -p /ed", s(image)]));
+        let mut listed: Vec<(String, u32, u32, u32)> = ls
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('/').collect();
+                (f.len() >= 7 && f[5] != "." && f[5] != "..").then(|| {
+                    (
+                        format!("ed/{}", f[5]),
+                        u32::from_str_radix(f[2], 8).unwrap() & 0o7777,
+                        f[3].parse().unwrap(),
+                        f[4].parse().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        listed.sort();
+        let wanted: Vec<(String, u32, u32, u32)> = self
+            .expect
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(Path::new("ed")))
+            .map(|(p, e)| {
+                let m = e.meta;
+                (p.display().to_string(), u32::from(m.perm), m.uid, m.gid)
+            })
+            .collect();
+        assert_eq!(listed, wanted, "debugfs ls -p /ed");
         let fs = Filesystem::open(open_raw(image)).unwrap();
-        for (path, e) in &self.expect {
+        // Each lookup reads the whole of ed/big: a sample of it is enough here.
+        let sample = self
+            .expect
+            .iter()
+            .enumerate()
+            .filter(|(i, (p, _))| p.parent() != Some(Path::new("ed/big")) || i % 500 == 0);
+        for (_, (path, e)) in sample {
             let st = fs
                 .lookup(format!("/{}", path.display()).as_bytes())
                 .unwrap();
@@ -376,8 +414,35 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
             }
         }
         fs::write(m.dir.join("kbig"), pattern(9, 20 * M as usize)).unwrap();
+        // Extended attributes too large for the inode: a block each, shared by f1 and f2
+        // (the kernel shares identical ones), f3's own.
+        let big_value = pattern(5, 3000);
+        for (f, value) in [
+            ("f1", &big_value),
+            ("f2", &big_value),
+            ("f3", &pattern(6, 3000)),
+        ] {
+            rustix::fs::setxattr(
+                &m.dir.join("k4").join(f),
+                "user.big",
+                value,
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
+        }
         std::os::unix::fs::symlink("k0/f1", m.dir.join("klink")).unwrap();
     }
+    let acl = |f: &str| {
+        let out = all_text(&run_tool(
+            "debugfs",
+            &["-R", &format!("stat {f}"), s(&image)],
+        ));
+        let at = out.find("File ACL: ").unwrap() + 10;
+        out[at..].split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(acl("k4/f1"), acl("k4/f2"), "the kernel shares the block");
+    assert_ne!(acl("k4/f1"), acl("k4/f3"));
+    assert_ne!(acl("k4/f3"), "0");
     let mut s = Session::new(Editor::open(open_raw(&image)).unwrap());
     s.standard_edits();
     // Into and out of the kernel's directories: remove, replace and link its files.
@@ -385,6 +450,10 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
     s.unlink("kbig");
     s.unlink("klink");
     s.unlink("k2/f7");
+    // Releasing extended attribute blocks: f3's is freed, the one f1 shares with f2 keeps
+    // one reference.
+    s.unlink("k4/f1");
+    s.unlink("k4/f3");
     s.file("k2/f7", meta(0o644, 9, 1_700_000_020, 20), 7, &[(0, 7)]);
     let (ino, _) = s.ed.lookup(s.dirs[Path::new("")], b"k0").unwrap().unwrap();
     let (f2, _) = s.ed.lookup(ino, b"f2").unwrap().unwrap();
@@ -400,6 +469,9 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
     assert_eq!(fs::metadata(m.dir.join("k0/f2")).unwrap().nlink(), 2);
     assert_eq!(fs::read(m.dir.join("k4/f9")).unwrap(), pattern(409, 27000));
     assert_eq!(fs::metadata(m.dir.join("k3")).unwrap().nlink(), 3);
+    let mut value = vec![0u8; 4000];
+    let n = rustix::fs::getxattr(&m.dir.join("k4/f2"), "user.big", &mut value[..]).unwrap();
+    assert_eq!(value[..n], pattern(5, 3000));
 }
 
 // ---- Random edit sequences --------------------------------------------------------------

@@ -849,10 +849,11 @@ impl<D: BlockSource + BlockSink> Editor<D> {
     /// Frees inode `ino` (whose bytes are `b`) and its blocks, as the kernel leaves a deleted
     /// inode: no links, no size, no blocks, an empty extent tree, `i_dtime` now.
     fn free_inode(&mut self, ino: u32, b: &mut [u8; Inode::SIZE]) -> Result<(), Ext4Error> {
-        if get32(b, 0x68) != 0 || get16(b, 0x76) != 0 {
-            return Err(unsupported(format!(
-                "inode {ino} has an extended attribute block, which removing it would have to release"
-            )));
+        let xattr_block = u64::from(get32(b, 0x68)) | u64::from(get16(b, 0x76)) << 32;
+        if xattr_block != 0 {
+            self.release_xattr_block(ino, xattr_block)?;
+            put32(b, 0x68, 0);
+            put16(b, 0x76, 0);
         }
         let flags = get32(b, 0x20);
         if flags & EXTENTS_FL != 0 {
@@ -889,6 +890,35 @@ impl<D: BlockSource + BlockSink> Editor<D> {
         put32(b, 0x6C, 0);
         put32(b, 0x1C, 0);
         put16(b, 0x74, 0);
+        Ok(())
+    }
+
+    /// Drops inode `ino`'s reference to its extended attribute block `block`: frees the
+    /// block when it was the last, else stores the lower `h_refcount` with the block's
+    /// checksum (crc32c(fs seed, block number as 64 bits, the block with `h_checksum`
+    /// zeroed)).
+    fn release_xattr_block(&mut self, ino: u32, block: u64) -> Result<(), Ext4Error> {
+        if block >= self.blocks {
+            return Err(Ext4Error::Corrupt(format!(
+                "inode {ino}: extended attribute block {block} is past the filesystem's end"
+            )));
+        }
+        let mut b = vec![0u8; BS as usize];
+        self.dev.read_at(block * BS, &mut b)?;
+        if get32(&b, 0) != 0xEA02_0000 || get32(&b, 8) != 1 {
+            return Err(Ext4Error::Corrupt(format!(
+                "inode {ino}: block {block} is not an extended attribute block"
+            )));
+        }
+        let refs = get32(&b, 4);
+        if refs <= 1 {
+            return self.free_blocks_at(block, 1);
+        }
+        put32(&mut b, 4, refs - 1);
+        put32(&mut b, 0x10, 0);
+        let sum = csum::raw(csum::raw(self.seed, &block.to_le_bytes()), &b);
+        put32(&mut b, 0x10, sum);
+        self.dev.write_at(block * BS, &b)?;
         Ok(())
     }
 
@@ -1319,6 +1349,30 @@ mod tests {
         put32(&mut sb, 0x3FC, sum);
         dev.write_at(1024, &sb).unwrap();
         dev
+    }
+
+    /// A directory outgrowing one block gets a hashed index, unless the filesystem hashes
+    /// names with unsigned characters (not our hash): then it stays linear.
+    #[test]
+    fn large_directories_are_indexed_when_the_hash_matches() {
+        for (flags, indexed) in [(0x1, true), (0x2, false)] {
+            let mut ed = Editor::open(patched(0x160, |_| flags)).unwrap();
+            for i in 0..500 {
+                ed.create_file(2, format!("file-{i}").as_bytes(), meta(), 0, &[])
+                    .unwrap();
+            }
+            let dev = ed.finish().unwrap();
+            let ed = Editor::open(dev).unwrap();
+            let root = ed.read_inode(2).unwrap();
+            assert_eq!(
+                get32(&root, 0x20) & INDEX_FL != 0,
+                indexed,
+                "s_flags {flags}"
+            );
+            assert!(get32(&root, 0x04) > 4096);
+            let fs = Filesystem::open(&ed.dev).unwrap();
+            assert_eq!(fs.read_dir(&fs.stat(2).unwrap()).unwrap().len(), 501);
+        }
     }
 
     #[test]
