@@ -423,7 +423,7 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
             ("f3", &pattern(6, 3000)),
         ] {
             rustix::fs::setxattr(
-                &m.dir.join("k4").join(f),
+                m.dir.join("k4").join(f),
                 "user.big",
                 value,
                 rustix::fs::XattrFlags::empty(),
@@ -470,7 +470,7 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
     assert_eq!(fs::read(m.dir.join("k4/f9")).unwrap(), pattern(409, 27000));
     assert_eq!(fs::metadata(m.dir.join("k3")).unwrap().nlink(), 3);
     let mut value = vec![0u8; 4000];
-    let n = rustix::fs::getxattr(&m.dir.join("k4/f2"), "user.big", &mut value[..]).unwrap();
+    let n = rustix::fs::getxattr(m.dir.join("k4/f2"), "user.big", &mut value[..]).unwrap();
     assert_eq!(value[..n], pattern(5, 3000));
 }
 
