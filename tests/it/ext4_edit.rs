@@ -784,3 +784,46 @@ fn allocates_from_uninitialised_groups() {
         assert_fsck_clean(&image);
     }
 }
+
+/// With `metadata_csum_seed` the checksums' seed is stored, not derived from the UUID, which
+/// `tune2fs -U` then changes; `orphan_file` (an upstream 1.47 default) is kept as it is.
+#[test]
+fn keeps_a_stored_checksum_seed_and_the_orphan_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("seed.img");
+    File::create(&image).unwrap().set_len(64 * M).unwrap();
+    let o = run_tool(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-O",
+            "metadata_csum_seed,orphan_file",
+            s(&image),
+        ],
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    let o = run_tool("tune2fs", &["-U", "random", s(&image)]);
+    assert!(o.status.success(), "{}", all_text(&o));
+    let features = all_text(&run_tool("dumpe2fs", &["-h", s(&image)]));
+    assert!(
+        features.contains("metadata_csum_seed") && features.contains("orphan_file"),
+        "{features}"
+    );
+    let mut s = Session::new(Editor::open(open_raw(&image)).unwrap());
+    s.mkdir("d", meta(0o755, 0, 1_700_000_000, 0));
+    s.file("d/f", meta(0o644, 0, 1_700_000_000, 1), 9000, &[(0, 9000)]);
+    s.symlink("l", meta(0o777, 0, 1_700_000_000, 2), &[b'y'; 100]);
+    s.unlink("d/f");
+    s.file("d/f", meta(0o644, 0, 1_700_000_000, 3), 5, &[(0, 5)]);
+    s.ed.finish().unwrap().finish().unwrap();
+    assert_fsck_clean(&image);
+    let m = Mounted::new(&image, dir.path().join("mnt"));
+    assert_eq!(fs::read(m.dir.join("d/f")).unwrap(), pattern(5, 5));
+    assert_eq!(
+        fs::read_link(m.dir.join("l")).unwrap(),
+        Path::new(&"y".repeat(100))
+    );
+}
