@@ -459,6 +459,19 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
     let (f2, _) = s.ed.lookup(ino, b"f2").unwrap().unwrap();
     s.ed.link(s.dirs[Path::new("")], b"k0-f2", f2).unwrap();
     s.mkdir("k3/new", meta(0o755, 0, 1_700_000_021, 21));
+    // The kernel's directory gets new permissions, owner and times.
+    let k3 = s.dir_ino(Path::new("k3"));
+    let k3_meta = meta(0o711, 4242, 1_700_000_023, 23);
+    s.ed.set_meta(k3, k3_meta).unwrap();
+    s.expect.insert(
+        "k3".into(),
+        Expect {
+            want: Want::Dir,
+            meta: k3_meta,
+            links: 3,
+            ino: k3,
+        },
+    );
     s.file("k3/new/x", meta(0o644, 0, 1_700_000_022, 22), 3, &[(0, 3)]);
     let free_before = s.ed.free_blocks();
     assert!(free_before > 0);

@@ -24,7 +24,7 @@ use super::inode::{self, EXTENTS_FL, INDEX_FL, Inode, S_IFDIR, S_IFLNK, S_IFREG}
 use super::layout::{self, BG_BLOCK_UNINIT, BG_INODE_UNINIT, MAX_EXTENT_LEN, Run};
 use super::populate::{FAST_SYMLINK_MAX, MAX_FILE_BLOCKS, file_blocks};
 use super::read::{FileType, Filesystem, Stat};
-use super::superblock::{self, MAGIC, get16, get32};
+use super::superblock::{self, MAGIC, get16, get32, put16, put32};
 use super::tree::{MAX_LINKS, MAX_SYMLINK, Meta, check_name};
 use super::{Ext4Error, ROOT_INO, csum, htree};
 use crate::disk::sink::{BlockSink, BlockSource};
@@ -114,14 +114,6 @@ fn invalid(what: impl Into<String>) -> Ext4Error {
 
 fn get_bit(bits: &[u8], i: usize) -> bool {
     bits[i / 8] & (1 << (i % 8)) != 0
-}
-
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// A 32-bit descriptor field split into a low and a high half of 16 bits.
@@ -943,9 +935,7 @@ impl<D: BlockSource + BlockSink> Editor<D> {
             };
             map.bits[index / 8] |= 1 << (index % 8);
             map.dirty = true;
-            if map.first_free <= index && index >= lowest {
-                map.first_free = index + 1;
-            }
+            map.first_free = index + 1;
             let d = &mut self.desc[g as usize];
             add_field(d, FREE_INODES, -1);
             if is_dir {
@@ -1264,9 +1254,32 @@ mod tests {
             ed.unlink(2, b"missing"),
             Err(Ext4Error::NotFound(_))
         ));
+        let later = Meta {
+            perm: 0o1777,
+            uid: 70_000,
+            gid: 80_000,
+            mtime: Time {
+                secs: 4_102_444_800,
+                nanos: 999_999_999,
+            },
+            ..meta()
+        };
+        ed.set_meta(d, later).unwrap();
         let dev = assert_counts_exact(ed.finish().unwrap());
 
         let fs = Filesystem::open(&dev).unwrap();
+        let dir = fs.lookup(b"/d").unwrap();
+        assert_eq!(
+            (dir.kind, dir.perm, dir.uid, dir.gid, dir.mtime, dir.atime),
+            (
+                FileType::Dir,
+                0o1777,
+                70_000,
+                80_000,
+                later.mtime,
+                meta().atime
+            )
+        );
         let file = fs.lookup(b"/d/f").unwrap();
         assert_eq!((file.links, file.perm, file.uid), (2, 0o640, 7));
         assert_eq!(file.mtime, meta().mtime);
