@@ -840,3 +840,27 @@ fn keeps_a_stored_checksum_seed_and_the_orphan_file() {
         Path::new(&"y".repeat(100))
     );
 }
+
+/// `dir_nlink`: a directory's link count goes up with each subdirectory until 65000; past
+/// that it counts 1, as the kernel and e2fsck count it.
+#[test]
+fn more_than_65000_subdirectories_count_one_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("nlink.img");
+    let mut raw = RawFile::new(File::create(&image).unwrap(), 1 << 30).unwrap();
+    ext4::format(&mut raw, &FormatOptions::new("n")).unwrap();
+    raw.finish().unwrap();
+    let mut ed = Editor::open(open_raw(&image)).unwrap();
+    let m = meta(0o755, 0, 1_700_000_000, 0);
+    let top = ed.mkdir(2, b"top", m).unwrap();
+    for i in 0..64_998 {
+        ed.mkdir(top, format!("{i}").as_bytes(), m).unwrap();
+    }
+    assert_eq!(ed.stat(top).unwrap().links, 65_000);
+    ed.mkdir(top, b"one-more", m).unwrap();
+    assert_eq!(ed.stat(top).unwrap().links, 1);
+    ed.mkdir(top, b"and-another", m).unwrap();
+    assert_eq!(ed.stat(top).unwrap().links, 1);
+    ed.finish().unwrap().finish().unwrap();
+    assert_fsck_clean(&image);
+}
