@@ -414,6 +414,17 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
             }
         }
         fs::write(m.dir.join("kbig"), pattern(9, 20 * M as usize)).unwrap();
+        // A hashed directory and a file of 100 extents (every other block), both the
+        // kernel's.
+        fs::create_dir(m.dir.join("kh")).unwrap();
+        for i in 0..3000 {
+            fs::write(m.dir.join(format!("kh/kernel-file-{i}")), b"h").unwrap();
+        }
+        let sparse = File::create(m.dir.join("ksparse")).unwrap();
+        for i in 0..100u64 {
+            std::os::unix::fs::FileExt::write_all_at(&sparse, &[1; 4096], i * 8192).unwrap();
+        }
+        sparse.sync_all().unwrap();
         // Extended attributes too large for the inode: a block each, shared by f1 and f2
         // (the kernel shares identical ones), f3's own.
         let big_value = pattern(5, 3000);
@@ -443,8 +454,28 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
     assert_eq!(acl("k4/f1"), acl("k4/f2"), "the kernel shares the block");
     assert_ne!(acl("k4/f1"), acl("k4/f3"));
     assert_ne!(acl("k4/f3"), "0");
+    let kh = all_text(&run_tool("debugfs", &["-R", "stat kh", s(&image)]));
+    assert!(kh.contains("Flags: 0x81000"), "the kernel indexed kh: {kh}");
+    let sparse = all_text(&run_tool("debugfs", &["-R", "stat ksparse", s(&image)]));
+    assert!(
+        sparse.contains("(ETB0)"),
+        "ksparse has an extent leaf: {sparse}"
+    );
     let mut s = Session::new(Editor::open(open_raw(&image)).unwrap());
     s.standard_edits();
+    // The kernel's hashed directory loses and gains names; its fragmented file goes.
+    for i in (0..3000).step_by(7) {
+        s.unlink(&format!("kh/kernel-file-{i}"));
+    }
+    for i in 0..500 {
+        s.file(
+            &format!("kh/ours-{i}"),
+            meta(0o644, 0, 1_700_000_030, i),
+            0,
+            &[],
+        );
+    }
+    s.unlink("ksparse");
     // Into and out of the kernel's directories: remove, replace and link its files.
     s.unlink("k1/f3");
     s.unlink("kbig");
@@ -482,6 +513,16 @@ fn edits_a_filesystem_mkfs_made_and_the_kernel_filled() {
     assert_eq!(fs::metadata(m.dir.join("k0/f2")).unwrap().nlink(), 2);
     assert_eq!(fs::read(m.dir.join("k4/f9")).unwrap(), pattern(409, 27000));
     assert_eq!(fs::metadata(m.dir.join("k3")).unwrap().nlink(), 3);
+    assert!(!m.dir.join("ksparse").exists());
+    let kh: Vec<String> = fs::read_dir(m.dir.join("kh"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(kh.len(), 3000 - 3000usize.div_ceil(7) + 500);
+    assert!(
+        kh.contains(&"kernel-file-1".to_string()) && !kh.contains(&"kernel-file-7".to_string())
+    );
+    assert_eq!(fs::read(m.dir.join("kh/kernel-file-1")).unwrap(), b"h");
     let mut value = vec![0u8; 4000];
     let n = rustix::fs::getxattr(m.dir.join("k4/f2"), "user.big", &mut value[..]).unwrap();
     assert_eq!(value[..n], pattern(5, 3000));
