@@ -13,6 +13,12 @@
 //! out again whole by [`Editor::finish`] (linear or hashed, as the formatter decides by size)
 //! into newly allocated blocks, so adding thousands of names costs one rebuild. Bitmaps,
 //! descriptors and the superblock are written by [`Editor::finish`] too.
+//!
+//! Times are the caller's: new inodes get the [`Meta`] given, and a changed directory keeps
+//! its times unless [`Editor::set_meta`] sets them (the kernel would set them to now).
+//! Not handled: 1 KiB blocks (refused), removing directories, ext2/3-style block-mapped files
+//! (refused when unlinked), inline data, quotas and the other features [`Editor::open`]
+//! refuses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
