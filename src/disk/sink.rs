@@ -199,6 +199,17 @@ impl RawFile {
     }
 }
 
+impl BlockSource for RawFile {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_bounds(self.len, offset, buf)?;
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
 impl BlockSink for RawFile {
     fn len(&self) -> u64 {
         self.len

@@ -14,6 +14,7 @@ mod cli;
 mod compose;
 mod contents;
 mod ext4;
+mod ext4_edit;
 mod habits;
 mod image;
 mod interact;

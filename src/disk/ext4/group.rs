@@ -58,10 +58,17 @@ impl GroupDesc {
         put16(0x32, self.itable_unused >> 16);
         put16(0x38, self.block_bitmap_csum >> 16);
         put16(0x3A, self.inode_bitmap_csum >> 16);
-        let sum = csum::raw(csum::raw(fs_seed, &group.to_le_bytes()), &b) & 0xFFFF;
-        b[0x1E..0x20].copy_from_slice(&(sum as u16).to_le_bytes());
+        set_checksum(&mut b, group, fs_seed);
         b
     }
+}
+
+/// Stores `bg_checksum` of descriptor number `group`: the low 16 bits of crc32c(fs seed,
+/// group number, the descriptor with the checksum field zeroed).
+pub fn set_checksum(b: &mut [u8; GroupDesc::SIZE], group: u32, fs_seed: u32) {
+    b[0x1E..0x20].fill(0);
+    let sum = csum::raw(csum::raw(fs_seed, &group.to_le_bytes()), &b[..]) & 0xFFFF;
+    b[0x1E..0x20].copy_from_slice(&(sum as u16).to_le_bytes());
 }
 
 /// Sets bits `[from, to)` of a bitmap (bit i is bit i % 8 of byte i / 8).

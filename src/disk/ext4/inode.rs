@@ -35,7 +35,7 @@ impl Time {
 
     /// The base field (the low 32 bits, read as signed by the kernel) and the `*_extra` field:
     /// bits 0-1 extend the seconds past 2038 (the epoch), bits 2-31 hold the nanoseconds.
-    fn encode(self) -> (u32, u32) {
+    pub(super) fn encode(self) -> (u32, u32) {
         let low = self.secs as i32;
         let epoch = ((self.secs - i64::from(low)) >> 32) as u32 & 3;
         (low as u32, epoch | (self.nanos << 2))
@@ -132,12 +132,25 @@ impl Inode {
             }
         }
         b[0x28..0x64].copy_from_slice(&self.block);
-        let sum = csum::raw(csum::inode_seed(fs_seed, ino, 0), &b);
-        b[0x7C..0x7E].copy_from_slice(&(sum as u16).to_le_bytes());
-        if self.extra_isize >= 4 {
-            b[0x82..0x84].copy_from_slice(&((sum >> 16) as u16).to_le_bytes());
-        }
+        set_checksum(&mut b, ino, fs_seed);
         b
+    }
+}
+
+/// Stores the checksum of the 256-byte inode `ino` in `b`: crc32c(inode seed with
+/// `i_generation`, the inode with `l_i_checksum_lo` and `i_checksum_hi` zeroed);
+/// `i_checksum_hi` exists only when `i_extra_isize` covers it.
+pub fn set_checksum(b: &mut [u8; Inode::SIZE], ino: u32, fs_seed: u32) {
+    let has_hi = u16::from_le_bytes([b[0x80], b[0x81]]) >= 4;
+    b[0x7C..0x7E].fill(0);
+    if has_hi {
+        b[0x82..0x84].fill(0);
+    }
+    let generation = u32::from_le_bytes([b[0x64], b[0x65], b[0x66], b[0x67]]);
+    let sum = csum::raw(csum::inode_seed(fs_seed, ino, generation), &b[..]);
+    b[0x7C..0x7E].copy_from_slice(&(sum as u16).to_le_bytes());
+    if has_hi {
+        b[0x82..0x84].copy_from_slice(&((sum >> 16) as u16).to_le_bytes());
     }
 }
 

@@ -29,6 +29,7 @@
 
 mod csum;
 mod dir;
+pub mod edit;
 mod extent;
 mod group;
 mod htree;
@@ -44,6 +45,7 @@ use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::disk::sink::BlockSink;
+pub use edit::{Editor, FileRun};
 use group::GroupDesc;
 use inode::{Inode, Time};
 use layout::{BG_BLOCK_UNINIT, BG_INODE_UNINIT, BLOCK_SIZE, LOST_FOUND_BLOCKS, Layout};
@@ -150,6 +152,10 @@ pub enum Ext4Error {
     /// A path that is not in the filesystem.
     #[error("no such file or folder in the volume: {0}")]
     NotFound(String),
+    /// An edit that cannot be made: a name that exists or is invalid, a directory given a
+    /// second name, an inode that is not a directory where one is needed.
+    #[error("cannot edit the ext4 filesystem: {0}")]
+    Invalid(String),
     /// A name the filesystem itself uses at the root.
     #[error("the root directory's {0} is the filesystem's own; the files cannot have one there")]
     Reserved(&'static str),

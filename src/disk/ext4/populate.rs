@@ -106,7 +106,7 @@ fn dir_blocks(tree: &Tree, dir: NodeId, hash_seed: &[u8; 16]) -> u64 {
 }
 
 /// The logical block ranges `(first, count)` a file's data ranges need, merged.
-fn file_blocks(size: u64, data: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(super) fn file_blocks(size: u64, data: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let end_block = size.div_ceil(BLOCK_SIZE);
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &(offset, len) in data {

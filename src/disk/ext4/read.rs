@@ -117,6 +117,8 @@ pub struct DirEntry {
     pub name: Vec<u8>,
     /// The inode it names.
     pub ino: u32,
+    /// The entry's `file_type` (1 file, 2 directory, 7 symbolic link, ...).
+    pub file_type: u8,
 }
 
 /// An open ext4 filesystem.
@@ -324,8 +326,22 @@ impl<D: BlockSource> Filesystem<D> {
             )));
         }
         let mut out = Vec::new();
-        self.walk_extents(&stat.block, None, &mut out, stat)?;
+        self.walk_extents(&stat.block, None, &mut out, &mut Vec::new(), stat)?;
         Ok(out)
+    }
+
+    /// Every block an extent-mapped inode owns, as `(first, count)` runs: its data, written or
+    /// not, and its extent tree blocks (what freeing the inode gives back).
+    pub fn owned_blocks(&self, stat: &Stat) -> Result<Vec<(u64, u64)>, Ext4Error> {
+        if stat.flags & EXTENTS_FL == 0 {
+            return Err(Ext4Error::Unsupported(format!(
+                "inode {} maps its blocks without extents (ext2/3 style)",
+                stat.ino
+            )));
+        }
+        let mut owned = Vec::new();
+        self.walk_extents(&stat.block, None, &mut Vec::new(), &mut owned, stat)?;
+        Ok(owned)
     }
 
     /// Collects the extents of one tree node (`node` holds its header and entries).
@@ -334,6 +350,7 @@ impl<D: BlockSource> Filesystem<D> {
         node: &[u8],
         expect_depth: Option<u16>,
         out: &mut Vec<Mapping>,
+        owned: &mut Vec<(u64, u64)>,
         stat: &Stat,
     ) -> Result<(), Ext4Error> {
         let bad = |what: &str| corrupt(format!("inode {}: extent tree: {what}", stat.ino));
@@ -388,6 +405,7 @@ impl<D: BlockSource> Filesystem<D> {
                 if out.len() as u64 >= self.blocks || out.len() >= MAX_EXTENTS {
                     return Err(bad("more extents than this reader takes"));
                 }
+                owned.push((start, len));
                 out.push(Mapping {
                     file_offset: logical * bs,
                     offset: written.then_some(start * bs),
@@ -397,7 +415,8 @@ impl<D: BlockSource> Filesystem<D> {
                 let child = u64::from(le16(e, 8)) << 32 | u64::from(le32(e, 4));
                 let mut block = vec![0u8; bs as usize];
                 self.read_block(child, &mut block)?;
-                self.walk_extents(&block, Some(depth - 1), out, stat)?;
+                owned.push((child, 1));
+                self.walk_extents(&block, Some(depth - 1), out, owned, stat)?;
             }
         }
         Ok(())
@@ -469,6 +488,7 @@ impl<D: BlockSource> Filesystem<D> {
                 out.push(DirEntry {
                     name: name.to_vec(),
                     ino,
+                    file_type: b[at + 7],
                 });
             }
             at += rec_len;

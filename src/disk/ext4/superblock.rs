@@ -90,10 +90,10 @@ const FEATURE_NAMES: &[(usize, u32, &str)] = &[
     (2, 0x10000, "orphan_present"),
 ];
 
-fn put16(b: &mut [u8], at: usize, v: u16) {
+pub(super) fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
-fn put32(b: &mut [u8], at: usize, v: u32) {
+pub(super) fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 pub(super) fn get16(b: &[u8], at: usize) -> u16 {
