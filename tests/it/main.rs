@@ -21,6 +21,7 @@ mod kubevirt;
 mod lifecycle;
 mod network;
 mod qcow2;
+mod qcow2_update;
 mod qemu;
 mod seed;
 mod ssh;
