@@ -14,7 +14,7 @@ use qemu_compose::disk::qcow2::{Qcow2Error, Qcow2Update, ReadAt, UpdateStorage, 
 use qemu_compose::disk::{BlockSink, BlockSource, RawFile, SparseBuffer};
 use tempfile::TempDir;
 
-use crate::harness::{all_text, pattern, qemu_img_create, run_tool, s, tool_ok};
+use crate::harness::{all_text, pattern, qemu_img_create_with, run_tool, s, tool_ok};
 use crate::qcow2::assert_check_clean;
 
 const KIB: u64 = 1 << 10;
@@ -80,8 +80,13 @@ fn ours(dir: &Path) -> (PathBuf, SparseBuffer) {
 
 /// A 1 GiB image made by `qemu-img create` and filled by `qemu-io`.
 fn qemus(dir: &Path) -> (PathBuf, SparseBuffer) {
-    let path = dir.join("qemu.qcow2");
-    qemu_img_create(&path, "1G");
+    qemus_with(dir, "qemu.qcow2", &[])
+}
+
+/// Like [`qemus`], with `qemu-img create` options.
+fn qemus_with(dir: &Path, name: &str, options: &[&str]) -> (PathBuf, SparseBuffer) {
+    let path = dir.join(name);
+    qemu_img_create_with(&path, options, Some("1G"));
     tool_ok(
         "qemu-io",
         &[
@@ -144,7 +149,11 @@ proptest! {
         txs in prop::collection::vec(prop::collection::vec(write_strategy(), 1..6), 1..4),
     ) {
         let dir = TempDir::new().unwrap();
-        for (path, mut model) in [ours(dir.path()), qemus(dir.path())] {
+        // 512-byte clusters: a refcount block covers 128 KiB of the file, so the new blocks
+        // and table land in blocks of their own and must count themselves.
+        let small = qemus_with(dir.path(), "small.qcow2", &["-o", "cluster_size=512"]);
+        let v2 = qemus_with(dir.path(), "v2.qcow2", &["-o", "compat=0.10"]);
+        for (path, mut model) in [ours(dir.path()), qemus(dir.path()), small, v2] {
             for writes in &txs {
                 transaction(&path, &mut model, writes);
                 assert_check_clean(&path);
@@ -346,6 +355,37 @@ fn rewriting_the_same_range_reuses_the_freed_clusters() {
     assert!(first <= 8 * MIB + MIB);
     assert_check_clean(&path);
     assert_holds(&path, &model);
+}
+
+#[test]
+fn images_with_compressed_clusters_take_writes_beside_them() {
+    let dir = TempDir::new().unwrap();
+    // Text compresses; the random bytes do not, and stay plain clusters.
+    let plain = dir.path().join("plain.qcow2");
+    let mut model = SparseBuffer::new(GIB);
+    let text = b"compressible text ".repeat(10_000);
+    model.write_at(0, &text).unwrap();
+    model.write_at(MIB, &pattern(4, 100_000)).unwrap();
+    write_data_image(&File::create(&plain).unwrap(), GIB, &model).unwrap();
+    let packed = dir.path().join("packed.qcow2");
+    tool_ok(
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", s(&plain), s(&packed)],
+    );
+    let mut update = Qcow2Update::open(open_rw(&packed)).unwrap();
+    let err = update.write_at(10, b"x").unwrap_err();
+    assert!(err.to_string().contains("compressed"), "{err}");
+    let err = update.read_at(0, &mut [0; 10]).unwrap_err();
+    assert!(err.to_string().contains("compressed"), "{err}");
+    // Far from the data, and inside the plain cluster 16 (cluster 17, half zeros, compresses).
+    for (at, len) in [(300 * MIB + 7, 300_000), (MIB + 5000, 50_000)] {
+        let bytes = pattern(at, len);
+        update.write_at(at, &bytes).unwrap();
+        model.write_at(at, &bytes).unwrap();
+    }
+    update.commit().unwrap();
+    assert_check_clean(&packed);
+    assert_holds(&packed, &model);
 }
 
 fn refusal(path: &Path) -> String {

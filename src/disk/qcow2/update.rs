@@ -185,12 +185,6 @@ impl<S: UpdateStorage> Qcow2Update<S> {
                         "cluster {cluster} past the end of the file has refcount {count}"
                     )));
                 }
-                if count > 1 {
-                    return Err(Qcow2Error::NotUpdatable(format!(
-                        "cluster {cluster} is shared (refcount {count}); only images without \
-                         shared clusters are updated in place"
-                    )));
-                }
                 refcounts[cluster as usize] = count;
             }
         }
@@ -248,13 +242,26 @@ impl<S: UpdateStorage> Qcow2Update<S> {
         Ok(())
     }
 
-    /// Checks that the `n` clusters from cluster `first` have a refcount.
+    /// Checks that the `n` clusters from cluster `first` have refcount 1: 0 would let them be
+    /// taken as holes, and more means shared (compressed clusters may share a host cluster,
+    /// but they are never freed here).
     fn check_counted(&self, first: u64, n: u64, what: &str) -> Result<(), Qcow2Error> {
-        if let Some(c) = (first..first.saturating_add(n)).find(|&c| self.old_refcount(c) == 0) {
-            return Err(Qcow2Error::Corrupt(format!(
-                "{what} uses cluster {c}, whose refcount is 0; `qemu-img check -r all` \
-                 repairs the refcounts"
-            )));
+        for c in first..first.saturating_add(n) {
+            match self.old_refcount(c) {
+                1 => {}
+                0 => {
+                    return Err(Qcow2Error::Corrupt(format!(
+                        "{what} uses cluster {c}, whose refcount is 0; `qemu-img check -r all` \
+                         repairs the refcounts"
+                    )));
+                }
+                count => {
+                    return Err(Qcow2Error::NotUpdatable(format!(
+                        "{what} uses cluster {c}, which is shared (refcount {count}); only \
+                         images without shared clusters are updated in place"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -346,6 +353,17 @@ impl<S: UpdateStorage> Qcow2Update<S> {
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Qcow2Error::OutOfRange { offset, len, size });
         }
+        // Refused before anything is written, so the transaction goes on.
+        let cs = self.cluster_size();
+        for guest in offset / cs..(offset + len).div_ceil(cs) {
+            if !self.mapping.contains_key(&guest)
+                && let Old::Compressed = self.old_mapping(guest)?
+            {
+                return Err(Qcow2Error::Unsupported(format!(
+                    "writing into guest cluster {guest}, which is compressed"
+                )));
+            }
+        }
         let result = self.write_clusters(offset, data);
         self.failed = result.is_err();
         result
@@ -366,11 +384,6 @@ impl<S: UpdateStorage> Qcow2Update<S> {
                 continue;
             }
             let old = self.old_mapping(guest)?;
-            if let Old::Compressed = old {
-                return Err(Qcow2Error::Unsupported(format!(
-                    "writing into guest cluster {guest}, which is compressed"
-                )));
-            }
             let host = self.allocate(1);
             self.mapping.insert(guest, host);
             if chunk as u64 == cs {
@@ -394,6 +407,7 @@ impl<S: UpdateStorage> Qcow2Update<S> {
                 let len = self.host_len()?;
                 read_checked(&self.storage, len, &mut cluster, old_host, "a data cluster")?;
             }
+            // `write` refused compressed clusters.
             cluster[within as usize..][..chunk].copy_from_slice(piece);
             self.write_data(host, &cluster)?;
         }
@@ -957,8 +971,11 @@ mod tests {
         let mut update = Qcow2Update::open_storage(m).unwrap();
         // Another guest cluster is fine.
         update.write(C, b"x").unwrap();
-        let err = update.write(0, b"x").unwrap_err();
+        let err = update.write(C - 1, b"xy").unwrap_err();
         assert!(err.to_string().contains("compressed"), "{err}");
+        // Nothing was written: the transaction goes on.
+        update.write(2 * C, b"z").unwrap();
+        update.commit().unwrap();
     }
 
     proptest! {
