@@ -107,6 +107,14 @@ impl<S: UpdateStorage> std::fmt::Debug for Qcow2Update<S> {
     }
 }
 
+/// What uses a cluster of the old image, as found by walking its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum User {
+    None,
+    Plain,
+    Compressed,
+}
+
 /// Where an old guest cluster's bytes are.
 enum Old {
     Host(u64),
@@ -209,18 +217,21 @@ impl<S: UpdateStorage> Qcow2Update<S> {
     fn check_references(&self, file_len: u64) -> Result<(), Qcow2Error> {
         let cs = self.cluster_size();
         let h = &self.header;
-        self.check_counted(0, 1, "the header")?;
+        let mut users = vec![User::None; self.refcounts.len()];
+        self.claim(&mut users, 0, 1, "the header")?;
         let l1_clusters = (u64::from(h.l1_size) * 8).div_ceil(cs);
-        self.check_counted(h.l1_table_offset / cs, l1_clusters, "the L1 table")?;
-        let rt_clusters = u64::from(h.refcount_table_clusters);
-        self.check_counted(
-            h.refcount_table_offset / cs,
-            rt_clusters,
-            "the refcount table",
+        self.claim(
+            &mut users,
+            h.l1_table_offset / cs,
+            l1_clusters,
+            "the L1 table",
         )?;
+        let rt_clusters = u64::from(h.refcount_table_clusters);
+        let rt_first = h.refcount_table_offset / cs;
+        self.claim(&mut users, rt_first, rt_clusters, "the refcount table")?;
         for at in self.refcount_table.iter().map(|e| e & OFFSET_MASK) {
             if at != 0 {
-                self.check_counted(at / cs, 1, "a refcount block")?;
+                self.claim(&mut users, at / cs, 1, "a refcount block")?;
             }
         }
         let mut table = vec![0u8; cs as usize];
@@ -229,23 +240,25 @@ impl<S: UpdateStorage> Qcow2Update<S> {
                 continue;
             }
             check_aligned(at, cs, "an L2 table")?;
-            self.check_counted(at / cs, 1, "an L2 table")?;
+            self.claim(&mut users, at / cs, 1, "an L2 table")?;
             read_checked(&self.storage, file_len, &mut table, at, "an L2 table")?;
             for e in table.chunks_exact(8).map(|e| be64(e, 0)) {
                 let host = e & OFFSET_MASK;
-                if e & COMPRESSED == 0 && host != 0 {
+                if e & COMPRESSED != 0 {
+                    self.claim_compressed(&mut users, e)?;
+                } else if host != 0 {
                     check_aligned(host, cs, "a data cluster")?;
-                    self.check_counted(host / cs, 1, "a data cluster")?;
+                    self.claim(&mut users, host / cs, 1, "a data cluster")?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Checks that the `n` clusters from cluster `first` have refcount 1: 0 would let them be
-    /// taken as holes, and more means shared (compressed clusters may share a host cluster,
-    /// but they are never freed here).
-    fn check_counted(&self, first: u64, n: u64, what: &str) -> Result<(), Qcow2Error> {
+    /// Records that `what` uses the `n` clusters from cluster `first`, which must have
+    /// refcount 1 and no other user: a refcount of 0 would let them be taken as holes, and a
+    /// cluster used twice would be freed while still in use.
+    fn claim(&self, users: &mut [User], first: u64, n: u64, what: &str) -> Result<(), Qcow2Error> {
         for c in first..first.saturating_add(n) {
             match self.old_refcount(c) {
                 1 => {}
@@ -261,6 +274,46 @@ impl<S: UpdateStorage> Qcow2Update<S> {
                          images without shared clusters are updated in place"
                     )));
                 }
+            }
+            // A counted cluster lies inside the file, so inside `users`.
+            let user = &mut users[c as usize];
+            if *user != User::None {
+                return Err(Qcow2Error::Corrupt(format!(
+                    "{what} uses cluster {c}, which something else uses too"
+                )));
+            }
+            *user = User::Plain;
+        }
+        Ok(())
+    }
+
+    /// Records the host clusters a compressed L2 entry reads from. Several compressed clusters
+    /// may share one host cluster (its refcount counts them); nothing else may. They are never
+    /// freed here, since writing into a compressed cluster is refused.
+    fn claim_compressed(&self, users: &mut [User], entry: u64) -> Result<(), Qcow2Error> {
+        // The spec's compressed cluster descriptor: x = 62 - (cluster_bits - 8) offset bits,
+        // then the number of additional 512-byte sectors.
+        let bits = self.header.cluster_bits;
+        let x = 62 - (bits - 8);
+        let offset = entry & ((1 << x) - 1);
+        let sectors = ((entry >> x) & ((1 << (bits - 8)) - 1)) + 1;
+        let end = (offset & !511) + sectors * 512;
+        let cs = self.cluster_size();
+        for c in offset / cs..end.div_ceil(cs) {
+            match users.get_mut(c as usize) {
+                Some(User::Plain) | None => {
+                    return Err(Qcow2Error::Corrupt(format!(
+                        "compressed data at {offset:#x} overlaps cluster {c}, which is \
+                         outside the file or used by something else"
+                    )));
+                }
+                Some(_) if self.old_refcount(c) == 0 => {
+                    return Err(Qcow2Error::Corrupt(format!(
+                        "compressed data uses cluster {c}, whose refcount is 0; \
+                         `qemu-img check -r all` repairs the refcounts"
+                    )));
+                }
+                Some(user) => *user = User::Compressed,
             }
         }
         Ok(())
@@ -959,6 +1012,15 @@ mod tests {
         // A used cluster with refcount 0 would be handed out as a hole.
         let err = Qcow2Update::open_storage(patched(3 * C as usize + 10, &[0, 0])).unwrap_err();
         assert!(err.to_string().contains("refcount is 0"), "{err}");
+        // Guest clusters 0 and 1 both in host cluster 5 (refcount 1).
+        let mut m = sample();
+        let entry = m.bytes[4 * C as usize..][..8].to_vec();
+        m.bytes[4 * C as usize + 8..][..8].copy_from_slice(&entry);
+        let err = Qcow2Update::open_storage(m).unwrap_err();
+        assert!(err.to_string().contains("something else uses"), "{err}");
+        // The L1 table claiming the header's cluster.
+        let err = Qcow2Update::open_storage(patched(40, &[0; 8])).unwrap_err();
+        assert!(err.to_string().contains("something else uses"), "{err}");
         let err = Qcow2Update::open_storage(patched(79, &[2])).unwrap_err();
         assert!(matches!(err, Qcow2Error::Corrupt(_)), "{err}");
     }
@@ -973,6 +1035,15 @@ mod tests {
         update.write(C, b"x").unwrap();
         let err = update.write(C - 1, b"xy").unwrap_err();
         assert!(err.to_string().contains("compressed"), "{err}");
+        // Compressed data past the end of the file, or in a cluster counted as free.
+        let compressed = |host: u64, refcount: u8| {
+            let mut m = sample();
+            m.bytes[at..at + 8].copy_from_slice(&(COMPRESSED | host).to_be_bytes());
+            m.bytes[3 * C as usize + 11] = refcount;
+            Qcow2Update::open_storage(m).unwrap_err().to_string()
+        };
+        assert!(compressed(6 * C, 1).contains("outside the file"));
+        assert!(compressed(5 * C, 0).contains("refcount is 0"));
         // Nothing was written: the transaction goes on.
         update.write(2 * C, b"z").unwrap();
         update.commit().unwrap();
