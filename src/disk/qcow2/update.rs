@@ -424,45 +424,47 @@ impl<S: UpdateStorage> Qcow2Update<S> {
 
     fn write_clusters(&mut self, offset: u64, data: &[u8]) -> Result<(), Qcow2Error> {
         let cs = self.cluster_size();
-        // A run of whole new clusters that are adjacent on the host too: (host, data range).
+        // Bytes that go to the host as they are, gathered while they are adjacent there too:
+        // (host offset, range of `data`).
         let mut run: Option<(u64, usize, usize)> = None;
         let mut pos = offset;
         for chunk in split(offset, data.len(), cs) {
             let from = (pos - offset) as usize;
-            let piece = &data[from..from + chunk];
             let (guest, within) = (pos / cs, pos % cs);
             pos += chunk as u64;
-            if let Some(&host) = self.mapping.get(&guest) {
-                self.write_data(host + within, piece)?;
-                continue;
-            }
-            let old = self.old_mapping(guest)?;
-            let host = self.allocate(1);
-            self.mapping.insert(guest, host);
-            if chunk as u64 == cs {
-                match run {
-                    Some((start, run_from, to))
-                        if to == from && start + (to - run_from) as u64 == host =>
-                    {
-                        run = Some((start, run_from, from + chunk));
-                    }
-                    _ => {
-                        if let Some((start, a, b)) = run.take() {
-                            self.write_data(start, &data[a..b])?;
-                        }
-                        run = Some((host, from, from + chunk));
-                    }
+            let target = match self.mapping.get(&guest) {
+                Some(&host) => host + within,
+                None if chunk as u64 == cs => {
+                    let host = self.allocate(1);
+                    self.mapping.insert(guest, host);
+                    host
                 }
-                continue;
+                None => {
+                    // Part of a cluster not written yet: a whole new cluster, with its old
+                    // bytes around the new ones (`write` refused compressed clusters).
+                    let mut cluster = vec![0u8; cs as usize];
+                    if let Old::Host(old_host) = self.old_mapping(guest)? {
+                        let len = self.host_len()?;
+                        read_checked(&self.storage, len, &mut cluster, old_host, "a data cluster")?;
+                    }
+                    cluster[within as usize..][..chunk].copy_from_slice(&data[from..from + chunk]);
+                    let host = self.allocate(1);
+                    self.mapping.insert(guest, host);
+                    self.write_data(host, &cluster)?;
+                    continue;
+                }
+            };
+            match run {
+                Some((start, a, b)) if b == from && start + (b - a) as u64 == target => {
+                    run = Some((start, a, from + chunk));
+                }
+                _ => {
+                    if let Some((start, a, b)) = run {
+                        self.write_data(start, &data[a..b])?;
+                    }
+                    run = Some((target, from, from + chunk));
+                }
             }
-            let mut cluster = vec![0u8; cs as usize];
-            if let Old::Host(old_host) = old {
-                let len = self.host_len()?;
-                read_checked(&self.storage, len, &mut cluster, old_host, "a data cluster")?;
-            }
-            // `write` refused compressed clusters.
-            cluster[within as usize..][..chunk].copy_from_slice(piece);
-            self.write_data(host, &cluster)?;
         }
         if let Some((start, a, b)) = run {
             self.write_data(start, &data[a..b])?;
@@ -877,6 +879,8 @@ mod tests {
         reads: RefCell<Vec<u64>>,
         /// Every write fails.
         broken: bool,
+        /// Writes made so far.
+        writes: usize,
     }
 
     impl ReadAt for Memory {
@@ -895,6 +899,7 @@ mod tests {
             if self.broken {
                 return Err(io::Error::other("broken"));
             }
+            self.writes += 1;
             let end = offset as usize + buf.len();
             if self.bytes.len() < end {
                 self.bytes.resize(end, 0);
@@ -929,6 +934,7 @@ mod tests {
             bytes: std::fs::read(file.path()).unwrap(),
             reads: RefCell::default(),
             broken: false,
+            writes: 0,
         }
     }
 
@@ -962,6 +968,22 @@ mod tests {
         update.write(C, b"z").unwrap();
         assert_eq!(update.mapping.len(), 2);
         assert_eq!(read(&update, C - 1, 3), b"xz\0");
+    }
+
+    #[test]
+    fn a_large_write_goes_to_disk_in_one_piece() {
+        let mut update = Qcow2Update::open_storage(sample()).unwrap();
+        // 64 MiB from the second guest cluster: new clusters one after another at the end.
+        let data = vec![9u8; 64 << 20];
+        update.write(C, &data).unwrap();
+        assert_eq!(update.storage.writes, 1);
+        assert_eq!(update.mapping.len(), 1024);
+        assert_eq!(read(&update, 64 << 20, 4), [9; 4]);
+        // Over clusters written already: in one piece again. A part of a new cluster is
+        // written apart, with its old bytes.
+        update.write(C / 2, &vec![8u8; C as usize * 4]).unwrap();
+        assert_eq!(update.storage.writes, 1 + 2);
+        assert_eq!(read(&update, 98, 9), b"\0\0hello\0\0");
     }
 
     #[test]
