@@ -388,6 +388,30 @@ fn images_with_compressed_clusters_take_writes_beside_them() {
     assert_holds(&packed, &model);
 }
 
+#[test]
+fn preallocated_clusters_are_replaced_and_freed() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("prealloc.qcow2");
+    qemu_img_create_with(&path, &["-o", "preallocation=metadata"], Some("64M"));
+    tool_ok("qemu-io", &["-c", "write -P 0x33 1M 100k", s(&path)]);
+    let mut model = SparseBuffer::new(64 * MIB);
+    model.write_at(MIB, &[0x33; 100 * KIB as usize]).unwrap();
+    for writes in [
+        &[(5000, 70_000, 1), (MIB + 4096, 200_000, 2)][..],
+        &[(60 * MIB, 5, 3)],
+    ] {
+        let mut update = Qcow2Update::open(open_rw(&path)).unwrap();
+        for &(at, len, seed) in writes {
+            let bytes = pattern(seed, len);
+            update.write_at(at, &bytes).unwrap();
+            model.write_at(at, &bytes).unwrap();
+        }
+        update.commit().unwrap();
+        assert_check_clean(&path);
+        assert_holds(&path, &model);
+    }
+}
+
 fn refusal(path: &Path) -> String {
     match Qcow2Update::open(open_rw(path)) {
         Ok(_) => panic!("{} was opened for update", path.display()),
