@@ -170,6 +170,9 @@ struct Log {
     ops: Vec<(&'static str, u64)>,
     /// The operation (0-based) that fails, if any.
     fail_at: Option<usize>,
+    /// The writes since the last sync: offset, the bytes they replaced, the file's length
+    /// before.
+    unsynced: Vec<(u64, Vec<u8>, u64)>,
 }
 
 /// A file whose `fail_at`-th write, sync, punch or truncation fails: a crash at that point,
@@ -205,11 +208,16 @@ impl ReadAt for Faulty {
 impl UpdateStorage for Faulty {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.op("write", offset)?;
+        let len = self.file.metadata()?.len();
+        let mut before = vec![0; len.saturating_sub(offset).min(buf.len() as u64) as usize];
+        FileExt::read_exact_at(&self.file, &mut before, offset)?;
+        self.log.borrow_mut().unsynced.push((offset, before, len));
         UpdateStorage::write_all_at(&mut self.file, buf, offset)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.op("sync", 0)?;
+        self.log.borrow_mut().unsynced.clear();
         UpdateStorage::sync_data(&mut self.file)
     }
 
@@ -224,9 +232,16 @@ impl UpdateStorage for Faulty {
     }
 }
 
-/// Runs a fixed transaction on a copy of `base` whose `k`-th operation fails. Returns the copy,
-/// the operations, and whether the transaction completed.
-fn crash_at(base: &Path, dir: &Path, k: usize) -> (PathBuf, Vec<(&'static str, u64)>, bool) {
+/// Runs a fixed transaction on a copy of `base` whose `k`-th operation fails. With
+/// `lose_unsynced`, the crash then also loses every write since the last sync but the header's
+/// (the worst order a disk may persist them in). Returns the copy, the operations, and whether
+/// the transaction completed.
+fn crash_at(
+    base: &Path,
+    dir: &Path,
+    k: usize,
+    lose_unsynced: bool,
+) -> (PathBuf, Vec<(&'static str, u64)>, bool) {
     let path = dir.join(format!("crash-{k}.qcow2"));
     fs::copy(base, &path).unwrap();
     let log = Rc::new(RefCell::new(Log {
@@ -246,8 +261,17 @@ fn crash_at(base: &Path, dir: &Path, k: usize) -> (PathBuf, Vec<(&'static str, u
         Ok(())
     })()
     .is_ok();
-    let ops = log.borrow().ops.clone();
-    (path, ops, done)
+    let log = log.borrow();
+    if lose_unsynced && !done {
+        let file = open_rw(&path);
+        for (offset, before, len) in log.unsynced.iter().rev() {
+            if *offset != 40 {
+                file.write_all_at(before, *offset).unwrap();
+                file.set_len(*len).unwrap();
+            }
+        }
+    }
+    (path, log.ops.clone(), done)
 }
 
 /// Partial and whole clusters in two L2 tables, one over old data.
@@ -265,43 +289,47 @@ fn a_crash_at_any_write_or_sync_leaves_the_old_or_the_new_image() {
     for &(at, len, seed) in CRASH_WRITES {
         new.write_at(at, &pattern(seed, len)).unwrap();
     }
-    let mut between = 0;
-    let mut after_switch = 0;
-    for k in 0.. {
-        let (path, ops, done) = crash_at(&base, dir.path(), k);
-        assert_check_clean(&path);
-        if done {
-            assert!(holds(&path, &new), "completed transaction");
-            assert!(k > 0);
-            break;
-        }
-        let switch = ops.iter().position(|&op| op == ("write", 40));
-        let failed = ops.len() - 1;
-        let is_new = holds(&path, &new);
-        match switch {
-            // The header was written: the new image, whatever failed after.
-            Some(at) if at < failed => {
-                assert!(
-                    is_new,
-                    "k={k}: the header switched but the contents are old"
-                );
-                after_switch += 1;
+    for lose_unsynced in [false, true] {
+        let mut between = 0;
+        let mut after_switch = 0;
+        for k in 0.. {
+            let (path, ops, done) = crash_at(&base, dir.path(), k, lose_unsynced);
+            assert_check_clean(&path);
+            if done {
+                assert!(holds(&path, &new), "completed transaction");
+                assert!(k > 0);
+                break;
             }
-            _ => {
-                assert!(
-                    holds(&path, &old),
-                    "k={k}: neither the old nor the new contents"
-                );
-                if ops[..failed].iter().any(|&(kind, _)| kind == "write") {
-                    between += 1;
+            let switch = ops.iter().position(|&op| op == ("write", 40));
+            let failed = ops.len() - 1;
+            match switch {
+                // The header was written: the new image, whatever failed after.
+                Some(at) if at < failed => {
+                    assert!(
+                        holds(&path, &new),
+                        "k={k}: the header switched but the contents are old"
+                    );
+                    after_switch += 1;
+                }
+                _ => {
+                    assert!(
+                        holds(&path, &old),
+                        "k={k}: neither the old nor the new contents"
+                    );
+                    if ops[..failed].iter().any(|&(kind, _)| kind == "write") {
+                        between += 1;
+                    }
                 }
             }
+            fs::remove_file(&path).unwrap();
         }
-        fs::remove_file(&path).unwrap();
+        eprintln!(
+            "unsynced writes lost: {lose_unsynced}; crash points: {between} between the data \
+             and the header, {after_switch} after it"
+        );
+        assert!(between > 0, "no crash fell between the data and the header");
+        assert!(after_switch > 0, "no crash fell after the header switch");
     }
-    eprintln!("crash points: {between} between the data and the header, {after_switch} after it");
-    assert!(between > 0, "no crash fell between the data and the header");
-    assert!(after_switch > 0, "no crash fell after the header switch");
 }
 
 #[test]

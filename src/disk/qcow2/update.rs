@@ -587,7 +587,7 @@ impl<S: UpdateStorage> Qcow2Update<S> {
             }
             let dirty: Vec<u64> = counts.dirty.iter().copied().collect();
             for b in dirty {
-                if new_blocks.contains_key(&b) || !counts.block_changed(b) {
+                if new_blocks.contains_key(&b) || !counts.block_changed(b, &self.refcounts) {
                     continue;
                 }
                 let at = self.allocate(1);
@@ -703,7 +703,6 @@ fn into_io(e: Qcow2Error) -> io::Error {
 struct Counts {
     counts: Vec<u16>,
     per_block: u64,
-    old: Vec<u16>,
     dirty: BTreeSet<u64>,
 }
 
@@ -712,7 +711,6 @@ impl Counts {
         Counts {
             counts: old.to_vec(),
             per_block: cs / 2,
-            old: old.to_vec(),
             dirty: BTreeSet::new(),
         }
     }
@@ -763,8 +761,9 @@ impl Counts {
         out
     }
 
-    fn block_changed(&self, b: u64) -> bool {
-        self.range(&self.counts, b) != self.range(&self.old, b)
+    /// Whether block `b` counts differently from the same block of `old`.
+    fn block_changed(&self, b: u64, old: &[u16]) -> bool {
+        self.range(&self.counts, b) != self.range(old, b)
     }
 
     fn encode_block(&self, b: u64) -> Vec<u8> {
