@@ -23,6 +23,7 @@ mod layering;
 mod lifecycle;
 mod network;
 mod qcow2;
+mod qcow2_update;
 mod qemu;
 mod seed;
 mod ssh;

@@ -23,7 +23,7 @@ const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 
 /// `qemu-img check` must find no errors, corruptions or leaks.
-fn assert_check_clean(path: &Path) {
+pub fn assert_check_clean(path: &Path) {
     let out = run_tool("qemu-img", &["check", "--output=json", s(path)]);
     let stdout = text(&out.stdout);
     assert!(

@@ -18,6 +18,7 @@ mod header;
 mod plan;
 mod reader;
 mod resize;
+mod update;
 mod writer;
 
 use std::io;
@@ -27,6 +28,7 @@ pub use header::{Header, HeaderExtension};
 pub use plan::{Layout, plan_layout};
 pub use reader::{Qcow2Image, ReadAt};
 pub use resize::grow;
+pub use update::{Qcow2Update, UpdateStorage};
 pub use writer::{
     Advance, Backing, Fill, WriteSummary, probe_format, write_data_image, write_data_image_with,
     write_overlay,
@@ -154,6 +156,14 @@ pub enum Qcow2Error {
     /// The backing chain comes back to an image already in it.
     #[error("the backing chain loops back to {}", .0.display())]
     BackingLoop(PathBuf),
+    /// The image is not one [`Qcow2Update`] may change in place.
+    #[error("the image cannot be updated in place: {0}")]
+    NotUpdatable(String),
+    /// A write of this update failed, so its new clusters may hold the wrong bytes.
+    #[error(
+        "an earlier write of this update failed; the update cannot go on (the image is unchanged)"
+    )]
+    UpdateAborted,
     /// The backing chain is longer than [`MAX_BACKING_DEPTH`].
     #[error("the backing chain is deeper than {MAX_BACKING_DEPTH} files")]
     BackingTooDeep,

@@ -18,11 +18,11 @@ use super::{BackingFormat, MAX_BACKING_DEPTH, MAX_BACKING_NAME, Qcow2Error};
 use crate::disk::sink::BlockSource;
 
 /// Bits 9-55 of an L1 or L2 entry: the host offset of the table or cluster.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// L2 entry bit 62: the cluster is compressed.
-const COMPRESSED: u64 = 1 << 62;
+pub(super) const COMPRESSED: u64 = 1 << 62;
 /// L2 entry bit 0 (version 3): the cluster reads as zeros.
-const READS_AS_ZERO: u64 = 1;
+pub(super) const READS_AS_ZERO: u64 = 1;
 /// The largest L1 table QEMU opens (32 MiB of entries).
 const MAX_L1_ENTRIES: u32 = 32 << 20 >> 3;
 
@@ -437,7 +437,7 @@ enum Mapping {
 }
 
 /// Reads `buf` at `offset` after checking that the range lies inside the `len`-byte source.
-fn read_checked<S: ReadAt>(
+pub(super) fn read_checked<S: ReadAt>(
     source: &S,
     len: u64,
     buf: &mut [u8],
@@ -456,7 +456,7 @@ fn read_checked<S: ReadAt>(
 }
 
 /// Refuses headers this reader cannot follow correctly.
-fn validate_header(h: &Header) -> Result<(), Qcow2Error> {
+pub(super) fn validate_header(h: &Header) -> Result<(), Qcow2Error> {
     if !(9..=21).contains(&h.cluster_bits) {
         return Err(Qcow2Error::Corrupt(format!(
             "cluster_bits {} is outside 9..=21",
