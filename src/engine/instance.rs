@@ -579,8 +579,8 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
     let file = fs::File::open(disk).map_err(|e| StateError::io(disk, e))?;
     let overlay = Qcow2Image::from_source(file)
         .map_err(|e| EngineError::vm_step(vm, format!("instance disk {}", disk.display()), e))?;
-    let expected = prepared.base.to_string_lossy();
-    if overlay.backing_file() != Some(expected.as_ref()) {
+    let made_on = crate::image::overlay_base(disk);
+    if made_on != Some(canonical(&prepared.base)) {
         return Err(EngineError::vm(
             vm,
             format!(
@@ -597,6 +597,30 @@ pub fn check_images_before_start(prepared: &PreparedVm) -> Result<(), EngineErro
         ));
     }
     Ok(())
+}
+
+/// The name an instance disk's header gives its base `base`: relative to the disk's folder
+/// (`.qemu-compose/vms/<vm>/`) when the base is a local image inside the project folder, so
+/// that a project moved or copied whole (`mv`, `cp -a`) finds its own image; the absolute
+/// path otherwise (a cached download, a file elsewhere). QEMU never reads this name (it is
+/// given the base explicitly); qemu-compose and `qemu-img` resolve it.
+fn backing_name(state: &StateDir, base: &Path) -> String {
+    let base = canonical(base);
+    let project = state.root().parent().map(canonical);
+    let inside = project
+        .filter(|_| !crate::image::is_cached_image(&base))
+        .and_then(|p| base.strip_prefix(p).ok().map(Path::to_path_buf));
+    match inside {
+        Some(inside) => Path::new("../../..")
+            .join(inside)
+            .to_string_lossy()
+            .into_owned(),
+        None => base.to_string_lossy().into_owned(),
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The NIC address of `vm`: stable per project and VM, so its DHCP lease survives restarts.
@@ -658,7 +682,7 @@ pub fn materialise(state: &StateDir, vm: &PreparedVm) -> Result<DiskChange, Engi
             .tempfile_in(dir)
             .map_err(|e| StateError::io(dir, e))?;
         let backing = Backing {
-            path: vm.base.to_string_lossy().into_owned(),
+            path: backing_name(state, &vm.base),
             format: vm.base_format.backing_format(),
         };
         qcow2::write_overlay(tmp.as_file(), vm.disk_size, &backing)

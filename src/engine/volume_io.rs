@@ -26,7 +26,6 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::compose::Project;
 use crate::disk::SparseBuffer;
-use crate::disk::ext4::read::Mapping;
 use crate::disk::ext4::tree::{Kind, Meta, Node, NodeId, Time, Tree, TreeError};
 use crate::disk::ext4::{self, DataRun, Ext4Error, FormatOptions};
 use crate::disk::qcow2;
@@ -172,8 +171,6 @@ pub(super) enum Content {
     Host { path: PathBuf, identity: (u64, u64) },
     /// A tar member's bytes.
     Memory(Vec<u8>),
-    /// A file of the volume being rewritten: where its bytes are in the old image.
-    Volume(Vec<Mapping>),
 }
 
 /// A source read into a tree, with the contents of its files.
@@ -254,7 +251,7 @@ fn write_new(
     loaded: &Loaded,
 ) -> Result<VolumeRecord, VolumeError> {
     volumes::create_with(state, name, size, &mut |file, opts| {
-        write_image(file, size, opts, loaded, None).map_err(|e| e.for_volume(name))
+        write_image(file, size, opts, loaded).map_err(|e| e.for_volume(name))
     })
 }
 
@@ -283,19 +280,13 @@ pub(super) fn write_image(
     size: u64,
     opts: &FormatOptions,
     loaded: &Loaded,
-    old: Option<&OldVolume>,
 ) -> Result<(), WriteError> {
     let fit = |e| WriteError::Import(ImportError::Fit(e));
     let plan = ext4::plan(size, &loaded.tree, opts).map_err(fit)?;
     let mut metadata = SparseBuffer::new(size);
     plan.write_metadata(&mut metadata).map_err(fit)?;
     let runs: Vec<(u64, u64)> = plan.data().iter().map(|r| (r.offset, r.len)).collect();
-    let mut reader = ContentReader {
-        contents: &loaded.contents,
-        old,
-        open: None,
-        failure: None,
-    };
+    let mut reader = ContentReader::new(&loaded.contents);
     let written = qcow2::write_data_image_with(
         file,
         size,
@@ -311,17 +302,32 @@ pub(super) fn write_image(
     }
 }
 
-/// Reads file data for the qcow2 writer, keeping the last host file open; the first failure
-/// is kept whole (the writer only sees an I/O error).
-struct ContentReader<'a> {
+/// Reads file data for the writers, keeping the last host file open; the first failure is
+/// kept whole (a writer only sees an I/O error).
+pub(super) struct ContentReader<'a> {
     contents: &'a HashMap<NodeId, Content>,
-    old: Option<&'a OldVolume>,
     open: Option<(NodeId, File)>,
     failure: Option<ImportError>,
 }
 
-impl ContentReader<'_> {
-    fn read(&mut self, run: DataRun, at: u64, buf: &mut [u8]) -> io::Result<()> {
+impl<'a> ContentReader<'a> {
+    pub(super) fn new(contents: &'a HashMap<NodeId, Content>) -> Self {
+        ContentReader {
+            contents,
+            open: None,
+            failure: None,
+        }
+    }
+
+    /// The failure a read returned as an I/O error, whole.
+    pub(super) fn take_failure(&mut self) -> ImportError {
+        self.failure
+            .take()
+            .expect("a failed read keeps its failure")
+    }
+
+    /// Fills `buf` with the bytes of `run`'s file from `at` bytes into the run.
+    pub(super) fn read(&mut self, run: DataRun, at: u64, buf: &mut [u8]) -> io::Result<()> {
         let offset = run.file_offset + at;
         let result = match self.contents.get(&run.node) {
             Some(Content::Memory(bytes)) => {
@@ -331,10 +337,6 @@ impl ContentReader<'_> {
             }
             Some(Content::Host { path, identity }) => {
                 self.read_host(run.node, path, *identity, offset, buf)
-            }
-            Some(Content::Volume(mappings)) => {
-                let old = self.old.expect("volume contents come with the old volume");
-                read_old(old, mappings, offset, buf).map_err(ImportError::Fit)
             }
             None => unreachable!("every file with data has contents"),
         };
@@ -373,29 +375,6 @@ impl ContentReader<'_> {
             }
         })
     }
-}
-
-/// The former filesystem of a volume being rewritten.
-pub(super) type OldVolume = ext4::read::Filesystem<qcow2::Qcow2Image<File>>;
-
-/// Reads `buf.len()` bytes from file offset `offset` of a file of the old volume mapped by
-/// `mappings`; what no mapping covers reads as zeros.
-fn read_old(
-    old: &OldVolume,
-    mappings: &[Mapping],
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), Ext4Error> {
-    buf.fill(0);
-    let end = offset + buf.len() as u64;
-    for m in mappings {
-        let (from, to) = (m.file_offset.max(offset), (m.file_offset + m.len).min(end));
-        if let (Some(at), true) = (m.offset, from < to) {
-            let dest = &mut buf[(from - offset) as usize..(to - offset) as usize];
-            old.read_mapped(at + (from - m.file_offset), dest)?;
-        }
-    }
-    Ok(())
 }
 
 fn read_error(path: &Path, source: io::Error) -> ImportError {

@@ -1,98 +1,109 @@
-//! `volume import` and `cp` into an existing volume: the volume's tree and the source's
-//! merged, written as a new image beside the old one, which is then renamed over it.
+//! `volume import` and `cp` into an existing volume: the source's files written into the
+//! volume's filesystem in place, as one copy-on-write transaction of its qcow2 image.
 //!
-//! The volume's filesystem is read whole into a [`Tree`] (names, types, metadata, where each
-//! file's bytes are in the old image), the source is merged into it in memory (folders merge,
-//! a file or symbolic link of the same name is replaced, a folder meeting a file is refused),
-//! and the result is laid down by the formatter with the volume's own label, UUID and hash
-//! seed, file data streamed from the old image and from the source. Every refusal (a type
-//! conflict, not enough space or inodes, something of the volume a rewrite would lose) comes
-//! before the old image is touched, and the old image is never written: a crash at any point
-//! leaves it whole. The cost is a copy of the volume's data, not a reflink.
-//!
-//! What a rewrite would lose is refused rather than dropped: extended attributes (ACLs,
-//! SELinux labels), sockets, FIFOs and device nodes, a non-empty `lost+found`, and a
-//! filesystem that is not clean. Inode numbers change; file contents, modes, owners, times,
-//! symbolic links and hard links are kept.
+//! The volume's tree is read with our ext4 reader (for `cp`'s destination rules and to refuse
+//! a folder meeting a file before anything is written), the space the new files take is
+//! checked against what is free, then [`Editor`] adds the files (folders merge, a file or
+//! symbolic link of the same name is replaced, its other hard links keep the old one) and
+//! [`Qcow2Update`] makes every write land in clusters the old image does not use, until one
+//! header write switches to the new tables. A crash or an error at any point leaves the old
+//! volume exactly as it was; the cost is the size of what is imported, not of the volume.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
+use std::fs::{self, File};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use rustix::fs::OFlags;
+
 use crate::compose::Project;
+use crate::disk::BlockSink;
+use crate::disk::ext4::edit::{self, Editor};
 use crate::disk::ext4::read::{FileType, Filesystem, Stat};
 use crate::disk::ext4::tree::{Kind, Meta, Node, NodeId, Tree};
-use crate::disk::ext4::{self, Ext4Error, FormatOptions};
-use crate::disk::qcow2::Qcow2Image;
+use crate::disk::ext4::{DataRun, Ext4Error};
+use crate::disk::qcow2::Qcow2Update;
 use crate::state::StateDir;
 
 use super::volume_io::{
-    Content, ImportError, ImportSource, ImportSummary, Loaded, OldVolume, import_error,
-    into_components, load, load_entry, write_image,
+    ContentReader, ImportError, ImportSource, ImportSummary, Loaded, import_error, into_components,
+    load, load_entry,
 };
 use super::volumes::{self, VolumeError};
 use super::{EngineError, Reporter};
 
+/// The filesystem being edited: the volume's ext4 over its qcow2 update transaction.
+type VolumeEditor = Editor<Qcow2Update<File>>;
+
 /// Merges what `load` reads (given the volume's current tree and its size) into the existing
-/// volume `name`, crash-safely. The caller holds the project lock.
+/// volume `name`, in place and crash-safely. The caller holds the project lock.
 pub(super) fn merge_into(
     state: &StateDir,
     name: &str,
     load: impl FnOnce(&Tree, u64) -> Result<Loaded, VolumeError>,
 ) -> Result<ImportSummary, VolumeError> {
-    // Held until the new image is in place, so no QEMU opens the volume meanwhile.
-    let _locked = volumes::lock_unused(state, name)?;
+    // The volume's image, locked against QEMU until the transaction is committed.
+    let locked = volumes::lock_unused(state, name)?;
     let image = volumes::image_path(state, name)?;
-    let bad = |reason: String| VolumeError::BadImage {
-        name: name.to_string(),
-        path: image.clone(),
-        reason,
-    };
-    let fit = |e: Ext4Error| import_error(name, ImportError::Fit(e));
-    let file = File::open(&image).map_err(|e| bad(e.to_string()))?;
-    let qcow2 = Qcow2Image::from_source(file).map_err(|e| bad(e.to_string()))?;
-    if qcow2.backing_file().is_some() {
-        return Err(bad("it has a backing file".to_string()));
+    let length_before = locked
+        .metadata()
+        .map_err(|e| bad_image(name, &image, e.to_string()))?
+        .len();
+    let merged = merge_locked(name, &image, locked, load);
+    if merged.is_err() {
+        // New clusters past the old end of the file are referenced by nothing: give the space
+        // back (the lock went with the transaction; the project lock keeps QEMU away).
+        if let Ok(file) = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(&image)
+            && file.metadata().is_ok_and(|m| m.len() > length_before)
+        {
+            let _ = file.set_len(length_before);
+        }
     }
-    let size = qcow2.virtual_size();
-    let mut raw = [0u8; 1024];
-    qcow2
-        .read_at(1024, &mut raw)
-        .map_err(|e| bad(e.to_string()))?;
-    let fs = Filesystem::open(qcow2).map_err(fit)?;
-    let opts = rewrite_options(&raw).map_err(fit)?;
-    let mut merged = read_volume(&fs).map_err(fit)?;
-    let source = load(&merged.tree, size)?;
-    let summary = source.summary.clone();
-    merge(&mut merged, source).map_err(|e| import_error(name, e))?;
-    volumes::replace_with(state, name, &opts, &mut |file, opts| {
-        write_image(file, size, opts, &merged, Some(&fs)).map_err(|e| e.for_volume(name))
-    })?;
-    Ok(summary)
+    merged
 }
 
-/// The options that make the formatter lay down a filesystem like the one whose superblock
-/// is `raw`: its label, UUID and directory hash seed. Refuses a filesystem that is not clean
-/// or not one the formatter could have made (4 KiB blocks).
-fn rewrite_options(raw: &[u8; 1024]) -> Result<FormatOptions, Ext4Error> {
-    let info = ext4::read_superblock(raw)?;
-    if info.state != "clean" {
-        return Err(Ext4Error::Unsupported(format!(
-            "the filesystem's state is {:?}; boot a VM that mounts it cleanly, or run e2fsck on it, first",
-            info.state
-        )));
+fn bad_image(name: &str, image: &Path, reason: String) -> VolumeError {
+    VolumeError::BadImage {
+        name: name.to_string(),
+        path: image.to_path_buf(),
+        reason,
     }
-    if info.block_size != 4096 {
-        return Err(Ext4Error::Unsupported(format!(
-            "blocks of {} bytes (only volumes of 4 KiB blocks, as qemu-compose makes them, are rewritten)",
-            info.block_size
-        )));
-    }
-    let mut opts = FormatOptions::new(info.label);
-    opts.uuid = info.uuid;
-    // s_hash_seed: names keep their hashes, so an htree stays what a guest expects.
-    opts.hash_seed.copy_from_slice(&raw[0xEC..0xFC]);
-    Ok(opts)
+}
+
+fn merge_locked(
+    name: &str,
+    image: &Path,
+    locked: File,
+    load: impl FnOnce(&Tree, u64) -> Result<Loaded, VolumeError>,
+) -> Result<ImportSummary, VolumeError> {
+    let bad = |reason: String| bad_image(name, image, reason);
+    let fit = |e: Ext4Error| import_error(name, ImportError::Fit(e));
+    let update = Qcow2Update::open(locked).map_err(|e| bad(e.to_string()))?;
+    let size = update.len();
+    let tree = read_tree(&Filesystem::open(&update).map_err(fit)?).map_err(fit)?;
+    let source = load(&tree, size)?;
+    check_conflicts(&tree, &source.tree, Tree::ROOT, Tree::ROOT, String::new())
+        .map_err(|e| import_error(name, e))?;
+
+    let mut editor = Editor::open(update).map_err(fit)?;
+    check_room(&editor, &source).map_err(fit)?;
+    let mut apply = Apply {
+        editor: &mut editor,
+        source: &source,
+        reader: ContentReader::new(&source.contents),
+        made: HashMap::new(),
+        buf: vec![0; 1 << 20],
+    };
+    let root = apply.editor.root();
+    apply
+        .graft(Tree::ROOT, root)
+        .map_err(|e| import_error(name, e))?;
+    let update = editor.finish().map_err(fit)?;
+    update.commit().map_err(|e| bad(e.to_string()))?;
+    Ok(source.summary)
 }
 
 fn meta_of(stat: &Stat) -> Meta {
@@ -106,80 +117,33 @@ fn meta_of(stat: &Stat) -> Meta {
     }
 }
 
-/// The whole tree of the volume, files' contents pointing into the old image.
-fn read_volume(fs: &OldVolume) -> Result<Loaded, Ext4Error> {
-    let unsupported = |path: &str, what: &str| {
-        Ext4Error::Unsupported(format!(
-            "{path} {what}, which rewriting the volume would lose; nothing was changed"
-        ))
-    };
+/// The names and types of the volume's tree (no contents), for `cp`'s destination rules and
+/// the conflict check. Special files count as files: a source file replaces one.
+fn read_tree<S: crate::disk::BlockSource>(fs: &Filesystem<S>) -> Result<Tree, Ext4Error> {
     let root = fs.lookup(b"/")?;
-    if root.has_xattrs() {
-        return Err(unsupported("/", "has extended attributes"));
-    }
-    let mut loaded = Loaded {
-        tree: Tree::new(meta_of(&root)),
-        contents: HashMap::new(),
-        summary: ImportSummary::default(),
-        tar_budget: 0,
-    };
-    let mut links: HashMap<u32, NodeId> = HashMap::new();
+    let mut tree = Tree::new(meta_of(&root));
     let mut dirs = HashSet::from([root.ino]);
-    let mut pending = vec![(root, Tree::ROOT, String::new())];
-    while let Some((dir, node, path)) = pending.pop() {
+    let mut pending = vec![(root, Tree::ROOT)];
+    while let Some((dir, node)) = pending.pop() {
         for entry in fs.read_dir(&dir)? {
-            let shown = format!("{path}/{}", String::from_utf8_lossy(&entry.name));
             let stat = fs.stat(entry.ino)?;
-            if node == Tree::ROOT && entry.name == b"lost+found" && stat.kind == FileType::Dir {
-                // The formatter makes a new one; one holding files is e2fsck's to sort out.
-                if !fs.read_dir(&stat)?.is_empty() {
-                    return Err(unsupported(&shown, "holds files"));
-                }
-                continue;
-            }
-            if stat.has_xattrs() {
-                return Err(unsupported(&shown, "has extended attributes"));
-            }
-            let name_error = |e| Ext4Error::Corrupt(format!("{shown}: {e}"));
-            if let Some(&id) = links.get(&stat.ino) {
-                loaded
-                    .tree
-                    .link(node, &entry.name, id)
-                    .map_err(name_error)?;
-                continue;
-            }
-            let mut mappings = None;
             let kind = match stat.kind {
                 FileType::Dir => {
                     if !dirs.insert(stat.ino) {
                         return Err(Ext4Error::Corrupt(format!(
-                            "{shown}: folder inode {} has two names",
+                            "folder inode {} has two names",
                             stat.ino
                         )));
                     }
                     Kind::Dir(Default::default())
                 }
-                FileType::File => {
-                    let mapped = mappings.insert(fs.data(&stat)?);
-                    let mut data: Vec<(u64, u64)> = Vec::new();
-                    for m in mapped.iter().filter(|m| m.offset.is_some()) {
-                        match data.last_mut() {
-                            Some((at, len)) if *at + *len == m.file_offset => *len += m.len,
-                            _ => data.push((m.file_offset, m.len)),
-                        }
-                    }
-                    Kind::File {
-                        size: stat.size,
-                        data,
-                    }
-                }
                 FileType::Symlink => Kind::Symlink(fs.read_link(&stat)?),
-                FileType::Special => {
-                    return Err(unsupported(&shown, "is a socket, FIFO or device node"));
-                }
+                FileType::File | FileType::Special => Kind::File {
+                    size: 0,
+                    data: Vec::new(),
+                },
             };
-            let id = loaded
-                .tree
+            let id = tree
                 .add(
                     node,
                     &entry.name,
@@ -188,19 +152,13 @@ fn read_volume(fs: &OldVolume) -> Result<Loaded, Ext4Error> {
                         kind,
                     },
                 )
-                .map_err(name_error)?;
-            if stat.kind != FileType::Dir && stat.links > 1 {
-                links.insert(stat.ino, id);
-            }
-            if let Some(mappings) = mappings {
-                loaded.contents.insert(id, Content::Volume(mappings));
-            }
+                .map_err(|e| Ext4Error::Corrupt(e.to_string()))?;
             if stat.kind == FileType::Dir {
-                pending.push((stat, id, shown));
+                pending.push((stat, id));
             }
         }
     }
-    Ok(loaded)
+    Ok(tree)
 }
 
 fn kind_name(kind: &Kind) -> &'static str {
@@ -211,78 +169,161 @@ fn kind_name(kind: &Kind) -> &'static str {
     }
 }
 
-/// Merges `source` into `into`, root to root: folders that exist keep their metadata and
-/// gain the source's entries; a file or symbolic link replaces one of the same name (the
-/// old one's other hard links keep it); a folder and a non-folder of one path are refused.
-fn merge(into: &mut Loaded, mut source: Loaded) -> Result<(), ImportError> {
-    let mut copied = HashMap::new();
-    graft(
-        into,
-        &mut source,
-        Tree::ROOT,
-        Tree::ROOT,
-        String::new(),
-        &mut copied,
-    )
-}
-
-/// Merges the entries of `source`'s folder `from` into `into`'s folder `to` (shown as
-/// `path`); `copied` maps source nodes already copied to their copies, for hard links.
-fn graft(
-    into: &mut Loaded,
-    source: &mut Loaded,
+/// Refuses, before anything is written, a folder of the source where the volume has a file
+/// or symbolic link, and the other way round.
+fn check_conflicts(
+    volume: &Tree,
+    source: &Tree,
     from: NodeId,
     to: NodeId,
     path: String,
-    copied: &mut HashMap<NodeId, NodeId>,
 ) -> Result<(), ImportError> {
-    let Kind::Dir(entries) = source.tree.node(from).kind.clone() else {
-        unreachable!("graft merges folders");
+    let Kind::Dir(entries) = &source.node(from).kind else {
+        unreachable!("folders are compared");
     };
-    for (name, child) in entries {
-        let shown = format!("{path}/{}", String::from_utf8_lossy(&name));
-        let new = source.tree.node(child);
-        let is_dir = matches!(new.kind, Kind::Dir(_));
-        let existing = into.tree.lookup(to, &name);
-        if let Some(old) = existing {
-            let old_kind = &into.tree.node(old).kind;
-            if matches!(old_kind, Kind::Dir(_)) != is_dir {
+    for (name, &child) in entries {
+        let Some(old) = volume.lookup(to, name) else {
+            continue;
+        };
+        let shown = format!("{path}/{}", String::from_utf8_lossy(name));
+        let (old_kind, new_kind) = (&volume.node(old).kind, &source.node(child).kind);
+        match (old_kind, new_kind) {
+            (Kind::Dir(_), Kind::Dir(_)) => check_conflicts(volume, source, child, old, shown)?,
+            (Kind::Dir(_), _) | (_, Kind::Dir(_)) => {
                 return Err(ImportError::TypeConflict {
                     path: shown,
                     existing: kind_name(old_kind),
-                    new: kind_name(&new.kind),
+                    new: kind_name(new_kind),
                 });
             }
-            if is_dir {
-                graft(into, source, child, old, shown, copied)?;
-                continue;
-            }
-        }
-        let name_error = |error| ImportError::Name {
-            path: shown.clone().into(),
-            error,
-        };
-        if let Some(&copy) = copied.get(&child) {
-            into.tree.link(to, &name, copy).map_err(name_error)?;
-            continue;
-        }
-        let node = Node {
-            meta: new.meta,
-            kind: match &new.kind {
-                Kind::Dir(_) => Kind::Dir(Default::default()),
-                other => other.clone(),
-            },
-        };
-        let copy = into.tree.add(to, &name, node).map_err(name_error)?;
-        copied.insert(child, copy);
-        if let Some(content) = source.contents.remove(&child) {
-            into.contents.insert(copy, content);
-        }
-        if is_dir {
-            graft(into, source, child, copy, shown, copied)?;
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// Refuses, before anything is written, a source that needs more blocks or inodes than the
+/// volume has free (files replaced are not counted as freed: the check errs on the side of
+/// refusing).
+fn check_room(editor: &VolumeEditor, source: &Loaded) -> Result<(), Ext4Error> {
+    let mut blocks = 0u64;
+    let mut inodes = 0u64;
+    let mut seen = HashSet::new();
+    let mut pending = vec![Tree::ROOT];
+    while let Some(dir) = pending.pop() {
+        let Kind::Dir(entries) = &source.tree.node(dir).kind else {
+            continue;
+        };
+        // The folder's entries, laid out again (a block per 128 entries is generous).
+        blocks += (entries.len() as u64).div_ceil(128).max(1);
+        for &child in entries.values() {
+            if !seen.insert(child) {
+                continue;
+            }
+            inodes += 1;
+            match &source.tree.node(child).kind {
+                Kind::Dir(_) => pending.push(child),
+                Kind::File { size, data } => blocks += edit::file_blocks_needed(*size, data),
+                Kind::Symlink(target) => blocks += u64::from(target.len() >= 60),
+            }
+        }
+    }
+    let (free_blocks, free_inodes) = (editor.free_blocks(), editor.free_inodes());
+    if blocks > free_blocks {
+        return Err(Ext4Error::NoSpace {
+            needed: blocks,
+            free: free_blocks,
+        });
+    }
+    if inodes > free_inodes {
+        return Err(Ext4Error::NoInodes {
+            needed: inodes,
+            free: free_inodes,
+        });
+    }
+    Ok(())
+}
+
+/// Writes the source's tree into the volume through the editor.
+struct Apply<'a> {
+    editor: &'a mut VolumeEditor,
+    source: &'a Loaded,
+    reader: ContentReader<'a>,
+    /// Source nodes already written, by the inode they became (for hard links).
+    made: HashMap<NodeId, u32>,
+    buf: Vec<u8>,
+}
+
+impl Apply<'_> {
+    /// Merges the entries of the source's folder `from` into the volume's folder `to`.
+    fn graft(&mut self, from: NodeId, to: u32) -> Result<(), ImportError> {
+        let fit = ImportError::Fit;
+        let Kind::Dir(entries) = &self.source.tree.node(from).kind else {
+            unreachable!("graft merges folders");
+        };
+        for (name, &child) in entries {
+            let node = self.source.tree.node(child);
+            let existing = self.editor.lookup(to, name).map_err(fit)?;
+            if let Some((ino, kind)) = existing {
+                if matches!(node.kind, Kind::Dir(_)) && kind == FileType::Dir {
+                    self.graft(child, ino)?;
+                    continue;
+                }
+                // Checked before: a file or link replaces a file or link.
+                self.editor.unlink(to, name).map_err(fit)?;
+            }
+            if let Some(&ino) = self.made.get(&child) {
+                self.editor.link(to, name, ino).map_err(fit)?;
+                continue;
+            }
+            let ino = match &node.kind {
+                Kind::Dir(_) => {
+                    let ino = self.editor.mkdir(to, name, node.meta).map_err(fit)?;
+                    self.graft(child, ino)?;
+                    ino
+                }
+                Kind::File { size, data } => {
+                    let (ino, runs) = self
+                        .editor
+                        .create_file(to, name, node.meta, *size, data)
+                        .map_err(fit)?;
+                    for run in runs {
+                        self.write_run(DataRun {
+                            offset: run.offset,
+                            len: run.len,
+                            node: child,
+                            file_offset: run.file_offset,
+                        })?;
+                    }
+                    ino
+                }
+                Kind::Symlink(target) => self
+                    .editor
+                    .symlink(to, name, node.meta, target)
+                    .map_err(fit)?,
+            };
+            self.made.insert(child, ino);
+        }
+        Ok(())
+    }
+
+    /// Streams one range of a file's bytes from its source to where the editor placed it.
+    fn write_run(&mut self, run: DataRun) -> Result<(), ImportError> {
+        let mut done = 0;
+        while done < run.len {
+            let n = (run.len - done).min(self.buf.len() as u64) as usize;
+            let buf = &mut self.buf[..n];
+            if self.reader.read(run, done, buf).is_err() {
+                return Err(self.reader.take_failure());
+            }
+            self.editor
+                .device_mut()
+                .write_at(run.offset + done, buf)
+                .map_err(|e| ImportError::Fit(Ext4Error::Io(e)))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// `cp SRC volume:NAME:DEST` (or `VM:DEST`): the host file, folder or symbolic link `src`
@@ -322,7 +363,7 @@ fn copy_in_locked(
             }
             return load(&ImportSource::Stdin, Some(dest), size).map_err(fail);
         }
-        let src_meta = std::fs::symlink_metadata(src).map_err(|source| {
+        let src_meta = fs::symlink_metadata(src).map_err(|source| {
             fail(ImportError::Read {
                 path: src.to_path_buf(),
                 source,
@@ -381,101 +422,4 @@ fn copy_in_locked(
         }
         load_entry(src, &into, target, size).map_err(fail)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::disk::ext4::tree::Time;
-
-    fn meta(perm: u16) -> Meta {
-        Meta {
-            perm,
-            uid: 0,
-            gid: 0,
-            atime: Time::default(),
-            mtime: Time::default(),
-            ctime: Time::default(),
-        }
-    }
-
-    fn loaded() -> Loaded {
-        Loaded {
-            tree: Tree::new(meta(0o755)),
-            contents: HashMap::new(),
-            summary: ImportSummary::default(),
-            tar_budget: 0,
-        }
-    }
-
-    fn dir(perm: u16) -> Node {
-        Node {
-            meta: meta(perm),
-            kind: Kind::Dir(Default::default()),
-        }
-    }
-
-    fn file(bytes: &[u8]) -> Node {
-        Node {
-            meta: meta(0o644),
-            kind: Kind::File {
-                size: bytes.len() as u64,
-                data: vec![(0, bytes.len() as u64)],
-            },
-        }
-    }
-
-    fn bytes_of(l: &Loaded, id: NodeId) -> Vec<u8> {
-        match l.contents.get(&id) {
-            Some(Content::Memory(b)) => b.clone(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn folders_merge_files_are_replaced_and_hard_links_stay_links() {
-        let mut volume = loaded();
-        let d = volume.tree.add(Tree::ROOT, b"d", dir(0o700)).unwrap();
-        let old = volume.tree.add(d, b"f", file(b"old")).unwrap();
-        volume
-            .contents
-            .insert(old, Content::Memory(b"old".to_vec()));
-        volume.tree.link(Tree::ROOT, b"other-name", old).unwrap();
-
-        let mut source = loaded();
-        let sd = source.tree.add(Tree::ROOT, b"d", dir(0o777)).unwrap();
-        let new = source.tree.add(sd, b"f", file(b"new")).unwrap();
-        source
-            .contents
-            .insert(new, Content::Memory(b"new".to_vec()));
-        source.tree.link(Tree::ROOT, b"second", new).unwrap();
-        merge(&mut volume, source).unwrap();
-
-        let t = &volume.tree;
-        assert_eq!(t.lookup(Tree::ROOT, b"d"), Some(d));
-        assert_eq!(
-            t.node(d).meta.perm,
-            0o700,
-            "an existing folder keeps its metadata"
-        );
-        let f = t.lookup(d, b"f").unwrap();
-        assert_eq!(bytes_of(&volume, f), b"new");
-        assert_eq!(t.lookup(Tree::ROOT, b"second"), Some(f));
-        assert_eq!(t.lookup(Tree::ROOT, b"other-name"), Some(old));
-        assert_eq!(bytes_of(&volume, old), b"old");
-    }
-
-    #[test]
-    fn a_folder_meeting_a_file_is_a_conflict() {
-        let mut volume = loaded();
-        volume.tree.add(Tree::ROOT, b"x", file(b"")).unwrap();
-        let mut source = loaded();
-        let x = source.tree.add(Tree::ROOT, b"x", dir(0o755)).unwrap();
-        source.tree.add(x, b"y", file(b"")).unwrap();
-        let err = merge(&mut volume, source).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "/x is a file in the volume and a folder in the source; nothing was changed"
-        );
-    }
 }

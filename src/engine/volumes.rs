@@ -327,7 +327,7 @@ fn create_in(
 
     let label = label_for(name);
     let opts = FormatOptions::new(label.clone());
-    write_temporary(dir, image, &opts, write, false)?;
+    write_temporary(dir, image, &opts, write)?;
     Ok(VolumeRecord {
         name: name.to_string(),
         size: format_size(size),
@@ -338,53 +338,22 @@ fn create_in(
     })
 }
 
-/// Replaces the image of the existing volume `name` by one `write` makes with `opts` (the
-/// volume's own label, UUID and hash seed), in a temporary file of the volume's folder that
-/// is synced and then renamed over the image: a crash at any point leaves the old image whole
-/// (and at worst a stray temporary file, which the next creation or replacement removes).
-/// Call under the project lock, having checked that no QEMU holds the image.
-pub fn replace_with(
-    state: &StateDir,
-    name: &str,
-    opts: &FormatOptions,
-    write: &mut WriteImage<'_>,
-) -> Result<(), VolumeError> {
-    let dir = state.volume_dir(name);
-    let image = image_path(state, name)?;
-    remove_stale_temporaries(&dir)?;
-    write_temporary(&dir, &image, opts, write, true)
-}
-
-/// Writes an image into a temporary file of `dir` (removed on a failure, and for a
-/// replacement on SIGINT, SIGTERM or SIGHUP too) and renames it to `image`, replacing one
-/// only when `replace` says so.
+/// Writes an image into a temporary file of `dir` (removed on a failure) and renames it to
+/// `image`, which must not exist yet.
 fn write_temporary(
     dir: &Path,
     image: &Path,
     opts: &FormatOptions,
     write: &mut WriteImage<'_>,
-    replace: bool,
 ) -> Result<(), VolumeError> {
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| StateError::io(dir, e))?;
-    // A replacement (an import) is a command of its own and may be interrupted; `up` and
-    // `run` create volumes too, and keep their own signal handling.
-    let _guard = if replace {
-        Some(crate::cleanup::register(tmp.path()).map_err(|e| StateError::io(dir, e))?)
-    } else {
-        None
-    };
     write(tmp.as_file(), opts)?;
-    if replace {
-        tmp.persist(image)
-            .map_err(|e| StateError::io(image, e.error))?;
-    } else {
-        tmp.persist_noclobber(image)
-            .map_err(|e| StateError::io(image, e.error))?;
-    }
+    tmp.persist_noclobber(image)
+        .map_err(|e| StateError::io(image, e.error))?;
     atomic::sync_dir(dir)?;
     Ok(())
 }

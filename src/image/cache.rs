@@ -469,6 +469,14 @@ pub fn overlay_base(overlay: &Path) -> Option<PathBuf> {
     Some(base.canonicalize().unwrap_or(base))
 }
 
+/// Whether `path` is an image of an image cache: a cache name with its sidecar beside it.
+pub fn is_cached_image(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(is_image_name)
+        && read_sidecar(path).is_some()
+}
+
 /// Records the instance disk `overlay` as a user of its base, when the base is a cached
 /// download (a file of an image cache, with its sidecar). Anything else is left alone.
 pub fn record_overlay(overlay: &Path) -> Result<(), ImageError> {
@@ -478,12 +486,7 @@ pub fn record_overlay(overlay: &Path) -> Result<(), ImageError> {
     let Some(dir) = base.parent() else {
         return Ok(());
     };
-    let cached = base
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(is_image_name)
-        && read_sidecar(&base).is_some();
-    if !cached {
+    if !is_cached_image(&base) {
         return Ok(());
     }
     let overlay = std::path::absolute(overlay).map_err(|source| ImageError::Io {

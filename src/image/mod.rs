@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 pub use crate::progress::Progress;
 pub use cache::{
-    CachedImage, ImageCache, ImageMeta, check_self_contained, hash_file, overlay_base,
-    record_overlay,
+    CachedImage, ImageCache, ImageMeta, check_self_contained, hash_file, is_cached_image,
+    overlay_base, record_overlay,
 };
 pub use download::{ProxyEnv, Sha256Digest};
 

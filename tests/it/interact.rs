@@ -203,9 +203,13 @@ fn ps_and_inspect_follow_the_lifecycle() {
         Path::new(i["disks"]["instance"]["base_image"].as_str().unwrap()),
         base
     );
+    // The disk names its base relative to itself (the base is in the project folder).
+    assert_eq!(info["backing-filename"], "../../../base.qcow2", "{info}");
     assert_eq!(
-        i["disks"]["instance"]["base_image"],
-        info["full-backing-filename"]
+        Path::new(info["full-backing-filename"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        base
     );
     assert_eq!(i["disks"]["instance"]["base_format"], "qcow2");
     assert_eq!(i["disks"]["instance"]["device"], "vda");

@@ -481,6 +481,49 @@ fn a_copied_project_uses_its_own_volumes() {
 }
 
 #[test]
+fn a_moved_or_copied_project_starts_on_its_own_image() {
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(ONE_VM, "64M");
+    let original = p.join("orig");
+    std::fs::create_dir(&original).unwrap();
+    for f in ["qemu-compose.yaml", "base.qcow2"] {
+        std::fs::rename(p.join(f), original.join(f)).unwrap();
+    }
+    p.ok_in(&original, &["up", "--no-start"]);
+    // The disk names its base relative to itself, and qemu-img finds it so.
+    let disk = original.join(".qemu-compose/vms/app/disk.qcow2");
+    let out = tool("qemu-img")
+        .args(["info", "--output", "json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["backing-filename"], "../../../base.qcow2", "{info}");
+
+    let copy = p.join("copy");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&original)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let moved = p.join("moved");
+    std::fs::rename(&original, &moved).unwrap();
+    for dir in [&copy, &moved] {
+        let stderr = p.ok_in(dir, &["up"]).stderr;
+        assert!(
+            stderr.contains("started VM app"),
+            "{}: {stderr}",
+            dir.display()
+        );
+        p.ok_in(dir, &["stop", "--force"]);
+        p.ok_in(dir, &["destroy", "-v"]);
+    }
+}
+
+#[test]
 fn projects_sharing_a_symlinked_compose_file_keep_their_own_state() {
     let p = Project::with_base(ONE_VM, "64M");
     let (a, b) = (p.join("a"), p.join("b"));
