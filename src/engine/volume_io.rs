@@ -1083,7 +1083,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("link")).unwrap();
         fs::rename(dir.path().join("link"), src.join("f")).unwrap();
         let image = tempfile::tempfile().unwrap();
-        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded, None);
+        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded);
         assert!(
             matches!(result, Err(WriteError::Import(ImportError::Read { .. }))),
             "a symbolic link in its place is not opened"
@@ -1091,7 +1091,7 @@ mod tests {
         // Another file in its place (same name, another inode).
         fs::write(dir.path().join("new"), b"swapped").unwrap();
         fs::rename(dir.path().join("new"), src.join("f")).unwrap();
-        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded, None);
+        let result = write_image(&image, size, &FormatOptions::new("t"), &loaded);
         assert!(
             matches!(result, Err(WriteError::Import(ImportError::Changed(ref p))) if p.ends_with("f")),
             "another file in its place is refused"
