@@ -24,3 +24,5 @@ tree, ours, peer, ob, pb = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), 
 print(f"{tree:<11} {ours/1e6:12.1f} {peer/1e6:12.1f} {peer/ours:8.2f}x {ob:14d} {pb:14d}")
 PY
 done
+existing=$(median_ns "import_10k-small-into-1GiB-volume/qemu-compose")
+python3 -c 'import sys; print(f"\n10k-small into an existing 10G volume holding 1 GiB (in place): {float(sys.argv[1])/1e6:.1f} ms")' "$existing"
