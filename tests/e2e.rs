@@ -54,6 +54,8 @@ fn real_guest_mounts_volumes_and_shares() {
     let run = Run::new(&guest);
     run.import_volume();
     run.first_boot();
+    run.host_edits_seen();
+    run.trimmed_space_returns_to_the_host();
     run.check_imported_volumes();
     run.stop_cleanly();
     run.nothing_belongs_to_root();
@@ -179,6 +181,7 @@ vms:
         automount: false
       - "./with, comma and space:/mnt/comma"
       - ./app.conf:/etc/app.conf:ro
+      - ./view:/mnt/view:ro
 "#,
         boot = guest.boot_keys("    "),
     )
@@ -199,7 +202,14 @@ impl Run {
             .tempdir()
             .expect("a temporary project folder");
         let p = dir.path();
-        for sub in ["rw", "ro", "manual", "with, comma and space", "late"] {
+        for sub in [
+            "rw",
+            "ro",
+            "manual",
+            "with, comma and space",
+            "late",
+            "view",
+        ] {
             fs::create_dir(p.join(sub)).unwrap();
         }
         // Written by the guest user (not root): see the module comment.
@@ -211,6 +221,9 @@ impl Run {
         fs::write(p.join("with, comma and space/which"), "comma-share\n").unwrap();
         fs::write(p.join("late/which"), "late-share\n").unwrap();
         fs::write(p.join("app.conf"), "file-share\n").unwrap();
+        for edited in ["rw/edited", "view/edited"] {
+            fs::write(p.join(edited), "before\n").unwrap();
+        }
         make_seed_tree(&p.join("seed"));
         let compose = compose_file(guest);
         fs::write(p.join("qemu-compose.yaml"), &compose).unwrap();
@@ -404,9 +417,8 @@ done
 
         // `up` starts db, then waits for it to be healthy before it even creates waiter.
         let t = Instant::now();
-        let up = Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
+        let up = qc_command(self.dir.path())
             .args([&f[..], &["up", "--wait-timeout", &WAIT_SECS.to_string()]].concat())
-            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -524,13 +536,11 @@ done
         if self.vm_dir().join("qemu.pid").exists() {
             // Never panics: the failure being reported must not be replaced by another.
             let out = try_run(
-                Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-                    .args([
-                        "ssh",
-                        VM,
-                        &format!("{GUEST_PRELUDE}\n{CLOUD_INIT_DIAGNOSTICS}"),
-                    ])
-                    .current_dir(self.dir.path()),
+                qc_command(self.dir.path()).args([
+                    "ssh",
+                    VM,
+                    &format!("{GUEST_PRELUDE}\n{CLOUD_INIT_DIAGNOSTICS}"),
+                ]),
                 Duration::from_secs(60),
             );
             let _ = match out {
@@ -602,6 +612,7 @@ done
             ("/mnt/ro", true),
             ("/mnt/comma", false),
             ("/etc/app.conf", true),
+            ("/mnt/view", true),
         ] {
             let m = r.mount(target);
             self.check(m.get("FSTYPE") == "9p", || {
@@ -631,8 +642,8 @@ done
         let mut tags = r.all("tag");
         tags.sort();
         self.check(
-            tags == ["mount0", "mount1", "mount2", "mount3", "mount4"],
-            || format!("9p tags in the guest: {tags:?}, expected mount0..mount4"),
+            tags == ["mount0", "mount1", "mount2", "mount3", "mount4", "mount5"],
+            || format!("9p tags in the guest: {tags:?}, expected mount0..mount5"),
         );
         // The tag numbering includes the automount: false share: mount2 must be ./manual.
         self.check(r.one("manual") == "manual-share", || {
@@ -737,7 +748,7 @@ done
 {CLOUD_INIT_STATUS}
 echo "uid|$(id -u)"
 echo "sudo|$(su_ id -u 2>&1)"
-for t in /data /ref /mnt/rw /mnt/ro /mnt/manual /mnt/comma /etc/app.conf; do
+for t in /data /ref /mnt/rw /mnt/ro /mnt/manual /mnt/comma /etc/app.conf /mnt/view; do
   echo "mnt|$t|$(findmnt -P -n -o FSTYPE,OPTIONS,UUID,SOURCE -M "$t" | head -n 1)"
 done
 for d in /sys/bus/virtio/drivers/9pnet_virtio/virtio*; do echo "tag|$(tr -d '\000' < "$d/mount_tag")"; done
@@ -775,6 +786,149 @@ sync"#
             format!(
                 "cloud-init logged warnings or errors:\n{}",
                 warnings.join("\n")
+            )
+        });
+    }
+
+    /// A host edit of a file in a read-write and in a read-only share (default mount options)
+    /// is what the guest reads within 1 s. The guest reads both files first (anything it
+    /// cached would be stale), says `ready|`, and waits on its stdin; the host then edits both
+    /// files in place and writes `go`, so the guest's 1 s deadline starts after the edits.
+    /// The loop reads with the shell's `read` (no process per try: TCG makes forks slow).
+    fn host_edits_seen(&self) {
+        let want = format!("edited-{}", self.token);
+        let files = ["/mnt/rw/edited", "/mnt/view/edited"];
+        let script = format!(
+            r#"set -u
+for f in {list}; do echo "before|$f|$(cat "$f" 2>&1)"; done
+echo 'ready|'
+read -r go || exit 1
+start=$(date +%s%N)
+for f in {list}; do
+  while :; do
+    got=; read -r got < "$f"; now=$(date +%s%N)
+    if [ "$got" = '{want}' ]; then echo "seen|$f|$(( (now - start) / 1000000 ))"; break; fi
+    if [ $((now - start)) -gt 1000000000 ]; then echo "late|$f|$got"; break; fi
+    sleep 0.02
+  done
+done
+echo 'end|'"#,
+            list = files.join(" ")
+        );
+        let mut child = qc_command(self.dir.path())
+            .args(["ssh", VM, &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| self.fail(&format!("cannot start qemu-compose ssh: {e}")));
+        let (stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = std::thread::spawn(move || {
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+            said
+        });
+        let deadline = Instant::now() + COMMAND_LIMIT;
+        let mut stdin = child.stdin.take();
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line == "ready|" {
+                for rel in ["rw/edited", "view/edited"] {
+                    fs::write(self.path(rel), format!("{want}\n")).unwrap();
+                }
+                if let Some(mut go) = stdin.take() {
+                    let _ = std::io::Write::write_all(&mut go, b"go\n");
+                }
+            }
+            lines.push(line);
+        }
+        drop(stdin);
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        let said = format!(
+            "({status})\nstdout:\n{}\nstderr:\n{}",
+            lines.join("\n"),
+            errors.join().unwrap_or_default()
+        );
+        let r = Report { lines };
+        self.check(r.lines.iter().any(|l| l == "end|"), || {
+            format!("host edits: the guest script did not finish {said}")
+        });
+        for f in files {
+            let before = r.keyed("before", f);
+            self.check(before == "before", || {
+                format!("{f} read {before:?} before the host edit {said}")
+            });
+            let ms = r.keyed("seen", f);
+            self.check(ms.parse::<u64>().is_ok_and(|ms| ms <= 1000), || {
+                format!("the guest did not read the host's edit of {f} within 1 s {said}")
+            });
+            eprintln!("e2e: host edit of {f} seen in the guest after {ms} ms");
+        }
+    }
+
+    /// Space freed in a volume goes back to the host: 64 MiB written to volume `data`, then
+    /// deleted and trimmed (`fstrim`) in the guest, leaves the volume's qcow2 file on the host
+    /// at least 48 MiB smaller in allocated blocks (QEMU frees the qcow2 clusters and punches
+    /// holes in the file: `discard: unmap` on both nodes).
+    fn trimmed_space_returns_to_the_host(&self) {
+        let qcow2 = self.path(".qemu-compose/volumes/data/volume.qcow2");
+        let allocated = || {
+            fs::metadata(&qcow2)
+                .map(|m| m.blocks() * 512)
+                .unwrap_or_else(|e| self.fail(&format!("{}: {e}", qcow2.display())))
+        };
+        let at_start = allocated();
+        let wrote = self.guest(
+            "trim: write 64 MiB",
+            r#"dev=$(basename "$(findmnt -n -o SOURCE -M /data)")
+echo "discard|$dev max $(cat /sys/block/$dev/queue/discard_max_bytes) granularity $(cat /sys/block/$dev/queue/discard_granularity)"
+su_ dd if=/dev/urandom of=/data/trim-probe bs=1M count=64 conv=fsync status=none
+echo "size|$(stat -c %s /data/trim-probe 2>&1)"
+sync"#,
+        );
+        let disk = wrote.one("discard");
+        self.check(wrote.one("size") == (64u64 << 20).to_string(), || {
+            format!(
+                "the guest did not write 64 MiB to /data: size {:?}",
+                wrote.one("size")
+            )
+        });
+        let written = allocated();
+        let r = self.guest(
+            "trim: delete and fstrim",
+            r#"su_ rm /data/trim-probe
+sync
+echo "fstrim|$(su_ fstrim -v /data 2>&1)"
+sync"#,
+        );
+        let trimmed = allocated();
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        eprintln!(
+            "e2e: volume data allocated on the host: {:.1} MiB, {:.1} MiB after 64 MiB written, {:.1} MiB after rm + fstrim ({}; guest {})",
+            mib(at_start),
+            mib(written),
+            mib(trimmed),
+            r.one("fstrim"),
+            disk
+        );
+        self.check(written >= trimmed + (48 << 20), || {
+            format!(
+                "the volume's qcow2 holds {written} bytes after 64 MiB were written and {trimmed} after they were deleted and trimmed: expected at least 48 MiB back; fstrim said {:?}, the guest's disk: {:?}",
+                r.one("fstrim"),
+                disk
             )
         });
     }
@@ -947,10 +1101,10 @@ echo "rootsize|$(df -B1 --output=size / | tail -n 1 | tr -d ' ')""#
         self.check_cloud_init(&r);
         let late = r.mount("/mnt/late");
         self.check(
-            late.get("FSTYPE") == "9p" && late.get("SOURCE") == "mount5",
+            late.get("FSTYPE") == "9p" && late.get("SOURCE") == "mount6",
             || {
                 format!(
-                    "the added bind mount is not mounted as tag mount5: {}",
+                    "the added bind mount is not mounted as tag mount6: {}",
                     late.describe()
                 )
             },
@@ -1135,20 +1289,49 @@ fn parse_pairs(line: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Runs a command with its output captured; fails the test if it cannot run or hangs.
-/// Runs `qemu-compose ARGS` in the project folder `dir`, with no compose file or project name
-/// from the environment, within [`COMMAND_LIMIT`].
-fn qc_in(dir: &Path, args: &[&str]) -> Output {
-    run_limited(
-        Command::new(env!("CARGO_BIN_EXE_qemu-compose"))
-            .args(args)
-            .current_dir(dir)
-            .env_remove("QEMU_COMPOSE_FILE")
-            .env_remove("QEMU_COMPOSE_PROJECT_NAME"),
-        COMMAND_LIMIT,
-    )
+/// Variables of the developer's shell that change what the binary does, besides every
+/// `QEMU_COMPOSE_*` one (the policy of tests/it/harness.rs): the socket folder, proxies and
+/// the terminal size.
+const UNSET: &[&str] = &[
+    "XDG_RUNTIME_DIR",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "COLUMNS",
+    "LINES",
+];
+
+/// `qemu-compose` in the project folder `dir`, in the one environment every command of this
+/// test runs in: no `QEMU_COMPOSE_*` variable (`QEMU_COMPOSE_ACCEL`, `_QEMU`, `_FILE`, …) and
+/// nothing of [`UNSET`] leaks in from the developer's shell. `HOME` and `XDG_STATE_HOME` are
+/// kept: the test finds the private folders from its own environment. The test sets none of
+/// the product's variables itself.
+fn qc_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key.as_encoded_bytes().starts_with(b"QEMU_COMPOSE_") {
+            cmd.env_remove(&key);
+        }
+    }
+    for key in UNSET {
+        cmd.env_remove(key);
+    }
+    cmd
 }
 
+/// Runs `qemu-compose ARGS` in the project folder `dir` ([`qc_command`]'s environment) with
+/// its output captured, within [`COMMAND_LIMIT`]; fails the test if it cannot run or hangs.
+fn qc_in(dir: &Path, args: &[&str]) -> Output {
+    run_limited(qc_command(dir).args(args), COMMAND_LIMIT)
+}
+
+/// Runs a command with its output captured; fails the test if it cannot run or hangs.
 fn run_limited(cmd: &mut Command, limit: Duration) -> Output {
     try_run(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -1230,6 +1413,13 @@ fn networks(guest: &Guest) {
         t.elapsed().as_secs_f64()
     );
     let token = &net.token;
+    let a_address = net.address("backend", "a");
+    let b_address = net.address("backend", "b");
+    // b's NIC on backend has the address the project gave it.
+    let b_before = net.guest_address("b");
+    net.check(b_before == b_address, || {
+        format!("b's eth1 has {b_before:?}, networks.json gives {b_address:?}")
+    });
 
     // TCP and UDP listeners in b that answer with the run's token.
     net.ssh_ok(
@@ -1242,8 +1432,9 @@ fn networks(guest: &Guest) {
         "a",
         &format!(
             "ping -c1 -W5 b >/dev/null && echo ping-b-ok\n\
-             getent hosts pg b.backend | sort -u\n\
-             python3 -c '{CLIENTS}' b"
+             {}\n\
+             python3 -c '{CLIENTS}' b",
+            resolve_script(&["b", "pg", "b.backend"])
         ),
     );
     for want in [
@@ -1255,32 +1446,54 @@ fn networks(guest: &Guest) {
             format!("a -> b: no {want:?} in:\n{a}")
         });
     }
-    net.check(a.contains("pg") && a.contains("b.backend"), || {
-        format!("a does not resolve b's names:\n{a}")
-    });
+    // Each of b's names, its alias and its network-qualified name, is b's address.
+    for name in ["b", "pg", "b.backend"] {
+        let got = resolved(&a, name);
+        net.check(got == b_address, || {
+            format!("in a, {name} resolves to {got:?}, not b's address {b_address}:\n{a}")
+        });
+    }
 
     // c: no names of backend, and a's address is unreachable even through eth1 (the switch
     // keeps networks apart); the token listener is not reached through the user-mode NIC
-    // either.
-    let a_address = net.address("backend", "a");
-    let b_address = net.address("backend", "b");
+    // either. The routes must be in place and go out of eth1, or "no ping" proves nothing.
     let c = net.ssh(
         "c",
         &format!(
-            "getent hosts a b pg || echo no-names\n\
+            "{}\n\
              python3 -c '{CLIENTS}' {b_address} || true\n\
-             sudo -n ip route add {a_address}/32 dev eth1\n\
-             sudo -n ip route add {b_address}/32 dev eth1\n\
+             for ip in {a_address} {b_address}; do\n\
+               sudo -n ip route add $ip/32 dev eth1 2>&1 && echo \"route|$ip|$(ip route get $ip | head -n 1)\"\n\
+             done\n\
              ping -c1 -W3 {a_address} >/dev/null 2>&1 || echo no-ping\n\
-             python3 -c '{CLIENTS}' {b_address} || true"
+             python3 -c '{CLIENTS}' {b_address} || true",
+            resolve_script(&["a", "b", "pg"])
         ),
     );
-    net.check(
-        c.contains("no-names") && c.contains("no-ping") && !c.contains(token.as_str()),
-        || format!("c reached backend:\n{c}"),
-    );
+    for name in ["a", "b", "pg"] {
+        let got = resolved(&c, name);
+        net.check(got == "unresolved", || {
+            format!("in c (network other), {name} resolves to {got:?}:\n{c}")
+        });
+    }
+    for ip in [&a_address, &b_address] {
+        let route = c
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("route|{ip}|")))
+            .unwrap_or_default();
+        net.check(
+            route
+                .split_whitespace()
+                .take(3)
+                .eq([ip.as_str(), "dev", "eth1"]),
+            || format!("in c, the route to {ip} through eth1 was not added:\n{c}"),
+        );
+    }
+    net.check(c.contains("no-ping") && !c.contains(token.as_str()), || {
+        format!("c reached backend:\n{c}")
+    });
 
-    // b restarted: a reaches it again, by name.
+    // b restarted: a reaches it again, by name, and b keeps its address.
     net.qc_ok(&["stop", "-t", &STOP_SECS.to_string(), "b"]);
     net.qc_ok(&[
         "up",
@@ -1290,12 +1503,39 @@ fn networks(guest: &Guest) {
         "b",
     ]);
     net.expect_ping("a", "b", "after b restarted");
+    let b_after = net.guest_address("b");
+    net.check(b_after == b_before, || {
+        format!("b's address on backend was {b_before:?} and is {b_after:?} after its restart")
+    });
 
-    // The switch killed: the next `up` starts it and the NICs reconnect.
-    let lock = fs::read_to_string(net.private().join("switch/lock")).unwrap();
-    let pid = lock.lines().next().unwrap().to_string();
-    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    // The switch killed: the next `up` starts it and the NICs reconnect. The lock, not the
+    // pid, says a switch runs (engine::network::switch_status): a killed process's files close
+    // a little after it is gone, and an `up` in that gap would take the old switch for alive.
+    let old = net
+        .switch()
+        .unwrap_or_else(|| panic!("e2e networks: no switch holds its lock while VMs run"));
+    if let Some(pid) = rustix::process::Pid::from_raw(old.pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let killed = Instant::now();
+    while net.switch().is_some() {
+        net.check(killed.elapsed() < Duration::from_secs(10), || {
+            format!(
+                "the killed switch (pid {}) still holds its lock after 10 s",
+                old.pid
+            )
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "e2e: the killed switch's lock was free {:.2} s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
     net.qc_ok(&["up"]);
+    let new = net.switch();
+    net.check(new.as_ref().is_some_and(|s| s.pid != old.pid), || {
+        format!("`up` did not start a new switch: {new:?}")
+    });
     let t = Instant::now();
     net.expect_ping("a", "b", "after the switch was killed and `up` ran");
     eprintln!(
@@ -1324,6 +1564,23 @@ fn networks(guest: &Guest) {
         format!("QEMU processes are left: {left:?}")
     });
     eprintln!("e2e: networks {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// A guest script that prints `name|NAME|ADDRESS` for each of `names`: the first IPv4
+/// address the guest's resolver gives, or `unresolved`.
+fn resolve_script(names: &[&str]) -> String {
+    format!(
+        "for n in {}; do set -- $(getent ahostsv4 \"$n\"); echo \"name|$n|${{1:-unresolved}}\"; done",
+        names.join(" ")
+    )
+}
+
+/// The address a [`resolve_script`] printed for `name` (empty if it printed none).
+fn resolved(said: &str, name: &str) -> String {
+    said.lines()
+        .find_map(|l| l.strip_prefix(&format!("name|{name}|")))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// b's listeners: TCP 7777 and UDP 7778 answer with argv[1].
@@ -1409,6 +1666,24 @@ vms:
 
     fn qc(&self, args: &[&str]) -> Output {
         qc_in(self.dir.path(), args)
+    }
+
+    /// The project's switch, while a process holds its lock.
+    fn switch(&self) -> Option<qemu_compose::net::SwitchInfo> {
+        let dir = self.dir.path().canonicalize().unwrap();
+        qemu_compose::engine::network::switch_status(&qemu_compose::state::StateDir::new(&dir))
+            .unwrap_or_else(|e| panic!("e2e networks: the switch's lock: {e}"))
+    }
+
+    /// The IPv4 address of `vm`'s project-network NIC (`eth1`), as the guest has it.
+    fn guest_address(&self, vm: &str) -> String {
+        let said = self.ssh_ok(vm, "ip -4 -o addr show dev eth1");
+        said.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("e2e networks: no IPv4 address on {vm}'s eth1:\n{said}"))
+            .to_string()
     }
 
     fn qc_ok(&self, args: &[&str]) -> String {

@@ -422,7 +422,7 @@ fn blockdev(drive: &DriveSpec) -> Result<String, ArgvError> {
         return Err(ArgvError::BadDriveId(id.clone()));
     }
     let node = |name: String, format: DriveFormat, file: &Path, read_only: bool| {
-        Ok::<_, ArgvError>(json!({
+        let mut node = json!({
             "driver": format.as_str(),
             "node-name": name,
             "read-only": read_only,
@@ -432,7 +432,15 @@ fn blockdev(drive: &DriveSpec) -> Result<String, ArgvError> {
                 "filename": path("drive", file)?,
                 "read-only": read_only,
             },
-        }))
+        });
+        // The guest's TRIM (fstrim, `mount -o discard`) frees qcow2 clusters and punches
+        // holes in the host file, so deleted data gives its space back to the host. QEMU
+        // ignores discards unless both nodes allow them; a read-only node never gets one.
+        if !read_only {
+            node["discard"] = json!("unmap");
+            node["file"]["discard"] = json!("unmap");
+        }
+        Ok::<_, ArgvError>(node)
     };
     let mut top = node(id.clone(), drive.format, &drive.path, drive.read_only)?;
     match (drive.format, &drive.backing) {
@@ -791,8 +799,8 @@ mod tests {
             proptest::prop_assert_eq!(node["file"]["filename"].as_str(), Some(want_top.as_str()));
             let want_base = Path::new("/b").join(&base);
             proptest::prop_assert_eq!(node["backing"]["file"]["filename"].as_str(), want_base.to_str());
-            proptest::prop_assert_eq!(node.as_object().unwrap().len(), 5);
-            proptest::prop_assert_eq!(node["file"].as_object().unwrap().len(), 4);
+            proptest::prop_assert_eq!(node.as_object().unwrap().len(), 6);
+            proptest::prop_assert_eq!(node["file"].as_object().unwrap().len(), 5);
         }
     }
 
@@ -849,6 +857,26 @@ mod tests {
         }
         assert_eq!(nodes[0]["read-only"], false);
         assert_eq!(nodes[0]["file"]["read-only"], false);
+    }
+
+    #[test]
+    fn writable_drives_pass_discards_down_to_the_host_file() {
+        let mut spec = plain();
+        spec.drives.insert(1, volume("data", false));
+        spec.drives.insert(2, volume("ref", true));
+        let nodes = blockdevs(&spec);
+        // The instance disk and the writable volume, at the format and the file node.
+        for node in &nodes[..2] {
+            assert_eq!(node["discard"], "unmap", "{node}");
+            assert_eq!(node["file"]["discard"], "unmap", "{node}");
+        }
+        // The base below the instance disk, the read-only volume and the seed: none.
+        let read_only = [&nodes[0]["backing"], &nodes[2], &nodes[3]];
+        for node in read_only {
+            assert_eq!(node["read-only"], true, "{node}");
+            assert!(node.get("discard").is_none(), "{node}");
+            assert!(node["file"].get("discard").is_none(), "{node}");
+        }
     }
 
     #[test]
