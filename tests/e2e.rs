@@ -290,6 +290,15 @@ impl Run {
     /// (`init_from` fills `seeded` from the same folder when `up` makes it).
     fn import_volume(&self) {
         self.qc_ok(&["volume", "import", "imported", "./seed"]);
+        // A second import into the volume that now exists is written in place: a new file,
+        // and 500 names added to `sub`, a hashed folder of 3000 names the editor lays out again.
+        let later = self.path("extra/sub/later");
+        fs::create_dir_all(&later).unwrap();
+        fs::write(self.path("extra/added.txt"), "added in place\n").unwrap();
+        for i in 0..500 {
+            fs::write(later.join(format!("f{i}")), format!("{i}\n")).unwrap();
+        }
+        self.qc_ok(&["volume", "import", "imported", "./extra"]);
     }
 
     /// Issue 14: the guest's kernel reads the imported tree in both volumes: contents (read
@@ -307,6 +316,7 @@ for v in seeded imported; do
   echo "many|$v|$(ls sub | grep -c '^many-') $(cat sub/many-2999)"
   echo "sparse|$v|$(stat -c '%s %b' sparse) $(tail -c 4 sparse)"
 done
+echo "inplace|imported|$(cat /imported/added.txt) $(ls /imported/sub/later | wc -l) $(cat /imported/sub/later/f499) $(ls /imported/sub | wc -l)"
 "#,
         );
         let seed = self.path("seed");
@@ -367,6 +377,13 @@ done
                 });
             }
         }
+        // What the second import wrote in place; `sub` holds the seed's entries and `later`.
+        let seed_sub = fs::read_dir(seed.join("sub")).unwrap().count();
+        let want = format!("added in place 500 499 {}", seed_sub + 1);
+        let got = r.keyed("inplace", "imported");
+        self.check(got == want, || {
+            format!("the in-place import in the guest is {got:?}, not {want:?}")
+        });
     }
 
     /// Issue 15 in a real guest: a health check that passes only once a file appears, a VM
