@@ -202,10 +202,15 @@ fn other_arch_checks(host: &HostEnv, project: Option<&Project>) -> Vec<Check> {
         ),
     });
 
-    // Firmware: only aarch64 VMs booting their image use it, whatever the host.
+    // Firmware: only aarch64 VMs booting their image use the host's, whatever the host (a VM
+    // naming its own `firmware:` brings it).
     let firmware_users: Vec<&str> = vms
         .iter()
-        .filter(|vm| Arch::from(vm.guest_arch()) == Arch::Aarch64 && vm.kernel.is_none())
+        .filter(|vm| {
+            Arch::from(vm.guest_arch()) == Arch::Aarch64
+                && vm.kernel.is_none()
+                && vm.firmware.is_none()
+        })
         .map(|vm| vm.name.as_str())
         .collect();
     let chosen = host

@@ -308,4 +308,23 @@ fn doctor_says_what_arm64_guests_get_on_this_host() {
             && l.contains("/nonexistent/CODE.fd")),
         "{stdout}"
     );
+
+    // A VM that names its own firmware needs none from the host: a warning, not a failure.
+    std::fs::write(p.join("CODE.fd"), vec![0u8; 1 << 20]).unwrap();
+    p.write_compose(
+        "vms:\n  arm:\n    arch: aarch64\n    image: ./base.qcow2\n    firmware: ./CODE.fd\n",
+    );
+    let out = p
+        .command(&["doctor"])
+        .env("QEMU_COMPOSE_AARCH64_FIRMWARE", "/nonexistent/CODE.fd")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warn") && l.contains("firmware")),
+        "{stdout}"
+    );
+    assert!(!stdout.lines().any(|l| l.starts_with("FAIL")), "{stdout}");
 }
