@@ -682,6 +682,7 @@ pub fn destroy(
     if state.instance_names()?.is_empty() {
         // As `docker compose down` removes the project's networks: addresses start afresh.
         crate::state::NetworkRegistry::default().save(&state.networks_json())?;
+        network::remove_relocated_sockets(&state, host)?;
     }
     if opts.volumes {
         // Only the volumes the compose file declares, as `docker compose down -v`; and none of

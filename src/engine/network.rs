@@ -474,6 +474,22 @@ fn socket_dir(state: &StateDir, host: &HostEnv) -> SocketDir {
     )
 }
 
+/// Removes the switch's sockets when they were moved under the runtime folder (a long
+/// project path), once the project has no VM left and the switch has ended; the project's
+/// folder there goes too when it is empty. In the private folder they go with it.
+pub fn remove_relocated_sockets(state: &StateDir, host: &HostEnv) -> Result<(), EngineError> {
+    let dir = socket_dir(state, host);
+    if !dir.relocated() || !dir.path().exists() {
+        return Ok(());
+    }
+    dir.check()?;
+    fs::remove_dir_all(dir.path()).map_err(|e| StateError::io(dir.path(), e))?;
+    if let Some(project_sockets) = dir.path().parent() {
+        let _ = fs::remove_dir(project_sockets);
+    }
+    Ok(())
+}
+
 /// Allocates and saves the project's networks, and writes the hosts list of every VM that
 /// has an instance or is in `starting` (under the project lock).
 pub fn update(

@@ -201,3 +201,64 @@ fn a_qemu_older_than_9_2_is_refused_for_networks() {
         "{said}"
     );
 }
+
+/// `destroy` ends a running switch itself (no `stop` first), and when the sockets had to move
+/// under the runtime folder (a long state path), nothing of the project is left there.
+#[test]
+fn destroy_ends_the_switch_and_leaves_no_relocated_socket() {
+    let _one = one_qemu_at_a_time();
+    let p = Project::with_base(
+        "networks:\n  back: {}\nvms:\n  a: {image: ./base.qcow2, memory: 128, networks: [back]}\n",
+        "64M",
+    );
+    // A state home so deep that the sockets move to the runtime folder.
+    let deep = p.join("state").join("d".repeat(90));
+    let runtime = p.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let run = |args: &[&str]| {
+        let out = p
+            .command(args)
+            .env("XDG_STATE_HOME", &deep)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["up"]);
+    let projects: Vec<PathBuf> = std::fs::read_dir(runtime.join("qemu-compose"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(projects.len(), 1, "{projects:?}");
+    let net = projects[0].join(".net");
+    let socket = std::fs::read_dir(&net)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("the switch's socket");
+    wait_for_clients(&socket, 1);
+    let listening = || {
+        tool_ok("ss", &["-xlHn"])
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == socket.to_str().unwrap()))
+    };
+    assert!(listening(), "no switch listens on {}", socket.display());
+
+    run(&["destroy", "-t", "1"]);
+    assert!(
+        !listening(),
+        "the switch still listens on {}",
+        socket.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(runtime.join("qemu-compose"))
+            .unwrap()
+            .count(),
+        0,
+        "destroy left the project's sockets under the runtime folder"
+    );
+}
