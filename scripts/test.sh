@@ -12,6 +12,8 @@ bash .ci/install-deps
 export QEMU_COMPOSE_E2E=${QEMU_COMPOSE_E2E:-1}
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The fuzz targets are built by cargo-fuzz on nightly; checking them here keeps them compiling.
+cargo check --manifest-path fuzz/Cargo.toml
 cargo test --all-targets
 if [[ $QEMU_COMPOSE_E2E == 1 ]]; then
   bash scripts/e2e-rootless.sh
