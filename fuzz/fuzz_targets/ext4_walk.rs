@@ -1,4 +1,5 @@
-//! Opens arbitrary bytes as an ext4 filesystem and walks it from the root: every directory,
+//! Opens arbitrary bytes as an ext4 filesystem (replaying its journal in memory when it needs
+//! recovery) and walks it from the root: every directory,
 //! every file's block map and some of its bytes, every symbolic link. Any error is fine; a
 //! panic, hang or huge allocation is a bug. Walks at most a few thousand inodes per input so
 //! that a filesystem full of hard-linked folders ends quickly.
@@ -11,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use qemu_compose::disk::ext4::read::{FileType, Filesystem};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(fs) = Filesystem::open(data) else {
+    let Ok((fs, _)) = Filesystem::open_recovering(data) else {
         return;
     };
     let mut seen = HashSet::new();

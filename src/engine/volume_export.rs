@@ -22,7 +22,8 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use crate::compose::Project;
 use crate::disk::BlockSource;
 use crate::disk::ext4::Ext4Error;
-use crate::disk::ext4::read::{FileType, Filesystem, Stat};
+use crate::disk::ext4::read::{FileType, Filesystem, RecoveryFacts, Stat};
+use crate::disk::ext4::replay::Recovered;
 use crate::disk::ext4::tree::Time;
 use crate::disk::partition::{self, Found, Partition};
 use crate::disk::qcow2::Qcow2Image;
@@ -107,11 +108,16 @@ pub fn export(
     let name = match source {
         ExportSource::Volume(name) => name,
         ExportSource::RootDisk { vm, host } => {
-            let (fs, found) = open_root_disk(project, host, &state, vm)?;
+            let (fs, found, recovery) = open_root_disk(project, host, &state, vm)?;
             let fail = |error: ExportError| {
                 EngineError::vm_step(vm, format!("root filesystem ({})", found.what), error)
             };
             let what = format!("VM {vm}");
+            warn_replayed(
+                reporter,
+                &format!("the root filesystem of {what}"),
+                recovery,
+            );
             return copy_out(&fs, from, target, reporter, &what).map_err(fail);
         }
     };
@@ -135,10 +141,14 @@ pub fn export(
     if qcow2.backing_file().is_some() {
         return Err(bad("it has a backing file".to_string()).into());
     }
-    let fs = Filesystem::open(qcow2).map_err(|e| fail(e.into()))?;
+    let (fs, recovery) = Filesystem::open_recovering(qcow2).map_err(|e| fail(e.into()))?;
     let what = format!("volume {name}");
+    warn_replayed(reporter, &what, recovery);
     Ok(copy_out(&fs, from, target, reporter, &what).map_err(fail)?)
 }
+
+/// A VM's root filesystem, read through its journal replayed in memory when it needs that.
+type RootFs = Filesystem<Recovered<Partition<Qcow2Image>>>;
 
 /// The ext4 root filesystem of stopped VM `vm`: its instance disk over the base `up` gives
 /// QEMU (a header naming any other file is refused, as before a start), and the Linux
@@ -148,7 +158,7 @@ fn open_root_disk(
     host: &HostEnv,
     state: &StateDir,
     vm: &str,
-) -> Result<(Filesystem<Partition<Qcow2Image>>, Found), EngineError> {
+) -> Result<(RootFs, Found, Option<RecoveryFacts>), EngineError> {
     let decl = super::lifecycle::select(project, &[vm.to_string()], false)?[0];
     let disk = super::workspace::instance_paths(state, host, vm).disk;
     if !disk.exists() {
@@ -168,9 +178,20 @@ fn open_root_disk(
         .map_err(|e| EngineError::vm_step(vm, format!("instance disk {}", disk.display()), e))?;
     let found = partition::find_linux_filesystem(&image)
         .map_err(|e| EngineError::vm_step(vm, format!("disk {}", disk.display()), e))?;
-    let fs = Filesystem::open(Partition::new(image, &found))
+    let (fs, recovery) = Filesystem::open_recovering(Partition::new(image, &found))
         .map_err(|e| EngineError::vm_step(vm, format!("root filesystem ({})", found.what), e))?;
-    Ok((fs, found))
+    Ok((fs, found, recovery))
+}
+
+/// Says, once, that `what` was read through a journal replayed in memory.
+fn warn_replayed(reporter: &dyn Reporter, what: &str, recovery: Option<RecoveryFacts>) {
+    if let Some(facts) = recovery {
+        reporter.warn(&format!(
+            "{what} was not cleanly unmounted (a VM crashed?): its journal ({} committed \
+             transactions, {} blocks) was replayed in memory to read it; the disk itself is unchanged",
+            facts.transactions, facts.blocks
+        ));
+    }
 }
 
 /// Copies the files below `from` of an open filesystem (`what` names it in warnings).

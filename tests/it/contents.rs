@@ -15,6 +15,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
+use qemu_compose::disk::ext4::read::Filesystem;
+
 use crate::harness::{Mounted, Project, all_text, pattern, run_tool, s, text, tool_ok};
 
 const COMPOSE: &str = "vms:\n  app: {image: ./base.qcow2}\n";
@@ -851,24 +853,157 @@ fn export_writes_each_folder_once_and_skips_every_name_of_a_special_file() {
     assert!(!out.join("pipe").exists() && !out.join("pipe-again").exists());
 }
 
+/// What a crash leaves: a kernel-written ext4 of `block_size`-byte blocks, copied while still
+/// mounted after an `fsync` (which commits the journal but, unlike `sync`, leaves the metadata
+/// blocks unwritten at home), so its journal holds committed transactions, one with revoke
+/// records, and `needs_recovery` is set. Returns the copy.
+fn crashed_filesystem(dir: &Path, block_size: &str) -> PathBuf {
+    let live = dir.join(format!("live{block_size}.raw"));
+    File::create(&live).unwrap().set_len(64 << 20).unwrap();
+    tool_ok("mkfs.ext4", &["-q", "-F", "-b", block_size, s(&live)]);
+    let mnt = dir.join(format!("mnt{block_size}"));
+    fs::create_dir_all(&mnt).unwrap();
+    // A long commit interval, and blocks allocated at write time so that the fsync's commit
+    // carries every file written so far.
+    tool_ok(
+        "mount",
+        &["-o", "loop,commit=600,nodelalloc", s(&live), s(&mnt)],
+    );
+    fs::create_dir_all(mnt.join("results/logs")).unwrap();
+    fs::create_dir(mnt.join("gone")).unwrap();
+    for i in 0..300 {
+        fs::write(mnt.join(format!("gone/g{i}")), format!("gone {i}")).unwrap();
+    }
+    for i in 0..50 {
+        fs::write(mnt.join(format!("results/r{i}")), format!("result {i}\n")).unwrap();
+    }
+    let mut seed = 7u64;
+    let big: Vec<u8> = (0..300_000)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 33) as u8
+        })
+        .collect();
+    fs::write(mnt.join("results/logs/big"), &big).unwrap();
+    tool_ok("sync", &[s(&mnt.join("results/r0"))]);
+    // A second transaction frees the first one's directory blocks: revoke records.
+    fs::remove_dir_all(mnt.join("gone")).unwrap();
+    fs::write(mnt.join("results/r4"), b"overwritten").unwrap();
+    fs::remove_file(mnt.join("results/r7")).unwrap();
+    symlink("r1", mnt.join("results/link")).unwrap();
+    tool_ok("sync", &[s(&mnt.join("results/r4"))]);
+    let dirty = dir.join(format!("dirty{block_size}.raw"));
+    tool_ok("cp", &["--sparse=always", s(&live), s(&dirty)]);
+    tool_ok("umount", &[s(&mnt)]);
+    let head = tool_ok("dumpe2fs", &["-h", s(&dirty)]);
+    assert!(head.contains("needs_recovery"), "{head}");
+    let log = tool_ok("debugfs", &["-R", "logdump", s(&dirty)]);
+    assert!(log.contains("(commit block)"), "{log}");
+    assert!(log.contains("(revoke table)"), "{log}");
+    dirty
+}
+
 #[test]
-fn export_refuses_a_journal_that_needs_recovery() {
+fn export_of_a_crashed_volume_replays_its_journal_in_memory_as_e2fsck_does() {
+    let p = Project::new(COMPOSE);
+    let work = tempfile::tempdir().unwrap();
+    for block_size in ["1024", "4096"] {
+        let dirty = crashed_filesystem(work.path(), block_size);
+        let original = fs::read(&dirty).unwrap();
+        // Our replay finds the committed blocks.
+        let (fs_read, facts) = Filesystem::open_recovering(original.as_slice()).unwrap();
+        let facts = facts.expect("a replay");
+        assert!(facts.transactions >= 2 && facts.blocks > 0, "{facts:?}");
+        assert_eq!(
+            fs_read
+                .read_link(&fs_read.lookup(b"/results/link").unwrap())
+                .unwrap(),
+            b"r1"
+        );
+        // Block by block, what we read is what `e2fsck -E journal_only` writes, but for the
+        // superblock and the journal's superblock (recovery marks both clean).
+        let journal_only = work.path().join(format!("replayed{block_size}.raw"));
+        fs::copy(&dirty, &journal_only).unwrap();
+        tool_ok("e2fsck", &["-p", "-E", "journal_only", s(&journal_only)]);
+        let replayed = fs::read(&journal_only).unwrap();
+        let bs: usize = block_size.parse().unwrap();
+        let mut ours = vec![0u8; original.len()];
+        fs_read.read_mapped(0, &mut ours).unwrap();
+        let differ = |a: &[u8], b: &[u8]| -> Vec<usize> {
+            (0..a.len() / bs)
+                .filter(|&i| a[i * bs..(i + 1) * bs] != b[i * bs..(i + 1) * bs])
+                .collect()
+        };
+        assert!(
+            differ(&original, &replayed).len() > 20,
+            "nothing left to replay"
+        );
+        let left = differ(&ours, &replayed);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left[0], 1024 / bs, "the superblock's block");
+        assert_eq!(
+            original[left[1] * bs..left[1] * bs + 4],
+            [0xC0, 0x3B, 0x39, 0x98]
+        );
+        drop(ours);
+
+        // The reference for the tree: e2fsck replays the journal of a copy and checks it.
+        let fixed = work.path().join(format!("fixed{block_size}.raw"));
+        fs::copy(&dirty, &fixed).unwrap();
+        let o = run_tool("e2fsck", &["-fy", s(&fixed)]);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{}", all_text(&o));
+        let expected = mounted_tree(&fixed, work.path(), "/");
+        assert!(expected.contains_key(Path::new("./results/logs/big")));
+        assert!(!expected.contains_key(Path::new("./gone")));
+
+        let volume = format!("crashed{block_size}");
+        install_raw(&p, &dirty, &volume);
+        let before = fs::read(image(&p, &volume)).unwrap();
+        let out = work.path().join(format!("out{block_size}"));
+        let ran = p.ok(&["volume", "export", &volume, s(&out)]);
+        assert!(
+            ran.stderr.contains(&format!(
+                "volume {volume} was not cleanly unmounted (a VM crashed?): its journal"
+            )) && ran.stderr.contains("the disk itself is unchanged"),
+            "{}",
+            ran.stderr
+        );
+        let seen = |e: &mut Entry| {
+            without_ctime(e);
+            e.atime = (0, 0);
+        };
+        assert_same_trees(&project(&expected, seen), &project(&snapshot(&out), seen));
+        // cp reads the same way; neither changes the image or the raw file.
+        let one = work.path().join(format!("r4-{block_size}"));
+        p.ok(&["cp", &format!("volume:{volume}:/results/r4"), s(&one)]);
+        assert_eq!(fs::read(&one).unwrap(), b"overwritten");
+        assert_eq!(fs::read(image(&p, &volume)).unwrap(), before);
+        assert_eq!(fs::read(&dirty).unwrap(), original);
+    }
+}
+
+#[test]
+fn export_of_a_volume_needing_recovery_warns_and_import_still_refuses() {
     let p = Project::new(COMPOSE);
     let work = tempfile::tempdir().unwrap();
     let raw = work.path().join("dirty.raw");
     File::create(&raw).unwrap().set_len(64 << 20).unwrap();
     tool_ok("mkfs.ext4", &["-q", "-F", s(&raw)]);
+    tool_ok("debugfs", &["-w", "-R", "mkdir kept", s(&raw)]);
     tool_ok("debugfs", &["-w", "-R", "feature needs_recovery", s(&raw)]);
     install_raw(&p, &raw, "dirty");
-    let out = work.path().join("out");
-    let err = p.fails(&["volume", "export", "dirty", s(&out)]);
-    assert!(
-        err.contains("volume dirty: the filesystem needs journal recovery"),
-        "{err}"
-    );
-    assert!(!out.exists());
-    // Nor is anything imported into it.
     let before = fs::read(image(&p, "dirty")).unwrap();
+    let out = work.path().join("out");
+    let ran = p.ok(&["volume", "export", "dirty", s(&out)]);
+    assert!(
+        ran.stderr
+            .contains("volume dirty was not cleanly unmounted (a VM crashed?)"),
+        "{}",
+        ran.stderr
+    );
+    assert!(out.join("kept").is_dir());
+    assert_eq!(fs::read(image(&p, "dirty")).unwrap(), before);
+    // Nothing is imported into it: writing needs a real recovery first.
     let err = p.fails(&["volume", "import", "dirty", s(work.path())]);
     assert!(
         err.contains("volume dirty: the filesystem needs journal recovery"),

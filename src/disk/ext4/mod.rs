@@ -38,6 +38,7 @@ mod journal;
 pub mod layout;
 mod populate;
 pub mod read;
+pub mod replay;
 mod superblock;
 pub mod tree;
 

@@ -9,13 +9,15 @@
 //!
 //! What is read: 1 to 64 KiB blocks, 32- and 64-byte group descriptors, 128-byte and larger
 //! inodes with the extended times, extent-mapped files and directories, fast and slow symbolic
-//! links. Refused with a reason: a journal that needs recovery, `meta_bg`, inline data,
+//! links. A journal that needs recovery is refused by [`Filesystem::open`] and replayed in
+//! memory by [`Filesystem::open_recovering`]. Refused with a reason: `meta_bg`, inline data,
 //! encryption and other incompatible features, block-mapped (ext2/3 style) files.
 
 use std::io;
 
 use super::Ext4Error;
 use super::inode::{EXTENTS_FL, Time};
+use super::replay::{self, Recovered};
 use super::superblock::{
     INCOMPAT_64BIT, INCOMPAT_EXTENTS, INCOMPAT_FILETYPE, INCOMPAT_FLEX_BG, MAGIC, OFFSET,
     get16 as le16, get32 as le32,
@@ -24,6 +26,8 @@ use crate::disk::sink::BlockSource;
 
 /// `s_feature_incompat` bits this reader understands, besides the ones our formatter sets.
 const INCOMPAT_RECOVER: u32 = 0x4;
+/// `s_feature_compat`: the filesystem has a journal (`s_journal_inum` names its inode).
+const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const INCOMPAT_MMP: u32 = 0x100;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 const INCOMPAT_LARGEDIR: u32 = 0x4000;
@@ -121,6 +125,15 @@ pub struct DirEntry {
     pub file_type: u8,
 }
 
+/// What [`Filesystem::open_recovering`] replayed from a journal that needed recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryFacts {
+    /// Committed transactions found in the log.
+    pub transactions: u64,
+    /// Filesystem blocks whose logged copy is read instead of the device's.
+    pub blocks: u64,
+}
+
 /// An open ext4 filesystem.
 #[derive(Debug)]
 pub struct Filesystem<D> {
@@ -149,8 +162,43 @@ fn decode_time(base: u32, extra: Option<u32>) -> Time {
 }
 
 impl<D: BlockSource> Filesystem<D> {
-    /// Reads the superblock and checks that this reader can read the filesystem.
+    /// Reads the superblock and checks that this reader can read the filesystem; refuses one
+    /// whose journal needs recovery.
     pub fn open(dev: D) -> Result<Self, Ext4Error> {
+        Self::open_as(dev, false)
+    }
+
+    /// Opens the filesystem as the kernel would see it after mounting it: a journal that
+    /// needs recovery is replayed in memory ([`replay`](super::replay)), never on `dev`.
+    /// The facts say whether that happened.
+    pub fn open_recovering(
+        dev: D,
+    ) -> Result<(Filesystem<Recovered<D>>, Option<RecoveryFacts>), Ext4Error> {
+        let raw = Filesystem::open_as(&dev, true)?;
+        let block_size = raw.block_size;
+        let mut sb = [0u8; 1024];
+        raw.read(OFFSET, &mut sb)?;
+        if le32(&sb, 0x60) & INCOMPAT_RECOVER == 0 {
+            return Ok((Filesystem::open(Recovered::clean(dev, block_size))?, None));
+        }
+        let journal_ino = le32(&sb, 0xE0);
+        if le32(&sb, 0x5C) & COMPAT_HAS_JOURNAL == 0 || journal_ino == 0 {
+            return Err(Ext4Error::Unsupported(
+                "the filesystem needs recovery from an external journal".into(),
+            ));
+        }
+        let journal = raw.stat(journal_ino)?;
+        let map = raw.mappings(&journal)?;
+        let replayed = replay::replay(&dev, &map, block_size)?;
+        let facts = RecoveryFacts {
+            transactions: replayed.transactions,
+            blocks: replayed.blocks.len() as u64,
+        };
+        let recovered = Recovered::new(dev, block_size, replayed).map_err(Ext4Error::Io)?;
+        Ok((Filesystem::open(recovered)?, Some(facts)))
+    }
+
+    fn open_as(dev: D, recovering: bool) -> Result<Self, Ext4Error> {
         let mut sb = [0u8; 1024];
         dev.read_at(OFFSET, &mut sb)
             .map_err(|_| Ext4Error::NotExt4("the device is smaller than a superblock"))?;
@@ -163,7 +211,7 @@ impl<D: BlockSource> Filesystem<D> {
         }
         let block_size = 1024u64 << log;
         let incompat = le32(&sb, 0x60);
-        if incompat & INCOMPAT_RECOVER != 0 {
+        if incompat & INCOMPAT_RECOVER != 0 && !recovering {
             return Err(Ext4Error::NeedsRecovery);
         }
         let unknown = incompat & !KNOWN_INCOMPAT;
@@ -657,9 +705,22 @@ mod tests {
         let incompat = le32(&sb, 0x60) | INCOMPAT_RECOVER;
         dev.write_at(1024 + 0x60, &incompat.to_le_bytes()).unwrap();
         assert!(matches!(
-            Filesystem::open(dev),
+            Filesystem::open(&dev),
             Err(Ext4Error::NeedsRecovery)
         ));
+        // Nothing to replay (s_start = 0): the recovering open reads it, flag cleared.
+        let (fs, facts) = Filesystem::open_recovering(&dev).unwrap();
+        assert_eq!(
+            facts,
+            Some(RecoveryFacts {
+                transactions: 0,
+                blocks: 0
+            })
+        );
+        let mut sb = [0u8; 1024];
+        fs.read(OFFSET, &mut sb).unwrap();
+        assert_eq!(le32(&sb, 0x60) & INCOMPAT_RECOVER, 0);
+        assert!(fs.lookup(b"/lost+found").is_ok());
         assert!(Filesystem::open(vec![0u8; 4096].as_slice()).is_err());
     }
 
