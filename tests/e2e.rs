@@ -25,6 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/env.rs"]
+mod common_env;
+use common_env::clean_env;
+
 const VM: &str = "box";
 const USER: &str = "tester";
 /// How long `up --wait` may wait for SSH (about 10x the measured boot).
@@ -1306,39 +1310,15 @@ fn parse_pairs(line: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Variables of the developer's shell that change what the binary does, besides every
-/// `QEMU_COMPOSE_*` one (the policy of tests/it/harness.rs): the socket folder, proxies and
-/// the terminal size.
-const UNSET: &[&str] = &[
-    "XDG_RUNTIME_DIR",
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-    "COLUMNS",
-    "LINES",
-];
-
 /// `qemu-compose` in the project folder `dir`, in the one environment every command of this
 /// test runs in: no `QEMU_COMPOSE_*` variable (`QEMU_COMPOSE_ACCEL`, `_QEMU`, `_FILE`, …) and
-/// nothing of [`UNSET`] leaks in from the developer's shell. `HOME` and `XDG_STATE_HOME` are
+/// nothing else of the developer's shell that changes the binary leaks in ([`clean_env`]). `HOME` and `XDG_STATE_HOME` are
 /// kept: the test finds the private folders from its own environment. The test sets none of
 /// the product's variables itself.
 fn qc_command(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qemu-compose"));
     cmd.current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.as_encoded_bytes().starts_with(b"QEMU_COMPOSE_") {
-            cmd.env_remove(&key);
-        }
-    }
-    for key in UNSET {
-        cmd.env_remove(key);
-    }
+    clean_env(&mut cmd);
     cmd
 }
 

@@ -33,6 +33,10 @@ pub fn s(path: &Path) -> &str {
 mod common_pattern;
 pub use common_pattern::pattern;
 
+#[path = "../common/env.rs"]
+mod common_env;
+use common_env::clean_env;
+
 /// The fixture project `tests/fixtures/compose/NAME`, canonical.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,39 +48,15 @@ pub fn fixture(name: &str) -> PathBuf {
 
 // ---- The environment -----------------------------------------------------------------------
 
-/// Variables of the developer's shell that change what the binary does, besides every
-/// `QEMU_COMPOSE_*` one: the socket folder, proxies (the tests serve images on 127.0.0.1), and
-/// the terminal size that help and tables would wrap to.
-const UNSET: &[&str] = &[
-    "XDG_RUNTIME_DIR",
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-    "COLUMNS",
-    "LINES",
-];
-
 /// The one environment policy, for every command that runs `qemu-compose` (directly or, like
-/// `script`, through a shell): no `QEMU_COMPOSE_*` variable and nothing of [`UNSET`] leaks in
+/// `script`, through a shell): no `QEMU_COMPOSE_*` variable and nothing else of the developer's
+/// shell that changes the binary leaks in ([`clean_env`]),
 /// from the developer's shell, and the image cache is `data_home` (`XDG_DATA_HOME`). `HOME`
 /// and `XDG_STATE_HOME` are kept: [`private_dir`] finds a project's private folder from this
 /// process's environment, so the binary must see the same state home. A test that needs a
 /// variable sets it on the command afterwards.
 pub fn apply_env<'c>(cmd: &'c mut Command, data_home: &Path) -> &'c mut Command {
-    for (key, _) in std::env::vars_os() {
-        if key.as_encoded_bytes().starts_with(b"QEMU_COMPOSE_") {
-            cmd.env_remove(&key);
-        }
-    }
-    for key in UNSET {
-        cmd.env_remove(key);
-    }
-    cmd.env("XDG_DATA_HOME", data_home)
+    clean_env(cmd).env("XDG_DATA_HOME", data_home)
 }
 
 // ---- Projects ------------------------------------------------------------------------------
